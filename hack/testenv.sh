@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Provisions the binaries of the test environment (nats-server, etcd, kube-apiserver,
+# kube-controller-manager, helm) from the Go module proxy, at the versions pinned in
+# hack/testenv.versions, into a cache outside the repository keyed by version.
+#
+# A rerun with a warm cache costs no build. Every binary is built into a temporary
+# directory and moved into place only when the build succeeded, so an interrupted or failed
+# build never leaves a binary that a later run would trust.
+#
+# The last line of standard output is the absolute path of the directory holding the
+# binaries (progress goes to standard error).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=hack/testenv.versions
+source "$here/testenv.versions"
+
+cache_root=${AUDIT_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/audit-operator/testenv}
+key="k8s-${KUBERNETES}_etcd-${ETCD}_nats-${NATS_SERVER}_helm-${HELM}"
+bin_dir="$cache_root/bin/$key"
+mkdir -p "$bin_dir" "$cache_root/work"
+
+# Never let the go command download a toolchain: this machine only reaches the module proxy.
+export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -trimpath" CGO_ENABLED=0
+
+log() { echo "testenv: $*" >&2; }
+
+# install_binary NAME BUILD_FUNCTION: runs BUILD_FUNCTION with the target path as $1 in a
+# private temporary directory, then publishes the result atomically.
+install_binary() {
+  local name=$1 build=$2
+  if [[ -x "$bin_dir/$name" ]]; then
+    log "$name: cached"
+    return
+  fi
+  local scratch
+  scratch=$(mktemp -d "$cache_root/work/$name.XXXXXX")
+  log "$name: building (first run only; this takes minutes on 2 cores)"
+  local started=$SECONDS
+  if ! (cd "$scratch" && "$build" "$scratch/$name") >"$scratch/build.log" 2>&1; then
+    log "$name: build failed; last lines of $scratch/build.log:"
+    tail -n 30 "$scratch/build.log" >&2
+    exit 1
+  fi
+  mv -f "$scratch/$name" "$bin_dir/$name.partial"
+  mv -f "$bin_dir/$name.partial" "$bin_dir/$name"
+  rm -rf "$scratch"
+  log "$name: built in $((SECONDS - started))s"
+}
+
+build_nats_server() {
+  GOBIN="$PWD/gobin" go install "github.com/nats-io/nats-server/v2@${NATS_SERVER}"
+  mv gobin/nats-server "$1"
+}
+
+build_helm() {
+  GOBIN="$PWD/gobin" go install "helm.sh/helm/v3/cmd/helm@${HELM}"
+  mv gobin/helm "$1"
+}
+
+# etcd's server module carries replace directives, so `go install` refuses it; a throwaway
+# module that requires it builds the same main package.
+build_etcd() {
+  go mod init testenv.local/etcd
+  go get "go.etcd.io/etcd/server/v3@${ETCD}"
+  go build -o "$1" go.etcd.io/etcd/server/v3
+}
+
+# k8s.io/kubernetes replaces its staging modules with local paths at v0.0.0. A throwaway
+# module requires it and points every staging module at its published version instead; the
+# list comes from that release's own go.mod, so a version bump needs no edit here.
+# No `go mod tidy`: it would try to resolve test-only dependencies of the whole tree.
+prepare_kubernetes_module() {
+  local staging_version="v0.${KUBERNETES#v1.}"
+  go mod init testenv.local/kubernetes
+  go mod edit -require "k8s.io/kubernetes@${KUBERNETES}"
+  go mod download -json "k8s.io/kubernetes@${KUBERNETES}" >/dev/null
+  local upstream_mod
+  upstream_mod=$(go mod download -json "k8s.io/kubernetes@${KUBERNETES}" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  local staging
+  for staging in $(sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/.*#\1#p' "$upstream_mod"); do
+    go mod edit -replace "${staging}=${staging}@${staging_version}"
+  done
+  printf 'package tools\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager"\n)\n' >tools.go
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@${KUBERNETES}" "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBERNETES}"
+}
+
+kubernetes_ldflags() {
+  echo "-X k8s.io/component-base/version.gitVersion=${KUBERNETES} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "${KUBERNETES#v1.}" | cut -d. -f1)"
+}
+
+build_kube_apiserver() {
+  prepare_kubernetes_module
+  go build -ldflags "$(kubernetes_ldflags)" -o "$1" k8s.io/kubernetes/cmd/kube-apiserver
+}
+
+build_kube_controller_manager() {
+  prepare_kubernetes_module
+  go build -ldflags "$(kubernetes_ldflags)" -o "$1" k8s.io/kubernetes/cmd/kube-controller-manager
+}
+
+install_binary nats-server build_nats_server
+install_binary etcd build_etcd
+install_binary kube-apiserver build_kube_apiserver
+install_binary kube-controller-manager build_kube_controller_manager
+install_binary helm build_helm
+
+echo "$bin_dir"

@@ -1,0 +1,383 @@
+//! A real Kubernetes control plane on loopback: etcd, kube-apiserver and
+//! kube-controller-manager, started once per test binary and stopped when it exits.
+//!
+//! There is no kubelet, so no container runs; everything else is the real thing: schema
+//! validation and CEL rules, RBAC, Pod Security admission, garbage collection, and the
+//! Deployment and ReplicaSet controllers. Each test gets a namespace of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tempfile::TempDir;
+
+use crate::certs::{TestCa, service_account_key};
+use crate::ports::free_port;
+use crate::process::ServerProcess;
+use crate::testenv::testenv_bin;
+use crate::wait;
+
+/// A loaded 2-core machine can take most of a minute to bring kube-apiserver to ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The bearer token of the `system:masters` user the harness and the operator under test use.
+const ADMIN_TOKEN: &str = "audit-tests-admin-token";
+
+static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+
+/// The shared control plane of one test binary.
+pub struct ControlPlane {
+    api_url: String,
+    kubeconfig_path: PathBuf,
+    ca_pem: String,
+    processes: Mutex<Vec<ServerProcess>>,
+    dir: Mutex<Option<TempDir>>,
+}
+
+impl ControlPlane {
+    /// The control plane of this test binary, started on first use.
+    ///
+    /// It runs on its own thread and runtime so that no test's runtime owns it, and it is
+    /// stopped (processes killed, files removed) when the test binary exits, panicking tests
+    /// included; if the binary is killed outright, the kernel kills the servers.
+    pub fn shared() -> &'static ControlPlane {
+        SHARED.get_or_init(|| {
+            let control_plane = std::thread::spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime for starting the control plane")
+                    .block_on(ControlPlane::start())
+            })
+            .join()
+            .expect("starting the control plane does not panic")
+            .unwrap_or_else(|e| panic!("the test control plane did not start: {e:#}"));
+            // SAFETY: registering a plain extern "C" function with no captured state.
+            unsafe { libc::atexit(stop_shared_control_plane) };
+            control_plane
+        })
+    }
+
+    async fn start() -> anyhow::Result<ControlPlane> {
+        let dir = tempfile::Builder::new().prefix("audit-kube-").tempdir()?;
+        let path = |name: &str| dir.path().join(name);
+
+        let ca = TestCa::new("audit-tests-ca")?;
+        let serving = ca.loopback_server("kube-apiserver")?;
+        let (sa_private, sa_public) = service_account_key()?;
+        std::fs::write(path("ca.crt"), ca.cert_pem())?;
+        std::fs::write(path("apiserver.crt"), &serving.cert_pem)?;
+        std::fs::write(path("apiserver.key"), &serving.key_pem)?;
+        std::fs::write(path("sa.key"), &sa_private)?;
+        std::fs::write(path("sa.pub"), &sa_public)?;
+        std::fs::write(
+            path("tokens.csv"),
+            format!("{ADMIN_TOKEN},audit-tests-admin,1000,\"system:masters\"\n"),
+        )?;
+
+        let mut processes = Vec::new();
+
+        let etcd_port = free_port();
+        let etcd_peer_port = free_port();
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let etcd_peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
+        let mut etcd = Command::new(testenv_bin("etcd"));
+        etcd.arg("--name=default")
+            .arg(format!("--data-dir={}", path("etcd").display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .arg(format!("--listen-peer-urls={etcd_peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={etcd_peer_url}"))
+            .arg(format!("--initial-cluster=default={etcd_peer_url}"))
+            .arg("--unsafe-no-fsync=true")
+            .arg("--log-level=warn");
+        processes.push(ServerProcess::spawn("etcd", etcd, &path("etcd.log"))?);
+        wait::until(
+            "etcd to report healthy",
+            READY_TIMEOUT,
+            Duration::from_millis(100),
+            || async { Ok(etcd_healthy(etcd_port).await.then_some(())) },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\netcd log:\n{}", processes[0].log_tail(30)))?;
+
+        let api_port = free_port();
+        let api_url = format!("https://127.0.0.1:{api_port}");
+        let mut apiserver = Command::new(testenv_bin("kube-apiserver"));
+        apiserver
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg(format!("--cert-dir={}", path("apiserver-certs").display()))
+            .arg(format!("--tls-cert-file={}", path("apiserver.crt").display()))
+            .arg(format!("--tls-private-key-file={}", path("apiserver.key").display()))
+            .arg(format!("--secure-port={api_port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--allow-privileged=true")
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--token-auth-file={}", path("tokens.csv").display()))
+            .arg(format!("--client-ca-file={}", path("ca.crt").display()))
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!("--service-account-key-file={}", path("sa.pub").display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                path("sa.key").display()
+            ))
+            // The lease reconciler would publish 127.0.0.1 as the `kubernetes` Service's
+            // endpoint, which the API rejects as a loopback address, every few seconds.
+            .arg("--endpoint-reconciler-type=none")
+            .arg("--enable-priority-and-fairness=false")
+            .arg("--v=0");
+        processes.push(ServerProcess::spawn(
+            "kube-apiserver",
+            apiserver,
+            &path("kube-apiserver.log"),
+        )?);
+
+        let kubeconfig_path = path("admin.kubeconfig");
+        std::fs::write(&kubeconfig_path, kubeconfig_yaml(&api_url, &ca.cert_pem()))?;
+        let control_plane = ControlPlane {
+            api_url,
+            kubeconfig_path,
+            ca_pem: ca.cert_pem(),
+            processes: Mutex::new(processes),
+            dir: Mutex::new(None),
+        };
+
+        let admin = control_plane.admin_client().await?;
+        let readiness = wait::until(
+            "kube-apiserver /readyz to answer ok",
+            READY_TIMEOUT,
+            Duration::from_millis(250),
+            || {
+                let admin = admin.clone();
+                let processes = &control_plane.processes;
+                async move {
+                    ensure_all_running(processes)?;
+                    let request = http::Request::get("/readyz").body(Vec::new())?;
+                    Ok(admin.request_text(request).await.ok().map(|_| ()))
+                }
+            },
+        )
+        .await;
+        if let Err(e) = readiness {
+            anyhow::bail!("{e:#}\nkube-apiserver log:\n{}", control_plane.log_tail("kube-apiserver"));
+        }
+
+        let mut controller_manager = Command::new(testenv_bin("kube-controller-manager"));
+        controller_manager
+            .arg(format!("--kubeconfig={}", control_plane.kubeconfig_path.display()))
+            .arg("--leader-elect=false")
+            .arg("--bind-address=127.0.0.1")
+            .arg("--secure-port=0")
+            .arg("--use-service-account-credentials=false")
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                path("sa.key").display()
+            ))
+            .arg(format!("--root-ca-file={}", path("ca.crt").display()))
+            .arg(
+                "--controllers=garbagecollector,namespace,deployment,replicaset,\
+                 serviceaccount,serviceaccount-token,disruption",
+            )
+            .arg("--concurrent-gc-syncs=5")
+            .arg("--v=0");
+        control_plane
+            .processes
+            .lock()
+            .expect("no panic while holding the process list")
+            .push(ServerProcess::spawn(
+                "kube-controller-manager",
+                controller_manager,
+                &path("kube-controller-manager.log"),
+            )?);
+
+        // The controller manager is working once its service-account controller has filled
+        // in the `default` namespace.
+        let service_accounts: Api<ServiceAccount> = Api::namespaced(admin, "default");
+        let working = wait::until(
+            "kube-controller-manager to create the default ServiceAccount",
+            READY_TIMEOUT,
+            Duration::from_millis(250),
+            || {
+                let service_accounts = service_accounts.clone();
+                let processes = &control_plane.processes;
+                async move {
+                    ensure_all_running(processes)?;
+                    Ok(service_accounts.get_opt("default").await?.map(|_| ()))
+                }
+            },
+        )
+        .await;
+        if let Err(e) = working {
+            anyhow::bail!(
+                "{e:#}\nkube-controller-manager log:\n{}",
+                control_plane.log_tail("kube-controller-manager")
+            );
+        }
+
+        *control_plane.dir.lock().expect("no panic while holding the dir") = Some(dir);
+        Ok(control_plane)
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    /// A kubeconfig file with admin credentials, for child processes (the operator binary,
+    /// kubectl, helm).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig_path
+    }
+
+    /// The PEM of the CA that signed the API server's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A client with `system:masters` rights. Each call builds a new client, because a client
+    /// belongs to the tokio runtime it was made on and every test has its own.
+    pub async fn admin_client(&self) -> anyhow::Result<kube::Client> {
+        Ok(kube::Client::try_from(self.admin_config().await?)?)
+    }
+
+    /// A client acting as `user` in `groups` (plus `system:authenticated`), whose rights come
+    /// only from the RBAC objects a test applies. Made by impersonation, which the API server
+    /// authorizes exactly as it would that user's own credentials.
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> anyhow::Result<kube::Client> {
+        let mut config = self.admin_config().await?;
+        config.auth_info.impersonate = Some(user.to_owned());
+        let mut all_groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+        all_groups.push("system:authenticated".to_owned());
+        config.auth_info.impersonate_groups = Some(all_groups);
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    async fn admin_config(&self) -> anyhow::Result<kube::Config> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig_path)?;
+        Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
+    }
+
+    /// Creates a namespace with a unique name starting with `prefix` and waits until its
+    /// `default` ServiceAccount exists, since admission rejects pods in a namespace that lacks it.
+    pub async fn create_namespace(&self, prefix: &str) -> anyhow::Result<String> {
+        self.create_namespace_labelled(prefix, &[]).await
+    }
+
+    /// Like [`create_namespace`](Self::create_namespace), with labels (e.g. a Pod Security
+    /// level).
+    pub async fn create_namespace_labelled(
+        &self,
+        prefix: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
+        let client = self.admin_client().await?;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let mut namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "generateName": format!("{prefix}-") }
+        }))?;
+        if !labels.is_empty() {
+            namespace.metadata.labels = Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            );
+        }
+        let created = namespaces.create(&PostParams::default(), &namespace).await?;
+        let name = created.metadata.name.expect("the server names a generated namespace");
+        let service_accounts: Api<ServiceAccount> = Api::namespaced(client, &name);
+        wait::until(
+            &format!("the default ServiceAccount in namespace {name}"),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || async { Ok(service_accounts.get_opt("default").await?.map(|_| ())) },
+        )
+        .await?;
+        Ok(name)
+    }
+
+    /// The last lines of one server's log (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`), for failure messages.
+    pub fn log_tail(&self, server: &str) -> String {
+        let dir = self
+            .kubeconfig_path
+            .parent()
+            .expect("the kubeconfig lives in the control plane's directory");
+        crate::process::log_tail(&dir.join(format!("{server}.log")), 40)
+    }
+
+    fn stop(&self) {
+        if let Ok(mut processes) = self.processes.lock() {
+            // Reverse start order: the controller manager, then the API server, then etcd.
+            while let Some(mut process) = processes.pop() {
+                process.stop();
+            }
+        }
+        if let Ok(mut dir) = self.dir.lock() {
+            dir.take();
+        }
+    }
+}
+
+extern "C" fn stop_shared_control_plane() {
+    if let Some(control_plane) = SHARED.get() {
+        control_plane.stop();
+    }
+}
+
+fn ensure_all_running(processes: &Mutex<Vec<ServerProcess>>) -> anyhow::Result<()> {
+    let mut processes = processes
+        .lock()
+        .map_err(|_| anyhow::anyhow!("process list poisoned"))?;
+    for process in processes.iter_mut() {
+        process.ensure_running()?;
+    }
+    Ok(())
+}
+
+async fn etcd_healthy(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let request = b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    text.starts_with("HTTP/1.") && text.contains(" 200 ") && text.contains("\"health\":\"true\"")
+}
+
+fn kubeconfig_yaml(api_url: &str, ca_pem: &str) -> String {
+    let ca_data = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: audit-tests
+  cluster:
+    server: {api_url}
+    certificate-authority-data: {ca_data}
+users:
+- name: admin
+  user:
+    token: {ADMIN_TOKEN}
+contexts:
+- name: audit-tests
+  context:
+    cluster: audit-tests
+    user: admin
+    namespace: default
+current-context: audit-tests
+"
+    )
+}

@@ -1,0 +1,20 @@
+//! The test harness: real servers started as plain processes on 127.0.0.1 for the
+//! integration and end-to-end tests of audit-operator and audit-consumer.
+//!
+//! - [`testenv`] finds the pinned server binaries (built by `hack/testenv.sh`).
+//! - [`nats`] runs a JetStream-enabled nats-server, or a 3-node cluster, that a test can stop
+//!   and restart to simulate an outage.
+//! - [`kube_env`] runs a Kubernetes control plane (etcd, kube-apiserver,
+//!   kube-controller-manager) once per test binary, with admin and impersonating clients and a
+//!   fresh namespace per test.
+//! - [`process`] guarantees that no server outlives the test that started it.
+
+pub mod certs;
+pub mod kube_env;
+pub mod nats;
+pub mod ports;
+pub mod process;
+pub mod testenv;
+pub mod wait;
+
+pub use testenv::{bin_dir, cargo_bin};

@@ -1,0 +1,269 @@
+//! Real nats-server processes with JetStream: a single server a test can stop and restart
+//! (same port, same store) to simulate an outage, and a 3-node cluster for replicated streams.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::ports::free_port;
+use crate::process::ServerProcess;
+use crate::testenv::testenv_bin;
+
+/// How long a server may take to report healthy; generous for a loaded 2-core machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where one cluster node finds its peers.
+#[derive(Debug, Clone)]
+struct ClusterMembership {
+    cluster_name: String,
+    route_port: u16,
+    peer_route_ports: Vec<u16>,
+}
+
+/// One nats-server with JetStream on 127.0.0.1, its file store in a private temp directory.
+///
+/// Dropping it stops the server and removes the directory.
+pub struct NatsServer {
+    name: String,
+    port: u16,
+    monitor_port: u16,
+    extra_config: String,
+    cluster: Option<ClusterMembership>,
+    process: Option<ServerProcess>,
+    // Last, so it is removed after the process that writes into it has stopped.
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// A standalone server with JetStream and no authentication.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_config("").await
+    }
+
+    /// A standalone server whose configuration ends with `extra_config`, e.g. an
+    /// `authorization { ... }` or `accounts { ... }` block for credential tests.
+    pub async fn start_with_config(extra_config: &str) -> anyhow::Result<Self> {
+        let mut server = Self::prepare("nats", extra_config, None)?;
+        server.start_again().await?;
+        Ok(server)
+    }
+
+    fn prepare(
+        name: &str,
+        extra_config: &str,
+        cluster: Option<ClusterMembership>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: name.to_owned(),
+            port: free_port(),
+            monitor_port: free_port(),
+            extra_config: extra_config.to_owned(),
+            cluster,
+            process: None,
+            dir: tempfile::Builder::new().prefix("audit-nats-").tempdir()?,
+        })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory, which survives [`stop`](Self::stop).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("jetstream")
+    }
+
+    /// A client connected without credentials.
+    pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(async_nats::connect(self.url()).await?)
+    }
+
+    /// Whether the process is up (it may still be starting).
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s). The port and store stay reserved
+    /// for [`start_again`](Self::start_again).
+    pub async fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            tokio::task::spawn_blocking(move || process.stop())
+                .await
+                .expect("stopping a server does not panic");
+        }
+    }
+
+    /// Kills the server with SIGKILL, as a crash or a lost node would end.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts the server (again) on the same port with the same store, and waits until its
+    /// health endpoint reports JetStream ready.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.process.is_none(), "{} is already running", self.name);
+        let config_path = self.dir.path().join("nats.conf");
+        std::fs::write(&config_path, self.config_text())?;
+        let mut command = Command::new(testenv_bin("nats-server"));
+        command.arg("--config").arg(&config_path);
+        self.process = Some(ServerProcess::spawn(
+            &self.name,
+            command,
+            &self.dir.path().join("nats.log"),
+        )?);
+        self.wait_until_healthy().await
+    }
+
+    /// The last lines of the server's log.
+    pub fn log_tail(&self) -> String {
+        crate::process::log_tail(&self.dir.path().join("nats.log"), 40)
+    }
+
+    fn config_text(&self) -> String {
+        let mut text = String::new();
+        let _ = writeln!(text, "server_name: {}-{}", self.name, self.port);
+        let _ = writeln!(text, "listen: 127.0.0.1:{}", self.port);
+        let _ = writeln!(text, "http: 127.0.0.1:{}", self.monitor_port);
+        let _ = writeln!(
+            text,
+            "jetstream {{\n  store_dir: {:?}\n  max_memory_store: 512MB\n  max_file_store: 4GB\n}}",
+            self.store_dir().display().to_string()
+        );
+        if let Some(cluster) = &self.cluster {
+            let routes = cluster
+                .peer_route_ports
+                .iter()
+                .map(|port| format!("nats://127.0.0.1:{port}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                text,
+                "cluster {{\n  name: {}\n  listen: 127.0.0.1:{}\n  routes: [{routes}]\n}}",
+                cluster.cluster_name, cluster.route_port
+            );
+        }
+        text.push_str(&self.extra_config);
+        text.push('\n');
+        text
+    }
+
+    async fn wait_until_healthy(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(process) = self.process.as_mut() {
+                process.ensure_running()?;
+            }
+            if http_get_status(self.monitor_port, "/healthz")
+                .await
+                .unwrap_or(false)
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{} on port {} did not report healthy within {READY_TIMEOUT:?}; last lines of its log:\n{}",
+                    self.name,
+                    self.port,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Sends a plain HTTP/1.0 GET to the loopback monitoring port: true for a 200 answer.
+///
+/// Hand-written because it is the only HTTP the NATS harness needs.
+async fn http_get_status(port: u16, path: &str) -> anyhow::Result<bool> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    Ok(response.starts_with(b"HTTP/1.0 200") || response.starts_with(b"HTTP/1.1 200"))
+}
+
+/// A cluster of nats-server nodes with JetStream, routed to each other on loopback.
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes and waits until each reports healthy, which in a cluster means
+    /// JetStream has elected a meta leader and the node is current with it.
+    pub async fn start(size: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(size >= 1, "a cluster has at least one node");
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut nodes = Vec::with_capacity(size);
+        for (index, route_port) in route_ports.iter().enumerate() {
+            let membership = ClusterMembership {
+                cluster_name: "audit-tests".to_owned(),
+                route_port: *route_port,
+                peer_route_ports: route_ports
+                    .iter()
+                    .filter(|port| *port != route_port)
+                    .copied()
+                    .collect(),
+            };
+            nodes.push(NatsServer::prepare(
+                &format!("node{index}"),
+                "",
+                Some(membership),
+            )?);
+        }
+        // A clustered node is healthy only once a quorum exists, so start every process
+        // before waiting for any of them.
+        for node in &mut nodes {
+            let config_path = node.dir.path().join("nats.conf");
+            std::fs::write(&config_path, node.config_text())?;
+            let mut command = Command::new(testenv_bin("nats-server"));
+            command.arg("--config").arg(&config_path);
+            node.process = Some(ServerProcess::spawn(
+                &node.name,
+                command,
+                &node.dir.path().join("nats.log"),
+            )?);
+        }
+        for node in &mut nodes {
+            node.wait_until_healthy().await?;
+        }
+        Ok(Self { nodes })
+    }
+
+    /// Every node's URL, for a client that fails over between them.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    pub fn node(&self, index: usize) -> &NatsServer {
+        &self.nodes[index]
+    }
+
+    pub fn node_mut(&mut self, index: usize) -> &mut NatsServer {
+        &mut self.nodes[index]
+    }
+
+    /// A client that knows every node.
+    pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
+        let servers = self
+            .urls()
+            .iter()
+            .map(|url| url.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(async_nats::connect(servers).await?)
+    }
+}
