@@ -112,18 +112,30 @@ impl ControlPlane {
         apiserver
             .arg(format!("--etcd-servers={etcd_url}"))
             .arg(format!("--cert-dir={}", path("apiserver-certs").display()))
-            .arg(format!("--tls-cert-file={}", path("apiserver.crt").display()))
-            .arg(format!("--tls-private-key-file={}", path("apiserver.key").display()))
+            .arg(format!(
+                "--tls-cert-file={}",
+                path("apiserver.crt").display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                path("apiserver.key").display()
+            ))
             .arg(format!("--secure-port={api_port}"))
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--allow-privileged=true")
             .arg("--authorization-mode=RBAC")
-            .arg(format!("--token-auth-file={}", path("tokens.csv").display()))
+            .arg(format!(
+                "--token-auth-file={}",
+                path("tokens.csv").display()
+            ))
             .arg(format!("--client-ca-file={}", path("ca.crt").display()))
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .arg(format!("--service-account-key-file={}", path("sa.pub").display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                path("sa.pub").display()
+            ))
             .arg(format!(
                 "--service-account-signing-key-file={}",
                 path("sa.key").display()
@@ -166,12 +178,18 @@ impl ControlPlane {
         )
         .await;
         if let Err(e) = readiness {
-            anyhow::bail!("{e:#}\nkube-apiserver log:\n{}", control_plane.log_tail("kube-apiserver"));
+            anyhow::bail!(
+                "{e:#}\nkube-apiserver log:\n{}",
+                control_plane.log_tail("kube-apiserver")
+            );
         }
 
         let mut controller_manager = Command::new(testenv_bin("kube-controller-manager"));
         controller_manager
-            .arg(format!("--kubeconfig={}", control_plane.kubeconfig_path.display()))
+            .arg(format!(
+                "--kubeconfig={}",
+                control_plane.kubeconfig_path.display()
+            ))
             .arg("--leader-elect=false")
             .arg("--bind-address=127.0.0.1")
             .arg("--secure-port=0")
@@ -221,7 +239,10 @@ impl ControlPlane {
             );
         }
 
-        *control_plane.dir.lock().expect("no panic while holding the dir") = Some(dir);
+        *control_plane
+            .dir
+            .lock()
+            .expect("no panic while holding the dir") = Some(dir);
         Ok(control_plane)
     }
 
@@ -290,8 +311,13 @@ impl ControlPlane {
                     .collect(),
             );
         }
-        let created = namespaces.create(&PostParams::default(), &namespace).await?;
-        let name = created.metadata.name.expect("the server names a generated namespace");
+        let created = namespaces
+            .create(&PostParams::default(), &namespace)
+            .await?;
+        let name = created
+            .metadata
+            .name
+            .expect("the server names a generated namespace");
         let service_accounts: Api<ServiceAccount> = Api::namespaced(client, &name);
         wait::until(
             &format!("the default ServiceAccount in namespace {name}"),

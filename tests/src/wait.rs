@@ -28,7 +28,9 @@ where
             Err(error) => last_error = Some(error),
         }
         if Instant::now() >= deadline {
-            let detail = last_error.map(|e| format!(": last error: {e:#}")).unwrap_or_default();
+            let detail = last_error
+                .map(|e| format!(": last error: {e:#}"))
+                .unwrap_or_default();
             anyhow::bail!("timed out after {timeout:?} waiting for {what}{detail}");
         }
         sleep(interval).await;

@@ -1,0 +1,35 @@
+# audit-operator: the commands a user and CI run. `make help` lists them.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+
+.PHONY: help
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+.PHONY: testenv
+testenv: ## Build (first run) or reuse the pinned test servers; prints their directory last.
+	@bash hack/testenv.sh
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy with warnings as errors.
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: test
+test: ## Everything CI runs: provisioning, lint, unit tests, integration tests on real servers.
+	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	$(MAKE) --no-print-directory lint; \
+	$(CARGO) build --workspace --bins --locked; \
+	AUDIT_TESTENV_BIN="$$bin_dir" $(CARGO) test --workspace --locked
+
+.PHONY: crds
+crds: ## Regenerate crds/ from the Rust types.
+	$(CARGO) run --quiet --locked --bin audit-operator -- crd --output-dir crds
+
+.PHONY: bench-consumer
+bench-consumer: ## Consumer benchmarks (criterion + throughput against a real nats-server).
+	bash hack/bench-consumer.sh
