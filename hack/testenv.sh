@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Provisions the binaries of the test environment (nats-server, etcd, kube-apiserver,
-# kube-controller-manager, helm) from the Go module proxy, at the versions pinned in
-# hack/testenv.versions, into a cache outside the repository keyed by version.
+# Provisions the binaries of the test environment and the demo (nats-server, etcd,
+# kube-apiserver, kube-controller-manager, kubectl, helm) from the Go module proxy, at the
+# versions pinned in hack/testenv.versions, into a cache outside the repository keyed by
+# version.
 #
 # A rerun with a warm cache costs no build. Every binary is built into a temporary
 # directory and moved into place only when the build succeeded, so an interrupted or failed
@@ -19,6 +20,11 @@ cache_root=${AUDIT_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/audit-operator
 key="k8s-${KUBERNETES}_etcd-${ETCD}_nats-${NATS_SERVER}_helm-${HELM}"
 bin_dir="$cache_root/bin/$key"
 mkdir -p "$bin_dir" "$cache_root/work"
+# One provisioning at a time (parallel test binaries, a demo beside a test run); the lock
+# also makes it safe to clear scratch directories left by an interrupted run.
+exec 9>"$cache_root/.lock"
+flock 9
+rm -rf "${cache_root:?}/work/"*
 
 # Never let the go command download a toolchain: this machine only reaches the module proxy.
 export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -trimpath" CGO_ENABLED=0
@@ -35,6 +41,8 @@ install_binary() {
   fi
   local scratch
   scratch=$(mktemp -d "$cache_root/work/$name.XXXXXX")
+  # An interrupted build leaves only its scratch directory, never a published binary.
+  trap 'rm -rf "$scratch"' EXIT
   log "$name: building (first run only; this takes minutes on 2 cores)"
   local started=$SECONDS
   if ! (cd "$scratch" && "$build" "$scratch/$name") >"$scratch/build.log" 2>&1; then
@@ -45,6 +53,7 @@ install_binary() {
   mv -f "$scratch/$name" "$bin_dir/$name.partial"
   mv -f "$bin_dir/$name.partial" "$bin_dir/$name"
   rm -rf "$scratch"
+  trap - EXIT
   log "$name: built in $((SECONDS - started))s"
 }
 
@@ -81,8 +90,13 @@ prepare_kubernetes_module() {
   for staging in $(sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/.*#\1#p' "$upstream_mod"); do
     go mod edit -replace "${staging}=${staging}@${staging_version}"
   done
-  printf 'package tools\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager"\n)\n' >tools.go
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@${KUBERNETES}" "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBERNETES}"
+  printf 'package tools\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' >tools.go
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@${KUBERNETES}" "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBERNETES}" "k8s.io/kubernetes/cmd/kubectl@${KUBERNETES}"
+}
+
+build_kubectl() {
+  prepare_kubernetes_module
+  go build -ldflags "$(kubernetes_ldflags)" -o "$1" k8s.io/kubernetes/cmd/kubectl
 }
 
 kubernetes_ldflags() {
@@ -103,6 +117,7 @@ install_binary nats-server build_nats_server
 install_binary etcd build_etcd
 install_binary kube-apiserver build_kube_apiserver
 install_binary kube-controller-manager build_kube_controller_manager
+install_binary kubectl build_kubectl
 install_binary helm build_helm
 
 echo "$bin_dir"
