@@ -64,12 +64,7 @@ async fn replicated_stream_accepts_publishes_with_one_node_down() -> anyhow::Res
         .expect("the leader is one of the three nodes");
     cluster.node_mut(leader_index).kill();
 
-    let js = jetstream::new(
-        cluster
-            .node((leader_index + 1) % 3)
-            .client()
-            .await?,
-    );
+    let js = jetstream::new(cluster.node((leader_index + 1) % 3).client().await?);
     wait::until(
         "a publish to the R3 stream after losing its leader",
         Duration::from_secs(30),
