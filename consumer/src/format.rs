@@ -1,0 +1,498 @@
+//! Rendering of one event and its delivery metadata as one line, in JSON or key=value text.
+//!
+//! Every value that comes from outside (subject, headers, payload) goes through the escaper or
+//! the JSON scanner, so a line always ends at its own newline and payload content can only ever
+//! appear inside a value. In the text format all payload-derived keys carry an `event.` or
+//! `header.` prefix, so a payload cannot forge `subject=` or `delivered=`.
+//!
+//! The renderer appends to a caller-owned buffer and keeps its scratch buffers between events,
+//! so steady-state rendering does not allocate.
+
+use std::str::FromStr;
+
+use async_nats::HeaderMap;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::escape::{write_escaped, write_quoted};
+use crate::event::{self, Event, Kind, RECOGNISED_ATTRIBUTES};
+use crate::json::JsonScanner;
+use crate::redact::RedactKeys;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// logfmt-style `key=value` pairs, values quoted when needed.
+    Text,
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        <Self as clap::ValueEnum>::from_str(value, true)
+    }
+}
+
+/// Where and how a message was delivered; everything but the payload.
+#[derive(Clone, Copy, Debug)]
+pub struct Metadata<'a> {
+    pub subject: &'a str,
+    pub stream: &'a str,
+    pub consumer: &'a str,
+    pub stream_sequence: u64,
+    pub consumer_sequence: u64,
+    pub delivered: i64,
+    pub pending: u64,
+    /// Publish time as nanoseconds since the Unix epoch.
+    pub published_nanos: i128,
+    pub headers: Option<&'a HeaderMap>,
+}
+
+pub struct LineRenderer {
+    format: Format,
+    redact: RedactKeys,
+    scanner: JsonScanner,
+    extra: Vec<u8>,
+}
+
+impl LineRenderer {
+    pub fn new(format: Format, redact: RedactKeys) -> Self {
+        Self {
+            format,
+            redact,
+            scanner: JsonScanner::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Appends the line (newline included) for one message to `out`.
+    pub fn render(&mut self, meta: &Metadata<'_>, payload: &[u8], out: &mut Vec<u8>) -> Kind {
+        let event = event::classify(payload, &mut self.scanner, &self.redact);
+        match self.format {
+            Format::Json => self.render_json(meta, event, out),
+            Format::Text => self.render_text(meta, event, out),
+        }
+        out.push(b'\n');
+        event.kind()
+    }
+
+    fn render_json(&self, meta: &Metadata<'_>, event: Event<'_>, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"kind\":\"");
+        out.extend_from_slice(event.kind().as_str().as_bytes());
+        out.extend_from_slice(b"\",\"subject\":");
+        write_quoted(out, meta.subject);
+        out.extend_from_slice(b",\"stream\":");
+        write_quoted(out, meta.stream);
+        out.extend_from_slice(b",\"consumer\":");
+        write_quoted(out, meta.consumer);
+        out.extend_from_slice(b",\"stream_seq\":");
+        write_integer(out, meta.stream_sequence);
+        out.extend_from_slice(b",\"consumer_seq\":");
+        write_integer(out, meta.consumer_sequence);
+        out.extend_from_slice(b",\"delivered\":");
+        write_integer(out, meta.delivered);
+        out.extend_from_slice(b",\"pending\":");
+        write_integer(out, meta.pending);
+        out.extend_from_slice(b",\"published\":\"");
+        write_rfc3339(out, meta.published_nanos);
+        out.push(b'"');
+        if let Some(headers) = meta.headers.filter(|headers| !headers.is_empty()) {
+            out.extend_from_slice(b",\"headers\":{");
+            for (index, (name, values)) in headers.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_quoted(out, name.as_ref());
+                out.push(b':');
+                if let [value] = values.as_slice() {
+                    write_quoted(out, value.as_str());
+                } else {
+                    out.push(b'[');
+                    for (index, value) in values.iter().enumerate() {
+                        if index > 0 {
+                            out.push(b',');
+                        }
+                        write_quoted(out, value.as_str());
+                    }
+                    out.push(b']');
+                }
+            }
+            out.push(b'}');
+        }
+        match event {
+            Event::Structured => {
+                out.extend_from_slice(b",\"event\":");
+                out.extend_from_slice(self.scanner.compact());
+            }
+            Event::Text(text) => {
+                out.extend_from_slice(b",\"raw\":");
+                write_quoted(out, text);
+            }
+            Event::Binary(bytes) => {
+                out.extend_from_slice(b",\"raw_base64\":\"");
+                write_base64(out, bytes);
+                out.push(b'"');
+            }
+        }
+        out.push(b'}');
+    }
+
+    fn render_text(&mut self, meta: &Metadata<'_>, event: Event<'_>, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"kind=");
+        out.extend_from_slice(event.kind().as_str().as_bytes());
+        out.extend_from_slice(b" subject=");
+        write_text_value(out, meta.subject.as_bytes());
+        out.extend_from_slice(b" stream=");
+        write_text_value(out, meta.stream.as_bytes());
+        out.extend_from_slice(b" consumer=");
+        write_text_value(out, meta.consumer.as_bytes());
+        out.extend_from_slice(b" stream_seq=");
+        write_integer(out, meta.stream_sequence);
+        out.extend_from_slice(b" consumer_seq=");
+        write_integer(out, meta.consumer_sequence);
+        out.extend_from_slice(b" delivered=");
+        write_integer(out, meta.delivered);
+        out.extend_from_slice(b" pending=");
+        write_integer(out, meta.pending);
+        out.extend_from_slice(b" published=");
+        write_rfc3339(out, meta.published_nanos);
+        if let Some(headers) = meta.headers {
+            for (name, values) in headers.iter() {
+                for value in values {
+                    out.extend_from_slice(b" header.");
+                    write_text_key(out, name.as_ref());
+                    out.push(b'=');
+                    write_text_value(out, value.as_str().as_bytes());
+                }
+            }
+        }
+        match event {
+            Event::Structured => self.render_text_members(out),
+            Event::Text(text) => {
+                out.extend_from_slice(b" raw=");
+                write_text_value(out, text.as_bytes());
+            }
+            Event::Binary(bytes) => {
+                out.extend_from_slice(b" raw_base64=");
+                write_base64(out, bytes);
+            }
+        }
+    }
+
+    /// Recognised attributes become `event.<name>=` fields; all other members are kept together
+    /// as one compact JSON object in `event.extra=`, so nothing is lost and no key is invented.
+    fn render_text_members(&mut self, out: &mut Vec<u8>) {
+        let compact = self.scanner.compact();
+        self.extra.clear();
+        for member in self.scanner.members() {
+            let key = &compact[member.key.clone()];
+            let value = &compact[member.value.clone()];
+            if let Some(name) = RECOGNISED_ATTRIBUTES
+                .iter()
+                .find(|name| name.as_bytes() == key)
+            {
+                out.extend_from_slice(b" event.");
+                out.extend_from_slice(name.as_bytes());
+                out.push(b'=');
+                write_text_json_value(out, value);
+            } else {
+                self.extra
+                    .push(if self.extra.is_empty() { b'{' } else { b',' });
+                self.extra
+                    .extend_from_slice(&compact[member.key.start - 1..member.value.end]);
+            }
+        }
+        if !self.extra.is_empty() {
+            self.extra.push(b'}');
+            out.extend_from_slice(b" event.extra=");
+            write_text_value(out, &self.extra);
+        }
+    }
+}
+
+/// Bytes that may appear in an unquoted text value: printable ASCII except the characters that
+/// delimit or quote (`"`, `=`, `\`). Anything else, including every non-ASCII byte, is quoted.
+#[inline]
+fn is_bare_text(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes
+            .iter()
+            .all(|&byte| matches!(byte, 0x21..=0x7e) && !matches!(byte, b'"' | b'=' | b'\\'))
+}
+
+/// Writes UTF-8 `bytes` bare when that is unambiguous, quoted and escaped otherwise.
+#[inline]
+fn write_text_value(out: &mut Vec<u8>, bytes: &[u8]) {
+    if is_bare_text(bytes) {
+        out.extend_from_slice(bytes);
+    } else {
+        out.push(b'"');
+        write_escaped(out, bytes);
+        out.push(b'"');
+    }
+}
+
+/// Writes a compact JSON value from the scanner: a string whose contents need no quoting goes
+/// bare; any other string is already a safe quoted literal; numbers and literals go bare;
+/// objects and arrays are quoted as text.
+fn write_text_json_value(out: &mut Vec<u8>, value: &[u8]) {
+    if let [b'"', contents @ .., b'"'] = value {
+        if is_bare_text(contents) {
+            out.extend_from_slice(contents);
+        } else {
+            out.extend_from_slice(value);
+        }
+    } else {
+        write_text_value(out, value);
+    }
+}
+
+/// Header names come from the publisher; anything outside `[A-Za-z0-9_.-]` becomes `_` so a
+/// name cannot smuggle a space, `=` or quote into the key.
+fn write_text_key(out: &mut Vec<u8>, name: &str) {
+    out.extend(name.bytes().map(|byte| {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-') {
+            byte
+        } else {
+            b'_'
+        }
+    }));
+}
+
+#[inline]
+fn write_integer<I: itoa::Integer>(out: &mut Vec<u8>, value: I) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
+    out.resize(
+        start + base64::encoded_len(bytes.len(), true).unwrap_or(0),
+        0,
+    );
+    let written = BASE64
+        .encode_slice(bytes, &mut out[start..])
+        .expect("buffer sized by encoded_len");
+    out.truncate(start + written);
+}
+
+/// Writes `nanos` since the epoch as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC). Hand-written
+/// because it runs once per event and a general formatter costs more than the whole line.
+fn write_rfc3339(out: &mut Vec<u8>, nanos: i128) {
+    let seconds = nanos.div_euclid(1_000_000_000) as i64;
+    let fraction = nanos.rem_euclid(1_000_000_000) as u32;
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400) as u32;
+    let (year, month, day) = civil_from_days(days);
+    let mut digits = [0u8; 30];
+    let year = year.clamp(0, 9999) as u32;
+    put_digits(&mut digits[0..4], year);
+    digits[4] = b'-';
+    put_digits(&mut digits[5..7], month);
+    digits[7] = b'-';
+    put_digits(&mut digits[8..10], day);
+    digits[10] = b'T';
+    put_digits(&mut digits[11..13], second_of_day / 3600);
+    digits[13] = b':';
+    put_digits(&mut digits[14..16], second_of_day / 60 % 60);
+    digits[16] = b':';
+    put_digits(&mut digits[17..19], second_of_day % 60);
+    digits[19] = b'.';
+    put_digits(&mut digits[20..29], fraction);
+    digits[29] = b'Z';
+    out.extend_from_slice(&digits);
+}
+
+fn put_digits(slot: &mut [u8], mut value: u32) {
+    for digit in slot.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(headers: Option<&HeaderMap>) -> Metadata<'_> {
+        Metadata {
+            subject: "audit.login",
+            stream: "AUDIT",
+            consumer: "logger",
+            stream_sequence: 42,
+            consumer_sequence: 7,
+            delivered: 2,
+            pending: 3,
+            published_nanos: 1_795_000_000_123_456_789,
+            headers,
+        }
+    }
+
+    fn render(
+        format: Format,
+        redact: &[&str],
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> String {
+        let mut renderer = LineRenderer::new(format, RedactKeys::new(redact));
+        let mut out = Vec::new();
+        renderer.render(&meta(headers), payload, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(line.matches('\n').count(), 1, "exactly one line: {line:?}");
+        assert!(line.ends_with('\n'));
+        line
+    }
+
+    fn json(payload: &[u8]) -> serde_json::Value {
+        serde_json::from_str(&render(Format::Json, &[], None, payload)).unwrap()
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_nanoseconds() {
+        let mut out = Vec::new();
+        write_rfc3339(&mut out, 0);
+        write_rfc3339(&mut out, 951_782_400_000_000_001); // 2000-02-29
+        write_rfc3339(&mut out, -1);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000000Z2000-02-29T00:00:00.000000001Z1969-12-31T23:59:59.999999999Z"
+        );
+    }
+
+    #[test]
+    fn json_line_carries_all_metadata_and_the_event() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "m-1");
+        headers.append("X-Multi", "a");
+        headers.append("X-Multi", "b");
+        let line = render(
+            Format::Json,
+            &[],
+            Some(&headers),
+            br#"{"id":"1","type":"t","data":{"k":1}}"#,
+        );
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "kind": "structured", "subject": "audit.login", "stream": "AUDIT",
+                "consumer": "logger", "stream_seq": 42, "consumer_seq": 7, "delivered": 2,
+                "pending": 3, "published": "2026-11-18T11:06:40.123456789Z",
+                "headers": {"Nats-Msg-Id": "m-1", "X-Multi": ["a", "b"]},
+                "event": {"id": "1", "type": "t", "data": {"k": 1}},
+            })
+        );
+    }
+
+    #[test]
+    fn json_raw_events_keep_their_text_or_bytes() {
+        assert_eq!(json(b"")["raw"], "");
+        assert_eq!(json(b"[1,2]")["raw"], "[1,2]");
+        assert_eq!(json(b"line\n\"}{\x1b[2J")["raw"], "line\n\"}{\x1b[2J");
+        assert_eq!(json(b"\xff\x00")["raw_base64"], "/wA=");
+        assert_eq!(json(b"\xff\x00")["kind"], "raw");
+    }
+
+    #[test]
+    fn hostile_payloads_stay_inside_their_value() {
+        let forged = b"x\" subject=forged delivered=99\n{\"kind\":\"structured\"}";
+        let value = json(forged);
+        assert_eq!(value["subject"], "audit.login");
+        assert_eq!(value["raw"], std::str::from_utf8(forged).unwrap());
+
+        let line = render(Format::Text, &[], None, forged);
+        assert_eq!(line.matches(" subject=").count(), 2);
+        assert!(line.contains(" subject=audit.login "));
+        assert!(
+            line.contains(r#" raw="x\" subject=forged delivered=99\n{\"kind\":\"structured\"}""#)
+        );
+    }
+
+    #[test]
+    fn text_line_lifts_recognised_attributes_and_keeps_the_rest() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "m 1");
+        let line = render(
+            Format::Text,
+            &["password"],
+            Some(&headers),
+            br#"{"specversion":"1.0","id":"e-1","source":"/svc a","type":"login","time":"2026-01-01T00:00:00Z","data":{"user":"u","password":"p"},"other":1,"more":"x"}"#,
+        );
+        assert_eq!(
+            line,
+            concat!(
+                "kind=structured subject=audit.login stream=AUDIT consumer=logger stream_seq=42 ",
+                "consumer_seq=7 delivered=2 pending=3 published=2026-11-18T11:06:40.123456789Z ",
+                "header.Nats-Msg-Id=\"m 1\" event.specversion=1.0 event.id=e-1 event.source=\"/svc a\" ",
+                "event.type=login event.time=2026-01-01T00:00:00Z ",
+                r#"event.data="{\"user\":\"u\",\"password\":\"[REDACTED]\"}" "#,
+                r#"event.extra="{\"other\":1,\"more\":\"x\"}""#,
+                "\n"
+            )
+        );
+    }
+
+    #[test]
+    fn text_raw_values_are_quoted_only_when_needed() {
+        assert!(render(Format::Text, &[], None, b"plain").ends_with(" raw=plain\n"));
+        assert!(render(Format::Text, &[], None, b"").ends_with(" raw=\"\"\n"));
+        assert!(render(Format::Text, &[], None, b"a=b").ends_with(" raw=\"a=b\"\n"));
+        assert!(
+            render(Format::Text, &[], None, "\u{1b}[31m".as_bytes())
+                .ends_with(" raw=\"\\u001b[31m\"\n")
+        );
+        assert!(render(Format::Text, &[], None, b"\xff").ends_with(" raw_base64=/w==\n"));
+    }
+
+    #[test]
+    fn text_header_names_cannot_forge_keys() {
+        let mut headers = HeaderMap::new();
+        headers.insert("a=b\"c", "v");
+        assert!(render(Format::Text, &[], Some(&headers), b"x").contains(" header.a_b_c=v "));
+    }
+
+    #[test]
+    fn redaction_changes_only_named_values() {
+        let payload = br#"{"id":"1","auth":{"Authorization":"Bearer x","scheme":"basic"},"list":[{"token":1}]}"#;
+        let value = serde_json::from_str::<serde_json::Value>(&render(
+            Format::Json,
+            &["authorization", "token"],
+            None,
+            payload,
+        ))
+        .unwrap();
+        assert_eq!(
+            value["event"],
+            serde_json::json!({"id":"1","auth":{"Authorization":"[REDACTED]","scheme":"basic"},"list":[{"token":"[REDACTED]"}]})
+        );
+    }
+
+    #[test]
+    fn format_names_parse() {
+        assert_eq!("json".parse::<Format>(), Ok(Format::Json));
+        assert_eq!("TEXT".parse::<Format>(), Ok(Format::Text));
+        assert!("yaml".parse::<Format>().is_err());
+    }
+}
