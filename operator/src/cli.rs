@@ -1,0 +1,130 @@
+//! Command line: `audit-operator [run]` runs the controllers, `audit-operator crd` prints (or
+//! writes) the CRD manifests. Every flag can also be given as an environment variable.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{backoff::BackoffPolicy, duration, options::Options};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "audit-operator",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings for running the controllers when no subcommand is given.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controllers (the default).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
+    Crd(CrdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Write `<crd name>.yaml` files into this directory instead of printing to stdout.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// How often a healthy resource is checked for drift and its live state refreshed.
+    #[arg(long, env = "AUDIT_OPERATOR_REQUEUE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub requeue_interval: Duration,
+
+    /// First delay before retrying a failing resource; it doubles per failure.
+    #[arg(long, env = "AUDIT_OPERATOR_RETRY_BASE_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub retry_base_delay: Duration,
+
+    /// Longest delay between retries of a failing resource (retries never stop).
+    #[arg(long, env = "AUDIT_OPERATOR_RETRY_MAX_DELAY", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max_delay: Duration,
+
+    /// Timeout of a NATS connection attempt and of each JetStream request.
+    #[arg(long, env = "AUDIT_OPERATOR_NATS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub nats_timeout: Duration,
+
+    /// Watch only this namespace instead of all namespaces.
+    #[arg(long, env = "AUDIT_OPERATOR_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Instance name in the Events the operator writes, usually the pod name.
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+
+    /// Log line format.
+    #[arg(long, env = "AUDIT_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration::parse(text).map_err(|e| e.to_string())
+}
+
+impl RunArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            requeue_interval: self.requeue_interval,
+            retry: BackoffPolicy {
+                base: self.retry_base_delay,
+                cap: self.retry_max_delay,
+            },
+            nats_timeout: self.nats_timeout,
+            namespace: self.namespace.clone(),
+            instance: self.instance.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_is_the_default_and_flags_reach_the_options() {
+        let cli = Cli::try_parse_from([
+            "audit-operator",
+            "--requeue-interval",
+            "5s",
+            "--namespace",
+            "ns",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        let options = cli.run.options();
+        assert_eq!(options.requeue_interval, Duration::from_secs(5));
+        assert_eq!(options.namespace.as_deref(), Some("ns"));
+        assert_eq!(options.retry.cap, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn malformed_duration_is_refused() {
+        assert!(
+            Cli::try_parse_from(["audit-operator", "run", "--requeue-interval", "soon"]).is_err()
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! kstatus conditions (`Ready`, `Reconciling`, `Stalled`) computed from the outcome of one
+//! reconciliation. Pure: the caller supplies the clock, and a condition whose status did not
+//! change keeps its `lastTransitionTime`, so an unchanged outcome yields an identical list and
+//! no status write.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+/// Where a resource stands after a reconciliation, in kstatus terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The desired state is in place.
+    Ready,
+    /// Not there yet; the operator is working on it or retrying on its own.
+    Reconciling,
+    /// Not there, and it will not get there until a user changes something.
+    Stalled,
+}
+
+/// The outcome of one reconciliation: its phase, with a CamelCase reason and a message that
+/// says what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub phase: Phase,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The three kstatus conditions for `outcome`, carrying over `lastTransitionTime` from
+/// `previous` wherever a condition's status is unchanged. Other condition types in `previous`
+/// (none are written today) are kept as they are.
+pub fn kstatus(
+    previous: &[Condition],
+    generation: Option<i64>,
+    outcome: &Outcome,
+    now: &Time,
+) -> Vec<Condition> {
+    let status_of = |phase: Phase| {
+        if outcome.phase == phase {
+            "True"
+        } else {
+            "False"
+        }
+    };
+    let desired = [
+        (READY, status_of(Phase::Ready)),
+        (RECONCILING, status_of(Phase::Reconciling)),
+        (STALLED, status_of(Phase::Stalled)),
+    ];
+    let mut conditions: Vec<Condition> = previous
+        .iter()
+        .filter(|c| !desired.iter().any(|(type_, _)| c.type_ == *type_))
+        .cloned()
+        .collect();
+    for (type_, status) in desired {
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        conditions.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: outcome.reason.clone(),
+            message: outcome.message.clone(),
+            observed_generation: generation,
+            last_transition_time,
+        });
+    }
+    conditions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn outcome(phase: Phase, reason: &str) -> Outcome {
+        Outcome {
+            phase,
+            reason: reason.to_owned(),
+            message: format!("{reason} happened"),
+        }
+    }
+
+    fn find<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+        conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn ready_sets_exactly_one_true_condition() {
+        let conditions = kstatus(&[], Some(3), &outcome(Phase::Ready, "StreamReady"), &at(10));
+        assert_eq!(find(&conditions, READY).status, "True");
+        assert_eq!(find(&conditions, RECONCILING).status, "False");
+        assert_eq!(find(&conditions, STALLED).status, "False");
+        assert!(conditions.iter().all(|c| c.observed_generation == Some(3)));
+        assert!(conditions.iter().all(|c| c.reason == "StreamReady"));
+    }
+
+    #[test]
+    fn unchanged_outcome_is_identical_including_timestamps() {
+        let first = kstatus(&[], Some(1), &outcome(Phase::Ready, "StreamReady"), &at(10));
+        let second = kstatus(
+            &first,
+            Some(1),
+            &outcome(Phase::Ready, "StreamReady"),
+            &at(99),
+        );
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn transition_time_moves_only_for_conditions_that_flip() {
+        let ready = kstatus(&[], Some(1), &outcome(Phase::Ready, "StreamReady"), &at(10));
+        let stalled = kstatus(
+            &ready,
+            Some(2),
+            &outcome(Phase::Stalled, "StreamExists"),
+            &at(20),
+        );
+        assert_eq!(find(&stalled, READY).last_transition_time, at(20));
+        assert_eq!(find(&stalled, STALLED).last_transition_time, at(20));
+        // Reconciling stayed False: its transition time is the first one.
+        assert_eq!(find(&stalled, RECONCILING).last_transition_time, at(10));
+        assert_eq!(find(&stalled, READY).reason, "StreamExists");
+    }
+
+    #[test]
+    fn foreign_condition_types_are_kept() {
+        let foreign = Condition {
+            type_: "Custom".into(),
+            status: "True".into(),
+            reason: "Because".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: at(1),
+        };
+        let conditions = kstatus(
+            std::slice::from_ref(&foreign),
+            Some(1),
+            &outcome(Phase::Reconciling, "NatsUnreachable"),
+            &at(5),
+        );
+        assert_eq!(conditions.len(), 4);
+        assert!(conditions.contains(&foreign));
+        assert_eq!(find(&conditions, RECONCILING).status, "True");
+    }
+}

@@ -1,0 +1,149 @@
+//! How a custom resource reaches NATS: server URLs, authentication and TLS material taken from
+//! Secrets in the resource's namespace, and the JetStream domain. Shared by every kind that
+//! talks to NATS, so that a consumer can reuse the connection of the stream it reads.
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// Connection to a NATS server or cluster with JetStream enabled.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsConnection {
+    /// NATS server URLs, e.g. `nats://nats.nats-system.svc:4222` or `tls://nats.example.com:4222`.
+    /// Several URLs of one cluster let the client fail over between them.
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(
+            length(min = 1, max = 512),
+            regex(pattern = r"^(nats|tls|ws|wss)://\S+$")
+        )
+    )]
+    pub servers: Vec<String>,
+
+    /// How to authenticate. Omit it for a server that accepts anonymous clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<NatsAuth>,
+
+    /// TLS settings beyond the defaults: a private CA and/or a client certificate. A `tls://`
+    /// URL without this block verifies the server against the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<NatsTls>,
+
+    /// JetStream domain to address, for a leaf node or super-cluster deployment. Omit it to
+    /// use the domain of the server the client connects to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub js_domain: Option<String>,
+}
+
+/// Client authentication: set exactly one of the references. Every Secret must be in the same
+/// namespace as the resource; a change to it (a credential rotation) reconnects the operator
+/// with the new credentials without an edit of this resource.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.credsSecretRef), has(self.nkeySecretRef), has(self.userPasswordSecretRef), has(self.tokenSecretRef)].filter(x, x).size() == 1").message("set exactly one of credsSecretRef, nkeySecretRef, userPasswordSecretRef, tokenSecretRef"))]
+pub struct NatsAuth {
+    /// A Secret key holding a NATS credentials file (user JWT and NKey seed), as written by
+    /// `nsc generate creds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds_secret_ref: Option<SecretKeyRef>,
+
+    /// A Secret key holding an NKey user seed (a string starting with `SU`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey_secret_ref: Option<SecretKeyRef>,
+
+    /// A Secret holding a user name and a password, by default under the keys `username` and
+    /// `password` of a `kubernetes.io/basic-auth` Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_password_secret_ref: Option<UserPasswordSecretRef>,
+
+    /// A Secret key holding an authentication token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// A Secret holding a user name and a password.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserPasswordSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the user name within the Secret's data.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub username_key: String,
+    /// Key of the password within the Secret's data.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".to_owned()
+}
+
+fn default_password_key() -> String {
+    "password".to_owned()
+}
+
+/// TLS material for the NATS connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsTls {
+    /// A Secret key holding the PEM certificate(s) of the CA that signed the server
+    /// certificate. When omitted, the `ca.crt` key of the client certificate Secret is used if
+    /// present, otherwise the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`) with the client certificate
+    /// for servers that require mutual TLS, as issued for example by cert-manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<SecretRef>,
+}
+
+/// A Secret in the resource's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+impl NatsConnection {
+    /// Names of every Secret this connection reads, so a change to one of them can be mapped
+    /// back to the resources that use it.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        let auth = self.auth.iter().flat_map(|auth| {
+            [
+                auth.creds_secret_ref.as_ref().map(|r| r.name.as_str()),
+                auth.nkey_secret_ref.as_ref().map(|r| r.name.as_str()),
+                auth.user_password_secret_ref
+                    .as_ref()
+                    .map(|r| r.name.as_str()),
+                auth.token_secret_ref.as_ref().map(|r| r.name.as_str()),
+            ]
+        });
+        let tls = self.tls.iter().flat_map(|tls| {
+            [
+                tls.ca_secret_ref.as_ref().map(|r| r.name.as_str()),
+                tls.client_cert_secret_ref.as_ref().map(|r| r.name.as_str()),
+            ]
+        });
+        auth.chain(tls).flatten()
+    }
+}

@@ -1,0 +1,75 @@
+//! The API: custom resource types and the CRD manifests generated from them.
+
+pub mod connection;
+pub mod stream;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use connection::NatsConnection;
+pub use stream::{AuditStream, AuditStreamSpec, AuditStreamStatus};
+
+/// API group of every kind the operator serves.
+pub const GROUP: &str = "audit.eventsaudit.io";
+
+/// Every CRD the operator serves, in a stable order.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![AuditStream::crd()]
+}
+
+/// Each CRD as a YAML document with the file name it is committed under in `crds/`.
+pub fn files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    all()
+        .into_iter()
+        .map(|crd| {
+            let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default());
+            Ok((name, serde_yaml::to_string(&crd)?))
+        })
+        .collect()
+}
+
+/// Every CRD as one multi-document YAML stream, for `kubectl apply -f -`.
+pub fn to_yaml() -> Result<String, serde_yaml::Error> {
+    Ok(files()?
+        .into_iter()
+        .map(|(_, yaml)| format!("---\n{yaml}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn committed_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")
+    }
+
+    #[test]
+    fn committed_crds_match_the_generator() {
+        let regenerate = "regenerate with `cargo run -p audit-operator -- crd --output-dir crds`";
+        let generated = files().unwrap();
+        for (file, yaml) in &generated {
+            let committed = std::fs::read_to_string(committed_dir().join(file))
+                .unwrap_or_else(|e| panic!("crds/{file}: {e}; {regenerate}"));
+            assert!(committed == *yaml, "crds/{file} differs from the generator; {regenerate}");
+        }
+        let mut committed_files: Vec<String> = std::fs::read_dir(committed_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        committed_files.sort();
+        let mut generated_files: Vec<String> = generated.into_iter().map(|(f, _)| f).collect();
+        generated_files.sort();
+        assert_eq!(committed_files, generated_files, "stale files in crds/; {regenerate}");
+    }
+
+    #[test]
+    fn manifests_hold_nothing_the_server_would_strip() {
+        let yaml = to_yaml().unwrap();
+        for needle in [": null", ": []"] {
+            assert!(!yaml.contains(needle), "CRD YAML contains {needle:?}");
+        }
+    }
+}

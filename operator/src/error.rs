@@ -1,0 +1,126 @@
+//! Every way a reconciliation can fail, with what a user should do about it.
+//!
+//! Each variant knows its Condition/Event reason and whether it needs a change from the user
+//! (kstatus `Stalled`) or is retried until it clears on its own (kstatus `Reconciling`). The
+//! messages name Secrets and keys but never their contents.
+
+use kube_runtime::finalizer;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "Secret {name:?} not found in the resource's namespace: create it, or fix the reference"
+    )]
+    SecretNotFound { name: String },
+
+    #[error("Secret {name:?} has no key {key:?}: add the key, or fix the reference")]
+    SecretKeyMissing { name: String, key: String },
+
+    #[error("Secret {name:?} key {key:?} is unusable: {problem}")]
+    SecretInvalid {
+        name: String,
+        key: String,
+        problem: String,
+    },
+
+    #[error(
+        "the Secret referenced by connection.auth.credsSecretRef is not a NATS credentials file ({0}): store the output of `nsc generate creds` there"
+    )]
+    CredsInvalid(String),
+
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+
+    #[error("cannot reach NATS at {servers}: {source}; the operator keeps retrying")]
+    NatsUnreachable {
+        servers: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+
+    #[error(
+        "NATS at {servers} rejected the credentials ({source}): fix the referenced Secret or the server's accounts"
+    )]
+    NatsAuthRejected {
+        servers: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+
+    #[error("NATS TLS setup failed: {0}")]
+    NatsTls(String),
+
+    #[error("JetStream request failed: {0}; the operator keeps retrying")]
+    JetStreamRequest(String),
+
+    /// Carries the server's text, which includes its error code.
+    #[error("NATS rejected the stream configuration: {0}: change the spec accordingly")]
+    StreamConfigRejected(String),
+
+    #[error(
+        "a stream named {stream:?} already exists on the server and was not created by this resource: set spec.adopt: true to take it over, or choose another spec.name"
+    )]
+    StreamNotAdopted { stream: String },
+
+    #[error(
+        "stream {stream:?} belongs to AuditStream {owner}: two resources cannot manage one stream; choose another spec.name"
+    )]
+    StreamOwnedByOther { stream: String, owner: String },
+
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[source] kube::Error),
+
+    #[error("finalizer: {0}")]
+    // Boxed: the finalizer error wraps this enum.
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// The reason used in the `Ready` condition and in the Warning event, in CamelCase.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::SecretNotFound { .. } => "SecretNotFound",
+            Error::SecretKeyMissing { .. } => "SecretKeyMissing",
+            Error::SecretInvalid { .. } | Error::CredsInvalid(_) => "SecretInvalid",
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::NatsUnreachable { .. } => "NatsUnreachable",
+            Error::NatsAuthRejected { .. } => "NatsAuthenticationFailed",
+            Error::NatsTls(_) => "NatsTlsFailed",
+            Error::JetStreamRequest(_) => "JetStreamRequestFailed",
+            Error::StreamConfigRejected(_) => "StreamConfigRejected",
+            Error::StreamNotAdopted { .. } => "StreamExists",
+            Error::StreamOwnedByOther { .. } => "StreamOwnedByAnotherResource",
+            Error::Kube(_) => "KubernetesApiFailed",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "FinalizerFailed",
+            },
+        }
+    }
+
+    /// Whether the failure lasts until a user changes the spec, a Secret or the NATS server
+    /// (kstatus `Stalled`), rather than clearing by itself on a retry.
+    pub fn needs_user_action(&self) -> bool {
+        match self {
+            Error::SecretNotFound { .. }
+            | Error::SecretKeyMissing { .. }
+            | Error::SecretInvalid { .. }
+            | Error::CredsInvalid(_)
+            | Error::InvalidSpec(_)
+            | Error::NatsAuthRejected { .. }
+            | Error::NatsTls(_)
+            | Error::StreamConfigRejected(_)
+            | Error::StreamNotAdopted { .. }
+            | Error::StreamOwnedByOther { .. } => true,
+            Error::NatsUnreachable { .. } | Error::JetStreamRequest(_) | Error::Kube(_) => false,
+            Error::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                    e.needs_user_action()
+                }
+                _ => false,
+            },
+        }
+    }
+}

@@ -1,0 +1,52 @@
+use anyhow::Context as _;
+use audit_operator::cli::{Cli, Command, LogFormat, RunArgs};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd(args)) => write_crds(args.output_dir),
+        Some(Command::Run(args)) => run(args).await,
+        None => run(cli.run).await,
+    }
+}
+
+fn write_crds(output_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    match output_dir {
+        None => print!("{}", audit_operator::crd::to_yaml()?),
+        Some(dir) => {
+            for (file, yaml) in audit_operator::crd::files()? {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    audit_operator::run(client, args.options(), shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

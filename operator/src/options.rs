@@ -1,0 +1,34 @@
+//! Settings of a running operator, independent of how they were given (flags, a test).
+
+use std::time::Duration;
+
+use crate::backoff::BackoffPolicy;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How often a healthy resource is checked again for drift and live state.
+    pub requeue_interval: Duration,
+    /// Delays between retries of a failing resource.
+    pub retry: BackoffPolicy,
+    /// Timeout of a NATS connection attempt and of each JetStream request.
+    pub nats_timeout: Duration,
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Identity in the Events the operator writes (`reportingInstance`), e.g. the pod name.
+    pub instance: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            requeue_interval: Duration::from_secs(60),
+            retry: BackoffPolicy {
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(300),
+            },
+            nats_timeout: Duration::from_secs(5),
+            namespace: None,
+            instance: None,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Pure comparison of the stream NATS has with the one the spec asks for, limited to the
+//! fields the operator owns; fields the spec does not govern (consumer limits, direct get,
+//! rollups, ...) are never reported and are kept as they are when the stream is updated.
+
+use std::collections::HashMap;
+
+use async_nats::jetstream::stream::{Compression, Config};
+
+/// One owned field whose value on the server differs from the spec's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Difference {
+    pub field: &'static str,
+    pub server: String,
+    pub desired: String,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (server: {}, spec: {})",
+            self.field, self.server, self.desired
+        )
+    }
+}
+
+/// Lists owned fields whose values differ, and rewrites only those fields of a configuration.
+/// One list drives both, so what is compared is exactly what is written.
+macro_rules! owned_fields {
+    ($($field:ident),* $(,)?) => {
+        /// Owned fields that differ between `server` (as NATS reports it) and `desired`.
+        pub fn differences(server: &Config, desired: &Config) -> Vec<Difference> {
+            let server = normalized(server);
+            let mut differences = Vec::new();
+            $(
+                if server.$field != desired.$field {
+                    differences.push(Difference {
+                        field: stringify!($field),
+                        server: format!("{:?}", server.$field),
+                        desired: format!("{:?}", desired.$field),
+                    });
+                }
+            )*
+            if user_metadata(&server.metadata) != user_metadata(&desired.metadata) {
+                differences.push(Difference {
+                    field: "metadata",
+                    server: format!("{:?}", sorted(user_metadata(&server.metadata))),
+                    desired: format!("{:?}", sorted(user_metadata(&desired.metadata))),
+                });
+            }
+            differences
+        }
+
+        /// `server` with every owned field taken from `desired`: the configuration to send in
+        /// an update, preserving what the operator does not own.
+        pub fn overlay(server: &Config, desired: &Config) -> Config {
+            let mut merged = server.clone();
+            $( merged.$field = desired.$field.clone(); )*
+            merged.metadata = desired.metadata.clone();
+            merged
+        }
+    };
+}
+
+owned_fields!(
+    subjects,
+    retention,
+    storage,
+    num_replicas,
+    max_age,
+    max_bytes,
+    max_messages,
+    max_messages_per_subject,
+    max_message_size,
+    discard,
+    duplicate_window,
+    compression,
+    description,
+    placement,
+    deny_delete,
+    deny_purge,
+);
+
+/// The server's way of saying "unset" mapped onto the spec's.
+fn normalized(server: &Config) -> Config {
+    let mut config = server.clone();
+    if config.compression.is_none() {
+        config.compression = Some(Compression::None);
+    }
+    if config.description.as_deref() == Some("") {
+        config.description = None;
+    }
+    if config
+        .placement
+        .as_ref()
+        .is_some_and(|p| p.cluster.as_deref().unwrap_or_default().is_empty() && p.tags.is_empty())
+    {
+        config.placement = None;
+    }
+    config
+}
+
+/// Metadata without the keys the server maintains itself (`_nats.*`).
+fn user_metadata(metadata: &HashMap<String, String>) -> HashMap<&str, &str> {
+    metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("_nats."))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+fn sorted<'a>(map: HashMap<&'a str, &'a str>) -> std::collections::BTreeMap<&'a str, &'a str> {
+    map.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_nats::jetstream::stream::Placement;
+
+    use super::*;
+
+    fn desired() -> Config {
+        Config {
+            name: "AUDIT".into(),
+            subjects: vec!["audit.>".into()],
+            max_bytes: -1,
+            max_messages: -1,
+            max_messages_per_subject: -1,
+            max_message_size: -1,
+            duplicate_window: Duration::from_secs(120),
+            compression: Some(Compression::None),
+            deny_delete: true,
+            deny_purge: true,
+            metadata: HashMap::from([("audit.eventsaudit.io/owner".into(), "ns/a".into())]),
+            ..Config::default()
+        }
+    }
+
+    /// The same stream as NATS reports it: server-maintained metadata, fields the operator
+    /// does not own, and "unset" spelled the server's way.
+    fn as_reported_by_server() -> Config {
+        let mut config = desired();
+        config.metadata.insert("_nats.level".into(), "1".into());
+        config.max_consumers = -1;
+        config.allow_direct = true;
+        config.compression = None;
+        config.placement = Some(Placement::default());
+        config.description = Some(String::new());
+        config
+    }
+
+    #[test]
+    fn server_spelling_of_the_same_stream_is_no_drift() {
+        assert_eq!(differences(&as_reported_by_server(), &desired()), []);
+    }
+
+    #[test]
+    fn changed_owned_fields_are_reported_by_name() {
+        let mut server = as_reported_by_server();
+        server.max_age = Duration::from_secs(1);
+        server.deny_delete = false;
+        server.metadata.insert("extra".into(), "x".into());
+        let fields: Vec<_> = differences(&server, &desired())
+            .into_iter()
+            .map(|d| d.field)
+            .collect();
+        assert_eq!(fields, ["max_age", "deny_delete", "metadata"]);
+    }
+
+    #[test]
+    fn overlay_keeps_fields_the_operator_does_not_own() {
+        let mut server = as_reported_by_server();
+        server.max_age = Duration::from_secs(1);
+        let merged = overlay(&server, &desired());
+        assert_eq!(merged.max_age, Duration::ZERO);
+        assert!(merged.allow_direct);
+        assert_eq!(merged.max_consumers, -1);
+        assert_eq!(differences(&merged, &desired()), []);
+    }
+}

@@ -1,0 +1,387 @@
+//! The AuditStream controller: reconciles each AuditStream through the pipeline
+//! dereference -> validate -> build -> apply -> status, and handles deletion per
+//! `deletionPolicy` behind a finalizer.
+
+pub mod apply;
+pub mod build;
+pub mod dereference;
+pub mod drift;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder},
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{info, warn};
+
+use self::apply::{Change, Deletion};
+use crate::{
+    backoff::Retries,
+    crd::stream::{AuditStream, DeletionPolicy},
+    error::{Error, Result},
+    nats_pool::NatsPool,
+    options::Options,
+};
+
+/// Finalizer that keeps an AuditStream until its stream was deleted or retained.
+pub const FINALIZER: &str = "audit.eventsaudit.io/stream-cleanup";
+/// Field manager of the status the operator applies.
+pub const FIELD_MANAGER: &str = "audit-operator";
+
+type Guarded = DeserializeGuard<AuditStream>;
+
+/// What every reconciliation shares.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    pool: Arc<NatsPool>,
+    options: Options,
+    /// The controller's cache of AuditStreams: answers "which streams use this Secret" and
+    /// "does the owner named on a stream still exist" without API calls.
+    store: Store<Guarded>,
+    retries: Retries<ObjectRef<Guarded>>,
+}
+
+/// Runs the AuditStream controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    options: Options,
+    pool: Arc<NatsPool>,
+    recorder: Recorder,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (streams, secrets): (Api<Guarded>, Api<Secret>) = match &options.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let controller = Controller::new(streams, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let context = Arc::new(Context {
+        client,
+        recorder,
+        pool,
+        retries: Retries::new(options.retry),
+        options,
+        store: store.clone(),
+    });
+    controller
+        .watches(secrets, watcher::Config::default(), move |secret| {
+            streams_using_secret(&store, &secret)
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(error) => warn!(%error, "reconciliation failed"),
+            }
+        })
+        .await;
+}
+
+/// The AuditStreams in the Secret's namespace whose connection reads it.
+fn streams_using_secret(store: &Store<Guarded>, secret: &Secret) -> Vec<ObjectRef<Guarded>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    store
+        .state()
+        .iter()
+        .filter_map(|guarded| guarded.0.as_ref().ok())
+        .filter(|stream| stream.namespace() == namespace)
+        .filter(|stream| stream.spec.connection.secret_names().any(|n| n == name))
+        .map(|stream| {
+            ObjectRef::new(&stream.name_any()).within(&stream.namespace().unwrap_or_default())
+        })
+        .collect()
+}
+
+async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
+    let stream = match &guarded.0 {
+        Ok(stream) => Arc::new(stream.clone()),
+        Err(invalid) => {
+            // The schema makes this rare (an object stored under an older CRD); report it
+            // and wait for an edit rather than stopping the whole watch.
+            warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "AuditStream cannot be read");
+            let reference = guarded.object_ref(&());
+            publish(
+                &ctx,
+                &reference,
+                EventType::Warning,
+                "InvalidObject",
+                "Reconcile",
+                invalid.error.clone(),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let namespace = stream.namespace().unwrap_or_default();
+    let api: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, stream, |event| async {
+        match event {
+            FinalizerEvent::Apply(stream) => apply_stream(&stream, &ctx).await,
+            FinalizerEvent::Cleanup(stream) => cleanup(&stream, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.retries.reset(&ObjectRef::from_obj(guarded.as_ref()));
+    }
+    result
+}
+
+fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx
+        .retries
+        .next_delay(ObjectRef::from_obj(guarded.as_ref()));
+    info!(name = %guarded.name_any(), namespace = ?guarded.namespace(), %error, retry_in = ?delay, "will retry");
+    Action::requeue(delay)
+}
+
+/// Identifies a resource in the connection pool.
+fn pool_user(stream: &AuditStream) -> String {
+    format!(
+        "AuditStream/{}/{}",
+        stream.namespace().unwrap_or_default(),
+        stream.name_any()
+    )
+}
+
+/// The pipeline up to NATS: Secrets, validation, desired config, and the stream on the server.
+async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::Applied> {
+    let namespace = stream.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let connection = dereference::dereference(&secrets, &stream.spec.connection).await?;
+    let valid = validate::validate(stream)?;
+    let desired = build::desired_config(stream, &valid);
+    let js = jetstream_context(ctx, stream, &connection).await?;
+    let owner_exists = |owner: &str| {
+        owner
+            .split_once('/')
+            .is_some_and(|(ns, name)| ctx.store.get(&ObjectRef::new(name).within(ns)).is_some())
+    };
+    apply::apply(
+        &js,
+        &desired,
+        &build::owner_of(stream),
+        stream.spec.adopt,
+        owner_exists,
+    )
+    .await
+}
+
+async fn jetstream_context(
+    ctx: &Context,
+    stream: &AuditStream,
+    connection: &dereference::ResolvedConnection,
+) -> Result<async_nats::jetstream::Context> {
+    let client = ctx.pool.client(&pool_user(stream), connection).await?;
+    Ok(match &connection.js_domain {
+        Some(domain) => async_nats::jetstream::with_domain(client, domain),
+        None => async_nats::jetstream::new(client),
+    })
+}
+
+async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
+    let result = ensure_stream(stream, ctx).await;
+    let now = Time(Timestamp::now());
+    let status = status::desired_status(
+        stream,
+        result.as_ref().map(|applied| &applied.info.state),
+        &now,
+    );
+    if stream.status.as_ref() != Some(&status) {
+        patch_status(ctx, stream, &status).await?;
+    }
+    let reference = stream.object_ref(&());
+    let name = stream.stream_name();
+    match &result {
+        Ok(applied) => {
+            if let Some((reason, note)) = change_event(stream, &name, &applied.change) {
+                info!(stream = %name, namespace = ?stream.namespace(), reason, "{note}");
+                let type_ = if reason == "DriftCorrected" || reason == "Recreated" {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                publish(ctx, &reference, type_, reason, "Apply", note).await;
+            }
+        }
+        Err(error) => {
+            warn!(stream = %name, namespace = ?stream.namespace(), reason = error.reason(), %error, "stream not ready");
+            publish(
+                ctx,
+                &reference,
+                EventType::Warning,
+                error.reason(),
+                "Apply",
+                error.to_string(),
+            )
+            .await;
+        }
+    }
+    result.map(|_| Action::requeue(ctx.options.requeue_interval))
+}
+
+/// The event reason and note for a change, if it deserves one. An update is a spec change
+/// when the generation moved since the last status; otherwise someone changed the stream
+/// behind the operator's back. A stream created after one had been observed was lost.
+fn change_event(
+    stream: &AuditStream,
+    name: &str,
+    change: &Change,
+) -> Option<(&'static str, String)> {
+    let previous = stream.status.as_ref();
+    let listed = |differences: &[drift::Difference]| {
+        differences
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match change {
+        Change::Unchanged => None,
+        Change::Created if previous.and_then(|s| s.last_seq).is_some() => Some((
+            "Recreated",
+            format!(
+                "stream {name} was missing on NATS (deleted out of band, or a memory stream lost in a restart); recreated it"
+            ),
+        )),
+        Change::Created => Some(("Created", format!("created stream {name} on NATS"))),
+        Change::Adopted(differences) if differences.is_empty() => {
+            Some(("Adopted", format!("adopted existing stream {name}")))
+        }
+        Change::Adopted(differences) => Some((
+            "Adopted",
+            format!(
+                "adopted existing stream {name}; changed {}",
+                listed(differences)
+            ),
+        )),
+        Change::Updated(differences)
+            if previous.and_then(|s| s.observed_generation) == stream.metadata.generation =>
+        {
+            Some((
+                "DriftCorrected",
+                format!(
+                    "stream {name} was changed outside the operator; restored {}",
+                    listed(differences)
+                ),
+            ))
+        }
+        Change::Updated(differences) => Some((
+            "Updated",
+            format!("updated stream {name}: {}", listed(differences)),
+        )),
+    }
+}
+
+async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
+    let reference = stream.object_ref(&());
+    let name = stream.stream_name();
+    let (reason, note) = match stream.spec.deletion_policy {
+        DeletionPolicy::Retain => (
+            "Retained",
+            format!("deletionPolicy is Retain: stream {name} and its data stay on NATS"),
+        ),
+        DeletionPolicy::Delete => {
+            let deleted = async {
+                let namespace = stream.namespace().unwrap_or_default();
+                let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+                let connection =
+                    dereference::dereference(&secrets, &stream.spec.connection).await?;
+                let js = jetstream_context(ctx, stream, &connection).await?;
+                apply::delete(&js, &name, &build::owner_of(stream)).await
+            }
+            .await;
+            match deleted {
+                Ok(Deletion::Deleted) => (
+                    "Deleted",
+                    format!("deleted stream {name} and its data from NATS"),
+                ),
+                Ok(Deletion::Absent) => (
+                    "Deleted",
+                    format!("stream {name} was already gone from NATS"),
+                ),
+                Ok(Deletion::NotOurs) => (
+                    "NotDeleted",
+                    format!(
+                        "stream {name} was not created or adopted by this resource; left it on NATS"
+                    ),
+                ),
+                Err(error) => {
+                    warn!(stream = %name, %error, "cannot delete stream; set deletionPolicy: Retain to let the resource go without deleting it");
+                    publish(ctx, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the stream, set deletionPolicy: Retain")).await;
+                    return Err(error);
+                }
+            }
+        }
+    };
+    info!(stream = %name, namespace = ?stream.namespace(), reason, "{note}");
+    publish(ctx, &reference, EventType::Normal, reason, "Delete", note).await;
+    ctx.pool.release(&pool_user(stream));
+    Ok(Action::await_change())
+}
+
+async fn patch_status(
+    ctx: &Context,
+    stream: &AuditStream,
+    status: &crate::crd::AuditStreamStatus,
+) -> Result<()> {
+    let api: Api<AuditStream> =
+        Api::namespaced(ctx.client.clone(), &stream.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": AuditStream::api_version(&()),
+        "kind": AuditStream::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &stream.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
+}
+
+/// Publishes an event; a failure to do so is logged, never fatal to the reconciliation.
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+        warn!(%error, reason, "cannot publish event");
+    }
+}
