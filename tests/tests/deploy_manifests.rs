@@ -1,0 +1,249 @@
+//! The delivery manifests (Helm chart, Kustomize overlays) install on a real API server with
+//! the real helm and kubectl, produce no perpetual diff for a GitOps tool, run the operator
+//! under the restricted Pod Security Standard, and grant the operator exactly the rights it
+//! uses.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use audit_tests::kube_env::ControlPlane;
+use audit_tests::testenv::{testenv_bin, workspace_root};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+
+const CHART: &str = "deploy/helm/audit-operator";
+const KUBERNETES_VERSION: &str = "1.36.3";
+
+/// Runs a testenv tool against the shared control plane and returns its output, failing the
+/// test with the tool's own error text when it fails.
+fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let output = try_run(tool, args, stdin);
+    assert!(
+        output.status.success(),
+        "{tool} {} failed ({}):\n{}\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn try_run(tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(testenv_bin(tool))
+        .args(args)
+        .current_dir(workspace_root())
+        .env("KUBECONFIG", ControlPlane::shared().kubeconfig_path())
+        // helm keeps caches and repository config in the home directory; keep them private.
+        .env("HELM_CACHE_HOME", scratch_dir("helm-cache"))
+        .env("HELM_CONFIG_HOME", scratch_dir("helm-config"))
+        .env("HELM_DATA_HOME", scratch_dir("helm-data"))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(text.as_bytes())
+            .expect("writing the tool's input");
+    }
+    child.wait_with_output().expect("waiting for the tool")
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("audit-deploy-tests-{}", std::process::id()))
+        .join(name);
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Creates a Pod from the Deployment's pod template with a server-side dry run in a namespace
+/// that enforces the restricted Pod Security Standard: admission rejects anything weaker.
+async fn assert_pod_template_passes_restricted(deployment: &Deployment) -> anyhow::Result<()> {
+    let control_plane = ControlPlane::shared();
+    let namespace = control_plane
+        .create_namespace_labelled(
+            "restricted",
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        )
+        .await?;
+    let template = deployment
+        .spec
+        .as_ref()
+        .expect("a Deployment has a spec")
+        .template
+        .clone();
+    let mut pod_spec = template.spec.expect("a pod template has a spec");
+    // The ServiceAccount lives in the operator's namespace, not in this scratch one.
+    pod_spec.service_account_name = None;
+    let pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("operator-template".into()),
+            labels: template.metadata.and_then(|m| m.labels),
+            ..Default::default()
+        },
+        spec: Some(pod_spec),
+        status: None,
+    };
+    let pods: Api<Pod> = Api::namespaced(control_plane.admin_client().await?, &namespace);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    pods.create(&dry_run, &pod).await?;
+    Ok(())
+}
+
+fn rendered_deployment(manifests: &str) -> Deployment {
+    serde_yaml::Deserializer::from_str(manifests)
+        .filter_map(|document| serde_yaml::Value::deserialize(document).ok())
+        .find(|value| value.get("kind").and_then(|k| k.as_str()) == Some("Deployment"))
+        .map(|value| serde_yaml::from_value(value).expect("the rendered Deployment is valid"))
+        .expect("the manifests contain the operator Deployment")
+}
+
+use serde::Deserialize as _;
+
+/// What the operator does on the API server; its ServiceAccount must be allowed each.
+const OPERATOR_NEEDS: &[&str] = &[
+    "list auditstreams.audit.eventsaudit.io",
+    "watch auditconsumers.audit.eventsaudit.io",
+    "patch auditstreams.audit.eventsaudit.io --subresource=status",
+    "patch auditconsumers.audit.eventsaudit.io --subresource=status",
+    "watch secrets",
+    "create events.events.k8s.io",
+    "patch deployments.apps",
+    "create serviceaccounts",
+    "delete poddisruptionbudgets.policy",
+    "create networkpolicies.networking.k8s.io",
+];
+
+/// What it never does; granting any of these would be a needless risk.
+const OPERATOR_NEVER_NEEDS: &[&str] = &[
+    "create secrets",
+    "delete secrets",
+    "create pods",
+    "delete auditstreams.audit.eventsaudit.io",
+    "create clusterrolebindings.rbac.authorization.k8s.io",
+];
+
+fn can_i(service_account: &str, check: &str, namespace: &str) -> bool {
+    let mut args: Vec<&str> = vec!["auth", "can-i"];
+    args.extend(check.split_whitespace());
+    args.extend(["--as", service_account, "-n", namespace]);
+    let output = try_run("kubectl", &args, None);
+    stdout(&output).trim() == "yes"
+}
+
+fn assert_rbac_is_least_privilege(service_account: &str, namespace: &str) {
+    for check in OPERATOR_NEEDS {
+        assert!(
+            can_i(service_account, check, namespace),
+            "{service_account} may not `{check}`, which the operator does"
+        );
+    }
+    for check in OPERATOR_NEVER_NEEDS {
+        assert!(
+            !can_i(service_account, check, namespace),
+            "{service_account} may `{check}`, which the operator never needs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn helm_chart_installs_without_drift_and_runs_restricted() -> anyhow::Result<()> {
+    run("helm", &["lint", "--strict", CHART], None);
+
+    let namespace = ControlPlane::shared().create_namespace("helm").await?;
+    run(
+        "helm",
+        &["install", "audit", CHART, "--namespace", &namespace],
+        None,
+    );
+    let rendered = stdout(&run(
+        "helm",
+        &[
+            "template",
+            "audit",
+            CHART,
+            "--namespace",
+            &namespace,
+            "--kube-version",
+            KUBERNETES_VERSION,
+        ],
+        None,
+    ));
+
+    // A GitOps tool applies the same manifests again and again: nothing may differ.
+    let diff = try_run(
+        "kubectl",
+        &["diff", "--server-side", "-f", "-"],
+        Some(&rendered),
+    );
+    assert!(
+        diff.status.success(),
+        "re-applying the chart would change the cluster:\n{}{}",
+        stdout(&diff),
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    // A second install of the same release is an upgrade with nothing to do.
+    run(
+        "helm",
+        &["upgrade", "audit", CHART, "--namespace", &namespace],
+        None,
+    );
+
+    assert_pod_template_passes_restricted(&rendered_deployment(&rendered)).await?;
+    assert_rbac_is_least_privilege(
+        &format!("system:serviceaccount:{namespace}:audit-audit-operator"),
+        &namespace,
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn kustomize_overlays_apply_without_drift_and_run_restricted() -> anyhow::Result<()> {
+    for overlay in [
+        "deploy/kustomize/overlays/development",
+        "deploy/kustomize/overlays/production",
+    ] {
+        let built = stdout(&run("kubectl", &["kustomize", overlay], None));
+        run(
+            "kubectl",
+            &["apply", "--server-side", "-f", "-"],
+            Some(&built),
+        );
+        let diff = try_run(
+            "kubectl",
+            &["diff", "--server-side", "-f", "-"],
+            Some(&built),
+        );
+        assert!(
+            diff.status.success(),
+            "re-applying {overlay} would change the cluster:\n{}{}",
+            stdout(&diff),
+            String::from_utf8_lossy(&diff.stderr)
+        );
+        assert_pod_template_passes_restricted(&rendered_deployment(&built)).await?;
+    }
+    assert_rbac_is_least_privilege(
+        "system:serviceaccount:audit-system:audit-operator",
+        "some-tenant-namespace",
+    );
+    Ok(())
+}
