@@ -1,0 +1,620 @@
+//! AuditStream reconciliation against the real servers: the committed CRDs on the test
+//! control plane, a real nats-server, and the `audit-operator` binary run as a child process
+//! scoped to each test's namespace with short requeue and retry intervals.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use audit_tests::kube_env::ControlPlane;
+use audit_tests::nats::NatsServer;
+use audit_tests::process::ServerProcess;
+use audit_tests::{cargo_bin, wait};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const WAIT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
+const FINALIZER: &str = "audit.eventsaudit.io/stream-cleanup";
+const OWNER_KEY: &str = "audit.eventsaudit.io/owner";
+
+fn stream_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", "AuditStream"),
+        "auditstreams",
+    )
+}
+
+/// Applies every CRD in `crds/` as `kubectl apply -f crds/` would, and waits until each is
+/// Established. Idempotent, so every test can call it.
+async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|f| f == "kustomization.yaml") {
+            continue;
+        }
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(path)?)?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(
+            &name,
+            &PatchParams::apply("operator-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        wait::until(&format!("CRD {name} Established"), WAIT, POLL, || async {
+            let crd = crds.get(&name).await?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            Ok(established.then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// One test's world: a namespace, a nats-server and an operator watching that namespace.
+struct Env {
+    client: kube::Client,
+    namespace: String,
+    streams: Api<DynamicObject>,
+    nats: NatsServer,
+    operator: ServerProcess,
+    _operator_dir: TempDir,
+}
+
+impl Env {
+    async fn start(prefix: &str) -> anyhow::Result<Self> {
+        Self::start_with_nats(prefix, NatsServer::start().await?).await
+    }
+
+    async fn start_with_nats(prefix: &str, nats: NatsServer) -> anyhow::Result<Self> {
+        let control_plane = ControlPlane::shared();
+        let client = control_plane.admin_client().await?;
+        install_crds(&client).await?;
+        let namespace = control_plane.create_namespace(prefix).await?;
+        let operator_dir = tempfile::Builder::new()
+            .prefix("audit-operator-")
+            .tempdir()?;
+        let mut command = Command::new(cargo_bin("audit-operator"));
+        command
+            .args(["run", "--namespace", &namespace])
+            .args(["--requeue-interval", "2s"])
+            .args(["--retry-base-delay", "200ms", "--retry-max-delay", "2s"])
+            .args(["--nats-timeout", "2s"])
+            .env("KUBECONFIG", control_plane.kubeconfig_path())
+            .env("RUST_LOG", "info,audit_operator=debug");
+        let operator = ServerProcess::spawn(
+            "audit-operator",
+            command,
+            &operator_dir.path().join("operator.log"),
+        )?;
+        let streams = Api::namespaced_with(client.clone(), &namespace, &stream_resource());
+        Ok(Self {
+            client,
+            namespace,
+            streams,
+            nats,
+            operator,
+            _operator_dir: operator_dir,
+        })
+    }
+
+    async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
+        Ok(jetstream::new(self.nats.client().await?))
+    }
+
+    /// Server-side applies an AuditStream with `spec`, as a user's `kubectl apply` would.
+    async fn apply(&self, name: &str, spec: Value) -> Result<DynamicObject, kube::Error> {
+        let object = json!({
+            "apiVersion": "audit.eventsaudit.io/v1alpha1",
+            "kind": "AuditStream",
+            "metadata": { "name": name },
+            "spec": spec,
+        });
+        self.streams
+            .patch(
+                name,
+                &PatchParams::apply("operator-tests").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+    }
+
+    /// A spec reaching this test's nats-server, with `extra` fields merged in.
+    fn spec(&self, extra: Value) -> Value {
+        let mut spec = json!({
+            "connection": { "servers": [self.nats.url()] },
+            "subjects": ["audit.>"],
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        spec
+    }
+
+    /// Waits until the Ready condition has `status` and `reason`, for the current generation;
+    /// returns the object.
+    async fn wait_ready_condition(
+        &mut self,
+        name: &str,
+        status: &str,
+        reason: &str,
+    ) -> anyhow::Result<DynamicObject> {
+        let what = format!("AuditStream {name} Ready={status} ({reason})");
+        let result = wait::until(&what, WAIT, POLL, || async {
+            let object = self.streams.get(name).await?;
+            let generation = object.metadata.generation;
+            let current = object.data["status"]["observedGeneration"].as_i64() == generation;
+            let matches = condition(&object, "Ready")
+                .is_some_and(|c| c["status"] == status && c["reason"] == reason);
+            Ok((current && matches).then_some(object))
+        })
+        .await;
+        self.with_operator_log(result)
+    }
+
+    async fn wait_ready(&mut self, name: &str) -> anyhow::Result<DynamicObject> {
+        self.wait_ready_condition(name, "True", "StreamReady").await
+    }
+
+    /// Polls the stream `ORDERS` on NATS until `check` accepts what it sees (`None` when the
+    /// stream does not exist).
+    async fn wait_for_stream<T>(
+        &mut self,
+        what: &str,
+        mut check: impl FnMut(Option<&stream::Info>) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let js = self.jetstream().await?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let info = match js.get_stream("ORDERS").await {
+                Ok(stream) => Some(stream.cached_info().clone()),
+                Err(_) => None,
+            };
+            if let Some(value) = check(info.as_ref()) {
+                return Ok(value);
+            }
+            if tokio::time::Instant::now() > deadline {
+                let timed_out = anyhow::anyhow!("timed out after {WAIT:?} waiting for {what}");
+                return self.with_operator_log(Err(timed_out));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Reasons of the Events about AuditStream `name`.
+    async fn event_reasons(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(events
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect())
+    }
+
+    async fn wait_event(&mut self, name: &str, reason: &str) -> anyhow::Result<()> {
+        let what = format!("an Event {reason} for {name}");
+        let result = wait::until(&what, WAIT, POLL, || async {
+            let reasons = self.event_reasons(name).await?;
+            Ok(reasons.iter().any(|r| r == reason).then_some(()))
+        })
+        .await;
+        self.with_operator_log(result)
+    }
+
+    /// Adds the operator's log to a failure, which is where the explanation usually is.
+    fn with_operator_log<T>(&mut self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        result.map_err(|e| {
+            let running = self.operator.ensure_running().err();
+            anyhow::anyhow!(
+                "{e:#}\n{running:?}\noperator log:\n{}\nnats log:\n{}",
+                self.operator.log_tail(40),
+                self.nats.log_tail()
+            )
+        })
+    }
+}
+
+fn condition<'a>(object: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
+    object.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn condition_status(object: &DynamicObject, type_: &str) -> String {
+    condition(object, type_)
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("<absent>")
+        .to_owned()
+}
+
+fn rejection_message(error: kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if status.code == 422 => status.message,
+        other => panic!("expected a 422 rejection, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn create_gives_a_ready_audit_safe_stream_with_kstatus_and_live_state() -> anyhow::Result<()>
+{
+    let mut env = Env::start("ast-create").await?;
+    env.apply(
+        "orders",
+        env.spec(json!({ "name": "ORDERS", "maxAge": "24h" })),
+    )
+    .await?;
+    let object = env.wait_ready("orders").await?;
+
+    assert_eq!(condition_status(&object, "Reconciling"), "False");
+    assert_eq!(condition_status(&object, "Stalled"), "False");
+    assert_eq!(object.data["status"]["streamName"], "ORDERS");
+    assert!(
+        object
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&FINALIZER.to_owned())
+    );
+    // Defaults the schema filled in.
+    assert_eq!(object.data["spec"]["storage"], "File");
+    assert_eq!(object.data["spec"]["deletionPolicy"], "Retain");
+
+    let info = env
+        .wait_for_stream("stream ORDERS on NATS", |info| info.cloned())
+        .await?;
+    assert_eq!(info.config.storage, stream::StorageType::File);
+    assert_eq!(info.config.subjects, ["audit.>"]);
+    assert!(info.config.deny_delete && info.config.deny_purge);
+    assert_eq!(info.config.max_age, Duration::from_secs(24 * 3600));
+    assert_eq!(
+        info.config.metadata.get(OWNER_KEY).map(String::as_str),
+        Some(format!("{}/orders", env.namespace).as_str())
+    );
+    env.wait_event("orders", "Created").await?;
+
+    // Live state reaches the status on a periodic check.
+    let js = env.jetstream().await?;
+    for i in 0..3 {
+        js.publish(format!("audit.order.{i}"), "{}".into())
+            .await?
+            .await?;
+    }
+    let streams = env.streams.clone();
+    wait::until("status.messages == 3", WAIT, POLL, || async {
+        let object = streams.get("orders").await?;
+        let status = &object.data["status"];
+        Ok((status["messages"] == 3 && status["lastSeq"] == 3).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn spec_update_drift_and_out_of_band_delete_are_put_right() -> anyhow::Result<()> {
+    let mut env = Env::start("ast-update").await?;
+    env.apply(
+        "orders",
+        env.spec(json!({ "name": "ORDERS", "maxAge": "24h" })),
+    )
+    .await?;
+    env.wait_ready("orders").await?;
+
+    // A mutable field changed in the spec.
+    env.apply(
+        "orders",
+        env.spec(json!({ "name": "ORDERS", "maxAge": "48h" })),
+    )
+    .await?;
+    env.wait_for_stream("max_age 48h on NATS", |info| {
+        (info?.config.max_age == Duration::from_secs(48 * 3600)).then_some(())
+    })
+    .await?;
+    env.wait_ready("orders").await?;
+    env.wait_event("orders", "Updated").await?;
+
+    // Someone shortens the retention behind the operator's back.
+    let js = env.jetstream().await?;
+    let mut tampered = js.get_stream("ORDERS").await?.cached_info().config.clone();
+    tampered.max_age = Duration::from_secs(60);
+    tampered.duplicate_window = Duration::from_secs(60);
+    js.update_stream(&tampered).await?;
+    env.wait_for_stream("max_age restored to 48h", |info| {
+        (info?.config.max_age == Duration::from_secs(48 * 3600)).then_some(())
+    })
+    .await?;
+    env.wait_event("orders", "DriftCorrected").await?;
+
+    // Someone deletes the stream.
+    js.delete_stream("ORDERS").await?;
+    env.wait_for_stream("stream ORDERS recreated", |info| info.map(|_| ()))
+        .await?;
+    env.wait_event("orders", "Recreated").await?;
+    env.wait_ready("orders").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn edits_nats_cannot_apply_are_rejected_by_the_apiserver() -> anyhow::Result<()> {
+    let mut env = Env::start("ast-cel").await?;
+    let base = json!({ "name": "ORDERS", "retention": "Limits", "storage": "File" });
+    env.apply("orders", env.spec(base.clone())).await?;
+    env.wait_ready("orders").await?;
+
+    let cases = [
+        (json!({ "storage": "Memory" }), "storage is immutable"),
+        (json!({ "retention": "WorkQueue" }), "to or from WorkQueue"),
+        (json!({ "name": "RENAMED" }), "name is immutable"),
+        (
+            json!({ "denyDelete": false }),
+            "denyDelete cannot be turned off",
+        ),
+        (
+            json!({ "denyPurge": false }),
+            "denyPurge cannot be turned off",
+        ),
+    ];
+    for (change, expected) in cases {
+        let mut spec = env.spec(base.clone());
+        spec.as_object_mut()
+            .unwrap()
+            .extend(change.as_object().unwrap().clone());
+        let message = rejection_message(env.apply("orders", spec).await.unwrap_err());
+        assert!(message.contains(expected), "{change}: {message}");
+    }
+    // A change NATS can apply passes (Limits <-> Interest).
+    env.apply(
+        "orders",
+        env.spec(json!({ "name": "ORDERS", "retention": "Interest", "storage": "File" })),
+    )
+    .await?;
+    env.wait_for_stream("retention Interest on NATS", |info| {
+        (info?.config.retention == stream::RetentionPolicy::Interest).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_specs_are_rejected_by_the_schema() -> anyhow::Result<()> {
+    let env = Env::start("ast-schema").await?;
+    let url = env.nats.url();
+    let cases = [
+        (
+            json!({ "connection": { "servers": [url] }, "subjects": [] }),
+            "subjects",
+        ),
+        (json!({ "subjects": ["a"] }), "connection"),
+        (
+            json!({ "connection": { "servers": ["http://x"] }, "subjects": ["a"] }),
+            "servers",
+        ),
+        (
+            json!({ "connection": { "servers": [url] }, "subjects": ["a"], "maxAge": "3d" }),
+            "maxAge",
+        ),
+        (
+            json!({ "connection": { "servers": [url] }, "subjects": ["a"], "replicas": 9 }),
+            "replicas",
+        ),
+        (
+            json!({ "connection": { "servers": [url] }, "subjects": ["a"], "storage": "Disk" }),
+            "storage",
+        ),
+        (
+            json!({ "connection": { "servers": [url] }, "subjects": ["a"], "name": "a.b" }),
+            "name",
+        ),
+        (
+            json!({ "connection": { "servers": [url] }, "subjects": ["a"], "maxAge": "1m", "duplicateWindow": "5m" }),
+            "duplicateWindow must not be longer than maxAge",
+        ),
+        (
+            json!({ "connection": { "servers": [url], "auth": {
+                "tokenSecretRef": { "name": "s", "key": "t" },
+                "nkeySecretRef": { "name": "s", "key": "n" } } }, "subjects": ["a"] }),
+            "set exactly one of",
+        ),
+        (
+            json!({ "connection": { "servers": [url] }, "subjects": ["a"], "metadata": { "_nats.x": "1" } }),
+            "reserved",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let message = rejection_message(env.apply("bad", spec.clone()).await.unwrap_err());
+        assert!(message.contains(expected), "{spec}: {message}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_existing_stream_is_adopted_only_when_allowed() -> anyhow::Result<()> {
+    let mut env = Env::start("ast-adopt").await?;
+    let js = env.jetstream().await?;
+    js.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["audit.>".into()],
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await?;
+    js.publish("audit.kept", "before adoption".into())
+        .await?
+        .await?;
+
+    env.apply("orders", env.spec(json!({ "name": "ORDERS" })))
+        .await?;
+    let object = env
+        .wait_ready_condition("orders", "False", "StreamExists")
+        .await?;
+    assert_eq!(condition_status(&object, "Stalled"), "True");
+    assert_eq!(condition_status(&object, "Reconciling"), "False");
+    let message = condition(&object, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("spec.adopt"), "{message}");
+    // Refused means untouched.
+    let info = js.get_stream("ORDERS").await?.cached_info().clone();
+    assert_eq!(info.config.max_age, Duration::from_secs(3600));
+    assert!(!info.config.metadata.contains_key(OWNER_KEY));
+
+    env.apply(
+        "orders",
+        env.spec(json!({ "name": "ORDERS", "adopt": true })),
+    )
+    .await?;
+    env.wait_ready("orders").await?;
+    env.wait_event("orders", "Adopted").await?;
+    let info = js.get_stream("ORDERS").await?.cached_info().clone();
+    assert_eq!(info.config.max_age, Duration::ZERO);
+    assert!(info.config.deny_delete);
+    assert!(info.config.metadata.contains_key(OWNER_KEY));
+    assert_eq!(info.state.messages, 1, "adoption keeps the data");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deletion_retains_or_deletes_the_stream_per_policy() -> anyhow::Result<()> {
+    let mut env = Env::start("ast-delete").await?;
+    let js = env.jetstream().await?;
+    env.apply(
+        "kept",
+        env.spec(json!({ "name": "KEPT", "subjects": ["kept.>"] })),
+    )
+    .await?;
+    env.apply(
+        "dropped",
+        env.spec(
+            json!({ "name": "DROPPED", "subjects": ["dropped.>"], "deletionPolicy": "Delete" }),
+        ),
+    )
+    .await?;
+    env.wait_ready("kept").await?;
+    env.wait_ready("dropped").await?;
+
+    for name in ["kept", "dropped"] {
+        env.streams.delete(name, &DeleteParams::default()).await?;
+    }
+    let streams = env.streams.clone();
+    wait::until("both AuditStreams gone", WAIT, POLL, || async {
+        let kept = streams.get_opt("kept").await?;
+        let dropped = streams.get_opt("dropped").await?;
+        Ok((kept.is_none() && dropped.is_none()).then_some(()))
+    })
+    .await?;
+    assert!(
+        js.get_stream("KEPT").await.is_ok(),
+        "Retain keeps the stream"
+    );
+    assert!(
+        js.get_stream("DROPPED").await.is_err(),
+        "Delete removes the stream"
+    );
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.contains(&"Retained".to_owned()), "{reasons:?}");
+    assert!(reasons.contains(&"Deleted".to_owned()), "{reasons:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn nats_down_at_create_then_up_becomes_ready_without_intervention() -> anyhow::Result<()> {
+    let mut env = Env::start("ast-outage").await?;
+    env.nats.stop().await;
+    env.apply("orders", env.spec(json!({ "name": "ORDERS" })))
+        .await?;
+    let object = env
+        .wait_ready_condition("orders", "False", "NatsUnreachable")
+        .await?;
+    assert_eq!(condition_status(&object, "Reconciling"), "True");
+    assert_eq!(condition_status(&object, "Stalled"), "False");
+    env.wait_event("orders", "NatsUnreachable").await?;
+
+    env.nats.start_again().await?;
+    env.wait_ready("orders").await?;
+    env.wait_for_stream("stream ORDERS on NATS", |info| info.map(|_| ()))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn credentials_come_from_a_secret_and_rotation_takes_effect() -> anyhow::Result<()> {
+    let nats = NatsServer::start_with_config(
+        r#"
+accounts {
+  AUDIT { jetstream: enabled, users: [ { user: auditor, password: right-password } ] }
+}
+"#,
+    )
+    .await?;
+    let mut env = Env::start_with_nats("ast-creds", nats).await?;
+    let spec = env.spec(json!({
+        "name": "ORDERS",
+        "connection": {
+            "servers": [env.nats.url()],
+            "auth": { "userPasswordSecretRef": { "name": "nats-user" } },
+        },
+    }));
+    env.apply("orders", spec).await?;
+    let object = env
+        .wait_ready_condition("orders", "False", "SecretNotFound")
+        .await?;
+    assert_eq!(condition_status(&object, "Stalled"), "True");
+
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    let secret = |password: &str| -> Secret {
+        serde_json::from_value(json!({
+            "metadata": { "name": "nats-user" },
+            "type": "kubernetes.io/basic-auth",
+            "stringData": { "username": "auditor", "password": password },
+        }))
+        .unwrap()
+    };
+    secrets
+        .create(&PostParams::default(), &secret("wrong-password"))
+        .await?;
+    env.wait_ready_condition("orders", "False", "NatsAuthenticationFailed")
+        .await?;
+    env.wait_event("orders", "NatsAuthenticationFailed").await?;
+
+    // Rotation to the right password: no spec edit, the Secret watch triggers it.
+    secrets
+        .replace(
+            "nats-user",
+            &PostParams::default(),
+            &secret("right-password"),
+        )
+        .await?;
+    env.wait_ready("orders").await?;
+
+    // And back to a wrong one: the pooled connection of the old Secret is not reused.
+    secrets
+        .replace("nats-user", &PostParams::default(), &secret("revoked"))
+        .await?;
+    env.wait_ready_condition("orders", "False", "NatsAuthenticationFailed")
+        .await?;
+    Ok(())
+}
