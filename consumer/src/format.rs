@@ -8,8 +8,6 @@
 //! The renderer appends to a caller-owned buffer and keeps its scratch buffers between events,
 //! so steady-state rendering does not allocate.
 
-use std::str::FromStr;
-
 use async_nats::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -25,14 +23,6 @@ pub enum Format {
     Json,
     /// logfmt-style `key=value` pairs, values quoted when needed.
     Text,
-}
-
-impl FromStr for Format {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        <Self as clap::ValueEnum>::from_str(value, true)
-    }
 }
 
 /// Where and how a message was delivered; everything but the payload.
@@ -487,12 +477,5 @@ mod tests {
             value["event"],
             serde_json::json!({"id":"1","auth":{"Authorization":"[REDACTED]","scheme":"basic"},"list":[{"token":"[REDACTED]"}]})
         );
-    }
-
-    #[test]
-    fn format_names_parse() {
-        assert_eq!("json".parse::<Format>(), Ok(Format::Json));
-        assert_eq!("TEXT".parse::<Format>(), Ok(Format::Text));
-        assert!("yaml".parse::<Format>().is_err());
     }
 }

@@ -1,8 +1,104 @@
 //! audit-consumer: drains a durable NATS JetStream pull consumer, writes one log line per audit
 //! event to standard output, and acks each event only after its line has been written.
+//!
+//! `run` wires the parts together; `main.rs` only parses arguments and sets up diagnostics.
 
+pub mod backoff;
+pub mod bind;
+pub mod config;
+pub mod connect;
+pub mod error;
 pub mod escape;
 pub mod event;
 pub mod format;
+pub mod health;
 pub mod json;
+pub mod metrics;
+pub mod monitor;
 pub mod redact;
+pub mod shutdown;
+pub mod sink;
+pub mod worker;
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Args;
+use crate::error::{Error, Result};
+use crate::format::LineRenderer;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::redact::RedactKeys;
+use crate::sink::Sink;
+use crate::worker::Worker;
+
+/// How long the final flush of acks may take before the connection is closed anyway.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn run(args: Args) -> Result<()> {
+    args.validate().map_err(Error::Config)?;
+    let metrics = Arc::new(Metrics::new());
+    // Readiness tolerates a few missed info polls and one missed heartbeat before it turns false.
+    let stale_after = (args.runtime.info_interval * 3).max(args.pull.heartbeat * 3);
+    let health = Arc::new(Health::new(stale_after));
+
+    let address = args.runtime.health_listen;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::HealthListen { address, source })?;
+    tokio::spawn(health::serve(listener, health.clone(), metrics.clone()));
+    let shutdown = shutdown::listen(health.clone())
+        .map_err(|err| Error::Config(format!("cannot handle signals: {err}")))?;
+
+    let client = connect::connect(&args.nats, metrics.clone()).await?;
+    health.set_client(client.clone());
+    let (bound, bound_rx) = watch::channel(None);
+    let monitor = tokio::spawn(monitor::run(
+        bound_rx,
+        args.runtime.info_interval,
+        health.clone(),
+        metrics.clone(),
+    ));
+
+    // Our own unbuffered handle on fd 1: the sink does the buffering, one write per batch.
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(Error::OutputClosed)?;
+    let worker = Worker {
+        js: connect::jetstream(client.clone(), &args.nats),
+        renderer: LineRenderer::new(
+            args.output.format,
+            RedactKeys::new(&args.output.redact_keys),
+        ),
+        sink: Sink::new(stdout),
+        binding: args.binding,
+        pull: args.pull,
+        health: health.clone(),
+        metrics,
+        shutdown,
+        bound,
+    };
+    let result = worker.run().await;
+    health.begin_shutdown();
+    monitor.abort();
+
+    // Acks and naks are pipelined publishes; make sure they reached the server before closing.
+    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(%err, "final flush failed; unacked events will be redelivered")
+        }
+        Err(_) => tracing::warn!("final flush timed out; unacked events will be redelivered"),
+    }
+    if let Err(err) = client.drain().await {
+        tracing::debug!(%err, "drain failed");
+    }
+    tracing::info!("stopped");
+    result
+}

@@ -1,0 +1,369 @@
+//! Command-line and environment configuration.
+//!
+//! Every option is a long flag with an `AUDIT_CONSUMER_<NAME>` environment variable; the
+//! operator generates pods from exactly these names. Secrets are only ever paths to files (a
+//! mounted Secret): a value on the command line or in the environment is visible in the pod
+//! spec and in `/proc`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser};
+
+use crate::format::Format;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "audit-consumer",
+    version,
+    about = "Drains a durable NATS JetStream pull consumer: one log line per audit event on \
+             standard output, each event acked only after its line has been written.",
+    after_help = "Every option can also be set through the environment variable shown with it. \
+                  Diagnostics go to standard error; standard output carries only events."
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub binding: BindingArgs,
+    #[command(flatten)]
+    pub pull: PullArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+#[command(next_help_heading = "Connection")]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated for a cluster.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_NATS_URL",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub nats_url: Vec<String>,
+
+    /// NATS credentials file (JWT and NKey seed), e.g. from `nsc`.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_CREDS_FILE",
+        value_name = "PATH",
+        group = "auth"
+    )]
+    pub creds_file: Option<PathBuf>,
+
+    /// File holding an NKey user seed (`SU...`).
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_NKEY_SEED_FILE",
+        value_name = "PATH",
+        group = "auth"
+    )]
+    pub nkey_seed_file: Option<PathBuf>,
+
+    /// User name for user/password authentication; the password comes from --password-file.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_USER",
+        group = "auth",
+        requires = "password_file"
+    )]
+    pub user: Option<String>,
+
+    /// File holding the password for --user.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_PASSWORD_FILE",
+        value_name = "PATH",
+        requires = "user"
+    )]
+    pub password_file: Option<PathBuf>,
+
+    /// File holding an authentication token.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_TOKEN_FILE",
+        value_name = "PATH",
+        group = "auth"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// PEM file with the CA certificate(s) that sign the server's certificate; enables TLS.
+    #[arg(long, env = "AUDIT_CONSUMER_TLS_CA_FILE", value_name = "PATH")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS; needs --tls-key-file.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_TLS_CERT_FILE",
+        value_name = "PATH",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_TLS_KEY_FILE",
+        value_name = "PATH",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Start TLS before the NATS protocol (server `handshake_first`); implies TLS.
+    #[arg(long, env = "AUDIT_CONSUMER_TLS_FIRST")]
+    pub tls_first: bool,
+
+    /// JetStream domain to bind to (leaf-node setups).
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_JS_DOMAIN",
+        conflicts_with = "js_api_prefix"
+    )]
+    pub js_domain: Option<String>,
+
+    /// JetStream API prefix (cross-account imports), instead of `$JS.API`.
+    #[arg(long, env = "AUDIT_CONSUMER_JS_API_PREFIX")]
+    pub js_api_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+#[command(next_help_heading = "Binding")]
+pub struct BindingArgs {
+    /// Name of the JetStream stream.
+    #[arg(long, env = "AUDIT_CONSUMER_STREAM")]
+    pub stream: String,
+
+    /// Name of the durable pull consumer on --stream.
+    #[arg(long, env = "AUDIT_CONSUMER_CONSUMER")]
+    pub consumer: String,
+
+    /// Standalone mode: create the stream and the consumer if they are missing. Without it
+    /// both must already exist (the operator creates them).
+    #[arg(long, env = "AUDIT_CONSUMER_CREATE", requires = "subjects")]
+    pub create: bool,
+
+    /// With --create: subjects the stream captures, comma-separated.
+    #[arg(long, env = "AUDIT_CONSUMER_SUBJECTS", value_delimiter = ',')]
+    pub subjects: Vec<String>,
+
+    /// With --create: maximum age of messages in the stream (0 = unlimited).
+    #[arg(long, env = "AUDIT_CONSUMER_STREAM_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub stream_max_age: Duration,
+
+    /// With --create: maximum size of the stream in bytes (-1 = unlimited).
+    #[arg(long, env = "AUDIT_CONSUMER_STREAM_MAX_BYTES", default_value_t = 1 << 30, allow_negative_numbers = true)]
+    pub stream_max_bytes: i64,
+
+    /// With --create: maximum number of messages in the stream (-1 = unlimited).
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_STREAM_MAX_MSGS",
+        default_value_t = 1_000_000,
+        allow_negative_numbers = true
+    )]
+    pub stream_max_msgs: i64,
+
+    /// With --create: stream replicas.
+    #[arg(long, env = "AUDIT_CONSUMER_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+
+    /// With --create: deliveries of one message before the server gives up (-1 = unlimited).
+    #[arg(long, env = "AUDIT_CONSUMER_MAX_DELIVER", default_value_t = -1, allow_negative_numbers = true)]
+    pub max_deliver: i64,
+
+    /// With --create: how long the server waits for an ack before redelivering.
+    #[arg(long, env = "AUDIT_CONSUMER_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+
+    /// How long a missing or deleted consumer is tolerated before the process exits non-zero.
+    #[arg(long, env = "AUDIT_CONSUMER_MISSING_CONSUMER_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub missing_consumer_grace: Duration,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+#[command(next_help_heading = "Pull tuning")]
+pub struct PullArgs {
+    /// Messages per pull request; also the most lines written and acked together.
+    #[arg(long, env = "AUDIT_CONSUMER_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+
+    /// Bytes per pull request (0 = no limit); bounds memory when payloads are large.
+    #[arg(long, env = "AUDIT_CONSUMER_MAX_BYTES", default_value_t = 4 << 20)]
+    pub max_bytes: usize,
+
+    /// How long one pull request waits on the server.
+    #[arg(long, env = "AUDIT_CONSUMER_EXPIRES", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub expires: Duration,
+
+    /// Idle heartbeat the server sends while a pull request waits; at most half of --expires.
+    #[arg(long, env = "AUDIT_CONSUMER_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Redelivery delay asked for when an event could not be written.
+    #[arg(long, env = "AUDIT_CONSUMER_NAK_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub nak_delay: Duration,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+#[command(next_help_heading = "Output")]
+pub struct OutputArgs {
+    /// Line format on standard output.
+    #[arg(long, env = "AUDIT_CONSUMER_FORMAT", value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+
+    /// Keys whose values are replaced by "[REDACTED]" at any depth of structured events,
+    /// comma-separated, matched ASCII case-insensitively.
+    #[arg(long, env = "AUDIT_CONSUMER_REDACT_KEYS", value_delimiter = ',')]
+    pub redact_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+#[command(next_help_heading = "Health and diagnostics")]
+pub struct RuntimeArgs {
+    /// Address of the HTTP listener serving /livez, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_HEALTH_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub health_listen: SocketAddr,
+
+    /// How often the consumer's pending counts are polled for metrics and readiness.
+    #[arg(long, env = "AUDIT_CONSUMER_INFO_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub info_interval: Duration,
+
+    /// Diagnostics filter for standard error (tracing syntax, e.g. `info` or
+    /// `audit_consumer=debug,async_nats=warn`).
+    #[arg(long, env = "AUDIT_CONSUMER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Args {
+    /// Checks what clap's attributes cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.nats.nats_url.iter().all(|url| url.trim().is_empty()) {
+            return Err("--nats-url needs at least one server URL".into());
+        }
+        if self.binding.stream.is_empty() || self.binding.consumer.is_empty() {
+            return Err("--stream and --consumer must not be empty".into());
+        }
+        if self.pull.heartbeat.is_zero() || self.pull.heartbeat * 2 > self.pull.expires {
+            return Err(format!(
+                "--heartbeat ({}) must be non-zero and at most half of --expires ({})",
+                humantime::format_duration(self.pull.heartbeat),
+                humantime::format_duration(self.pull.expires)
+            ));
+        }
+        if self.runtime.info_interval.is_zero() {
+            return Err("--info-interval must be non-zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(["audit-consumer"].iter().chain(args))
+    }
+
+    const REQUIRED: [&str; 6] = [
+        "--nats-url",
+        "nats://a:4222,nats://b:4222",
+        "--stream",
+        "S",
+        "--consumer",
+        "C",
+    ];
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let args = parse(&REQUIRED).unwrap();
+        assert_eq!(args.nats.nats_url, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(args.output.format, Format::Json);
+        assert_eq!(args.runtime.health_listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(args.pull.batch, 256);
+        assert_eq!(args.pull.expires, Duration::from_secs(30));
+        assert_eq!(args.pull.heartbeat, Duration::from_secs(5));
+        assert!(!args.binding.create);
+        assert!(args.output.redact_keys.is_empty());
+        args.validate().unwrap();
+    }
+
+    #[test]
+    fn options_map_to_fields() {
+        let mut all = REQUIRED.to_vec();
+        all.extend([
+            "--format",
+            "text",
+            "--redact-keys",
+            "password,Token",
+            "--batch",
+            "64",
+            "--max-bytes",
+            "1024",
+            "--expires",
+            "10s",
+            "--heartbeat",
+            "2s",
+            "--user",
+            "u",
+            "--password-file",
+            "/s/p",
+            "--tls-ca-file",
+            "/s/ca.pem",
+            "--tls-first",
+            "--js-domain",
+            "hub",
+            "--health-listen",
+            "127.0.0.1:9000",
+            "--create",
+            "--subjects",
+            "audit.>,other",
+        ]);
+        let args = parse(&all).unwrap();
+        assert_eq!(args.output.format, Format::Text);
+        assert_eq!(args.output.redact_keys, ["password", "Token"]);
+        assert_eq!(args.pull.batch, 64);
+        assert_eq!(args.pull.max_bytes, 1024);
+        assert_eq!(args.pull.expires, Duration::from_secs(10));
+        assert_eq!(args.nats.user.as_deref(), Some("u"));
+        assert_eq!(args.nats.password_file, Some(PathBuf::from("/s/p")));
+        assert!(args.nats.tls_first);
+        assert_eq!(args.nats.js_domain.as_deref(), Some("hub"));
+        assert_eq!(args.binding.subjects, ["audit.>", "other"]);
+        args.validate().unwrap();
+    }
+
+    #[test]
+    fn conflicting_or_incomplete_options_are_rejected() {
+        for extra in [
+            &["--token-file", "/t", "--creds-file", "/c"][..],
+            &["--user", "u"],
+            &["--tls-cert-file", "/c"],
+            &["--create"],
+            &["--js-domain", "d", "--js-api-prefix", "p"],
+            &["--batch", "0"],
+            &["--format", "yaml"],
+        ] {
+            let mut args = REQUIRED.to_vec();
+            args.extend(extra);
+            assert!(parse(&args).is_err(), "{extra:?} must be rejected");
+        }
+        assert!(parse(&["--stream", "S", "--consumer", "C"]).is_err());
+    }
+
+    #[test]
+    fn heartbeat_must_fit_in_expiry() {
+        let mut args = REQUIRED.to_vec();
+        args.extend(["--expires", "4s", "--heartbeat", "3s"]);
+        assert!(parse(&args).unwrap().validate().is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! The one error type of the consumer. Each variant is fatal for the process and says what the
+//! user can do about it; transient trouble (an outage, a failed write) is retried inside the
+//! worker and never becomes an `Error`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    #[error("cannot read the {what} file {path}: {source}")]
+    ReadSecret {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid NATS connection settings: {0}")]
+    Connect(#[source] async_nats::ConnectError),
+
+    #[error("cannot serve health checks on {address}: {source}")]
+    HealthListen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "consumer {consumer:?} on stream {stream:?} does not exist (still missing after {}); \
+         create it (the operator does this for an AuditConsumer resource) or run with --create",
+        humantime::format_duration(*grace)
+    )]
+    ConsumerMissing {
+        stream: String,
+        consumer: String,
+        grace: Duration,
+    },
+
+    #[error("consumer {consumer:?} on stream {stream:?} cannot be used: {reason}")]
+    ConsumerUnusable {
+        stream: String,
+        consumer: String,
+        reason: String,
+    },
+
+    #[error("standard output is closed ({0}); events are no longer being written")]
+    OutputClosed(#[source] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Process exit status: 2 for a configuration the user must fix, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::ReadSecret { .. } | Error::Connect(_) => 2,
+            _ => 1,
+        }
+    }
+}

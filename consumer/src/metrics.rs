@@ -1,0 +1,195 @@
+//! Prometheus metrics. Per-event counters are resolved once at start-up so that the hot path
+//! touches one atomic per event and never hashes a label set.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::event::Kind;
+
+type Labels = [(&'static str, &'static str); 2];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written and acked.
+    Acked,
+    /// Not written; handed back to the server for redelivery.
+    Naked,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Indexed by `[outcome][kind]`.
+    events: [[Counter; 2]; 2],
+    redeliveries: Counter,
+    batch_seconds: Histogram,
+    end_to_end_seconds: Histogram,
+    connected: Gauge,
+    consumer_pending: Gauge,
+    consumer_ack_pending: Gauge,
+    write_errors: Counter,
+    pull_errors: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("audit_consumer");
+        let events_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "events",
+            "Events handled, by outcome (acked, naked, terminated) and kind (structured, raw). \
+             The consumer never terminates an event (every payload can be logged), so \
+             outcome=\"terminated\" stays at zero; the server's max-deliver decides when to stop.",
+            events_family.clone(),
+        );
+        let counter = |outcome, kind| {
+            events_family.get_or_create_owned(&[("outcome", outcome), ("kind", kind)])
+        };
+        for kind in ["structured", "raw"] {
+            counter("terminated", kind);
+        }
+        let events = [
+            [counter("acked", "structured"), counter("acked", "raw")],
+            [counter("naked", "structured"), counter("naked", "raw")],
+        ];
+
+        let redeliveries = Counter::default();
+        registry.register(
+            "redeliveries",
+            "Events received with a delivery count above one",
+            redeliveries.clone(),
+        );
+        // 50 µs .. ~3.3 s: a batch of one event to a batch stuck behind a slow sink.
+        let batch_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
+        registry.register(
+            "batch_processing_seconds",
+            "Time to render, write, flush and ack one batch of events",
+            batch_seconds.clone(),
+        );
+        // 1 ms .. ~65 s: live traffic to a backlog drained after an outage.
+        let end_to_end_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "end_to_end_latency_seconds",
+            "Time from an event's publication to its ack",
+            end_to_end_seconds.clone(),
+        );
+        let connected = Gauge::default();
+        registry.register(
+            "nats_connected",
+            "1 while connected to a NATS server",
+            connected.clone(),
+        );
+        let consumer_pending = Gauge::default();
+        registry.register(
+            "consumer_pending_messages",
+            "Messages in the stream not yet delivered to the consumer (polled)",
+            consumer_pending.clone(),
+        );
+        let consumer_ack_pending = Gauge::default();
+        registry.register(
+            "consumer_ack_pending_messages",
+            "Messages delivered but not yet acked (polled)",
+            consumer_ack_pending.clone(),
+        );
+        let write_errors = Counter::default();
+        registry.register(
+            "output_write_errors",
+            "Failed writes to standard output; their events were naked",
+            write_errors.clone(),
+        );
+        let pull_errors = Family::default();
+        registry.register(
+            "pull_errors",
+            "Errors from the pull subscription, by reason",
+            pull_errors.clone(),
+        );
+        Self {
+            registry,
+            events,
+            redeliveries,
+            batch_seconds,
+            end_to_end_seconds,
+            connected,
+            consumer_pending,
+            consumer_ack_pending,
+            write_errors,
+            pull_errors,
+        }
+    }
+
+    #[inline]
+    pub fn event(&self, outcome: Outcome, kind: Kind) {
+        self.events[outcome as usize][kind as usize].inc();
+    }
+
+    #[inline]
+    pub fn redelivered(&self) {
+        self.redeliveries.inc();
+    }
+
+    #[inline]
+    pub fn end_to_end(&self, seconds: f64) {
+        self.end_to_end_seconds.observe(seconds);
+    }
+
+    pub fn batch(&self, seconds: f64) {
+        self.batch_seconds.observe(seconds);
+    }
+
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.set(i64::from(connected));
+    }
+
+    pub fn set_consumer_counts(&self, pending: u64, ack_pending: usize) {
+        self.consumer_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.consumer_ack_pending
+            .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
+    }
+
+    pub fn write_error(&self) {
+        self.write_errors.inc();
+    }
+
+    pub fn pull_error(&self, reason: &'static str) {
+        self.pull_errors.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// The registry in the Prometheus / OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(4096);
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_events_by_outcome_and_kind() {
+        let metrics = Metrics::new();
+        metrics.event(Outcome::Acked, Kind::Structured);
+        metrics.event(Outcome::Acked, Kind::Structured);
+        metrics.event(Outcome::Naked, Kind::Raw);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"audit_consumer_events_total{outcome="acked",kind="structured"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"audit_consumer_events_total{outcome="naked",kind="raw"} 1"#));
+        assert!(text.contains(r#"audit_consumer_events_total{outcome="terminated",kind="raw"} 0"#));
+        assert!(text.contains("audit_consumer_nats_connected 0"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

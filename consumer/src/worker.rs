@@ -1,0 +1,373 @@
+//! The pull / render / write / ack loop.
+//!
+//! A batch is whatever the pull subscription has already delivered, up to `--batch` messages:
+//! the worker waits for one message, then takes the rest without waiting. The batch's lines go
+//! out in one write, and only when that write has succeeded are its messages acked; if it
+//! fails they are naked with a delay, so nothing is acked that was not written. Acks are plain
+//! publishes that the client pipelines, which keeps explicit per-message acks cheap.
+//!
+//! Trouble with the subscription (missed heartbeats, a deleted consumer, a lost connection,
+//! rejected pull requests) drops it and binds again after a bounded, jittered backoff. A
+//! consumer that stays missing for the grace period ends the process with an error, so that
+//! Kubernetes restarts it and the problem is visible.
+
+use std::io::{ErrorKind, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::{MessagesError, MessagesErrorKind, Stream};
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::{self, AckKind};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::bind::{self, BindError};
+use crate::config::{BindingArgs, PullArgs};
+use crate::error::{Error, Result};
+use crate::event::Kind;
+use crate::format::{LineRenderer, Metadata};
+use crate::health::Health;
+use crate::metrics::{Metrics, Outcome};
+use crate::sink::Sink;
+
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct Worker<W> {
+    pub js: jetstream::Context,
+    pub binding: BindingArgs,
+    pub pull: PullArgs,
+    pub renderer: LineRenderer,
+    pub sink: Sink<W>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: watch::Receiver<bool>,
+    /// Tells the monitor which consumer to poll.
+    pub bound: watch::Sender<Option<PullConsumer>>,
+}
+
+/// A message whose line is in the sink buffer, waiting for the write before its ack.
+struct InFlight {
+    acker: Acker,
+    kind: Kind,
+    published_nanos: i128,
+}
+
+/// Why the worker stopped reading from one pull subscription.
+enum StreamEnd {
+    Shutdown,
+    Failed(MessagesError),
+    Closed,
+    OutputFailed,
+}
+
+impl<W: Write + Send> Worker<W> {
+    pub async fn run(mut self) -> Result<()> {
+        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
+        let mut missing_since: Option<Instant> = None;
+        let mut in_flight = Vec::with_capacity(self.pull.batch as usize);
+        while !self.shutting_down() {
+            let consumer = match bind::bind(&self.js, &self.binding).await {
+                Ok(consumer) => consumer,
+                Err(BindError::Missing) => {
+                    let since = *missing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.binding.missing_consumer_grace {
+                        return Err(Error::ConsumerMissing {
+                            stream: self.binding.stream.clone(),
+                            consumer: self.binding.consumer.clone(),
+                            grace: self.binding.missing_consumer_grace,
+                        });
+                    }
+                    tracing::error!(
+                        stream = %self.binding.stream,
+                        consumer = %self.binding.consumer,
+                        "consumer does not exist; waiting for it to be created"
+                    );
+                    self.pause(backoff.next_delay()).await;
+                    continue;
+                }
+                Err(BindError::Unusable(reason)) => {
+                    return Err(Error::ConsumerUnusable {
+                        stream: self.binding.stream.clone(),
+                        consumer: self.binding.consumer.clone(),
+                        reason,
+                    });
+                }
+                Err(BindError::Transient(reason)) => {
+                    tracing::warn!(%reason, "cannot bind to the consumer yet; retrying");
+                    self.pause(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            missing_since = None;
+            let mut messages = match self.subscribe(&consumer).await {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot start pulling; retrying");
+                    self.pause(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            tracing::info!(
+                stream = %self.binding.stream,
+                consumer = %self.binding.consumer,
+                "bound to consumer; pulling"
+            );
+            self.health.set_bound(true);
+            self.health.contact();
+            self.bound.send_replace(Some(consumer));
+
+            let (end, progressed) = self.pump(&mut messages, &mut in_flight).await?;
+            drop(messages);
+            self.health.set_bound(false);
+            if progressed {
+                backoff.reset();
+            }
+            match end {
+                StreamEnd::Shutdown => break,
+                StreamEnd::OutputFailed => {}
+                StreamEnd::Closed => {
+                    self.metrics.pull_error("closed");
+                    tracing::warn!("pull subscription closed; binding again");
+                }
+                StreamEnd::Failed(err) => {
+                    let reason = reason_label(err.kind());
+                    self.metrics.pull_error(reason);
+                    if err.kind() == MessagesErrorKind::ConsumerDeleted {
+                        missing_since = Some(Instant::now());
+                        tracing::error!(
+                            stream = %self.binding.stream,
+                            consumer = %self.binding.consumer,
+                            grace = %humantime::format_duration(self.binding.missing_consumer_grace),
+                            "the consumer was deleted; exiting unless it is back within the grace period"
+                        );
+                    } else {
+                        tracing::warn!(%err, reason, "pull subscription failed; binding again");
+                    }
+                }
+            }
+            self.pause(backoff.next_delay()).await;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, consumer: &PullConsumer) -> Result<Stream, String> {
+        let limits = &consumer.cached_info().config;
+        let mut batch = self.pull.batch as usize;
+        if let Ok(max_batch @ 1..) = usize::try_from(limits.max_batch)
+            && batch > max_batch
+        {
+            tracing::warn!(
+                batch,
+                max_batch,
+                "--batch exceeds the consumer's max_batch; using max_batch"
+            );
+            batch = max_batch;
+        }
+        let mut max_bytes = self.pull.max_bytes;
+        if let Ok(limit @ 1..) = usize::try_from(limits.max_bytes)
+            && (max_bytes == 0 || max_bytes > limit)
+        {
+            tracing::warn!(
+                max_bytes,
+                limit,
+                "--max-bytes exceeds the consumer's max_bytes; using its limit"
+            );
+            max_bytes = limit;
+        }
+        let mut expires = self.pull.expires;
+        if !limits.max_expires.is_zero() && expires > limits.max_expires {
+            tracing::warn!("--expires exceeds the consumer's max_expires; using its limit");
+            expires = limits.max_expires;
+        }
+        let heartbeat = self.pull.heartbeat.min(expires / 2);
+        consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .max_bytes_per_batch(max_bytes)
+            .expires(expires)
+            .heartbeat(heartbeat)
+            .messages()
+            .await
+            .map_err(|err| err.to_string())
+    }
+
+    /// Reads batches until the subscription ends; the flag says whether any event was acked.
+    async fn pump(
+        &mut self,
+        messages: &mut Stream,
+        in_flight: &mut Vec<InFlight>,
+    ) -> Result<(StreamEnd, bool)> {
+        let batch = self.pull.batch as usize;
+        let mut progressed = false;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.shutdown.wait_for(|stop| *stop) => None,
+                next = messages.next() => Some(next),
+            };
+            let started = Instant::now();
+            let mut end = None;
+            match first {
+                None => {
+                    // In-flight means delivered to us: write and ack what has already arrived,
+                    // and leave the rest to the server's redelivery.
+                    self.take_ready(messages, in_flight, batch, &mut end);
+                    self.commit(in_flight, started).await?;
+                    return Ok((StreamEnd::Shutdown, progressed));
+                }
+                Some(None) => return Ok((StreamEnd::Closed, progressed)),
+                Some(Some(Err(err))) => return Ok((StreamEnd::Failed(err), progressed)),
+                Some(Some(Ok(message))) => self.accept(message, in_flight),
+            }
+            self.take_ready(messages, in_flight, batch, &mut end);
+            if !self.commit(in_flight, started).await? {
+                return Ok((StreamEnd::OutputFailed, progressed));
+            }
+            progressed = true;
+            if let Some(end) = end {
+                return Ok((end, progressed));
+            }
+        }
+    }
+
+    /// Adds the messages the subscription already holds, without waiting, up to `batch`.
+    fn take_ready(
+        &mut self,
+        messages: &mut Stream,
+        in_flight: &mut Vec<InFlight>,
+        batch: usize,
+        end: &mut Option<StreamEnd>,
+    ) {
+        while in_flight.len() < batch {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(message))) => self.accept(message, in_flight),
+                Some(Some(Err(err))) => {
+                    *end = Some(StreamEnd::Failed(err));
+                    return;
+                }
+                Some(None) => {
+                    *end = Some(StreamEnd::Closed);
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Renders one message into the sink buffer and keeps its acker for the commit.
+    fn accept(&mut self, message: jetstream::Message, in_flight: &mut Vec<InFlight>) {
+        let info = message.info().ok();
+        let meta = Metadata {
+            subject: message.subject.as_str(),
+            stream: info
+                .as_ref()
+                .map_or(self.binding.stream.as_str(), |info| info.stream),
+            consumer: info
+                .as_ref()
+                .map_or(self.binding.consumer.as_str(), |info| info.consumer),
+            stream_sequence: info.as_ref().map_or(0, |info| info.stream_sequence),
+            consumer_sequence: info.as_ref().map_or(0, |info| info.consumer_sequence),
+            delivered: info.as_ref().map_or(0, |info| info.delivered),
+            pending: info.as_ref().map_or(0, |info| info.pending),
+            published_nanos: info
+                .as_ref()
+                .map_or(0, |info| info.published.unix_timestamp_nanos()),
+            headers: message.headers.as_ref(),
+        };
+        let kind = self
+            .renderer
+            .render(&meta, &message.payload, self.sink.buffer());
+        if meta.delivered > 1 {
+            self.metrics.redelivered();
+        }
+        let published_nanos = meta.published_nanos;
+        let (_, acker) = message.split();
+        in_flight.push(InFlight {
+            acker,
+            kind,
+            published_nanos,
+        });
+    }
+
+    /// Writes the batch, then acks it; or naks it when the write fails. Returns whether the
+    /// write succeeded. A closed standard output is fatal: no later write can succeed.
+    async fn commit(&mut self, in_flight: &mut Vec<InFlight>, started: Instant) -> Result<bool> {
+        if in_flight.is_empty() {
+            return Ok(true);
+        }
+        // A blocking write: standard output is a pipe whose reader may be slow, and the
+        // runtime's other tasks (probes, pings) must keep running meanwhile.
+        let written = tokio::task::block_in_place(|| self.sink.flush());
+        match written {
+            Ok(()) => {
+                self.health.set_output_ok(true);
+                self.health.contact();
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |since| since.as_nanos() as i128);
+                for event in in_flight.drain(..) {
+                    if let Err(err) = event.acker.ack().await {
+                        tracing::warn!(%err, "ack not sent; the event will be redelivered");
+                    }
+                    self.metrics.event(Outcome::Acked, event.kind);
+                    if event.published_nanos > 0 {
+                        self.metrics
+                            .end_to_end((now - event.published_nanos).max(0) as f64 / 1e9);
+                    }
+                }
+                self.metrics.batch(started.elapsed().as_secs_f64());
+                Ok(true)
+            }
+            Err(err) => {
+                self.metrics.write_error();
+                self.health.set_output_ok(false);
+                tracing::error!(
+                    %err,
+                    events = in_flight.len(),
+                    "cannot write events to standard output; naking them for redelivery"
+                );
+                for event in in_flight.drain(..) {
+                    if let Err(err) = event
+                        .acker
+                        .ack_with(AckKind::Nak(Some(self.pull.nak_delay)))
+                        .await
+                    {
+                        tracing::warn!(%err, "nak not sent; the event will be redelivered after ack wait");
+                    }
+                    self.metrics.event(Outcome::Naked, event.kind);
+                }
+                if err.kind() == ErrorKind::BrokenPipe {
+                    return Err(Error::OutputClosed(err));
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sleeps for `delay`, or less if shutdown begins.
+    async fn pause(&mut self, delay: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {},
+            _ = self.shutdown.wait_for(|stop| *stop) => {},
+        }
+    }
+}
+
+fn reason_label(kind: MessagesErrorKind) -> &'static str {
+    match kind {
+        MessagesErrorKind::MissingHeartbeat => "missing_heartbeat",
+        MessagesErrorKind::ConsumerDeleted => "consumer_deleted",
+        MessagesErrorKind::Pull => "pull_request_failed",
+        MessagesErrorKind::PushBasedConsumer => "push_consumer",
+        MessagesErrorKind::NoResponders => "no_responders",
+        MessagesErrorKind::RequestLimitExceeded => "request_limit_exceeded",
+        MessagesErrorKind::Other => "other",
+    }
+}
