@@ -174,12 +174,21 @@ impl Env {
     async fn wait_for_stream<T>(
         &mut self,
         what: &str,
+        check: impl FnMut(Option<&stream::Info>) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        self.wait_for_named_stream("ORDERS", what, check).await
+    }
+
+    async fn wait_for_named_stream<T>(
+        &mut self,
+        name: &str,
+        what: &str,
         mut check: impl FnMut(Option<&stream::Info>) -> Option<T>,
     ) -> anyhow::Result<T> {
         let js = self.jetstream().await?;
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let info = match js.get_stream("ORDERS").await {
+            let info = match js.get_stream(name).await {
                 Ok(stream) => Some(stream.cached_info().clone()),
                 Err(_) => None,
             };
@@ -487,6 +496,18 @@ async fn an_existing_stream_is_adopted_only_when_allowed() -> anyhow::Result<()>
     assert!(info.config.deny_delete);
     assert!(info.config.metadata.contains_key(OWNER_KEY));
     assert_eq!(info.state.messages, 1, "adoption keeps the data");
+
+    // A second resource naming the same stream is refused even with adopt, while the
+    // first one exists.
+    env.apply(
+        "orders-copy",
+        env.spec(json!({ "name": "ORDERS", "adopt": true })),
+    )
+    .await?;
+    let copy = env
+        .wait_ready_condition("orders-copy", "False", "StreamOwnedByAnotherResource")
+        .await?;
+    assert_eq!(condition_status(&copy, "Stalled"), "True");
     Ok(())
 }
 
@@ -616,5 +637,44 @@ accounts {
         .await?;
     env.wait_ready_condition("orders", "False", "NatsAuthenticationFailed")
         .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_memory_stream_lost_in_a_nats_restart_comes_back() -> anyhow::Result<()> {
+    let mut env = Env::start("ast-memory").await?;
+    env.apply(
+        "orders",
+        env.spec(json!({ "name": "ORDERS", "storage": "Memory" })),
+    )
+    .await?;
+    env.wait_ready("orders").await?;
+    env.nats.stop().await;
+    env.nats.start_again().await?;
+    env.wait_event("orders", "Recreated").await?;
+    let info = env
+        .wait_for_stream("memory stream ORDERS back on NATS", |info| info.cloned())
+        .await?;
+    assert_eq!(info.config.storage, stream::StorageType::Memory);
+    env.wait_ready("orders").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sample_becomes_ready_with_a_real_stream() -> anyhow::Result<()> {
+    let mut env = Env::start("ast-sample").await?;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/samples/auditstream.yaml");
+    let mut sample: Value = serde_yaml::from_str(&std::fs::read_to_string(path)?)?;
+    // The sample names an in-cluster Service; the test's server is on loopback.
+    sample["spec"]["connection"]["servers"] = json!([env.nats.url()]);
+    let name = sample["metadata"]["name"].as_str().unwrap().to_owned();
+    let stream_name = sample["spec"]["name"].as_str().unwrap().to_owned();
+    env.apply(&name, sample["spec"].clone()).await?;
+    env.wait_ready(&name).await?;
+    let info = env
+        .wait_for_named_stream(&stream_name, "the sample's stream", |info| info.cloned())
+        .await?;
+    assert_eq!(info.config.max_age, Duration::from_secs(2160 * 3600));
+    assert!(info.config.deny_delete && info.config.deny_purge);
     Ok(())
 }
