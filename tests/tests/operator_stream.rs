@@ -10,6 +10,7 @@ use async_nats::jetstream::{self, stream};
 use audit_tests::kube_env::ControlPlane;
 use audit_tests::nats::NatsServer;
 use audit_tests::process::ServerProcess;
+use audit_tests::testenv::testenv_bin;
 use audit_tests::{cargo_bin, wait};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -676,5 +677,41 @@ async fn the_sample_becomes_ready_with_a_real_stream() -> anyhow::Result<()> {
         .await?;
     assert_eq!(info.config.max_age, Duration::from_secs(2160 * 3600));
     assert!(info.config.deny_delete && info.config.deny_purge);
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_explain_teaches_the_api() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::shared();
+    install_crds(&control_plane.admin_client().await?).await?;
+    // The apiserver publishes a new CRD's OpenAPI a moment after it is Established.
+    let explained = wait::until(
+        "kubectl explain auditstream.spec.denyDelete",
+        WAIT,
+        POLL,
+        || async {
+            let output = tokio::process::Command::new(testenv_bin("kubectl"))
+                .args(["explain", "auditstream.spec.denyDelete"])
+                .env("KUBECONFIG", control_plane.kubeconfig_path())
+                .output()
+                .await?;
+            Ok(output
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&output.stdout).into_owned()))
+        },
+    )
+    .await?;
+    assert!(explained.contains("append-only"), "{explained}");
+    let short_name = tokio::process::Command::new(testenv_bin("kubectl"))
+        .args(["get", "ast,audit", "--all-namespaces"])
+        .env("KUBECONFIG", control_plane.kubeconfig_path())
+        .output()
+        .await?;
+    assert!(
+        short_name.status.success(),
+        "{}",
+        String::from_utf8_lossy(&short_name.stderr)
+    );
     Ok(())
 }
