@@ -63,6 +63,10 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
 
+    /// Image of the consumer pods of an AuditConsumer that sets no `spec.image`.
+    #[arg(long, env = "AUDIT_OPERATOR_CONSUMER_IMAGE", default_value = crate::options::DEFAULT_CONSUMER_IMAGE)]
+    pub consumer_image: String,
+
     /// Log line format.
     #[arg(long, env = "AUDIT_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -89,6 +93,7 @@ impl RunArgs {
             nats_timeout: self.nats_timeout,
             namespace: self.namespace.clone(),
             instance: self.instance.clone(),
+            consumer_image: self.consumer_image.clone(),
         }
     }
 }

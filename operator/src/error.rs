@@ -69,6 +69,30 @@ pub enum Error {
     )]
     StreamOwnedByOther { stream: String, owner: String },
 
+    #[error(
+        "AuditStream {name:?} does not exist in the AuditConsumer's namespace: create it, or fix spec.streamRef"
+    )]
+    StreamNotFound { name: String },
+
+    #[error("AuditStream {name:?} is not Ready yet ({reason}); waiting for it")]
+    StreamNotReady { name: String, reason: String },
+
+    /// Carries the server's text, which includes its error code.
+    #[error(
+        "NATS rejected the consumer configuration: {0}; deliverPolicy, startSequence and startTime cannot change on a durable consumer: to change them, create a new AuditConsumer (or set a new durableName)"
+    )]
+    ConsumerConfigRejected(String),
+
+    #[error(
+        "a consumer named {consumer:?} already exists on stream {stream:?} and is not managed by this AuditConsumer: delete it on NATS, or choose another spec.durableName"
+    )]
+    ConsumerNotOurs { stream: String, consumer: String },
+
+    #[error(
+        "a {kind} named {name:?} already exists and is not controlled by this AuditConsumer: delete or rename it"
+    )]
+    ObjectNotOurs { kind: String, name: String },
+
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[source] kube::Error),
 
@@ -92,6 +116,11 @@ impl Error {
             Error::StreamConfigRejected(_) => "StreamConfigRejected",
             Error::StreamNotAdopted { .. } => "StreamExists",
             Error::StreamOwnedByOther { .. } => "StreamOwnedByAnotherResource",
+            Error::StreamNotFound { .. } => "StreamNotFound",
+            Error::StreamNotReady { .. } => "StreamNotReady",
+            Error::ConsumerConfigRejected(_) => "ConsumerConfigRejected",
+            Error::ConsumerNotOurs { .. } => "ConsumerExists",
+            Error::ObjectNotOurs { .. } => "ObjectExists",
             Error::Kube(_) => "KubernetesApiFailed",
             Error::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
@@ -113,8 +142,15 @@ impl Error {
             | Error::NatsTls(_)
             | Error::StreamConfigRejected(_)
             | Error::StreamNotAdopted { .. }
-            | Error::StreamOwnedByOther { .. } => true,
-            Error::NatsUnreachable { .. } | Error::JetStreamRequest(_) | Error::Kube(_) => false,
+            | Error::StreamOwnedByOther { .. }
+            | Error::StreamNotFound { .. }
+            | Error::ConsumerConfigRejected(_)
+            | Error::ConsumerNotOurs { .. }
+            | Error::ObjectNotOurs { .. } => true,
+            Error::NatsUnreachable { .. }
+            | Error::JetStreamRequest(_)
+            | Error::Kube(_)
+            | Error::StreamNotReady { .. } => false,
             Error::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
                     e.needs_user_action()

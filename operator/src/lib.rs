@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod conditions;
+pub mod consumer;
 pub mod crd;
 pub mod duration;
 pub mod error;
@@ -41,5 +42,16 @@ pub async fn run(
             instance: options.instance.clone(),
         },
     );
-    stream::run(client, options, pool, recorder, shutdown).await;
+    // Both controllers stop on the same signal.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    tokio::join!(
+        stream::run(
+            client.clone(),
+            options.clone(),
+            pool.clone(),
+            recorder.clone(),
+            shutdown.clone()
+        ),
+        consumer::run(client, options, pool, recorder, shutdown),
+    );
 }

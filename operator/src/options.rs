@@ -16,7 +16,15 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Identity in the Events the operator writes (`reportingInstance`), e.g. the pod name.
     pub instance: Option<String>,
+    /// Image of the consumer pods of an AuditConsumer that sets none.
+    pub consumer_image: String,
 }
+
+/// The consumer image matching this operator's version.
+pub const DEFAULT_CONSUMER_IMAGE: &str = concat!(
+    "ghcr.io/eventsaudit/audit-consumer:",
+    env!("CARGO_PKG_VERSION")
+);
 
 impl Default for Options {
     fn default() -> Self {
@@ -29,6 +37,7 @@ impl Default for Options {
             nats_timeout: Duration::from_secs(5),
             namespace: None,
             instance: None,
+            consumer_image: DEFAULT_CONSUMER_IMAGE.to_owned(),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! The API: custom resource types and the CRD manifests generated from them.
 
 pub mod connection;
+pub mod consumer;
 pub mod stream;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 pub use connection::NatsConnection;
+pub use consumer::{AuditConsumer, AuditConsumerSpec, AuditConsumerStatus};
 pub use stream::{AuditStream, AuditStreamSpec, AuditStreamStatus};
 
 /// API group of every kind the operator serves.
@@ -14,7 +16,7 @@ pub const GROUP: &str = "audit.eventsaudit.io";
 
 /// Every CRD the operator serves, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![AuditStream::crd()]
+    vec![AuditStream::crd(), AuditConsumer::crd()]
 }
 
 /// Each CRD as a YAML document with the file name it is committed under in `crds/`.

@@ -1,0 +1,561 @@
+//! The consumer pods' Deployment: `audit-consumer` hardened beyond the Pod Security Standards
+//! *restricted* profile, configured by flags only, with NATS credentials and TLS material
+//! mounted read-only from the referenced Secrets as files.
+//!
+//! A change of the spec changes the pod template (flags, image, scheduling) and so rolls the
+//! pods; a rotated Secret does too, through the Secret versions recorded in a template
+//! annotation (versions, never contents).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            Capabilities, Container, ContainerPort, HTTPGetAction, KeyToPath, PodSecurityContext,
+            PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+            SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+
+use super::{WorkloadInputs, labels, metadata, selector_labels, workload_name};
+use crate::crd::consumer::{AuditConsumer, LogFormat};
+
+/// Name of the consumer container.
+pub const CONTAINER_NAME: &str = "audit-consumer";
+/// Where the consumer image installs the binary (see the Dockerfile).
+pub const COMMAND: &str = "/usr/local/bin/audit-consumer";
+/// Port of `/livez`, `/readyz` and `/metrics`.
+pub const HEALTH_PORT: i32 = 8080;
+pub const HEALTH_PORT_NAME: &str = "metrics";
+/// Template annotation holding the versions of the mounted Secrets.
+pub const SECRET_VERSIONS_ANNOTATION: &str = "audit.eventsaudit.io/secret-versions";
+/// Directory under which each Secret volume is mounted.
+pub const SECRETS_DIR: &str = "/etc/audit-consumer/nats";
+/// The distroless `nonroot` user of the consumer image.
+const RUN_AS: i64 = 65532;
+/// Owner read, group read (the pod's fsGroup): the files are the pod's alone.
+const SECRET_FILE_MODE: i32 = 0o440;
+/// Time the consumer gets beyond one pull expiry to write, ack and drain in-flight events.
+const DRAIN_MARGIN: Duration = Duration::from_secs(30);
+
+pub fn build(consumer: &AuditConsumer, inputs: &WorkloadInputs<'_>) -> Deployment {
+    let spec = &consumer.spec;
+    let (volumes, mounts, secret_args) = secret_files(inputs);
+    let mut args = vec![
+        format!("--nats-url={}", inputs.connection.servers.join(",")),
+        format!("--stream={}", inputs.stream_name),
+        format!("--consumer={}", inputs.valid.durable_name),
+        format!(
+            "--format={}",
+            match spec.format {
+                LogFormat::Json => "json",
+                LogFormat::Text => "text",
+            }
+        ),
+        format!("--health-listen=0.0.0.0:{HEALTH_PORT}"),
+        format!("--batch={}", spec.batch),
+        format!("--expires={}", spec.expires),
+    ];
+    if let Some(max_bytes) = spec.max_bytes {
+        args.push(format!("--max-bytes={max_bytes}"));
+    }
+    if let Some(heartbeat) = &spec.heartbeat {
+        args.push(format!("--heartbeat={heartbeat}"));
+    }
+    if !spec.redact_keys.is_empty() {
+        args.push(format!("--redact-keys={}", spec.redact_keys.join(",")));
+    }
+    if let Some(domain) = &inputs.connection.js_domain {
+        args.push(format!("--js-domain={domain}"));
+    }
+    args.extend(secret_args);
+
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(HEALTH_PORT_NAME.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: CONTAINER_NAME.to_owned(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| inputs.default_image.to_owned()),
+        ),
+        command: Some(vec![COMMAND.to_owned()]),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some(HEALTH_PORT_NAME.to_owned()),
+            container_port: HEALTH_PORT,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        // Up to a minute to connect and bind before liveness counts.
+        startup_probe: Some(probe("/livez", 2, 30)),
+        liveness_probe: Some(probe("/livez", 10, 3)),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        resources: Some(spec.pod.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    };
+
+    let mut pod_labels = spec.pod.labels.clone();
+    pod_labels.extend(labels(consumer));
+    let mut pod_annotations = spec.pod.annotations.clone();
+    pod_annotations.insert(
+        "kubectl.kubernetes.io/default-container".to_owned(),
+        CONTAINER_NAME.to_owned(),
+    );
+    if !inputs.secret_versions.is_empty() {
+        pod_annotations.insert(
+            SECRET_VERSIONS_ANNOTATION.to_owned(),
+            inputs.secret_versions.join(","),
+        );
+    }
+
+    let pod = PodSpec {
+        containers: vec![container],
+        service_account_name: Some(workload_name(consumer)),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(runtime_default()),
+            ..PodSecurityContext::default()
+        }),
+        termination_grace_period_seconds: Some(grace_period(inputs.valid.expires)),
+        volumes: (!volumes.is_empty()).then_some(volumes),
+        node_selector: non_empty_map(&spec.pod.node_selector),
+        tolerations: non_empty(&spec.pod.tolerations),
+        affinity: spec.pod.affinity.clone(),
+        topology_spread_constraints: Some(topology_spread(consumer)),
+        priority_class_name: spec.pod.priority_class_name.clone(),
+        ..PodSpec::default()
+    };
+
+    Deployment {
+        metadata: metadata(consumer),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(consumer)),
+                ..LabelSelector::default()
+            },
+            // A new pod must be ready before an old one goes: the ready count never drops
+            // below the desired one during a rollout.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            revision_history_limit: Some(5),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Longer than the consumer's drain: an outstanding pull may run for one expiry, then
+/// in-flight events are written and acked.
+fn grace_period(expires: Duration) -> i64 {
+    i64::try_from((expires + DRAIN_MARGIN).as_secs()).unwrap_or(i64::MAX)
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        ..SeccompProfile::default()
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    let quantities = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(quantities("50m", "64Mi")),
+        limits: Some(quantities("1", "256Mi")),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The user's constraints, each selecting this consumer's pods unless it says otherwise; by
+/// default, pods prefer distinct nodes.
+fn topology_spread(consumer: &AuditConsumer) -> Vec<TopologySpreadConstraint> {
+    let own_pods = || LabelSelector {
+        match_labels: Some(selector_labels(consumer)),
+        ..LabelSelector::default()
+    };
+    let given = &consumer.spec.pod.topology_spread_constraints;
+    if given.is_empty() {
+        return vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "kubernetes.io/hostname".to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            label_selector: Some(own_pods()),
+            ..TopologySpreadConstraint::default()
+        }];
+    }
+    given
+        .iter()
+        .map(|constraint| TopologySpreadConstraint {
+            label_selector: constraint
+                .label_selector
+                .clone()
+                .or_else(|| Some(own_pods())),
+            ..constraint.clone()
+        })
+        .collect()
+}
+
+/// One read-only Secret volume per referenced Secret use, and the flags naming the files.
+fn secret_files(inputs: &WorkloadInputs<'_>) -> (Vec<Volume>, Vec<VolumeMount>, Vec<String>) {
+    let mut files = SecretFiles::default();
+    if let Some(auth) = &inputs.connection.auth {
+        if let Some(r) = &auth.creds_secret_ref {
+            let path = files.add("creds", &r.name, &[(&r.key, "user.creds")]);
+            files.args.push(format!("--creds-file={}", path[0]));
+        } else if let Some(r) = &auth.nkey_secret_ref {
+            let path = files.add("nkey", &r.name, &[(&r.key, "seed.nk")]);
+            files.args.push(format!("--nkey-seed-file={}", path[0]));
+        } else if let Some(r) = &auth.user_password_secret_ref {
+            let path = files.add("password", &r.name, &[(&r.password_key, "password")]);
+            if let Some(user) = inputs.user {
+                files.args.push(format!("--user={user}"));
+            }
+            files.args.push(format!("--password-file={}", path[0]));
+        } else if let Some(r) = &auth.token_secret_ref {
+            let path = files.add("token", &r.name, &[(&r.key, "token")]);
+            files.args.push(format!("--token-file={}", path[0]));
+        }
+    }
+    if let Some(tls) = &inputs.connection.tls {
+        if let Some(r) = &tls.ca_secret_ref {
+            let path = files.add("tls-ca", &r.name, &[(&r.key, "ca.crt")]);
+            files.args.push(format!("--tls-ca-file={}", path[0]));
+        }
+        if let Some(r) = &tls.client_cert_secret_ref {
+            let with_ca = tls.ca_secret_ref.is_none() && inputs.client_cert_has_ca;
+            let mut items = vec![("tls.crt", "tls.crt"), ("tls.key", "tls.key")];
+            if with_ca {
+                items.push(("ca.crt", "ca.crt"));
+            }
+            let paths = files.add("tls-client", &r.name, &items);
+            files.args.push(format!("--tls-cert-file={}", paths[0]));
+            files.args.push(format!("--tls-key-file={}", paths[1]));
+            if with_ca {
+                files.args.push(format!("--tls-ca-file={}", paths[2]));
+            }
+        }
+    }
+    (files.volumes, files.mounts, files.args)
+}
+
+#[derive(Default)]
+struct SecretFiles {
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+    args: Vec<String>,
+}
+
+impl SecretFiles {
+    /// Mounts `items` (Secret key, file name) of Secret `secret` at `SECRETS_DIR/<purpose>`;
+    /// returns the files' paths in the container, in the order of `items`.
+    fn add(&mut self, purpose: &str, secret: &str, items: &[(&str, &str)]) -> Vec<String> {
+        let volume = format!("nats-{purpose}");
+        let dir = format!("{SECRETS_DIR}/{purpose}");
+        self.volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_owned()),
+                items: Some(
+                    items
+                        .iter()
+                        .map(|(key, file)| KeyToPath {
+                            key: (*key).to_owned(),
+                            path: (*file).to_owned(),
+                            mode: None,
+                        })
+                        .collect(),
+                ),
+                default_mode: Some(SECRET_FILE_MODE),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+        self.mounts.push(VolumeMount {
+            name: volume,
+            mount_path: dir.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        items
+            .iter()
+            .map(|(_, file)| format!("{dir}/{file}"))
+            .collect()
+    }
+}
+
+fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
+    (!items.is_empty()).then(|| items.to_vec())
+}
+
+fn non_empty_map(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    (!map.is_empty()).then(|| map.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::build::tests::{CONNECTION, with_inputs};
+
+    const SPEC: &str = "streamRef: {name: orders}\nreplicas: 3\nformat: Text\nredactKeys: [password, token]\npod:\n  labels: {team: payments, app.kubernetes.io/name: hijack}\n  annotations: {prometheus.io/scrape: 'true'}\n  priorityClassName: audit\n";
+
+    fn deployment(spec: &str, connection: &str) -> Deployment {
+        with_inputs(spec, connection, build)
+    }
+
+    fn pod(deployment: &Deployment) -> &PodSpec {
+        deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+    }
+
+    fn args(deployment: &Deployment) -> &[String] {
+        pod(deployment).containers[0].args.as_deref().unwrap()
+    }
+
+    #[test]
+    fn flags_follow_the_consumer_contract() {
+        let deployment = deployment(SPEC, CONNECTION);
+        let container = &pod(&deployment).containers[0];
+        assert_eq!(
+            container.command.as_deref(),
+            Some(&[COMMAND.to_owned()][..])
+        );
+        assert_eq!(
+            container.image.as_deref(),
+            Some("ghcr.io/eventsaudit/audit-consumer:0.1.0")
+        );
+        assert_eq!(
+            args(&deployment),
+            [
+                "--nats-url=nats://nats-a.nats:4222,tls://nats-b.nats:7422",
+                "--stream=orders_audit",
+                "--consumer=orders_reader",
+                "--format=text",
+                "--health-listen=0.0.0.0:8080",
+                "--batch=100",
+                "--expires=30s",
+                "--redact-keys=password,token",
+                "--js-domain=hub",
+                "--creds-file=/etc/audit-consumer/nats/creds/user.creds",
+                "--tls-ca-file=/etc/audit-consumer/nats/tls-ca/ca.crt",
+            ]
+        );
+        assert!(container.env.is_none(), "configuration is by flags only");
+    }
+
+    #[test]
+    fn pod_passes_restricted_and_more() {
+        let deployment = deployment(SPEC, CONNECTION);
+        let pod = pod(&deployment);
+        let security = pod.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.run_as_user, Some(65532));
+        assert_eq!(
+            security.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let container = &pod.containers[0];
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            security.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert!(container.startup_probe.is_some());
+        assert!(container.liveness_probe.is_some());
+        let readiness = container.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            readiness.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/readyz")
+        );
+        let resources = container.resources.as_ref().unwrap();
+        assert!(resources.requests.is_some() && resources.limits.is_some());
+        assert_eq!(pod.termination_grace_period_seconds, Some(60));
+    }
+
+    #[test]
+    fn secrets_are_read_only_files_never_environment() {
+        let deployment = deployment(SPEC, CONNECTION);
+        let pod = pod(&deployment);
+        let volumes = pod.volumes.as_ref().unwrap();
+        assert_eq!(volumes.len(), 2);
+        let creds = volumes[0].secret.as_ref().unwrap();
+        assert_eq!(creds.secret_name.as_deref(), Some("nats-creds"));
+        assert_eq!(creds.items.as_ref().unwrap()[0].key, "user.creds");
+        assert_eq!(creds.default_mode, Some(0o440));
+        let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
+        assert!(mounts.iter().all(|m| m.read_only == Some(true)));
+    }
+
+    #[test]
+    fn rollout_never_drops_below_the_desired_ready_count() {
+        let deployment = deployment(SPEC, CONNECTION);
+        let spec = deployment.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let rolling = spec
+            .strategy
+            .as_ref()
+            .unwrap()
+            .rolling_update
+            .as_ref()
+            .unwrap();
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    }
+
+    #[test]
+    fn user_labels_cannot_break_the_selector() {
+        let deployment = deployment(SPEC, CONNECTION);
+        let template = deployment.spec.as_ref().unwrap().template.metadata.as_ref();
+        let labels = template.unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/name"], "audit-consumer");
+        assert_eq!(labels["team"], "payments");
+        let annotations = template.unwrap().annotations.as_ref().unwrap();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+    }
+
+    #[test]
+    fn a_rotated_secret_changes_the_pod_template() {
+        let before = deployment(SPEC, CONNECTION);
+        let after = with_inputs(SPEC, CONNECTION, |consumer, inputs| {
+            let rotated = ["shop/nats-ca@4".to_owned(), "shop/nats-creds@13".to_owned()];
+            build(
+                consumer,
+                &WorkloadInputs {
+                    secret_versions: &rotated,
+                    ..inputs.clone()
+                },
+            )
+        });
+        let annotation = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[SECRET_VERSIONS_ANNOTATION]
+                .clone()
+        };
+        assert_eq!(annotation(&before), "shop/nats-ca@4,shop/nats-creds@12");
+        assert_ne!(annotation(&before), annotation(&after));
+    }
+
+    #[test]
+    fn user_password_and_client_certificate_with_its_ca() {
+        let connection = "servers: [tls://nats:4222]\nauth: {userPasswordSecretRef: {name: basic}}\ntls: {clientCertSecretRef: {name: client}}\n";
+        let deployment = with_inputs(SPEC, connection, |consumer, inputs| {
+            build(
+                consumer,
+                &WorkloadInputs {
+                    user: Some("auditor"),
+                    client_cert_has_ca: true,
+                    ..inputs.clone()
+                },
+            )
+        });
+        let args = args(&deployment);
+        assert!(args.contains(&"--user=auditor".to_owned()));
+        assert!(
+            args.contains(&"--password-file=/etc/audit-consumer/nats/password/password".to_owned())
+        );
+        assert!(
+            args.contains(
+                &"--tls-cert-file=/etc/audit-consumer/nats/tls-client/tls.crt".to_owned()
+            )
+        );
+        assert!(
+            args.contains(&"--tls-key-file=/etc/audit-consumer/nats/tls-client/tls.key".to_owned())
+        );
+        assert!(
+            args.contains(&"--tls-ca-file=/etc/audit-consumer/nats/tls-client/ca.crt".to_owned())
+        );
+        assert!(!args.iter().any(|a| a.contains("s3cr3t")));
+    }
+
+    #[test]
+    fn topology_spread_defaults_to_distinct_nodes_and_selects_own_pods() {
+        let deployment = deployment(SPEC, CONNECTION);
+        let spread = pod(&deployment)
+            .topology_spread_constraints
+            .as_ref()
+            .unwrap();
+        assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+        assert_eq!(
+            spread[0]
+                .label_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app.kubernetes.io/instance"],
+            "orders.reader"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! The consumer pods' optional NetworkPolicy: egress only to the NATS ports (of the given
+//! peers, or anywhere, since a policy cannot name hosts) and to DNS; ingress only to the
+//! metrics port.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::{
+    api::networking::v1::{
+        NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort,
+        NetworkPolicySpec,
+    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+
+use super::{WorkloadInputs, deployment::HEALTH_PORT, metadata, selector_labels};
+use crate::crd::consumer::AuditConsumer;
+
+/// The policy, or `None` when the spec does not enable one.
+pub fn build(consumer: &AuditConsumer, inputs: &WorkloadInputs<'_>) -> Option<NetworkPolicy> {
+    let settings = consumer
+        .spec
+        .network_policy
+        .as_ref()
+        .filter(|s| s.enabled)?;
+    let port = |protocol: &str, port: i32| NetworkPolicyPort {
+        protocol: Some(protocol.to_owned()),
+        port: Some(IntOrString::Int(port)),
+        ..NetworkPolicyPort::default()
+    };
+    let nats_ports: BTreeSet<i32> = inputs
+        .connection
+        .servers
+        .iter()
+        .filter_map(|url| server_port(url))
+        .collect();
+    let non_empty = |peers: &Vec<_>| (!peers.is_empty()).then(|| peers.clone());
+    Some(NetworkPolicy {
+        metadata: metadata(consumer),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(consumer)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: non_empty(&settings.metrics_from),
+                ports: Some(vec![port("TCP", HEALTH_PORT)]),
+            }]),
+            egress: Some(vec![
+                NetworkPolicyEgressRule {
+                    to: None,
+                    ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+                },
+                NetworkPolicyEgressRule {
+                    to: non_empty(&settings.nats_peers),
+                    ports: Some(nats_ports.into_iter().map(|p| port("TCP", p)).collect()),
+                },
+            ]),
+        }),
+    })
+}
+
+/// The TCP port of a NATS server URL, with the scheme's default when none is written.
+fn server_port(url: &str) -> Option<i32> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let explicit = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once("]:").and_then(|(_, p)| p.parse().ok()),
+        None => host_port.rsplit_once(':').and_then(|(_, p)| p.parse().ok()),
+    };
+    explicit.or(match scheme {
+        "nats" | "tls" => Some(4222),
+        "ws" => Some(80),
+        "wss" => Some(443),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::build::tests::{CONNECTION, with_inputs};
+
+    #[test]
+    fn off_unless_enabled() {
+        let spec = "streamRef: {name: orders}\n";
+        assert!(with_inputs(spec, CONNECTION, build).is_none());
+        let disabled = "streamRef: {name: orders}\nnetworkPolicy: {enabled: false}\n";
+        assert!(with_inputs(disabled, CONNECTION, build).is_none());
+    }
+
+    #[test]
+    fn allows_nats_ports_dns_and_metrics_only() {
+        let spec = "streamRef: {name: orders}\nnetworkPolicy:\n  enabled: true\n  natsPeers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: nats}}}]\n";
+        let policy = with_inputs(spec, CONNECTION, build).unwrap().spec.unwrap();
+        let egress = policy.egress.unwrap();
+        let nats_ports: Vec<_> = egress[1]
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.port.clone().unwrap())
+            .collect();
+        assert_eq!(nats_ports, [IntOrString::Int(4222), IntOrString::Int(7422)]);
+        assert!(egress[1].to.is_some());
+        let ingress = policy.ingress.unwrap();
+        assert_eq!(
+            ingress[0].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(8080))
+        );
+        assert!(ingress[0].from.is_none());
+    }
+
+    #[test]
+    fn server_ports_with_defaults() {
+        assert_eq!(server_port("nats://a:4223"), Some(4223));
+        assert_eq!(server_port("tls://a"), Some(4222));
+        assert_eq!(server_port("wss://user:pw@a/path"), Some(443));
+        assert_eq!(server_port("nats://[::1]:5222"), Some(5222));
+        assert_eq!(server_port("nats://[::1]"), Some(4222));
+    }
+}

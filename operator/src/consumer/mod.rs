@@ -1,0 +1,545 @@
+//! The AuditConsumer controller: reconciles each AuditConsumer through the pipeline
+//! dereference (AuditStream, Secrets) -> validate -> build (durable consumer, workload
+//! objects) -> apply (NATS, server-side apply) -> status, and deletes the durable consumer
+//! per `deletionPolicy` behind a finalizer.
+//!
+//! Besides AuditConsumers it watches the objects it owns (a deleted or hand-edited Deployment
+//! is put back at once), the AuditStreams (a stream turning Ready requeues its consumers) and
+//! Secrets (a rotated credential rolls the pods that mount it).
+
+pub mod apply;
+pub mod build;
+pub mod dereference;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+
+use futures::{StreamExt, future};
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ObjectReference, Secret, ServiceAccount},
+        networking::v1::NetworkPolicy,
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder},
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{info, warn};
+
+use self::{
+    apply::{Change, Deletion, FIELD_MANAGER},
+    build::{WorkloadInputs, nats_consumer, workload_name},
+    dereference::Referenced,
+    status::{Report, Stage},
+};
+use crate::{
+    backoff::Retries,
+    crd::{
+        consumer::{AuditConsumer, AuditConsumerStatus, ConsumerDeletionPolicy},
+        stream::AuditStream,
+    },
+    error::{Error, Result},
+    nats_pool::NatsPool,
+    options::Options,
+    stream::dereference::dereference as resolve_connection,
+};
+
+/// Finalizer that keeps an AuditConsumer until its durable consumer was deleted or retained.
+pub const FINALIZER: &str = "audit.eventsaudit.io/consumer-cleanup";
+
+type Guarded = DeserializeGuard<AuditConsumer>;
+type GuardedStream = DeserializeGuard<AuditStream>;
+
+/// What every reconciliation shares.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    pool: Arc<NatsPool>,
+    options: Options,
+    retries: Retries<ObjectRef<Guarded>>,
+}
+
+/// Runs the AuditConsumer controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    options: Options,
+    pool: Arc<NatsPool>,
+    recorder: Recorder,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let consumers: Api<Guarded> = scoped(&client, &options);
+    let watch = || watcher::Config::default().any_semantic();
+    let controller = Controller::new(consumers, watch());
+    let consumer_store = controller.store();
+
+    // The Secret mapper asks which stream uses a Secret: a cache of AuditStreams answers it.
+    let (stream_store, stream_writer) = reflector::store::<GuardedStream>();
+    let stream_cache = reflector::reflector(
+        stream_writer,
+        watcher(scoped::<GuardedStream>(&client, &options), watch()),
+    )
+    .applied_objects()
+    .for_each(|_| future::ready(()));
+
+    let by_stream = consumer_store.clone();
+    let by_secret = consumer_store;
+    let context = Arc::new(Context {
+        client: client.clone(),
+        recorder,
+        pool,
+        retries: Retries::new(options.retry),
+        options: options.clone(),
+    });
+    let controller = controller
+        .owns(scoped::<Deployment>(&client, &options), watch())
+        .owns(scoped::<ServiceAccount>(&client, &options), watch())
+        .owns(scoped::<PodDisruptionBudget>(&client, &options), watch())
+        .owns(scoped::<NetworkPolicy>(&client, &options), watch())
+        .watches(
+            scoped::<GuardedStream>(&client, &options),
+            watch(),
+            move |stream| consumers_of_stream(&by_stream, &stream.name_any(), stream.namespace()),
+        )
+        .watches(
+            scoped::<Secret>(&client, &options),
+            watch(),
+            move |secret| consumers_using_secret(&by_secret, &stream_store, &secret),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(error) => warn!(%error, "reconciliation failed"),
+            }
+        });
+    // The cache of streams only serves the controller: it ends when the controller does.
+    tokio::select! {
+        () = controller => {}
+        () = stream_cache => {}
+    }
+}
+
+fn scoped<K>(client: &Client, options: &Options) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+{
+    match &options.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The AuditConsumers in `namespace` that read AuditStream `stream`.
+fn consumers_of_stream(
+    consumers: &Store<Guarded>,
+    stream: &str,
+    namespace: Option<String>,
+) -> Vec<ObjectRef<Guarded>> {
+    consumers
+        .state()
+        .iter()
+        .filter_map(|guarded| guarded.0.as_ref().ok())
+        .filter(|c| c.namespace() == namespace && c.spec.stream_ref.name == stream)
+        .map(|c| ObjectRef::new(&c.name_any()).within(&c.namespace().unwrap_or_default()))
+        .collect()
+}
+
+/// The AuditConsumers whose AuditStream's connection reads `secret`: their pods mount it.
+fn consumers_using_secret(
+    consumers: &Store<Guarded>,
+    streams: &Store<GuardedStream>,
+    secret: &Secret,
+) -> Vec<ObjectRef<Guarded>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    streams
+        .state()
+        .iter()
+        .filter_map(|guarded| guarded.0.as_ref().ok())
+        .filter(|s| s.namespace() == namespace)
+        .filter(|s| s.spec.connection.secret_names().any(|n| n == name))
+        .flat_map(|s| consumers_of_stream(consumers, &s.name_any(), namespace.clone()))
+        .collect()
+}
+
+async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
+    let consumer = match &guarded.0 {
+        Ok(consumer) => Arc::new(consumer.clone()),
+        Err(invalid) => {
+            // Rare (an object stored under an older CRD): report it and wait for an edit
+            // rather than stopping the watch of every other AuditConsumer.
+            warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "AuditConsumer cannot be read");
+            publish(
+                &ctx,
+                &guarded.object_ref(&()),
+                EventType::Warning,
+                "InvalidObject",
+                "Reconcile",
+                invalid.error.clone(),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let api: Api<AuditConsumer> = Api::namespaced(
+        ctx.client.clone(),
+        &consumer.namespace().unwrap_or_default(),
+    );
+    let result = finalizer(&api, FINALIZER, consumer, |event| async {
+        match event {
+            FinalizerEvent::Apply(consumer) => apply_consumer(&consumer, &ctx).await,
+            FinalizerEvent::Cleanup(consumer) => cleanup(&consumer, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.retries.reset(&ObjectRef::from_obj(guarded.as_ref()));
+    }
+    result
+}
+
+fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx
+        .retries
+        .next_delay(ObjectRef::from_obj(guarded.as_ref()));
+    info!(name = %guarded.name_any(), namespace = ?guarded.namespace(), %error, retry_in = ?delay, "will retry");
+    Action::requeue(delay)
+}
+
+/// Identifies a resource in the connection pool.
+fn pool_user(consumer: &AuditConsumer) -> String {
+    format!(
+        "AuditConsumer/{}/{}",
+        consumer.namespace().unwrap_or_default(),
+        consumer.name_any()
+    )
+}
+
+/// What a successful pass produced.
+struct Reconciled {
+    stream_name: String,
+    change: Change,
+    info: async_nats::jetstream::consumer::Info,
+    deployment: Deployment,
+}
+
+/// The pipeline; a failure says at which stage it stopped, for the detail conditions.
+async fn pipeline(
+    consumer: &AuditConsumer,
+    ctx: &Context,
+) -> Result<Reconciled, (Stage, Option<String>, Error)> {
+    let namespace = consumer.namespace().unwrap_or_default();
+    let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let referenced = dereference::dereference(consumer, &streams, &secrets)
+        .await
+        .map_err(|e| (Stage::Stream, None, e))?;
+    let stream_name = referenced.stream_name.clone();
+    let at = |stage: Stage| {
+        let stream_name = stream_name.clone();
+        move |e: Error| (stage, Some(stream_name), e)
+    };
+
+    let valid = validate::validate(consumer).map_err(at(Stage::Consumer))?;
+    let desired = nats_consumer::desired_config(consumer, &valid);
+    let js = jetstream_context(ctx, consumer, &referenced)
+        .await
+        .map_err(at(Stage::Consumer))?;
+    let (change, info) = apply::apply_consumer(&js, &stream_name, &desired)
+        .await
+        .map_err(at(Stage::Consumer))?;
+
+    let inputs = WorkloadInputs {
+        valid: &valid,
+        stream_name: &stream_name,
+        connection: &referenced.stream.spec.connection,
+        user: referenced.user(),
+        client_cert_has_ca: referenced.client_cert_has_ca(),
+        secret_versions: &referenced.connection.secret_versions,
+        default_image: &ctx.options.consumer_image,
+    };
+    let deployment = apply_workload(consumer, &inputs, ctx)
+        .await
+        .map_err(at(Stage::Workload))?;
+    Ok(Reconciled {
+        stream_name,
+        change,
+        info,
+        deployment,
+    })
+}
+
+/// Applies every workload object the spec asks for and removes the optional ones it no longer
+/// asks for; returns the Deployment as the server has it (with its status).
+async fn apply_workload(
+    consumer: &AuditConsumer,
+    inputs: &WorkloadInputs<'_>,
+    ctx: &Context,
+) -> Result<Deployment> {
+    let client = &ctx.client;
+    let uid = consumer.uid().unwrap_or_default();
+    let namespace = consumer.namespace().unwrap_or_default();
+    let name = workload_name(consumer);
+    apply::apply_owned(client, &build::service_account::build(consumer), &uid).await?;
+    let deployment =
+        apply::apply_owned(client, &build::deployment::build(consumer, inputs), &uid).await?;
+    match build::pdb::build(consumer) {
+        Some(pdb) => drop(apply::apply_owned(client, &pdb, &uid).await?),
+        None => apply::remove_owned::<PodDisruptionBudget>(client, &namespace, &name, &uid).await?,
+    }
+    match build::network_policy::build(consumer, inputs) {
+        Some(policy) => drop(apply::apply_owned(client, &policy, &uid).await?),
+        None => apply::remove_owned::<NetworkPolicy>(client, &namespace, &name, &uid).await?,
+    }
+    Ok(deployment)
+}
+
+async fn jetstream_context(
+    ctx: &Context,
+    consumer: &AuditConsumer,
+    referenced: &Referenced,
+) -> Result<async_nats::jetstream::Context> {
+    let client = ctx
+        .pool
+        .client(&pool_user(consumer), &referenced.connection)
+        .await?;
+    Ok(match &referenced.connection.js_domain {
+        Some(domain) => async_nats::jetstream::with_domain(client, domain),
+        None => async_nats::jetstream::new(client),
+    })
+}
+
+async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
+    let result = pipeline(consumer, ctx).await;
+    let report = match &result {
+        Ok(done) => Report {
+            stream_name: Some(done.stream_name.clone()),
+            consumer: Some(&done.info),
+            workload: done.deployment.status.as_ref(),
+            failure: None,
+        },
+        Err((stage, stream_name, error)) => Report {
+            stream_name: stream_name.clone(),
+            failure: Some((*stage, error)),
+            ..Report::default()
+        },
+    };
+    let status = status::desired_status(consumer, &report, &Time(Timestamp::now()));
+    if consumer.status.as_ref() != Some(&status) {
+        patch_status(ctx, consumer, &status).await?;
+    }
+    let reference = consumer.object_ref(&());
+    let durable = consumer.durable_name();
+    match result {
+        Ok(done) => {
+            let note = match &done.change {
+                Change::Unchanged => None,
+                Change::Created => Some((
+                    "Created",
+                    format!(
+                        "created durable consumer {durable} on stream {}",
+                        done.stream_name
+                    ),
+                )),
+                // The generation moved since the last status: a spec change; otherwise the
+                // consumer was edited on NATS behind the operator's back.
+                Change::Updated(fields)
+                    if consumer.status.as_ref().and_then(|s| s.observed_generation)
+                        == consumer.metadata.generation =>
+                {
+                    Some((
+                        "DriftCorrected",
+                        format!(
+                            "durable consumer {durable} was changed outside the operator; restored {}",
+                            fields.join(", ")
+                        ),
+                    ))
+                }
+                Change::Updated(fields) => Some((
+                    "Updated",
+                    format!("updated durable consumer {durable}: {}", fields.join(", ")),
+                )),
+            };
+            if let Some((reason, note)) = note {
+                info!(consumer = %durable, namespace = ?consumer.namespace(), reason, "{note}");
+                let type_ = if reason == "DriftCorrected" {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                publish(ctx, &reference, type_, reason, "Apply", note).await;
+            }
+            Ok(Action::requeue(ctx.options.requeue_interval))
+        }
+        Err((_, _, Error::StreamNotReady { name, reason })) => {
+            // Not a failure of this resource: the stream's watch requeues it once Ready.
+            info!(consumer = %durable, namespace = ?consumer.namespace(), stream = %name, %reason, "waiting for the AuditStream");
+            Ok(Action::requeue(ctx.options.requeue_interval))
+        }
+        Err((_, _, error)) => {
+            warn!(consumer = %durable, namespace = ?consumer.namespace(), reason = error.reason(), %error, "consumer not ready");
+            publish(
+                ctx,
+                &reference,
+                EventType::Warning,
+                error.reason(),
+                "Apply",
+                error.to_string(),
+            )
+            .await;
+            Err(error)
+        }
+    }
+}
+
+async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
+    let reference = consumer.object_ref(&());
+    let durable = consumer.durable_name();
+    let (reason, note) = match consumer.spec.deletion_policy {
+        ConsumerDeletionPolicy::Retain => (
+            "Retained",
+            format!("deletionPolicy is Retain: durable consumer {durable} stays on NATS"),
+        ),
+        ConsumerDeletionPolicy::Delete => match delete_durable(consumer, ctx).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                warn!(consumer = %durable, %error, "cannot delete the durable consumer; set deletionPolicy: Retain to let the resource go without deleting it");
+                publish(ctx, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the durable consumer, set deletionPolicy: Retain")).await;
+                return Err(error);
+            }
+        },
+    };
+    info!(consumer = %durable, namespace = ?consumer.namespace(), reason, "{note}");
+    publish(ctx, &reference, EventType::Normal, reason, "Delete", note).await;
+    ctx.pool.release(&pool_user(consumer));
+    Ok(Action::await_change())
+}
+
+/// Stops the pods, then deletes the durable consumer if it is this resource's. A stream that
+/// is gone, or going with its Secrets (a namespace being deleted), lets the resource go.
+async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<(&'static str, String)> {
+    let durable = consumer.durable_name();
+    let namespace = consumer.namespace().unwrap_or_default();
+    let uid = consumer.uid().unwrap_or_default();
+    // Pods reading a deleted consumer would exit with an error until garbage collection
+    // removes them; remove their Deployment first.
+    apply::remove_owned::<Deployment>(&ctx.client, &namespace, &workload_name(consumer), &uid)
+        .await?;
+    let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
+    let stream = match dereference::referenced_stream(consumer, &streams).await {
+        Ok(stream) => stream,
+        Err(Error::StreamNotFound { name }) => {
+            return Ok((
+                "NotDeleted",
+                format!(
+                    "AuditStream {name} is gone, so durable consumer {durable} could not be reached; if its stream still exists on NATS, delete the consumer there"
+                ),
+            ));
+        }
+        Err(error) => return Err(error),
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let connection = match resolve_connection(&secrets, &stream.spec.connection).await {
+        Ok(connection) => connection,
+        Err(error @ (Error::SecretNotFound { .. } | Error::SecretKeyMissing { .. }))
+            if stream.metadata.deletion_timestamp.is_some() =>
+        {
+            return Ok((
+                "NotDeleted",
+                format!(
+                    "AuditStream {} is being deleted and its credentials are gone ({error}); durable consumer {durable} was left to its stream",
+                    stream.name_any()
+                ),
+            ));
+        }
+        Err(error) => return Err(error),
+    };
+    let stream_name = stream.stream_name();
+    let referenced = Referenced {
+        stream,
+        stream_name: stream_name.clone(),
+        connection,
+    };
+    let js = jetstream_context(ctx, consumer, &referenced).await?;
+    let owner = nats_consumer::owner_of(consumer);
+    Ok(
+        match apply::delete_consumer(&js, &stream_name, &durable, &owner).await? {
+            Deletion::Deleted => (
+                "Deleted",
+                format!("deleted durable consumer {durable} from stream {stream_name}"),
+            ),
+            Deletion::Absent => (
+                "Deleted",
+                format!("durable consumer {durable} was already gone from stream {stream_name}"),
+            ),
+            Deletion::NotOurs => (
+                "NotDeleted",
+                format!(
+                    "durable consumer {durable} on stream {stream_name} is not managed by this resource; left it on NATS"
+                ),
+            ),
+        },
+    )
+}
+
+async fn patch_status(
+    ctx: &Context,
+    consumer: &AuditConsumer,
+    status: &AuditConsumerStatus,
+) -> Result<()> {
+    let api: Api<AuditConsumer> = Api::namespaced(
+        ctx.client.clone(),
+        &consumer.namespace().unwrap_or_default(),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": AuditConsumer::api_version(&()),
+        "kind": AuditConsumer::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &consumer.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
+}
+
+/// Publishes an event; a failure to do so is logged, never fatal to the reconciliation.
+async fn publish(
+    ctx: &Context,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+        warn!(%error, reason, "cannot publish event");
+    }
+}

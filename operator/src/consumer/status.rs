@@ -1,0 +1,359 @@
+//! Pipeline step 5 (pure): the status an AuditConsumer should have after a reconciliation:
+//! kstatus conditions, one detail condition per stage (stream, consumer, workload), replicas
+//! for the scale subresource, and the durable consumer's live state. The caller writes it only
+//! when it differs from the current status, and unchanged conditions keep their timestamps.
+
+use async_nats::jetstream::consumer::Info;
+use k8s_openapi::{
+    api::apps::v1::DeploymentStatus,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+
+use super::build::selector_string;
+use crate::{
+    conditions::{self, Outcome, Phase},
+    crd::consumer::{AuditConsumer, AuditConsumerStatus},
+    error::Error,
+};
+
+pub const STREAM_READY: &str = "StreamReady";
+pub const CONSUMER_READY: &str = "ConsumerReady";
+pub const WORKLOAD_AVAILABLE: &str = "WorkloadAvailable";
+
+/// The pipeline stage a reconciliation reached or failed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Stream,
+    Consumer,
+    Workload,
+}
+
+/// What one reconciliation observed.
+#[derive(Debug, Default)]
+pub struct Report<'a> {
+    /// The stream's name on NATS, once the AuditStream was read.
+    pub stream_name: Option<String>,
+    /// The durable consumer as NATS reported it, once applied.
+    pub consumer: Option<&'a Info>,
+    /// The Deployment's status, once applied.
+    pub workload: Option<&'a DeploymentStatus>,
+    /// Where and why the reconciliation stopped, if it did.
+    pub failure: Option<(Stage, &'a Error)>,
+}
+
+pub fn desired_status(
+    consumer: &AuditConsumer,
+    report: &Report<'_>,
+    now: &Time,
+) -> AuditConsumerStatus {
+    let previous = consumer.status.clone().unwrap_or_default();
+    let generation = consumer.metadata.generation;
+    let desired_replicas = consumer.spec.replicas;
+    let stream_ref = &consumer.spec.stream_ref.name;
+    let durable = consumer.durable_name();
+
+    let failed_at = report.failure.map(|(stage, _)| stage);
+    let detail = |stage: Stage, ok: (&str, String)| -> (&'static str, String, String) {
+        match (failed_at, report.failure) {
+            (Some(at), Some((_, error))) if at == stage => {
+                ("False", error.reason().to_owned(), error.to_string())
+            }
+            (Some(at), _) if at < stage => (
+                "Unknown",
+                "Waiting".to_owned(),
+                "an earlier stage is not ready".to_owned(),
+            ),
+            _ => ("True", ok.0.to_owned(), ok.1),
+        }
+    };
+    let stream = detail(
+        Stage::Stream,
+        ("StreamReady", format!("AuditStream {stream_ref} is Ready")),
+    );
+    let durable_detail = detail(
+        Stage::Consumer,
+        (
+            "ConsumerReady",
+            format!("durable consumer {durable} exists on NATS as declared"),
+        ),
+    );
+    let workload = match (failed_at, report.workload) {
+        (None, Some(status)) => workload_condition(consumer, status),
+        _ => detail(Stage::Workload, ("WorkloadAvailable", String::new())),
+    };
+
+    let outcome = match report.failure {
+        Some((_, error)) => Outcome {
+            phase: if error.needs_user_action() {
+                Phase::Stalled
+            } else {
+                Phase::Reconciling
+            },
+            reason: error.reason().into(),
+            message: error.to_string(),
+        },
+        None if workload.0 == "True" => Outcome {
+            phase: Phase::Ready,
+            reason: "Ready".into(),
+            message: format!(
+                "consuming stream {} as {durable} with {desired_replicas} ready pod(s)",
+                report.stream_name.as_deref().unwrap_or(stream_ref)
+            ),
+        },
+        None => Outcome {
+            phase: if workload.1 == "ProgressDeadlineExceeded" {
+                Phase::Stalled
+            } else {
+                Phase::Reconciling
+            },
+            reason: workload.1.clone(),
+            message: workload.2.clone(),
+        },
+    };
+
+    const DETAILS: [&str; 3] = [STREAM_READY, CONSUMER_READY, WORKLOAD_AVAILABLE];
+    // The kstatus conditions first, then the details in stage order: a stable list, so an
+    // unchanged outcome compares equal.
+    let others: Vec<Condition> = previous
+        .conditions
+        .iter()
+        .filter(|c| !DETAILS.contains(&c.type_.as_str()))
+        .cloned()
+        .collect();
+    let mut conditions = conditions::kstatus(&others, generation, &outcome, now);
+    for (type_, (status, reason, message)) in
+        DETAILS.into_iter().zip([stream, durable_detail, workload])
+    {
+        conditions.push(detail_condition(
+            &previous.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            now,
+        ));
+    }
+
+    let mut status = AuditConsumerStatus {
+        observed_generation: generation,
+        conditions,
+        stream_name: report.stream_name.clone().or(previous.stream_name.clone()),
+        consumer_name: Some(durable),
+        selector: Some(selector_string(consumer)),
+        ..previous
+    };
+    if let Some(workload) = report.workload {
+        status.replicas = Some(workload.replicas.unwrap_or(0));
+        status.ready_replicas = Some(workload.ready_replicas.unwrap_or(0));
+    }
+    if let Some(info) = report.consumer {
+        status.pending = Some(info.num_pending);
+        status.ack_pending = Some(info.num_ack_pending as u64);
+        status.redelivered = Some(info.num_redelivered as u64);
+        status.ack_floor = Some(info.ack_floor.stream_sequence);
+        status.delivered = Some(info.delivered.stream_sequence);
+    }
+    status
+}
+
+/// `WorkloadAvailable` from the Deployment's status: every desired pod updated and ready.
+fn workload_condition(
+    consumer: &AuditConsumer,
+    status: &DeploymentStatus,
+) -> (&'static str, String, String) {
+    let desired = consumer.spec.replicas;
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if ready >= desired && updated >= desired {
+        (
+            "True",
+            "WorkloadAvailable".into(),
+            format!("{ready} of {desired} pod(s) ready"),
+        )
+    } else if deadline_exceeded {
+        (
+            "False",
+            "ProgressDeadlineExceeded".into(),
+            format!(
+                "{ready} of {desired} pod(s) ready and the rollout stopped progressing: see the pods' events and logs (kubectl describe pods -l {})",
+                selector_string(consumer)
+            ),
+        )
+    } else {
+        (
+            "False",
+            "WorkloadProgressing".into(),
+            format!("{ready} of {desired} pod(s) ready, {updated} up to date"),
+        )
+    }
+}
+
+/// A condition that keeps its `lastTransitionTime` while its status stays the same.
+fn detail_condition(
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: String,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason,
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+    use crate::{
+        conditions::{READY, STALLED},
+        consumer::validate::tests::{MINIMAL, consumer},
+    };
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn info(pending: u64, ack_pending: usize) -> Info {
+        serde_json::from_value(serde_json::json!({
+            "stream_name": "orders_audit", "name": "orders_reader",
+            "created": "2026-11-22T00:00:00Z",
+            "config": {"durable_name": "orders_reader", "deliver_policy": "all", "ack_policy": "explicit", "replay_policy": "instant"},
+            "delivered": {"consumer_seq": 10, "stream_seq": 10},
+            "ack_floor": {"consumer_seq": 8, "stream_seq": 8},
+            "num_ack_pending": ack_pending, "num_redelivered": 1, "num_waiting": 1,
+            "num_pending": pending,
+        }))
+        .unwrap()
+    }
+
+    fn deployment(ready: i32) -> DeploymentStatus {
+        DeploymentStatus {
+            replicas: Some(1),
+            ready_replicas: Some(ready),
+            updated_replicas: Some(1),
+            observed_generation: Some(1),
+            ..DeploymentStatus::default()
+        }
+    }
+
+    fn find<'a>(status: &'a AuditConsumerStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn ready_when_every_stage_is() {
+        let info = info(0, 2);
+        let workload = deployment(1);
+        let report = Report {
+            stream_name: Some("orders_audit".into()),
+            consumer: Some(&info),
+            workload: Some(&workload),
+            failure: None,
+        };
+        let status = desired_status(&consumer(MINIMAL), &report, &at(1));
+        assert_eq!(find(&status, READY).status, "True");
+        assert_eq!(find(&status, WORKLOAD_AVAILABLE).status, "True");
+        assert_eq!(status.pending, Some(0));
+        assert_eq!(status.ack_pending, Some(2));
+        assert_eq!(status.ack_floor, Some(8));
+        assert_eq!((status.replicas, status.ready_replicas), (Some(1), Some(1)));
+        assert_eq!(
+            status.selector.as_deref(),
+            Some("app.kubernetes.io/instance=orders.reader,app.kubernetes.io/name=audit-consumer")
+        );
+    }
+
+    #[test]
+    fn pods_not_ready_is_reconciling_not_stalled() {
+        let info = info(5, 0);
+        let workload = deployment(0);
+        let report = Report {
+            stream_name: Some("orders_audit".into()),
+            consumer: Some(&info),
+            workload: Some(&workload),
+            failure: None,
+        };
+        let status = desired_status(&consumer(MINIMAL), &report, &at(1));
+        assert_eq!(find(&status, READY).status, "False");
+        assert_eq!(find(&status, READY).reason, "WorkloadProgressing");
+        assert_eq!(find(&status, "Reconciling").status, "True");
+        assert_eq!(find(&status, CONSUMER_READY).status, "True");
+    }
+
+    #[test]
+    fn missing_stream_stalls_and_later_stages_wait() {
+        let error = Error::StreamNotFound {
+            name: "orders".into(),
+        };
+        let report = Report {
+            failure: Some((Stage::Stream, &error)),
+            ..Report::default()
+        };
+        let status = desired_status(&consumer(MINIMAL), &report, &at(1));
+        assert_eq!(find(&status, STALLED).status, "True");
+        assert_eq!(find(&status, STREAM_READY).reason, "StreamNotFound");
+        assert!(find(&status, READY).message.contains("spec.streamRef"));
+        assert_eq!(find(&status, CONSUMER_READY).status, "Unknown");
+        assert_eq!(find(&status, WORKLOAD_AVAILABLE).status, "Unknown");
+    }
+
+    #[test]
+    fn unchanged_state_gives_an_identical_status_later() {
+        let info = info(3, 1);
+        let workload = deployment(1);
+        let report = Report {
+            stream_name: Some("orders_audit".into()),
+            consumer: Some(&info),
+            workload: Some(&workload),
+            failure: None,
+        };
+        let mut resource = consumer(MINIMAL);
+        resource.status = Some(desired_status(&resource, &report, &at(1)));
+        let again = desired_status(&resource, &report, &at(900));
+        assert_eq!(Some(again), resource.status);
+    }
+
+    #[test]
+    fn failure_keeps_the_last_observed_live_state() {
+        let info = info(3, 1);
+        let workload = deployment(1);
+        let ok = Report {
+            stream_name: Some("orders_audit".into()),
+            consumer: Some(&info),
+            workload: Some(&workload),
+            failure: None,
+        };
+        let mut resource = consumer(MINIMAL);
+        resource.status = Some(desired_status(&resource, &ok, &at(1)));
+        let error = Error::JetStreamRequest("timed out".into());
+        let failed = Report {
+            stream_name: Some("orders_audit".into()),
+            failure: Some((Stage::Consumer, &error)),
+            ..Report::default()
+        };
+        let status = desired_status(&resource, &failed, &at(2));
+        assert_eq!(status.pending, Some(3));
+        assert_eq!(find(&status, "Reconciling").status, "True");
+        assert_eq!(find(&status, STREAM_READY).status, "True");
+        assert_eq!(find(&status, STREAM_READY).last_transition_time, at(1));
+    }
+}

@@ -1,0 +1,430 @@
+//! The `AuditConsumer` kind: a durable JetStream pull consumer on an `AuditStream`, and the
+//! hardened workload (`audit-consumer` pods) that drains it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint},
+        networking::v1::NetworkPolicyPeer,
+    },
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A durable pull consumer of an AuditStream, and the `audit-consumer` pods that write every
+/// event it delivers as one log line and acknowledge it only after the line is written.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+// Printer columns repeat `type_` and `priority` by nature.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "audit.eventsaudit.io",
+    version = "v1alpha1",
+    kind = "AuditConsumer",
+    namespaced,
+    status = "AuditConsumerStatus",
+    shortname = "acon",
+    category = "audit",
+    doc = "A durable JetStream pull consumer of an AuditStream, and the hardened audit-consumer pods that drain it, managed by audit-operator.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the consumer exists on NATS and its pods are available"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the consumer is or is not ready"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired consumer pods"
+    ),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Consumer pods ready to pull"
+    ),
+    printcolumn(
+        name = "Pending",
+        type_ = "integer",
+        json_path = ".status.pending",
+        description = "Events in the stream not yet delivered to the consumer"
+    ),
+    printcolumn(
+        name = "Ack Pending",
+        type_ = "integer",
+        json_path = ".status.ackPending",
+        description = "Events delivered but not yet acknowledged"
+    ),
+    printcolumn(
+        name = "Stream",
+        type_ = "string",
+        json_path = ".spec.streamRef.name",
+        description = "The AuditStream this consumer reads",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Redelivered",
+        type_ = "integer",
+        json_path = ".status.redelivered",
+        description = "Events delivered more than once",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.durableName) == has(oldSelf.durableName) && (!has(self.durableName) || self.durableName == oldSelf.durableName)").message("durableName is immutable: a durable consumer cannot be renamed; create a new AuditConsumer instead"))]
+#[x_kube(validation = Rule::new("(self.deliverPolicy == 'ByStartSequence') == has(self.startSequence)").message("set startSequence exactly when deliverPolicy is ByStartSequence"))]
+#[x_kube(validation = Rule::new("(self.deliverPolicy == 'ByStartTime') == has(self.startTime)").message("set startTime exactly when deliverPolicy is ByStartTime"))]
+#[x_kube(validation = Rule::new("(has(self.startSequence) ? self.startSequence : 0) == (has(oldSelf.startSequence) ? oldSelf.startSequence : 0) && (has(self.startTime) ? self.startTime : '') == (has(oldSelf.startTime) ? oldSelf.startTime : '')").message("startSequence and startTime are immutable: NATS cannot move a durable consumer's start; create a new AuditConsumer instead"))]
+#[x_kube(validation = Rule::new("!has(self.maxDeliver) || !has(self.backoff) || self.maxDeliver >= size(self.backoff)").message("maxDeliver must be at least the number of backoff delays"))]
+pub struct AuditConsumerSpec {
+    /// The AuditStream to consume, in the same namespace. Its connection (servers,
+    /// credentials, TLS, domain) is used by the operator and by the consumer pods. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("streamRef is immutable: a durable consumer belongs to one stream; create a new AuditConsumer instead"))]
+    pub stream_ref: StreamRef,
+
+    /// Name of the durable consumer on the NATS server. Defaults to the resource's name with
+    /// `.` replaced by `_`. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub durable_name: Option<String>,
+
+    /// Description stored with the consumer on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub description: Option<String>,
+
+    /// Deliver only events whose subject matches one of these (wildcards allowed). All of the
+    /// stream's events when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 255), regex(pattern = r"^\S+$"))
+    )]
+    pub filter_subjects: Vec<String>,
+
+    /// Where in the stream a new consumer starts: `All` (the default: every event stored),
+    /// `Last`, `New`, `LastPerSubject`, `ByStartSequence` (with `startSequence`) or
+    /// `ByStartTime` (with `startTime`). Immutable: NATS cannot move a durable consumer.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("deliverPolicy is immutable: NATS cannot change it on a durable consumer; create a new AuditConsumer instead"))]
+    pub deliver_policy: DeliverPolicy,
+
+    /// First stream sequence to deliver, with `deliverPolicy: ByStartSequence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub start_sequence: Option<i64>,
+
+    /// First publish time to deliver (RFC 3339, e.g. `2026-11-22T00:00:00Z`), with
+    /// `deliverPolicy: ByStartTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub start_time: Option<String>,
+
+    /// How long NATS waits for an acknowledgement before delivering an event again, a
+    /// duration such as `30s` (the default). At least `1s`: a shorter wait redelivers events
+    /// that are still being written.
+    #[serde(default = "default_ack_wait")]
+    #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("ackWait must be at least 1s"))]
+    pub ack_wait: String,
+
+    /// How often an event is delivered before NATS gives up on it. Unlimited when omitted
+    /// (the default): an audit event must not be dropped after failed writes. Events that
+    /// reach a limit are counted in the consumer's metrics (`terminated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_deliver: Option<i64>,
+
+    /// Delays before each redelivery of an unacknowledged event (durations such as `1s`),
+    /// used in order, the last one repeating. When set, the first delay replaces `ackWait`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))
+    )]
+    pub backoff: Vec<String>,
+
+    /// Most events delivered but not yet acknowledged, across all pods. Defaults to twice
+    /// `replicas` times `batch`, so every pod can hold a batch in flight while fetching the
+    /// next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_ack_pending: Option<i64>,
+
+    /// What deleting this resource does to the durable consumer: `Delete` (the default)
+    /// removes it from NATS (the stream's events stay); `Retain` keeps it, with its position.
+    #[serde(default)]
+    pub deletion_policy: ConsumerDeletionPolicy,
+
+    /// Number of consumer pods. They share the durable consumer: each event goes to one pod.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+
+    /// Container image of `audit-consumer`. Defaults to the image the operator was configured
+    /// with (`--consumer-image`), so upgrading the operator rolls the consumers to the matching
+    /// version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+
+    /// Events requested per pull.
+    #[serde(default = "default_batch")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch: i32,
+
+    /// Most bytes requested per pull; the consumer's default (4 MiB) when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: Option<i64>,
+
+    /// How long one pull request waits for events, a duration such as `30s` (the default).
+    #[serde(default = "default_expires")]
+    #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('5m')").message("expires must be between 1s and 5m"))]
+    pub expires: String,
+
+    /// Idle heartbeat of a pull request, a duration; the consumer's default when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    pub heartbeat: Option<String>,
+
+    /// Format of the event log lines: `Json` (the default) or `Text` (key=value).
+    #[serde(default)]
+    pub format: LogFormat,
+
+    /// Keys whose values are replaced by `"[REDACTED]"`, at any depth, in structured events
+    /// before they are written (e.g. `password`, `token`, `authorization`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 128),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[^,\s]+$"))
+    )]
+    pub redact_keys: Vec<String>,
+
+    /// Scheduling and metadata of the consumer pods.
+    #[serde(default, skip_serializing_if = "PodSettings::is_empty")]
+    pub pod: PodSettings,
+
+    /// A NetworkPolicy for the consumer pods: egress only to NATS and DNS, ingress only to the
+    /// metrics port. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySettings>,
+}
+
+fn default_ack_wait() -> String {
+    "30s".to_owned()
+}
+
+fn default_expires() -> String {
+    "30s".to_owned()
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+fn default_batch() -> i32 {
+    100
+}
+
+/// A reference to an AuditStream in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRef {
+    /// Name of the AuditStream.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Where a new durable consumer starts in the stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeliverPolicy {
+    /// Every event stored in the stream.
+    #[default]
+    All,
+    /// The last event stored.
+    Last,
+    /// Only events stored after the consumer was created.
+    New,
+    /// The last event of each subject.
+    LastPerSubject,
+    /// From `startSequence` on.
+    ByStartSequence,
+    /// From `startTime` on.
+    ByStartTime,
+}
+
+/// What deleting the resource does to the durable consumer on NATS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConsumerDeletionPolicy {
+    /// Delete the durable consumer (the stream and its events stay).
+    #[default]
+    Delete,
+    /// Keep the durable consumer and its position.
+    Retain,
+}
+
+/// Format of the event log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// key=value pairs, values quoted where needed.
+    Text,
+}
+
+/// Scheduling and metadata of the consumer pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// Extra labels on the pods. The `app.kubernetes.io/` labels the operator selects pods by
+    /// cannot be overridden.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra annotations on the pods, e.g. for a metrics scraper.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// CPU and memory of the consumer container. Defaults: requests 50m CPU and 64Mi memory,
+    /// limits 1 CPU and 256Mi memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Nodes the pods may run on, by label.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Node and pod affinity of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// How the pods spread across zones or nodes. A constraint without a `labelSelector`
+    /// selects this consumer's pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+impl PodSettings {
+    pub fn is_empty(&self) -> bool {
+        self == &PodSettings::default()
+    }
+}
+
+/// The consumer pods' NetworkPolicy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySettings {
+    /// Create the NetworkPolicy.
+    pub enabled: bool,
+
+    /// Where the NATS servers run (e.g. a `namespaceSelector` for the NATS namespace). NATS
+    /// ports are allowed to any destination when empty, since a policy cannot name hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nats_peers: Vec<NetworkPolicyPeer>,
+
+    /// Who may scrape the metrics port (e.g. the monitoring namespace). Anyone when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
+}
+
+/// Observed state of an AuditConsumer, kstatus-compatible.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditConsumerStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Reconciling` and `Stalled` (kstatus), and the details: `StreamReady` (the
+    /// AuditStream is Ready), `ConsumerReady` (the durable consumer exists on NATS as
+    /// declared) and `WorkloadAvailable` (every desired pod is ready).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// Name of the stream on the NATS server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_name: Option<String>,
+
+    /// Name of the durable consumer on the NATS server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_name: Option<String>,
+
+    /// Consumer pods that exist (the scale subresource's current replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Consumer pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// Label selector of the consumer pods, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// Events in the stream not yet delivered to the consumer, as last observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
+
+    /// Events delivered but not yet acknowledged, as last observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_pending: Option<u64>,
+
+    /// Events delivered more than once, as last observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivered: Option<u64>,
+
+    /// Stream sequence up to which every event is acknowledged, as last observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_floor: Option<u64>,
+
+    /// Stream sequence of the last event delivered, as last observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u64>,
+}
+
+impl AuditConsumer {
+    /// The durable consumer's name on NATS: the spec's, or one derived from the resource's
+    /// name (unique per namespace and immutable).
+    pub fn durable_name(&self) -> String {
+        match &self.spec.durable_name {
+            Some(name) => name.clone(),
+            None => self
+                .metadata
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .replace('.', "_"),
+        }
+    }
+}
