@@ -101,7 +101,7 @@ pub struct AuditStreamSpec {
 
     /// Maximum age of a message, a duration such as `720h`. Unlimited when omitted or `0s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    #[schemars(length(max = 64), regex(pattern = crate::duration::PATTERN))]
     pub max_age: Option<String>,
 
     /// Maximum total size of the stream in bytes. Unlimited when omitted.
@@ -132,7 +132,7 @@ pub struct AuditStreamSpec {
     /// Window in which a message with the same `Nats-Msg-Id` header is stored only once, a
     /// duration such as `2m` (the default, or `maxAge` when that is shorter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    #[schemars(length(max = 64), regex(pattern = crate::duration::PATTERN))]
     pub duplicate_window: Option<String>,
 
     /// Compression of stored messages: `None` or `S2`.

@@ -217,13 +217,8 @@ async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
     let name = stream.stream_name();
     match &result {
         Ok(applied) => {
-            if let Some((reason, note)) = change_event(stream, &name, &applied.change) {
+            if let Some((type_, reason, note)) = change_event(stream, &name, &applied.change) {
                 info!(stream = %name, namespace = ?stream.namespace(), reason, "{note}");
-                let type_ = if reason == "DriftCorrected" || reason == "Recreated" {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                };
                 publish(ctx, &reference, type_, reason, "Apply", note).await;
             }
         }
@@ -243,14 +238,15 @@ async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
     result.map(|_| Action::requeue(ctx.options.requeue_interval))
 }
 
-/// The event reason and note for a change, if it deserves one. An update is a spec change
-/// when the generation moved since the last status; otherwise someone changed the stream
-/// behind the operator's back. A stream created after one had been observed was lost.
+/// The event for a change, if it deserves one. An update is a spec change when the
+/// generation moved since the last status; otherwise someone changed the stream behind the
+/// operator's back. A stream created after one had been observed was lost. Both of those are
+/// Warnings: something other than the operator touched an audit trail.
 fn change_event(
     stream: &AuditStream,
     name: &str,
     change: &Change,
-) -> Option<(&'static str, String)> {
+) -> Option<(EventType, &'static str, String)> {
     let previous = stream.status.as_ref();
     let listed = |differences: &[drift::Difference]| {
         differences
@@ -262,16 +258,24 @@ fn change_event(
     match change {
         Change::Unchanged => None,
         Change::Created if previous.and_then(|s| s.last_seq).is_some() => Some((
+            EventType::Warning,
             "Recreated",
             format!(
                 "stream {name} was missing on NATS (deleted out of band, or a memory stream lost in a restart); recreated it"
             ),
         )),
-        Change::Created => Some(("Created", format!("created stream {name} on NATS"))),
-        Change::Adopted(differences) if differences.is_empty() => {
-            Some(("Adopted", format!("adopted existing stream {name}")))
-        }
+        Change::Created => Some((
+            EventType::Normal,
+            "Created",
+            format!("created stream {name} on NATS"),
+        )),
+        Change::Adopted(differences) if differences.is_empty() => Some((
+            EventType::Normal,
+            "Adopted",
+            format!("adopted existing stream {name}"),
+        )),
         Change::Adopted(differences) => Some((
+            EventType::Normal,
             "Adopted",
             format!(
                 "adopted existing stream {name}; changed {}",
@@ -282,6 +286,7 @@ fn change_event(
             if previous.and_then(|s| s.observed_generation) == stream.metadata.generation =>
         {
             Some((
+                EventType::Warning,
                 "DriftCorrected",
                 format!(
                     "stream {name} was changed outside the operator; restored {}",
@@ -290,6 +295,7 @@ fn change_event(
             ))
         }
         Change::Updated(differences) => Some((
+            EventType::Normal,
             "Updated",
             format!("updated stream {name}: {}", listed(differences)),
         )),
