@@ -7,11 +7,13 @@
 //! - [`kube_env`] runs a Kubernetes control plane (etcd, kube-apiserver,
 //!   kube-controller-manager) once per test binary, with admin and impersonating clients and a
 //!   fresh namespace per test.
+//! - [`pod_runner`] runs what a Deployment's pods would run, as local processes.
 //! - [`process`] guarantees that no server outlives the test that started it.
 
 pub mod certs;
 pub mod kube_env;
 pub mod nats;
+pub mod pod_runner;
 pub mod ports;
 pub mod process;
 pub mod testenv;

@@ -29,6 +29,17 @@ pub struct ValidConsumer {
     pub heartbeat: Option<Duration>,
 }
 
+/// The consumer's own idle heartbeat when none is set; it must be at most half the expiry.
+const CONSUMER_DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+impl ValidConsumer {
+    /// The heartbeat to pass to the consumer, when its default does not fit the expiry.
+    pub fn heartbeat_flag(&self) -> Option<Duration> {
+        self.heartbeat
+            .or_else(|| (CONSUMER_DEFAULT_HEARTBEAT * 2 > self.expires).then(|| self.expires / 2))
+    }
+}
+
 /// Where the consumer starts, with the start value parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -104,6 +115,11 @@ pub fn validate(consumer: &AuditConsumer) -> Result<ValidConsumer> {
         .as_deref()
         .map(|h| parse("heartbeat", h))
         .transpose()?;
+    if heartbeat.is_some_and(|h| h.is_zero() || h * 2 > expires) {
+        return Err(Error::InvalidSpec(
+            "spec.heartbeat must be more than zero and at most half of spec.expires".into(),
+        ));
+    }
     let max_ack_pending = spec.max_ack_pending.unwrap_or_else(|| {
         (2 * i64::from(spec.replicas.max(1)) * i64::from(spec.batch.max(1))).max(1)
     });
@@ -194,6 +210,15 @@ pub(crate) mod tests {
             )))
             .is_err()
         );
+    }
+
+    #[test]
+    fn heartbeat_fits_into_the_expiry() {
+        let short = validate(&consumer(&format!("{MINIMAL}expires: 2s\n"))).unwrap();
+        assert_eq!(short.heartbeat_flag(), Some(Duration::from_secs(1)));
+        let default = validate(&consumer(MINIMAL)).unwrap();
+        assert_eq!(default.heartbeat_flag(), None);
+        assert!(validate(&consumer(&format!("{MINIMAL}expires: 2s\nheartbeat: 2s\n"))).is_err());
     }
 
     #[test]

@@ -93,7 +93,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("has(self.durableName) == has(oldSelf.durableName) && (!has(self.durableName) || self.durableName == oldSelf.durableName)").message("durableName is immutable: a durable consumer cannot be renamed; create a new AuditConsumer instead"))]
 #[x_kube(validation = Rule::new("(self.deliverPolicy == 'ByStartSequence') == has(self.startSequence)").message("set startSequence exactly when deliverPolicy is ByStartSequence"))]
 #[x_kube(validation = Rule::new("(self.deliverPolicy == 'ByStartTime') == has(self.startTime)").message("set startTime exactly when deliverPolicy is ByStartTime"))]
-#[x_kube(validation = Rule::new("(has(self.startSequence) ? self.startSequence : 0) == (has(oldSelf.startSequence) ? oldSelf.startSequence : 0) && (has(self.startTime) ? self.startTime : '') == (has(oldSelf.startTime) ? oldSelf.startTime : '')").message("startSequence and startTime are immutable: NATS cannot move a durable consumer's start; create a new AuditConsumer instead"))]
+#[x_kube(validation = Rule::new("has(self.startSequence) == has(oldSelf.startSequence) && (!has(self.startSequence) || self.startSequence == oldSelf.startSequence) && has(self.startTime) == has(oldSelf.startTime) && (!has(self.startTime) || self.startTime == oldSelf.startTime)").message("startSequence and startTime are immutable: NATS cannot move a durable consumer's start; create a new AuditConsumer instead"))]
 #[x_kube(validation = Rule::new("!has(self.maxDeliver) || !has(self.backoff) || self.maxDeliver >= size(self.backoff)").message("maxDeliver must be at least the number of backoff delays"))]
 pub struct AuditConsumerSpec {
     /// The AuditStream to consume, in the same namespace. Its connection (servers,

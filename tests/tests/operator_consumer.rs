@@ -1,0 +1,631 @@
+//! AuditConsumer reconciliation against the real servers: the committed CRDs on the test
+//! control plane, a real nats-server, the `audit-operator` binary scoped to each test's
+//! namespace, and, where pods must run, the pod runner starting `audit-consumer` exactly as
+//! the operator's Deployment says.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use audit_tests::kube_env::ControlPlane;
+use audit_tests::nats::NatsServer;
+use audit_tests::pod_runner::PodRunner;
+use audit_tests::process::ServerProcess;
+use audit_tests::{cargo_bin, wait};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const WAIT: Duration = Duration::from_secs(90);
+const POLL: Duration = Duration::from_millis(250);
+const TOKEN: &str = "pod-runner-token-7f3a";
+
+fn resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", kind),
+        plural,
+    )
+}
+
+/// Applies every CRD in `crds/` and waits until each is Established.
+async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|f| f == "kustomization.yaml") {
+            continue;
+        }
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(path)?)?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(
+            &name,
+            &PatchParams::apply("consumer-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        wait::until(&format!("CRD {name} Established"), WAIT, POLL, || async {
+            let crd = crds.get(&name).await?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            Ok(established.then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// One test's world: a namespace enforcing the `restricted` Pod Security level, a
+/// nats-server requiring a token, the token in a Secret, and an operator for the namespace.
+struct Env {
+    client: kube::Client,
+    namespace: String,
+    streams: Api<DynamicObject>,
+    consumers: Api<DynamicObject>,
+    nats: NatsServer,
+    operator: ServerProcess,
+    operator_dir: TempDir,
+}
+
+impl Env {
+    async fn start(prefix: &str) -> anyhow::Result<Self> {
+        let control_plane = ControlPlane::shared();
+        let client = control_plane.admin_client().await?;
+        install_crds(&client).await?;
+        let namespace = control_plane
+            .create_namespace_labelled(
+                prefix,
+                &[("pod-security.kubernetes.io/enforce", "restricted")],
+            )
+            .await?;
+        let nats =
+            NatsServer::start_with_config(&format!("authorization {{ token: \"{TOKEN}\" }}"))
+                .await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": { "name": "nats-token" },
+                    "stringData": { "token": TOKEN },
+                }))?,
+            )
+            .await?;
+        let operator_dir = tempfile::Builder::new()
+            .prefix("audit-operator-")
+            .tempdir()?;
+        let mut command = Command::new(cargo_bin("audit-operator"));
+        command
+            .args(["run", "--namespace", &namespace])
+            .args(["--requeue-interval", "2s"])
+            .args(["--retry-base-delay", "200ms", "--retry-max-delay", "2s"])
+            .args(["--nats-timeout", "2s"])
+            .args(["--consumer-image", "audit-consumer:test"])
+            .env("KUBECONFIG", control_plane.kubeconfig_path())
+            .env("RUST_LOG", "info,audit_operator=debug");
+        let operator = ServerProcess::spawn(
+            "audit-operator",
+            command,
+            &operator_dir.path().join("operator.log"),
+        )?;
+        Ok(Self {
+            streams: Api::namespaced_with(
+                client.clone(),
+                &namespace,
+                &resource("AuditStream", "auditstreams"),
+            ),
+            consumers: Api::namespaced_with(
+                client.clone(),
+                &namespace,
+                &resource("AuditConsumer", "auditconsumers"),
+            ),
+            client,
+            namespace,
+            nats,
+            operator,
+            operator_dir,
+        })
+    }
+
+    fn operator_log(&self) -> String {
+        audit_tests::process::log_tail(&self.operator_dir.path().join("operator.log"), 40)
+    }
+
+    async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
+        let client = async_nats::ConnectOptions::with_token(TOKEN.into())
+            .connect(self.nats.url())
+            .await?;
+        Ok(jetstream::new(client))
+    }
+
+    async fn apply(
+        api: &Api<DynamicObject>,
+        kind: &str,
+        name: &str,
+        spec: Value,
+    ) -> Result<DynamicObject, kube::Error> {
+        let object = json!({
+            "apiVersion": "audit.eventsaudit.io/v1alpha1",
+            "kind": kind,
+            "metadata": { "name": name },
+            "spec": spec,
+        });
+        api.patch(
+            name,
+            &PatchParams::apply("consumer-tests").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+    }
+
+    /// The AuditStream `orders` on this test's server, authenticated by the token Secret.
+    async fn apply_stream(&self) -> anyhow::Result<()> {
+        Self::apply(
+            &self.streams,
+            "AuditStream",
+            "orders",
+            json!({
+                "connection": {
+                    "servers": [self.nats.url()],
+                    "auth": { "tokenSecretRef": { "name": "nats-token", "key": "token" } },
+                },
+                "name": "ORDERS",
+                "subjects": ["audit.>"],
+                "storage": "Memory",
+                "deletionPolicy": "Delete",
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn apply_consumer(&self, name: &str, extra: Value) -> Result<DynamicObject, kube::Error> {
+        let mut spec = json!({ "streamRef": { "name": "orders" } });
+        if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+            spec.extend(extra);
+        }
+        Self::apply(&self.consumers, "AuditConsumer", name, spec).await
+    }
+
+    async fn condition(&self, name: &str, type_: &str) -> anyhow::Result<Option<Value>> {
+        let object = self.consumers.get(name).await?;
+        Ok(object.data["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned()))
+    }
+
+    /// Waits until condition `type_` of AuditConsumer `name` has `status`.
+    async fn wait_condition(&self, name: &str, type_: &str, status: &str) -> anyhow::Result<Value> {
+        let waited = wait::until(
+            &format!("AuditConsumer {name} condition {type_}={status}"),
+            WAIT,
+            POLL,
+            || async {
+                Ok(self
+                    .condition(name, type_)
+                    .await?
+                    .filter(|c| c["status"] == status))
+            },
+        )
+        .await;
+        waited.map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", self.operator_log()))
+    }
+
+    async fn deployment(&self, name: &str) -> anyhow::Result<Deployment> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+        let name = format!("{name}-audit-consumer");
+        wait::until(&format!("Deployment {name}"), WAIT, POLL, || async {
+            Ok(deployments.get_opt(&name).await?)
+        })
+        .await
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.operator.stop();
+    }
+}
+
+fn template_args(deployment: &Deployment) -> Vec<String> {
+    deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn workload_matches_the_spec_and_passes_the_restricted_profile() -> anyhow::Result<()> {
+    let env = Env::start("consumer-objects").await?;
+    env.apply_stream().await?;
+    env.apply_consumer(
+        "reader",
+        json!({ "replicas": 2, "batch": 50, "filterSubjects": ["audit.orders.>"] }),
+    )
+    .await?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
+
+    // The durable consumer on NATS, as declared and marked as the resource's.
+    let js = env.jetstream().await?;
+    let info = js
+        .get_stream("ORDERS")
+        .await?
+        .consumer_info("reader")
+        .await?;
+    assert_eq!(info.config.filter_subject, "audit.orders.>");
+    assert_eq!(
+        info.config.max_deliver, -1,
+        "never give up on an audit event"
+    );
+    assert_eq!(info.config.ack_wait, Duration::from_secs(30));
+    assert_eq!(info.config.max_ack_pending, 200, "2 x replicas x batch");
+    assert_eq!(
+        info.config.metadata["audit.eventsaudit.io/owner"],
+        format!("{}/reader", env.namespace)
+    );
+
+    let deployment = env.deployment("reader").await?;
+    let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("AuditConsumer", Some(true))
+    );
+    assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2));
+    let args = template_args(&deployment);
+    assert!(args.contains(&format!("--nats-url={}", env.nats.url())));
+    assert!(args.contains(&"--stream=ORDERS".to_owned()));
+    assert!(args.contains(&"--consumer=reader".to_owned()));
+    assert!(args.contains(&"--batch=50".to_owned()));
+    assert!(args.contains(&"--token-file=/etc/audit-consumer/nats/token/token".to_owned()));
+    assert!(
+        !args.iter().any(|a| a.contains(TOKEN)),
+        "the token never appears in the spec"
+    );
+    let template = deployment.spec.as_ref().unwrap().template.clone();
+    assert_eq!(
+        template.spec.as_ref().unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("audit-consumer:test"),
+        "the operator's configured image"
+    );
+
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.namespace);
+    let account = accounts.get("reader-audit-consumer").await?;
+    assert_eq!(account.automount_service_account_token, Some(false));
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    budgets.get("reader-audit-consumer").await?;
+
+    // The real admission check: a Pod from the template in this `restricted` namespace.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("dry-run-reader".into()),
+            labels: template.metadata.as_ref().and_then(|m| m.labels.clone()),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    };
+    pods.create(
+        &PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        },
+        &pod,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("the restricted profile rejected the pod template: {e}"))?;
+
+    // The status a user reads: stream and consumer fine, pods pending (there is no kubelet).
+    let object = env.consumers.get("reader").await?;
+    let status = &object.data["status"];
+    assert_eq!(status["streamName"], "ORDERS");
+    assert_eq!(status["consumerName"], "reader");
+    assert_eq!(
+        status["selector"],
+        "app.kubernetes.io/instance=reader,app.kubernetes.io/name=audit-consumer"
+    );
+    assert_eq!(
+        status["observedGeneration"],
+        object.metadata.generation.unwrap()
+    );
+    let ready = env.condition("reader", "Ready").await?.unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "WorkloadProgressing");
+    Ok(())
+}
+
+#[tokio::test]
+async fn scale_spec_change_deleted_deployment_and_secret_rotation() -> anyhow::Result<()> {
+    let env = Env::start("consumer-changes").await?;
+    env.apply_stream().await?;
+    env.apply_consumer("reader", json!({ "replicas": 2 }))
+        .await?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
+    let first = env.deployment("reader").await?;
+
+    // `kubectl scale` goes through the scale subresource.
+    env.consumers
+        .patch_scale(
+            "reader",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 1 } })),
+        )
+        .await?;
+    wait::until("the Deployment scaled to 1", WAIT, POLL, || async {
+        let d = deployments.get("reader-audit-consumer").await?;
+        Ok((d.spec.unwrap().replicas == Some(1)).then_some(()))
+    })
+    .await?;
+    wait::until("the budget removed at one replica", WAIT, POLL, || async {
+        Ok(budgets
+            .get_opt("reader-audit-consumer")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    let scale = env.consumers.get_scale("reader").await?;
+    assert_eq!(scale.spec.unwrap().replicas, Some(1));
+
+    // A spec change rolls out: the pod template changes.
+    env.apply_consumer("reader", json!({ "replicas": 1, "batch": 25 }))
+        .await?;
+    wait::until("the template to carry --batch=25", WAIT, POLL, || async {
+        let d = deployments.get("reader-audit-consumer").await?;
+        Ok(template_args(&d)
+            .contains(&"--batch=25".to_owned())
+            .then_some(()))
+    })
+    .await?;
+
+    // A deleted Deployment comes back.
+    deployments
+        .delete("reader-audit-consumer", &DeleteParams::foreground())
+        .await?;
+    wait::until("the Deployment recreated", WAIT, POLL, || async {
+        let d = deployments.get_opt("reader-audit-consumer").await?;
+        Ok(d.filter(|d| {
+            d.metadata.uid != first.metadata.uid && d.metadata.deletion_timestamp.is_none()
+        }))
+    })
+    .await?;
+
+    // A rotated Secret rolls the pods: the template's Secret versions change.
+    let annotation = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["audit.eventsaudit.io/secret-versions"]
+            .clone()
+    };
+    let before = annotation(&deployments.get("reader-audit-consumer").await?);
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    secrets
+        .patch(
+            "nats-token",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "stringData": { "token": TOKEN, "rotated": "yes" } })),
+        )
+        .await?;
+    wait::until(
+        "the template's Secret versions to change",
+        WAIT,
+        POLL,
+        || async {
+            let d = deployments.get("reader-audit-consumer").await?;
+            Ok((annotation(&d) != before).then_some(()))
+        },
+    )
+    .await?;
+
+    // A hand edit of an owned field is put back.
+    deployments
+        .patch(
+            "reader-audit-consumer",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 5 } })),
+        )
+        .await?;
+    wait::until("the hand-edited replicas restored", WAIT, POLL, || async {
+        let d = deployments.get("reader-audit-consumer").await?;
+        Ok((d.spec.unwrap().replicas == Some(1)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn immutable_fields_are_rejected_at_apply_time() -> anyhow::Result<()> {
+    let env = Env::start("consumer-cel").await?;
+    env.apply_consumer("reader", json!({ "durableName": "first" }))
+        .await?;
+    let message = |e: kube::Error| match e {
+        kube::Error::Api(status) => status.message,
+        other => other.to_string(),
+    };
+    let renamed = env
+        .apply_consumer("reader", json!({ "durableName": "second" }))
+        .await;
+    assert!(message(renamed.unwrap_err()).contains("durableName is immutable"));
+    let moved = env
+        .apply_consumer(
+            "reader",
+            json!({ "durableName": "first", "deliverPolicy": "New" }),
+        )
+        .await;
+    assert!(message(moved.unwrap_err()).contains("deliverPolicy is immutable"));
+    let too_few = env
+        .apply_consumer("other", json!({ "maxDeliver": 1, "backoff": ["1s", "5s"] }))
+        .await;
+    assert!(message(too_few.unwrap_err()).contains("maxDeliver"));
+    let tiny_ack_wait = env
+        .apply_consumer("third", json!({ "ackWait": "10ms" }))
+        .await;
+    assert!(message(tiny_ack_wait.unwrap_err()).contains("ackWait must be at least 1s"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn deletion_removes_the_durable_consumer_unless_retained() -> anyhow::Result<()> {
+    let env = Env::start("consumer-delete").await?;
+    env.apply_stream().await?;
+    env.apply_consumer("dropped", json!({})).await?;
+    env.apply_consumer("kept", json!({ "deletionPolicy": "Retain" }))
+        .await?;
+    env.wait_condition("dropped", "ConsumerReady", "True")
+        .await?;
+    env.wait_condition("kept", "ConsumerReady", "True").await?;
+    env.deployment("dropped").await?;
+
+    env.consumers
+        .delete("dropped", &DeleteParams::default())
+        .await?;
+    env.consumers
+        .delete("kept", &DeleteParams::default())
+        .await?;
+    for name in ["dropped", "kept"] {
+        wait::until(
+            &format!("AuditConsumer {name} gone"),
+            WAIT,
+            POLL,
+            || async { Ok(env.consumers.get_opt(name).await?.is_none().then_some(())) },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
+    }
+    let js = env.jetstream().await?;
+    let stream = js.get_stream("ORDERS").await?;
+    assert!(
+        stream.consumer_info("dropped").await.is_err(),
+        "Delete removes it"
+    );
+    stream.consumer_info("kept").await?;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    wait::until("the workload garbage-collected", WAIT, POLL, || async {
+        Ok(deployments
+            .get_opt("kept-audit-consumer")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_that_really_run_log_and_ack_every_event() -> anyhow::Result<()> {
+    let env = Env::start("consumer-pods").await?;
+    env.apply_stream().await?;
+    env.apply_consumer(
+        "reader",
+        json!({ "replicas": 2, "batch": 20, "expires": "2s", "redactKeys": ["password"] }),
+    )
+    .await?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
+    let deployment = env.deployment("reader").await?;
+
+    let runner =
+        PodRunner::new().binary("/usr/local/bin/audit-consumer", cargo_bin("audit-consumer"));
+    let mut pods = runner.start(&env.client, &deployment).await?;
+    pods.wait_ready(WAIT).await?;
+
+    let js = env.jetstream().await?;
+    let total = 300;
+    for n in 0..total {
+        let payload = match n % 3 {
+            0 => json!({ "id": format!("evt-{n}"), "type": "order.created", "source": "shop", "data": { "n": n, "password": "hunter2" } })
+                .to_string(),
+            1 => json!({ "specversion": "1.0", "id": format!("evt-{n}"), "type": "order.paid", "source": "/shop", "data": { "n": n } })
+                .to_string(),
+            _ => format!("raw event evt-{n}"),
+        };
+        js.publish(format!("audit.orders.{n}"), payload.into())
+            .await?
+            .await?;
+    }
+
+    let lines = wait::until("every event logged by some pod", WAIT, POLL, || async {
+        let lines = pods.stdout_lines();
+        Ok((lines.len() >= total).then_some(lines))
+    })
+    .await?;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for line in &lines {
+        let line: Value = serde_json::from_str(line)?;
+        assert_eq!(line["stream"], "ORDERS");
+        assert_eq!(line["consumer"], "reader");
+        assert!(!line.to_string().contains("hunter2"), "redacted: {line}");
+        let id = match line["kind"].as_str() {
+            Some("raw") => line["raw"]
+                .as_str()
+                .and_then(|raw| raw.strip_prefix("raw event "))
+                .map(str::to_owned),
+            _ => line["event"]["id"].as_str().map(str::to_owned),
+        }
+        .unwrap_or_else(|| panic!("no event id in {line}"));
+        *seen.entry(id).or_default() += 1;
+    }
+    assert_eq!(seen.len(), total, "every event appears");
+    assert!(
+        seen.values().all(|&count| count == 1),
+        "no event twice in the normal path"
+    );
+    let per_pod: Vec<usize> = pods
+        .replicas()
+        .iter()
+        .map(|r| r.stdout_lines().len())
+        .collect();
+    assert_eq!(per_pod.iter().sum::<usize>(), total);
+
+    // Everything acked, and the AuditConsumer's status says so.
+    wait::until("status pending and ackPending 0", WAIT, POLL, || async {
+        let object = env.consumers.get("reader").await?;
+        let status = &object.data["status"];
+        Ok(
+            (status["pending"] == 0 && status["ackPending"] == 0 && status["ackFloor"] == total)
+                .then_some(()),
+        )
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
+
+    let statuses = pods.stop();
+    assert_eq!(statuses.len(), 2);
+    assert!(
+        statuses.iter().all(|s| s.success()),
+        "SIGTERM drains and exits 0: {statuses:?}"
+    );
+    Ok(())
+}
