@@ -1,0 +1,357 @@
+//! `make demo`: audit-operator end to end on this machine, with no cluster and no container
+//! engine, until Ctrl-C.
+//!
+//! It starts the test environment's Kubernetes control plane and a NATS server, installs the
+//! CRDs with kubectl, runs the operator, applies the samples in `deploy/samples/`, runs the
+//! consumer pods the operator asks for as local processes (there is no kubelet), publishes
+//! sample audit events, and shows what the pods write and what `kubectl get audit` says.
+//! Ctrl-C stops the pods, deletes the resources (so the finalizers run), and stops every
+//! server; temporary files go with them.
+
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::sync::watch;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream;
+use audit_tests::kube_env::ControlPlane;
+use audit_tests::nats::NatsServer;
+use audit_tests::pod_runner::{PodRunner, Pods};
+use audit_tests::process::ServerProcess;
+use audit_tests::testenv::{testenv_bin, workspace_root};
+use audit_tests::{cargo_bin, wait};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(120);
+const CONSUMER_NAME: &str = "audit-log";
+/// The NATS address in the samples, which a real cluster would resolve.
+const SAMPLE_NATS_URL: &str = "nats://nats.nats-system.svc:4222";
+
+fn step(text: &str) {
+    println!("\n\x1b[1m==> {text}\x1b[0m");
+}
+
+fn note(text: &str) {
+    println!("    {text}");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    println!(
+        "audit-operator demo: a local Kubernetes control plane, NATS JetStream, the operator and\n\
+         its consumer pods, all as processes on 127.0.0.1. Press Ctrl-C to stop and clean up."
+    );
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = stop.send(true);
+        }
+    });
+    match demo(stopped).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("\ndemo failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything the demo started; dropping it stops the processes and removes the files.
+struct Running {
+    kubeconfig: PathBuf,
+    namespace: String,
+    js: jetstream::Context,
+    pods: Pods,
+    operator: ServerProcess,
+    _nats: NatsServer,
+    _work: TempDir,
+}
+
+async fn demo(stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut interrupted = stopped.clone();
+    // Ctrl-C during the start drops what was started so far, which stops it.
+    let mut running = tokio::select! {
+        running = start() => running?,
+        _ = interrupted.wait_for(|stop| *stop) => return Ok(()),
+    };
+    let mut interrupted = stopped;
+    let result = tokio::select! {
+        result = show(&running) => result,
+        _ = interrupted.wait_for(|stop| *stop) => Ok(()),
+    };
+    cleanup(&mut running).await;
+    result
+}
+
+async fn start() -> anyhow::Result<Running> {
+    step(
+        "Starting etcd, kube-apiserver and kube-controller-manager (the first start takes a while)",
+    );
+    let control_plane = tokio::task::spawn_blocking(ControlPlane::shared).await?;
+    let kubeconfig = control_plane.kubeconfig_path().to_owned();
+    note(&format!("API server: {}", control_plane.api_url()));
+    note(&format!(
+        "try it yourself: export KUBECONFIG={}",
+        kubeconfig.display()
+    ));
+
+    step("Starting nats-server with JetStream");
+    let nats = NatsServer::start().await?;
+    note(&format!("NATS: {}", nats.url()));
+
+    step("Installing the CRDs: kubectl apply --server-side -k crds/");
+    let crds = workspace_root().join("crds");
+    kubectl(
+        &kubeconfig,
+        &["apply", "--server-side", "-k", &crds.display().to_string()],
+        None,
+    )?;
+    let mut established = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+    let names: Vec<String> = std::fs::read_dir(&crds)?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter_map(|file| file.strip_suffix(".yaml").map(str::to_owned))
+        .filter(|name| name != "kustomization")
+        .map(|name| format!("crd/{name}"))
+        .collect();
+    established.extend(names.iter().map(String::as_str));
+    kubectl(&kubeconfig, &established, None)?;
+
+    let namespace = control_plane
+        .create_namespace_labelled(
+            "audit-demo",
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        )
+        .await?;
+    note(&format!(
+        "namespace {namespace} enforces the Pod Security 'restricted' profile"
+    ));
+
+    step("Starting audit-operator for that namespace");
+    let work = tempfile::Builder::new().prefix("audit-demo-").tempdir()?;
+    let operator_log = work.path().join("operator.log");
+    let mut command = Command::new(cargo_bin("audit-operator"));
+    command
+        .args(["run", "--namespace", &namespace, "--requeue-interval", "5s"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info");
+    let mut operator = ServerProcess::spawn("audit-operator", command, &operator_log)?;
+    note(&format!("operator log: {}", operator_log.display()));
+
+    step("Applying deploy/samples/auditstream.yaml and auditconsumer.yaml");
+    note(&format!(
+        "(the samples name the in-cluster NATS address {SAMPLE_NATS_URL}; here it is {})",
+        nats.url()
+    ));
+    for sample in ["auditstream.yaml", "auditconsumer.yaml"] {
+        let path = workspace_root().join("deploy/samples").join(sample);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .replace(SAMPLE_NATS_URL, &nats.url());
+        kubectl(
+            &kubeconfig,
+            &["-n", &namespace, "apply", "-f", "-"],
+            Some(&text),
+        )?;
+    }
+
+    step("Waiting for the operator: stream and durable consumer on NATS, and the Deployment");
+    let client = control_plane.admin_client().await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let name = format!("{CONSUMER_NAME}-audit-consumer");
+    let deployment = wait::until(
+        &format!("Deployment {name}"),
+        WAIT,
+        Duration::from_millis(500),
+        || {
+            let running = operator.ensure_running();
+            let deployments = &deployments;
+            let name = &name;
+            async move {
+                running?;
+                Ok(deployments.get_opt(name).await?)
+            }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", operator.log_tail(30)))?;
+    kubectl(&kubeconfig, &["-n", &namespace, "get", "audit"], None)?;
+
+    step("Running the consumer pods");
+    note(
+        "there is no kubelet: each replica of the Deployment runs as a local process with exactly",
+    );
+    note(
+        "its container's command and arguments, its Secret volumes written to a temporary directory.",
+    );
+    note(
+        "The Deployment therefore reports 0 ready pods and the AuditConsumer stays 'WorkloadProgressing',",
+    );
+    note("while PENDING and ACK PENDING show the durable consumer's real state on NATS.");
+    let runner =
+        PodRunner::new().binary("/usr/local/bin/audit-consumer", cargo_bin("audit-consumer"));
+    let mut pods = runner.start(&client, &deployment).await?;
+    pods.wait_ready(WAIT).await?;
+    for replica in pods.replicas() {
+        note(&format!(
+            "pod {} ready; its output: {}",
+            replica.name(),
+            replica.stdout_path().display()
+        ));
+    }
+
+    let js = jetstream::new(nats.client().await?);
+    Ok(Running {
+        kubeconfig,
+        namespace,
+        js,
+        pods,
+        operator,
+        _nats: nats,
+        _work: work,
+    })
+}
+
+/// Publishes and shows, until the caller stops it.
+async fn show(running: &Running) -> anyhow::Result<()> {
+    step("Publishing sample audit events (structured, CloudEvents, raw) every 2 seconds");
+    let Running {
+        js,
+        pods,
+        kubeconfig,
+        namespace,
+        ..
+    } = running;
+    let mut offsets = vec![0u64; pods.replicas().len()];
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    for n in 0u64.. {
+        tick.tick().await;
+        let (subject, payload) = sample_event(n);
+        js.publish(subject, payload.into()).await?.await?;
+        for (replica, offset) in pods.replicas().iter().zip(offsets.iter_mut()) {
+            for line in new_lines(replica.stdout_path(), offset)? {
+                println!("\x1b[36m[{}]\x1b[0m {line}", replica.name());
+            }
+        }
+        if n % 5 == 4 {
+            println!();
+            kubectl(kubeconfig, &["-n", namespace, "get", "audit"], None)?;
+            println!();
+        }
+    }
+    Ok(())
+}
+
+/// The `n`th sample event: the old service's structured format (with a password the
+/// consumer redacts), a CloudEvent, or raw text.
+fn sample_event(n: u64) -> (String, String) {
+    match n % 3 {
+        0 => (
+            "audit.users.login".into(),
+            json!({
+                "id": format!("evt-{n}"),
+                "type": "user.login",
+                "source": "auth-service",
+                "timestamp": "2026-11-22T10:00:00Z",
+                "data": { "user": "alice", "password": "hunter2", "ip": "10.1.2.3" },
+            })
+            .to_string(),
+        ),
+        1 => (
+            "audit.orders.paid".into(),
+            json!({
+                "specversion": "1.0",
+                "id": format!("ce-{n}"),
+                "type": "com.example.order.paid",
+                "source": "/shop/orders",
+                "subject": format!("order-{n}"),
+                "time": "2026-11-22T10:00:01Z",
+                "datacontenttype": "application/json",
+                "data": { "amount": 42, "currency": "EUR" },
+            })
+            .to_string(),
+        ),
+        _ => (
+            "audit.legacy".into(),
+            format!("legacy audit line {n}: admin changed setting \"retention\"\nsecond line"),
+        ),
+    }
+}
+
+/// The complete lines appended to `path` since `offset`, which moves past them.
+fn new_lines(path: &Path, offset: &mut u64) -> anyhow::Result<Vec<String>> {
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(*offset))?;
+    let mut reader = BufReader::new(file);
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let read = reader.read_line(&mut line)?;
+        if read == 0 || !line.ends_with('\n') {
+            break;
+        }
+        *offset += read as u64;
+        lines.push(line.trim_end().to_owned());
+    }
+    Ok(lines)
+}
+
+async fn cleanup(running: &mut Running) {
+    step("Stopping the consumer pods (SIGTERM: they drain, ack and exit)");
+    let names: Vec<String> = running
+        .pods
+        .replicas()
+        .iter()
+        .map(|r| r.name().to_owned())
+        .collect();
+    for (name, status) in names.iter().zip(running.pods.stop()) {
+        note(&format!("pod {name}: {status}"));
+    }
+    step("Deleting the AuditConsumer and the AuditStream (the operator's finalizers run)");
+    for kind in ["auditconsumers", "auditstreams"] {
+        let deleted = kubectl(
+            &running.kubeconfig,
+            &[
+                "-n",
+                &running.namespace,
+                "delete",
+                kind,
+                "--all",
+                "--timeout=60s",
+            ],
+            None,
+        );
+        if let Err(error) = deleted {
+            note(&format!("{error:#}"));
+        }
+    }
+    step("Stopping the operator, NATS and the control plane");
+    running.operator.stop();
+}
+
+/// Runs kubectl against the demo's control plane, showing its output.
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<()> {
+    let mut command = Command::new(testenv_bin("kubectl"));
+    command
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = command.spawn().context("starting kubectl")?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("kubectl {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
