@@ -27,8 +27,10 @@ test: ## Everything CI runs: provisioning, lint, unit tests, integration tests o
 	AUDIT_TESTENV_BIN="$$bin_dir" $(CARGO) test --workspace --locked
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust types.
+crds: ## Regenerate crds/ and the Helm chart's copy from the Rust types.
 	$(CARGO) run --quiet --locked --bin audit-operator -- crd --output-dir crds
+	mkdir -p deploy/helm/audit-operator/crds
+	$(CARGO) run --quiet --locked --bin audit-operator -- crd --output-dir deploy/helm/audit-operator/crds
 
 .PHONY: bench-consumer
 bench-consumer: ## Consumer benchmarks (criterion + throughput against a real nats-server).

@@ -1,11 +1,11 @@
 //! Command line: `audit-operator [run]` runs the controllers, `audit-operator crd` prints (or
 //! writes) the CRD manifests. Every flag can also be given as an environment variable.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{backoff::BackoffPolicy, duration, options::Options};
+use crate::{backoff::BackoffPolicy, duration, leader::LeaseSettings, options::Options};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +70,29 @@ pub struct RunArgs {
     /// Log line format.
     #[arg(long, env = "AUDIT_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Address of the HTTP listener serving /livez, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "AUDIT_OPERATOR_HEALTH_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub health_listen: SocketAddr,
+
+    /// Reconcile only while holding a coordination.k8s.io Lease, so several replicas can run
+    /// with exactly one active. Needs --lease-namespace (the pod's namespace).
+    #[arg(
+        long,
+        env = "AUDIT_OPERATOR_LEADER_ELECTION",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        requires = "lease_namespace"
+    )]
+    pub leader_election: bool,
+
+    /// Namespace of the leader-election Lease, usually the operator pod's own.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -94,7 +117,22 @@ impl RunArgs {
             namespace: self.namespace.clone(),
             instance: self.instance.clone(),
             consumer_image: self.consumer_image.clone(),
+            leader_election: self.lease_settings(),
         }
+    }
+
+    fn lease_settings(&self) -> Option<LeaseSettings> {
+        if !self.leader_election {
+            return None;
+        }
+        let namespace = self.lease_namespace.clone()?;
+        // Two replicas must never share an identity; the pod name is unique, and the
+        // fallback keeps a locally run operator distinct from any pod.
+        let identity = self
+            .instance
+            .clone()
+            .unwrap_or_else(|| format!("audit-operator-{}", std::process::id()));
+        Some(LeaseSettings::new(namespace, identity))
     }
 }
 
@@ -124,6 +162,33 @@ mod tests {
         assert_eq!(options.requeue_interval, Duration::from_secs(5));
         assert_eq!(options.namespace.as_deref(), Some("ns"));
         assert_eq!(options.retry.cap, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn leader_election_takes_its_lease_namespace_and_pod_name() {
+        let cli = Cli::try_parse_from([
+            "audit-operator",
+            "--leader-election",
+            "true",
+            "--lease-namespace",
+            "audit-system",
+            "--instance",
+            "audit-operator-7d9f-abcde",
+        ])
+        .unwrap();
+        let lease = cli
+            .run
+            .options()
+            .leader_election
+            .expect("leader election is on");
+        assert_eq!(lease.namespace, "audit-system");
+        assert_eq!(lease.identity, "audit-operator-7d9f-abcde");
+        assert!(
+            Cli::try_parse_from(["audit-operator", "--leader-election", "true"]).is_err(),
+            "a Lease needs a namespace"
+        );
+        let default = Cli::try_parse_from(["audit-operator"]).unwrap();
+        assert!(default.run.options().leader_election.is_none());
     }
 
     #[test]

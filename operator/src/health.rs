@@ -5,7 +5,6 @@
 //! watch has delivered its first list, standbys included, so a rolling update of the operator
 //! waits for a replica that could take over at once.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,8 +21,8 @@ use crate::metrics::Metrics;
 pub struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
-    pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Release);
+    pub fn set_ready(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -37,14 +36,15 @@ struct HealthState {
     metrics: Arc<Metrics>,
 }
 
-/// Serves the health and metrics endpoints on `address` until the process ends.
+/// Serves the health and metrics endpoints on `listener` until the process ends.
 pub async fn serve(
-    address: SocketAddr,
+    listener: tokio::net::TcpListener,
     readiness: Readiness,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!(%address, "serving /livez, /readyz and /metrics");
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "serving /livez, /readyz and /metrics");
+    }
     axum::serve(listener, router(readiness, metrics)).await
 }
 

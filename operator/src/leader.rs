@@ -51,7 +51,9 @@ pub fn may_hold(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> boo
         return true;
     };
     let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
-    renewed.saturating_add(duration).is_ok_and(|expiry| expiry < now)
+    renewed
+        .saturating_add(duration)
+        .is_ok_and(|expiry| expiry < now)
 }
 
 /// The Lease spec that records `identity` as holder at `now`, counting a change of holder.
@@ -61,7 +63,9 @@ pub fn held_by(
     now: Timestamp,
 ) -> LeaseSpec {
     let previous_holder = previous.and_then(|spec| spec.holder_identity.as_deref());
-    let transitions = previous.and_then(|spec| spec.lease_transitions).unwrap_or(0);
+    let transitions = previous
+        .and_then(|spec| spec.lease_transitions)
+        .unwrap_or(0);
     let taking_over = previous_holder != Some(settings.identity.as_str());
     LeaseSpec {
         holder_identity: Some(settings.identity.clone()),
@@ -136,7 +140,9 @@ pub async fn acquire(client: kube::Client, settings: &LeaseSettings) {
                 waiting_logged = true;
             }
             Ok(false) => {}
-            Err(error) => tracing::warn!(%error, lease = %settings.name, "cannot read or take the leader Lease"),
+            Err(error) => {
+                tracing::warn!(%error, lease = %settings.name, "cannot read or take the leader Lease")
+            }
         }
         sleep(settings.retry_period).await;
     }
@@ -144,7 +150,8 @@ pub async fn acquire(client: kube::Client, settings: &LeaseSettings) {
 
 /// Renews the Lease while leading; returns when leadership is lost, that is when no renewal
 /// succeeded within `renew_deadline` or another replica holds the Lease.
-pub async fn hold_until_lost(client: kube::Client, settings: &LeaseSettings) {
+pub async fn hold_until_lost(client: kube::Client, settings: LeaseSettings) {
+    let settings = &settings;
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     let mut last_renewal = Instant::now();
     loop {

@@ -37,7 +37,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-    audit_operator::run(client, args.options(), shutdown_signal()).await;
+    let telemetry = audit_operator::Telemetry::default();
+    // Bound before the controllers start, so a busy port fails the start, not a probe later.
+    let listener = tokio::net::TcpListener::bind(args.health_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.health_listen))?;
+    tokio::spawn(audit_operator::health::serve(
+        listener,
+        telemetry.readiness.clone(),
+        telemetry.metrics.clone(),
+    ));
+    audit_operator::run(client, args.options(), telemetry, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -107,10 +107,17 @@ mod tests {
     fn reconciliations_and_failures_are_counted_by_kind_and_reason() {
         let metrics = Metrics::default();
         metrics.record_reconcile("AuditStream", Duration::from_millis(3), None);
-        metrics.record_reconcile("AuditStream", Duration::from_millis(3), Some("NatsUnreachable"));
+        metrics.record_reconcile(
+            "AuditStream",
+            Duration::from_millis(3),
+            Some("NatsUnreachable"),
+        );
         metrics.set_leader(true);
         let text = metrics.render();
-        assert!(text.contains("audit_operator_reconciliations_total{kind=\"AuditStream\"} 2"), "{text}");
+        assert!(
+            text.contains("audit_operator_reconciliations_total{kind=\"AuditStream\"} 2"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "audit_operator_reconcile_failures_total{kind=\"AuditStream\",reason=\"NatsUnreachable\"} 1"

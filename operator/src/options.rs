@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::backoff::BackoffPolicy;
+use crate::leader::LeaseSettings;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -18,6 +19,8 @@ pub struct Options {
     pub instance: Option<String>,
     /// Image of the consumer pods of an AuditConsumer that sets none.
     pub consumer_image: String,
+    /// Reconcile only while holding this Lease; always when `None`.
+    pub leader_election: Option<LeaseSettings>,
 }
 
 /// The consumer image matching this operator's version.
@@ -38,6 +41,7 @@ impl Default for Options {
             namespace: None,
             instance: None,
             consumer_image: DEFAULT_CONSUMER_IMAGE.to_owned(),
+            leader_election: None,
         }
     }
 }

@@ -369,18 +369,11 @@ fn ensure_all_running(processes: &Mutex<Vec<ServerProcess>>) -> anyhow::Result<(
 }
 
 async fn etcd_healthy(port: u16) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    let request = b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if stream.write_all(request).await.is_err() {
-        return false;
-    }
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response);
-    text.starts_with("HTTP/1.") && text.contains(" 200 ") && text.contains("\"health\":\"true\"")
+    crate::http::get(port, "/health")
+        .await
+        .is_ok_and(|response| {
+            response.status == 200 && response.body.contains("\"health\":\"true\"")
+        })
 }
 
 fn kubeconfig_yaml(api_url: &str, ca_pem: &str) -> String {

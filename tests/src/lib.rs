@@ -11,8 +11,10 @@
 //! - [`process`] guarantees that no server outlives the test that started it.
 
 pub mod certs;
+pub mod http;
 pub mod kube_env;
 pub mod nats;
+pub mod operator;
 pub mod pod_runner;
 pub mod ports;
 pub mod process;

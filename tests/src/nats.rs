@@ -7,8 +7,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::ports::free_port;
 use crate::process::ServerProcess;
@@ -165,10 +163,8 @@ impl NatsServer {
             if let Some(process) = self.process.as_mut() {
                 process.ensure_running()?;
             }
-            if http_get_status(self.monitor_port, "/healthz")
-                .await
-                .unwrap_or(false)
-            {
+            let healthz = crate::http::get(self.monitor_port, "/healthz").await;
+            if healthz.is_ok_and(|response| response.status == 200) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -182,19 +178,6 @@ impl NatsServer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-/// Sends a plain HTTP/1.0 GET to the loopback monitoring port: true for a 200 answer.
-///
-/// Hand-written because it is the only HTTP the NATS harness needs.
-async fn http_get_status(port: u16, path: &str) -> anyhow::Result<bool> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    Ok(response.starts_with(b"HTTP/1.0 200") || response.starts_with(b"HTTP/1.1 200"))
 }
 
 /// A cluster of nats-server nodes with JetStream, routed to each other on loopback.

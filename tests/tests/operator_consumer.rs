@@ -108,6 +108,7 @@ impl Env {
         let mut command = Command::new(cargo_bin("audit-operator"));
         command
             .args(["run", "--namespace", &namespace])
+            .args(["--health-listen", "127.0.0.1:0"])
             .args(["--requeue-interval", "2s"])
             .args(["--retry-base-delay", "200ms", "--retry-max-delay", "2s"])
             .args(["--nats-timeout", "2s"])

@@ -48,12 +48,14 @@ use self::{
     status::{Report, Stage},
 };
 use crate::{
+    ControllerHooks,
     backoff::Retries,
     crd::{
         consumer::{AuditConsumer, AuditConsumerStatus, ConsumerDeletionPolicy},
         stream::AuditStream,
     },
     error::{Error, Result},
+    metrics::Metrics,
     nats_pool::NatsPool,
     options::Options,
     stream::dereference::dereference as resolve_connection,
@@ -72,6 +74,7 @@ pub struct Context {
     pool: Arc<NatsPool>,
     options: Options,
     retries: Retries<ObjectRef<Guarded>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the AuditConsumer controller until `shutdown` completes.
@@ -80,12 +83,15 @@ pub async fn run(
     options: Options,
     pool: Arc<NatsPool>,
     recorder: Recorder,
+    hooks: ControllerHooks,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let consumers: Api<Guarded> = scoped(&client, &options);
     let watch = || watcher::Config::default().any_semantic();
     let controller = Controller::new(consumers, watch());
     let consumer_store = controller.store();
+    let metrics = hooks.metrics.clone();
+    hooks.report_synced_when_ready(consumer_store.clone());
 
     // The Secret mapper asks which stream uses a Secret: a cache of AuditStreams answers it.
     let (stream_store, stream_writer) = reflector::store::<GuardedStream>();
@@ -100,6 +106,7 @@ pub async fn run(
     let by_secret = consumer_store;
     let context = Arc::new(Context {
         client: client.clone(),
+        metrics,
         recorder,
         pool,
         retries: Retries::new(options.retry),
@@ -179,6 +186,17 @@ fn consumers_using_secret(
 }
 
 async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let result = reconcile_consumer(&guarded, &ctx).await;
+    ctx.metrics.record_reconcile(
+        "AuditConsumer",
+        started.elapsed(),
+        result.as_ref().err().map(Error::reason),
+    );
+    result
+}
+
+async fn reconcile_consumer(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<Action> {
     let consumer = match &guarded.0 {
         Ok(consumer) => Arc::new(consumer.clone()),
         Err(invalid) => {
@@ -186,7 +204,7 @@ async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
             // rather than stopping the watch of every other AuditConsumer.
             warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "AuditConsumer cannot be read");
             publish(
-                &ctx,
+                ctx,
                 &guarded.object_ref(&()),
                 EventType::Warning,
                 "InvalidObject",
@@ -203,8 +221,8 @@ async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
     );
     let result = finalizer(&api, FINALIZER, consumer, |event| async {
         match event {
-            FinalizerEvent::Apply(consumer) => apply_consumer(&consumer, &ctx).await,
-            FinalizerEvent::Cleanup(consumer) => cleanup(&consumer, &ctx).await,
+            FinalizerEvent::Apply(consumer) => apply_consumer(&consumer, ctx).await,
+            FinalizerEvent::Cleanup(consumer) => cleanup(&consumer, ctx).await,
         }
     })
     .await

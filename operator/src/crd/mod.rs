@@ -17,6 +17,35 @@ pub const GROUP: &str = "audit.eventsaudit.io";
 /// Every CRD the operator serves, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![AuditStream::crd(), AuditConsumer::crd()]
+        .into_iter()
+        .map(with_kubernetes_formats)
+        .collect()
+}
+
+/// schemars describes Rust's unsigned integers as `format: uint64` (with `minimum: 0`), a
+/// format Kubernetes does not know: every `kubectl apply` of a resource would warn about it.
+/// `int64` with the minimum kept says the same in the formats Kubernetes validates.
+fn with_kubernetes_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn rewrite(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(format) = map.get_mut("format")
+                    && matches!(
+                        format.as_str(),
+                        Some("uint64" | "uint32" | "uint16" | "uint8" | "uint")
+                    )
+                {
+                    *format = serde_json::Value::from("int64");
+                }
+                map.values_mut().for_each(rewrite);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(rewrite),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes to JSON");
+    rewrite(&mut value);
+    serde_json::from_value(value).expect("rewriting formats keeps a valid CRD")
 }
 
 /// Each CRD as a YAML document with the file name it is committed under in `crds/`.
@@ -50,20 +79,25 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")
     }
 
-    #[test]
-    fn committed_crds_match_the_generator() {
+    /// Helm installs a chart's `crds/` before its templates; the chart carries a copy.
+    fn chart_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/audit-operator/crds")
+    }
+
+    fn assert_dir_matches_the_generator(dir: &Path) {
         let regenerate = "regenerate with `make crds`";
         let generated = files().unwrap();
         for (file, yaml) in &generated {
-            let committed = std::fs::read_to_string(committed_dir().join(file))
-                .unwrap_or_else(|e| panic!("crds/{file}: {e}; {regenerate}"));
+            let committed = std::fs::read_to_string(dir.join(file))
+                .unwrap_or_else(|e| panic!("{}/{file}: {e}; {regenerate}", dir.display()));
             assert!(
                 committed == *yaml,
-                "crds/{file} differs from the generator; {regenerate}"
+                "{}/{file} differs from the generator; {regenerate}",
+                dir.display()
             );
         }
         // Besides the CRDs, crds/ holds only the Kustomization that lists them.
-        let mut committed_crds: Vec<String> = std::fs::read_dir(committed_dir())
+        let mut committed_crds: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|file| file != KUSTOMIZATION)
@@ -72,9 +106,21 @@ mod tests {
         let mut generated_files: Vec<String> = generated.into_iter().map(|(f, _)| f).collect();
         generated_files.sort();
         assert_eq!(
-            committed_crds, generated_files,
-            "stale files in crds/; {regenerate}"
+            committed_crds,
+            generated_files,
+            "stale files in {}; {regenerate}",
+            dir.display()
         );
+    }
+
+    #[test]
+    fn committed_crds_match_the_generator() {
+        assert_dir_matches_the_generator(&committed_dir());
+    }
+
+    #[test]
+    fn chart_crds_match_the_generator() {
+        assert_dir_matches_the_generator(&chart_dir());
     }
 
     #[test]
@@ -92,6 +138,16 @@ mod tests {
         let mut expected: Vec<&str> = generated.iter().map(|(f, _)| f.as_str()).collect();
         expected.sort();
         assert_eq!(listed, expected, "crds/{KUSTOMIZATION} must list every CRD");
+    }
+
+    #[test]
+    fn manifests_use_only_formats_kubernetes_knows() {
+        let yaml = to_yaml().unwrap();
+        assert!(
+            !yaml.contains("format: uint"),
+            "schemars' unsigned formats make kubectl warn"
+        );
+        assert!(yaml.contains("format: int64"));
     }
 
     #[test]

@@ -32,9 +32,11 @@ use tracing::{info, warn};
 
 use self::apply::{Change, Deletion};
 use crate::{
+    ControllerHooks,
     backoff::Retries,
     crd::stream::{AuditStream, DeletionPolicy},
     error::{Error, Result},
+    metrics::Metrics,
     nats_pool::NatsPool,
     options::Options,
 };
@@ -56,6 +58,7 @@ pub struct Context {
     /// "does the owner named on a stream still exist" without API calls.
     store: Store<Guarded>,
     retries: Retries<ObjectRef<Guarded>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the AuditStream controller until `shutdown` completes.
@@ -64,6 +67,7 @@ pub async fn run(
     options: Options,
     pool: Arc<NatsPool>,
     recorder: Recorder,
+    hooks: ControllerHooks,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (streams, secrets): (Api<Guarded>, Api<Secret>) = match &options.namespace {
@@ -75,8 +79,11 @@ pub async fn run(
     };
     let controller = Controller::new(streams, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let metrics = hooks.metrics.clone();
+    hooks.report_synced_when_ready(store.clone());
     let context = Arc::new(Context {
         client,
+        metrics,
         recorder,
         pool,
         retries: Retries::new(options.retry),
@@ -115,6 +122,17 @@ fn streams_using_secret(store: &Store<Guarded>, secret: &Secret) -> Vec<ObjectRe
 }
 
 async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let result = reconcile_stream(&guarded, &ctx).await;
+    ctx.metrics.record_reconcile(
+        "AuditStream",
+        started.elapsed(),
+        result.as_ref().err().map(Error::reason),
+    );
+    result
+}
+
+async fn reconcile_stream(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<Action> {
     let stream = match &guarded.0 {
         Ok(stream) => Arc::new(stream.clone()),
         Err(invalid) => {
@@ -123,7 +141,7 @@ async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
             warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "AuditStream cannot be read");
             let reference = guarded.object_ref(&());
             publish(
-                &ctx,
+                ctx,
                 &reference,
                 EventType::Warning,
                 "InvalidObject",
@@ -138,8 +156,8 @@ async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
     let api: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, stream, |event| async {
         match event {
-            FinalizerEvent::Apply(stream) => apply_stream(&stream, &ctx).await,
-            FinalizerEvent::Cleanup(stream) => cleanup(&stream, &ctx).await,
+            FinalizerEvent::Apply(stream) => apply_stream(&stream, ctx).await,
+            FinalizerEvent::Cleanup(stream) => cleanup(&stream, ctx).await,
         }
     })
     .await

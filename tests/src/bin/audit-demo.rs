@@ -138,6 +138,7 @@ async fn start() -> anyhow::Result<Running> {
     let mut command = Command::new(cargo_bin("audit-operator"));
     command
         .args(["run", "--namespace", &namespace, "--requeue-interval", "5s"])
+        .args(["--health-listen", "127.0.0.1:0"])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info");
     let mut operator = ServerProcess::spawn("audit-operator", command, &operator_log)?;
