@@ -2,23 +2,19 @@
 //! control plane, a real nats-server, and the `audit-operator` binary run as a child process
 //! scoped to each test's namespace with short requeue and retry intervals.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use audit_tests::kube_env::ControlPlane;
 use audit_tests::nats::NatsServer;
-use audit_tests::process::ServerProcess;
-use audit_tests::testenv::testenv_bin;
-use audit_tests::{cargo_bin, wait};
+use audit_tests::operator::{OperatorProcess, install_crds};
+use audit_tests::testenv::{testenv_bin, workspace_root};
+use audit_tests::wait;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
@@ -32,47 +28,13 @@ fn stream_resource() -> ApiResource {
     )
 }
 
-/// Applies every CRD in `crds/` as `kubectl apply -f crds/` would, and waits until each is
-/// Established. Idempotent, so every test can call it.
-async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.file_name().is_some_and(|f| f == "kustomization.yaml") {
-            continue;
-        }
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(path)?)?;
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        crds.patch(
-            &name,
-            &PatchParams::apply("operator-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        wait::until(&format!("CRD {name} Established"), WAIT, POLL, || async {
-            let crd = crds.get(&name).await?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(established.then_some(()))
-        })
-        .await?;
-    }
-    Ok(())
-}
-
 /// One test's world: a namespace, a nats-server and an operator watching that namespace.
 struct Env {
     client: kube::Client,
     namespace: String,
     streams: Api<DynamicObject>,
     nats: NatsServer,
-    operator: ServerProcess,
-    _operator_dir: TempDir,
+    operator: OperatorProcess,
 }
 
 impl Env {
@@ -85,23 +47,7 @@ impl Env {
         let client = control_plane.admin_client().await?;
         install_crds(&client).await?;
         let namespace = control_plane.create_namespace(prefix).await?;
-        let operator_dir = tempfile::Builder::new()
-            .prefix("audit-operator-")
-            .tempdir()?;
-        let mut command = Command::new(cargo_bin("audit-operator"));
-        command
-            .args(["run", "--namespace", &namespace])
-            .args(["--health-listen", "127.0.0.1:0"])
-            .args(["--requeue-interval", "2s"])
-            .args(["--retry-base-delay", "200ms", "--retry-max-delay", "2s"])
-            .args(["--nats-timeout", "2s"])
-            .env("KUBECONFIG", control_plane.kubeconfig_path())
-            .env("RUST_LOG", "info,audit_operator=debug");
-        let operator = ServerProcess::spawn(
-            "audit-operator",
-            command,
-            &operator_dir.path().join("operator.log"),
-        )?;
+        let operator = OperatorProcess::start(&["--namespace", &namespace])?;
         let streams = Api::namespaced_with(client.clone(), &namespace, &stream_resource());
         Ok(Self {
             client,
@@ -109,7 +55,6 @@ impl Env {
             streams,
             nats,
             operator,
-            _operator_dir: operator_dir,
         })
     }
 
@@ -234,7 +179,7 @@ impl Env {
             let running = self.operator.ensure_running().err();
             anyhow::anyhow!(
                 "{e:#}\n{running:?}\noperator log:\n{}\nnats log:\n{}",
-                self.operator.log_tail(40),
+                self.operator.log_tail(),
                 self.nats.log_tail()
             )
         })
@@ -665,7 +610,7 @@ async fn a_memory_stream_lost_in_a_nats_restart_comes_back() -> anyhow::Result<(
 #[tokio::test]
 async fn the_sample_becomes_ready_with_a_real_stream() -> anyhow::Result<()> {
     let mut env = Env::start("ast-sample").await?;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/samples/auditstream.yaml");
+    let path = workspace_root().join("deploy/samples/auditstream.yaml");
     let mut sample: Value = serde_yaml::from_str(&std::fs::read_to_string(path)?)?;
     // The sample names an in-cluster Service; the test's server is on loopback.
     sample["spec"]["connection"]["servers"] = json!([env.nats.url()]);
