@@ -19,6 +19,12 @@ lint: ## cargo fmt --check and clippy with warnings as errors.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+.PHONY: demo
+demo: ## A local control plane, NATS, the operator and its consumer pods, until Ctrl-C.
+	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	$(CARGO) build --workspace --bins --locked; \
+	AUDIT_TESTENV_BIN="$$bin_dir" $(CARGO) run --quiet --locked -p audit-tests --bin audit-demo
+
 .PHONY: test
 test: ## Everything CI runs: provisioning, lint, unit tests, integration tests on real servers.
 	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
