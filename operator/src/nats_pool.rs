@@ -126,11 +126,35 @@ async fn connect(connection: &ResolvedConnection, timeout: Duration) -> Result<a
                 Error::NatsAuthRejected { servers, source }
             }
             ConnectErrorKind::Tls => Error::NatsTls(format!("{servers}: {source}")),
+            ConnectErrorKind::Io if is_tls_rejection(&source) => {
+                Error::NatsTls(format!("{servers}: {source}"))
+            }
             ConnectErrorKind::ServerParse => {
                 Error::InvalidSpec(format!("connection.servers: {source}"))
             }
             _ => Error::NatsUnreachable { servers, source },
         })
+}
+
+/// async-nats reports a refused TLS handshake (a certificate the configured CA did not sign,
+/// a name mismatch) as an I/O error. Only the rustls error inside tells it apart from an
+/// unreachable server: that one the user must fix, so it stalls instead of retrying quietly.
+fn is_tls_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        // io::Error's source() skips the error it wraps; get_ref() is the way in.
+        let wrapped = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if error.downcast_ref::<rustls::Error>().is_some()
+            || wrapped.is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        current = wrapped.or_else(|| error.source());
+    }
+    false
 }
 
 /// A rustls client configuration from PEM material: the CA given, else the system roots; the
@@ -214,5 +238,16 @@ mod tests {
         let mut bad = material();
         bad.ca_pem = Some(b"not pem".to_vec());
         assert!(matches!(tls_config(&bad), Err(Error::NatsTls(_))));
+    }
+
+    #[test]
+    fn a_rejected_certificate_inside_an_io_error_is_a_tls_failure() {
+        let rejected = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature),
+        );
+        assert!(is_tls_rejection(&rejected));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!is_tls_rejection(&refused));
     }
 }

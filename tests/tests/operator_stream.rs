@@ -661,3 +661,140 @@ async fn kubectl_explain_teaches_the_api() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Writes a server certificate signed by a fresh CA into `dir`; returns the CA's PEM and the
+/// nats-server `tls { ... }` block that serves that certificate.
+fn tls_server(dir: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let ca = audit_tests::certs::TestCa::new("nats-test-ca")?;
+    let serving = ca.loopback_server("nats-server")?;
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    std::fs::write(&cert, &serving.cert_pem)?;
+    std::fs::write(&key, &serving.key_pem)?;
+    let block = format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    Ok((ca.cert_pem(), block))
+}
+
+fn opaque_secret(name: &str, key: &str, value: &str) -> Secret {
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "stringData": { key: value },
+    }))
+    .expect("a valid Secret")
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_from_a_secret_and_a_token() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let (ca_pem, tls_block) = tls_server(certs.path())?;
+    let nats = NatsServer::start_with_config(&format!(
+        "{tls_block}authorization {{ token: \"t0ken\" }}\n"
+    ))
+    .await?;
+    let mut env = Env::start_with_nats("ast-tls", nats).await?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    let (other_ca_pem, _) = tls_server(tempfile::tempdir()?.path())?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &opaque_secret("nats-ca", "ca.crt", &other_ca_pem),
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &opaque_secret("nats-token", "token", "t0ken"),
+        )
+        .await?;
+    let spec = env.spec(json!({
+        "name": "ORDERS",
+        "connection": {
+            "servers": [format!("tls://127.0.0.1:{}", env.nats.port())],
+            "auth": { "tokenSecretRef": { "name": "nats-token", "key": "token" } },
+            "tls": { "caSecretRef": { "name": "nats-ca", "key": "ca.crt" } },
+        },
+    }));
+    env.apply("orders", spec).await?;
+
+    // A CA that did not sign the server's certificate: the user must fix the Secret.
+    let object = env
+        .wait_ready_condition("orders", "False", "NatsTlsFailed")
+        .await?;
+    assert_eq!(condition_status(&object, "Stalled"), "True");
+
+    secrets
+        .replace(
+            "nats-ca",
+            &PostParams::default(),
+            &opaque_secret("nats-ca", "ca.crt", &ca_pem),
+        )
+        .await?;
+    env.wait_ready("orders").await?;
+
+    // The stream is really there, on the TLS listener, behind the token.
+    let client = async_nats::ConnectOptions::with_token("t0ken".into())
+        .add_root_certificates(write_pem(certs.path(), "ca.crt", &ca_pem)?)
+        .require_tls(true)
+        .connect(format!("tls://127.0.0.1:{}", env.nats.port()))
+        .await?;
+    let mut stream = jetstream::new(client).get_stream("ORDERS").await?;
+    assert_eq!(
+        stream.info().await?.config.subjects,
+        vec!["audit.>".to_owned()]
+    );
+    Ok(())
+}
+
+fn write_pem(dir: &std::path::Path, name: &str, pem: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, pem)?;
+    Ok(path)
+}
+
+#[tokio::test]
+async fn nkey_seed_from_a_secret() -> anyhow::Result<()> {
+    let user = nkeys::KeyPair::new_user();
+    let nats = NatsServer::start_with_config(&format!(
+        "authorization {{ users: [ {{ nkey: {} }} ] }}\n",
+        user.public_key()
+    ))
+    .await?;
+    let mut env = Env::start_with_nats("ast-nkey", nats).await?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    // A seed the server does not know is an authentication failure, not a retry loop.
+    let stranger = nkeys::KeyPair::new_user();
+    secrets
+        .create(
+            &PostParams::default(),
+            &opaque_secret("nats-nkey", "seed", &stranger.seed()?),
+        )
+        .await?;
+    let spec = env.spec(json!({
+        "name": "ORDERS",
+        "connection": {
+            "servers": [env.nats.url()],
+            "auth": { "nkeySecretRef": { "name": "nats-nkey", "key": "seed" } },
+        },
+    }));
+    env.apply("orders", spec).await?;
+    env.wait_ready_condition("orders", "False", "NatsAuthenticationFailed")
+        .await?;
+
+    secrets
+        .replace(
+            "nats-nkey",
+            &PostParams::default(),
+            &opaque_secret("nats-nkey", "seed", &user.seed()?),
+        )
+        .await?;
+    env.wait_ready("orders").await?;
+    let client = async_nats::ConnectOptions::with_nkey(user.seed()?)
+        .connect(env.nats.url())
+        .await?;
+    jetstream::new(client).get_stream("ORDERS").await?;
+    Ok(())
+}
