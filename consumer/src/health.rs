@@ -80,11 +80,11 @@ impl Health {
             Some(State::Connected) => {}
             _ => return Err("not connected to NATS"),
         }
-        if !self.bound.load(Ordering::Relaxed) {
-            return Err("consumer not bound");
-        }
         if !self.output_ok.load(Ordering::Relaxed) {
             return Err("writing to standard output failed");
+        }
+        if !self.bound.load(Ordering::Relaxed) {
+            return Err("consumer not bound");
         }
         let last = Duration::from_millis(self.last_contact.load(Ordering::Relaxed));
         if self.started.elapsed().saturating_sub(last) > self.stale_after {

@@ -216,6 +216,7 @@ impl<W: Write + Send> Worker<W> {
                     // and leave the rest to the server's redelivery.
                     self.take_ready(messages, in_flight, batch, &mut end);
                     self.commit(in_flight, started).await?;
+                    hand_back_ready(messages).await;
                     return Ok((StreamEnd::Shutdown, progressed));
                 }
                 Some(None) => return Ok((StreamEnd::Closed, progressed)),
@@ -356,6 +357,16 @@ impl<W: Write + Send> Worker<W> {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {},
             _ = self.shutdown.wait_for(|stop| *stop) => {},
+        }
+    }
+}
+
+/// Naks, without delay, what the subscription delivered beyond the last batch, so that the
+/// next instance gets it at once instead of after the ack wait.
+async fn hand_back_ready(messages: &mut Stream) {
+    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+        if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
+            tracing::debug!(%err, "nak not sent; the event will be redelivered after ack wait");
         }
     }
 }

@@ -50,7 +50,10 @@ pub async fn publish_events(
     prefix: &str,
     count: usize,
 ) -> anyhow::Result<HashMap<String, u64>> {
-    let mut acks = Vec::with_capacity(count);
+    // A bounded window of outstanding publishes: the JetStream context limits acks in flight,
+    // and a publisher that never awaits them would wait forever for a free slot.
+    let mut window = std::collections::VecDeque::with_capacity(1024);
+    let mut sequences = HashMap::with_capacity(count);
     for n in 0..count {
         let id = format!("{prefix}-{n}");
         let payload = serde_json::json!({
@@ -66,10 +69,13 @@ pub async fn publish_events(
                 payload.to_string().into(),
             )
             .await?;
-        acks.push((id, ack));
+        window.push_back((id, ack));
+        if window.len() == 1024 {
+            let (id, ack) = window.pop_front().expect("window is full");
+            sequences.insert(id, ack.await?.sequence);
+        }
     }
-    let mut sequences = HashMap::with_capacity(count);
-    for (id, ack) in acks {
+    for (id, ack) in window {
         sequences.insert(id, ack.await?.sequence);
     }
     Ok(sequences)
@@ -202,8 +208,14 @@ impl ConsumerProcess {
         lines
     }
 
+    /// Standard error so far, with the exit status if the process has ended.
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        let text = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let pid = self
+            .child
+            .id()
+            .map_or("exited".to_owned(), |pid| format!("pid {pid}"));
+        format!("[{pid}]\n{text}")
     }
 
     /// `GET path` on the health listener: (status code, body); connection errors as `Err`.

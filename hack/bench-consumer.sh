@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Throughput benchmark of audit-consumer against a real nats-server (see docs/benchmarks.md).
+#
+# Preloads EVENTS ~200-byte CloudEvents into a file-backed stream, then drains it twice with
+# separate durable consumers: once with a bare async-nats pull-and-ack loop (the ceiling:
+# no parsing, no output) and once with the real audit-consumer binary writing to /dev/null,
+# both with the same batch and max-bytes settings and explicit per-message acks. Prints
+# events/s for both, the ratio, and the peak RSS of each process.
+#
+# Environment: EVENTS (default 1000000), BATCH (256), MAX_BYTES (4194304), ROUNDS (1),
+# NATS_PORT (14333), HEALTH_PORT (18333). Only 127.0.0.1 is used.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+EVENTS=${EVENTS:-1000000}
+BATCH=${BATCH:-256}
+MAX_BYTES=${MAX_BYTES:-4194304}
+ROUNDS=${ROUNDS:-1}
+NATS_PORT=${NATS_PORT:-14333}
+HEALTH_PORT=${HEALTH_PORT:-18333}
+URL="nats://127.0.0.1:${NATS_PORT}"
+
+bin_dir=$(bash hack/testenv.sh | tail -1)
+cargo build --release --quiet -p audit-consumer --bin audit-consumer --example ceiling --example preload
+target=${CARGO_TARGET_DIR:-target}/release
+
+work=$(mktemp -d)
+nats_pid=""
+consumer_pid=""
+cleanup() {
+    [[ -n "$consumer_pid" ]] && kill "$consumer_pid" 2>/dev/null || true
+    [[ -n "$nats_pid" ]] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin_dir/nats-server" -js -sd "$work/js" -a 127.0.0.1 -p "$NATS_PORT" >"$work/nats.log" 2>&1 &
+nats_pid=$!
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/${NATS_PORT}") 2>/dev/null && break
+    sleep 0.1
+done
+
+"$target/examples/preload" "$URL" BENCH bench.events "$EVENTS"
+
+# Peak RSS in KiB of a running process.
+peak_rss() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
+
+acked() {
+    curl -fsS "http://127.0.0.1:${HEALTH_PORT}/metrics" 2>/dev/null |
+        awk '/^audit_consumer_events_total\{outcome="acked"/ { sum += $2 } END { print sum + 0 }'
+}
+
+for round in $(seq "$ROUNDS"); do
+    ceiling_line=$(/usr/bin/time -f "ceiling_rss_kib=%M" -o "$work/ceiling.time" \
+        "$target/examples/ceiling" "$URL" BENCH "ceiling-$round" "$EVENTS" "$BATCH" "$MAX_BYTES")
+    ceiling_rate=$(sed -E 's/.*= ([0-9]+) events\/s/\1/' <<<"$ceiling_line")
+    ceiling_rss=$(sed -E 's/.*=//' "$work/ceiling.time")
+
+    start=$(date +%s.%N)
+    "$target/audit-consumer" --nats-url "$URL" --stream BENCH --consumer "audit-$round" \
+        --create --subjects bench.events --batch "$BATCH" --max-bytes "$MAX_BYTES" \
+        --health-listen "127.0.0.1:${HEALTH_PORT}" --log-level warn >/dev/null 2>"$work/consumer.log" &
+    consumer_pid=$!
+    while (($(acked) < EVENTS)); do
+        kill -0 "$consumer_pid" || { cat "$work/consumer.log"; exit 1; }
+        sleep 0.02
+    done
+    end=$(date +%s.%N)
+    consumer_rss=$(peak_rss "$consumer_pid")
+    kill -TERM "$consumer_pid"
+    wait "$consumer_pid"
+    consumer_pid=""
+
+    awk -v n="$EVENTS" -v s="$start" -v e="$end" -v c="$ceiling_rate" -v cr="$ceiling_rss" -v ar="$consumer_rss" -v r="$round" 'BEGIN {
+        rate = n / (e - s)
+        printf "round %d: ceiling %.0f events/s (peak RSS %.1f MiB), audit-consumer %.0f events/s (%.2fs, peak RSS %.1f MiB), ratio %.1f%%\n",
+            r, c, cr / 1024, rate, e - s, ar / 1024, 100 * rate / c
+    }'
+done

@@ -1,0 +1,185 @@
+//! audit-consumer under failure, against a real nats-server: a failing output, SIGTERM in the
+//! middle of a backlog, a NATS outage, and a consumer deleted under it.
+
+mod consumer_support;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use audit_tests::nats::NatsServer;
+use consumer_support::*;
+
+#[tokio::test]
+async fn output_failure_naks_and_the_events_are_written_later() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    create_stream_and_consumer(&js, "flaky", Duration::from_secs(30)).await?;
+    publish_events(&js, "sink", 50).await?;
+
+    // Standard output opened read-only: every write fails (EBADF), as a full or broken log
+    // device would, without the test losing lines that a real pipe had already accepted.
+    let dir = tempfile::tempdir()?;
+    let read_only = dir.path().join("stdout");
+    std::fs::write(&read_only, "")?;
+    let mut failing = ConsumerProcess::start_with_stdout(
+        &server.url(),
+        "flaky",
+        &["--nak-delay", "100ms"],
+        Stdio::from(std::fs::File::open(&read_only)?),
+    )?;
+    let waited = audit_tests::wait::until(
+        "events to be naked",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let naked = failing
+                .metric(r#"audit_consumer_events_total{outcome="naked",kind="structured"}"#)
+                .await?;
+            Ok((naked >= 50.0).then_some(()))
+        },
+    )
+    .await;
+    if let Err(err) = waited {
+        let status = failing.wait_exit(Duration::from_secs(1)).await;
+        anyhow::bail!("{err}; status {status:?}; stderr:\n{}", failing.stderr());
+    }
+    let (status, body) = failing.http_get("/readyz").await?;
+    assert_eq!(status, 503, "a failing output makes the pod unready");
+    assert!(body.contains("standard output"), "{body}");
+    assert_eq!(
+        failing
+            .metric(r#"audit_consumer_events_total{outcome="acked",kind="structured"}"#)
+            .await?,
+        0.0,
+        "nothing unwritten is acked"
+    );
+    failing.terminate()?;
+    drop(failing);
+
+    let mut healthy = ConsumerProcess::start(&server.url(), "flaky", &[])?;
+    let lines = healthy.read_lines(50, Duration::from_secs(60)).await?;
+    let lines: Vec<_> = lines.iter().map(|line| parse_json_line(line)).collect();
+    let ids: HashSet<String> = lines.iter().map(event_id).collect();
+    assert_eq!(ids.len(), 50, "every event is written after all");
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["delivered"].as_u64().unwrap() >= 2),
+        "the written events are redeliveries of the naked ones"
+    );
+    wait_until_drained(&js, "flaky").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_mid_backlog_loses_nothing_across_a_restart() -> anyhow::Result<()> {
+    const EVENTS: usize = 20_000;
+    let server = NatsServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    // A short ack wait: anything the first run received but never acked comes back quickly.
+    create_stream_and_consumer(&js, "restarting", Duration::from_secs(3)).await?;
+    publish_events(&js, "backlog", EVENTS).await?;
+
+    let mut first = ConsumerProcess::start(&server.url(), "restarting", &[])?;
+    let mut first_lines = first.read_lines(2_000, Duration::from_secs(60)).await?;
+    first.terminate()?;
+    let status = first.wait_exit(Duration::from_secs(20)).await?;
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    first_lines.extend(first.remaining_lines(Duration::from_secs(5)).await?);
+
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for line in &first_lines {
+        *counts.entry(event_id(&parse_json_line(line))).or_default() += 1;
+    }
+    let mut second = ConsumerProcess::start(&server.url(), "restarting", &[])?;
+    let mut second_lines = 0;
+    while counts.len() < EVENTS {
+        let batch = second
+            .read_lines(1, Duration::from_secs(60))
+            .await
+            .map_err(|err| {
+                anyhow::anyhow!("{} of {EVENTS} distinct events seen: {err}", counts.len())
+            })?;
+        second_lines += 1;
+        *counts
+            .entry(event_id(&parse_json_line(&batch[0])))
+            .or_default() += 1;
+    }
+    wait_until_drained(&js, "restarting").await?;
+    second_lines += second.lines_so_far().len();
+    let duplicates: usize = counts.values().map(|count| count - 1).sum();
+    println!(
+        "first run: {} lines, second run: {second_lines} lines, duplicates: {duplicates}",
+        first_lines.len()
+    );
+    assert_eq!(counts.len(), EVENTS, "every event appears at least once");
+    Ok(())
+}
+
+#[tokio::test]
+async fn recovers_by_itself_from_a_nats_outage() -> anyhow::Result<()> {
+    let mut server = NatsServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    create_stream_and_consumer(&js, "outage", Duration::from_secs(30)).await?;
+    publish_events(&js, "before", 100).await?;
+
+    let mut consumer = ConsumerProcess::start(
+        &server.url(),
+        "outage",
+        &["--heartbeat", "1s", "--expires", "5s"],
+    )?;
+    let mut lines = consumer.read_lines(100, Duration::from_secs(60)).await?;
+    consumer.wait_ready(true, Duration::from_secs(10)).await?;
+
+    server.stop().await;
+    consumer.wait_ready(false, Duration::from_secs(20)).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, _) = consumer.http_get("/livez").await?;
+    assert_eq!(status, 200, "an outage must not fail liveness");
+    server.start_again().await?;
+
+    consumer.wait_ready(true, Duration::from_secs(60)).await?;
+    let js = jetstream::new(server.client().await?);
+    publish_events(&js, "after", 100).await?;
+    lines.extend(consumer.read_lines(100, Duration::from_secs(60)).await?);
+    let ids: HashSet<String> = lines
+        .iter()
+        .map(|line| event_id(&parse_json_line(line)))
+        .collect();
+    for prefix in ["before", "after"] {
+        for n in 0..100 {
+            assert!(
+                ids.contains(&format!("{prefix}-{n}")),
+                "{prefix}-{n} missing"
+            );
+        }
+    }
+    wait_until_drained(&js, "outage").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_is_reported_and_exits_non_zero() -> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    create_stream_and_consumer(&js, "doomed", Duration::from_secs(30)).await?;
+
+    let mut consumer = ConsumerProcess::start(&server.url(), "doomed", &[])?;
+    consumer.wait_ready(true, Duration::from_secs(30)).await?;
+    js.get_stream(STREAM)
+        .await?
+        .delete_consumer("doomed")
+        .await?;
+
+    let status = consumer.wait_exit(Duration::from_secs(30)).await?;
+    assert!(
+        !status.success(),
+        "a deleted consumer must fail, got {status}"
+    );
+    let stderr = consumer.stderr();
+    assert!(stderr.contains("consumer was deleted"), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    Ok(())
+}
