@@ -7,15 +7,16 @@
 //! - [`kube_env`] runs a Kubernetes control plane (etcd, kube-apiserver,
 //!   kube-controller-manager) once per test binary, with admin and impersonating clients and a
 //!   fresh namespace per test.
-//! - [`pod_runner`] runs what a Deployment's pods would run, as local processes.
+//! - [`kubelet`] is a small local kubelet: it registers a Node, binds a namespace's pods to
+//!   it and runs their containers as local processes, reporting their real status.
 //! - [`process`] guarantees that no server outlives the test that started it.
 
 pub mod certs;
 pub mod http;
 pub mod kube_env;
+pub mod kubelet;
 pub mod nats;
 pub mod operator;
-pub mod pod_runner;
 pub mod ports;
 pub mod process;
 pub mod testenv;

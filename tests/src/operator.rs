@@ -1,6 +1,7 @@
 //! The operator under test: its CRDs installed from `crds/` (the committed manifests users
 //! apply), and the real `audit-operator` binary run against the shared control plane.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -56,6 +57,7 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
 pub struct OperatorProcess {
     process: ServerProcess,
     health_port: u16,
+    log_path: PathBuf,
     _dir: TempDir,
 }
 
@@ -78,11 +80,12 @@ impl OperatorProcess {
             .current_dir(dir.path())
             .env("KUBECONFIG", ControlPlane::shared().kubeconfig_path())
             .env("RUST_LOG", "info,audit_operator=debug");
-        let process =
-            ServerProcess::spawn("audit-operator", command, &dir.path().join("operator.log"))?;
+        let log_path = dir.path().join("operator.log");
+        let process = ServerProcess::spawn("audit-operator", command, &log_path)?;
         Ok(Self {
             process,
             health_port,
+            log_path,
             _dir: dir,
         })
     }
@@ -96,9 +99,19 @@ impl OperatorProcess {
         self.process.log_tail(60)
     }
 
+    /// The operator's log file, for a human to follow.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
     /// Whether the process has exited, with its log tail if so.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         self.process.ensure_running()
+    }
+
+    /// SIGTERM, then SIGKILL after five seconds.
+    pub fn stop(&mut self) {
+        self.process.stop();
     }
 
     /// SIGKILL: the replica vanishes without releasing anything, as a crashed pod would.

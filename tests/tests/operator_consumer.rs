@@ -1,27 +1,23 @@
 //! AuditConsumer reconciliation against the real servers: the committed CRDs on the test
 //! control plane, a real nats-server, the `audit-operator` binary scoped to each test's
-//! namespace, and, where pods must run, the pod runner starting `audit-consumer` exactly as
-//! the operator's Deployment says.
+//! namespace, and, where pods must run, the local kubelet running the Deployment's pods as
+//! `audit-consumer` processes and reporting their status to Kubernetes.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use audit_tests::kube_env::ControlPlane;
+use audit_tests::kubelet::Kubelet;
 use audit_tests::nats::NatsServer;
-use audit_tests::pod_runner::PodRunner;
-use audit_tests::process::ServerProcess;
+use audit_tests::operator::{OperatorProcess, install_crds};
 use audit_tests::{cargo_bin, wait};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 const WAIT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(250);
@@ -34,38 +30,6 @@ fn resource(kind: &str, plural: &str) -> ApiResource {
     )
 }
 
-/// Applies every CRD in `crds/` and waits until each is Established.
-async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.file_name().is_some_and(|f| f == "kustomization.yaml") {
-            continue;
-        }
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(path)?)?;
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        crds.patch(
-            &name,
-            &PatchParams::apply("consumer-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        wait::until(&format!("CRD {name} Established"), WAIT, POLL, || async {
-            let crd = crds.get(&name).await?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            Ok(established.then_some(()))
-        })
-        .await?;
-    }
-    Ok(())
-}
-
 /// One test's world: a namespace enforcing the `restricted` Pod Security level, a
 /// nats-server requiring a token, the token in a Secret, and an operator for the namespace.
 struct Env {
@@ -74,8 +38,7 @@ struct Env {
     streams: Api<DynamicObject>,
     consumers: Api<DynamicObject>,
     nats: NatsServer,
-    operator: ServerProcess,
-    operator_dir: TempDir,
+    operator: OperatorProcess,
 }
 
 impl Env {
@@ -102,24 +65,12 @@ impl Env {
                 }))?,
             )
             .await?;
-        let operator_dir = tempfile::Builder::new()
-            .prefix("audit-operator-")
-            .tempdir()?;
-        let mut command = Command::new(cargo_bin("audit-operator"));
-        command
-            .args(["run", "--namespace", &namespace])
-            .args(["--health-listen", "127.0.0.1:0"])
-            .args(["--requeue-interval", "2s"])
-            .args(["--retry-base-delay", "200ms", "--retry-max-delay", "2s"])
-            .args(["--nats-timeout", "2s"])
-            .args(["--consumer-image", "audit-consumer:test"])
-            .env("KUBECONFIG", control_plane.kubeconfig_path())
-            .env("RUST_LOG", "info,audit_operator=debug");
-        let operator = ServerProcess::spawn(
-            "audit-operator",
-            command,
-            &operator_dir.path().join("operator.log"),
-        )?;
+        let operator = OperatorProcess::start(&[
+            "--namespace",
+            &namespace,
+            "--consumer-image",
+            "audit-consumer:test",
+        ])?;
         Ok(Self {
             streams: Api::namespaced_with(
                 client.clone(),
@@ -135,12 +86,11 @@ impl Env {
             namespace,
             nats,
             operator,
-            operator_dir,
         })
     }
 
     fn operator_log(&self) -> String {
-        audit_tests::process::log_tail(&self.operator_dir.path().join("operator.log"), 40)
+        self.operator.log_tail()
     }
 
     async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
@@ -230,12 +180,6 @@ impl Env {
             Ok(deployments.get_opt(&name).await?)
         })
         .await
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.operator.stop();
     }
 }
 
@@ -338,7 +282,8 @@ async fn workload_matches_the_spec_and_passes_the_restricted_profile() -> anyhow
     .await
     .map_err(|e| anyhow::anyhow!("the restricted profile rejected the pod template: {e}"))?;
 
-    // The status a user reads: stream and consumer fine, pods pending (there is no kubelet).
+    // The status a user reads: stream and consumer fine, pods pending (no kubelet runs them
+    // in this test).
     let object = env.consumers.get("reader").await?;
     let status = &object.data["status"];
     assert_eq!(status["streamName"], "ORDERS");
@@ -555,12 +500,79 @@ async fn pods_that_really_run_log_and_ack_every_event() -> anyhow::Result<()> {
     .await?;
     env.wait_condition("reader", "ConsumerReady", "True")
         .await?;
-    let deployment = env.deployment("reader").await?;
+    env.deployment("reader").await?;
 
-    let runner =
-        PodRunner::new().binary("/usr/local/bin/audit-consumer", cargo_bin("audit-consumer"));
-    let mut pods = runner.start(&env.client, &deployment).await?;
-    pods.wait_ready(WAIT).await?;
+    let mut kubelet = Kubelet::builder(&env.client, &env.namespace)
+        .binary("/usr/local/bin/audit-consumer", cargo_bin("audit-consumer"))
+        .start()
+        .await?;
+    kubelet.wait_ready(2, WAIT).await?;
+
+    // Kubernetes sees the pods: bound to the node, running and ready by their own probes; the
+    // Deployment counts them, and the AuditConsumer turns Ready.
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    let ready_replicas = |count: i32| {
+        let deployments = &deployments;
+        async move {
+            let status = deployments
+                .get("reader-audit-consumer")
+                .await?
+                .status
+                .unwrap_or_default();
+            Ok((status.ready_replicas == Some(count)
+                && status.available_replicas == Some(count)
+                && status.updated_replicas == Some(count)
+                && status.replicas == Some(count))
+            .then_some(()))
+        }
+    };
+    wait::until(
+        "the Deployment to report 2 ready replicas",
+        WAIT,
+        POLL,
+        || ready_replicas(2),
+    )
+    .await?;
+    let ready = env.wait_condition("reader", "Ready", "True").await?;
+    assert_eq!(
+        ready["message"], "consuming stream ORDERS as reader with 2 ready pod(s)",
+        "{ready}"
+    );
+    let workload = env.condition("reader", "WorkloadAvailable").await?.unwrap();
+    assert_eq!(workload["status"], "True");
+    assert_eq!(workload["message"], "2 of 2 pod(s) ready");
+    let object = env.consumers.get("reader").await?;
+    assert_eq!(object.data["status"]["readyReplicas"], 2);
+    assert_eq!(
+        env.condition("reader", "Reconciling").await?.unwrap()["status"],
+        "False"
+    );
+
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let selector = ListParams::default().labels("app.kubernetes.io/instance=reader");
+    let listed = pods.list(&selector).await?.items;
+    assert_eq!(listed.len(), 2);
+    for pod in &listed {
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(kubelet.node_name()));
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(status.start_time.is_some());
+        assert!(status.pod_ip.is_none(), "no pod IP is made up");
+        for type_ in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+            let condition = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == type_)
+                .unwrap_or_else(|| panic!("condition {type_} in {status:?}"));
+            assert_eq!(condition.status, "True", "{type_}: {condition:?}");
+        }
+        let container = &status.container_statuses.as_ref().unwrap()[0];
+        assert!(container.ready && container.started == Some(true));
+        assert_eq!(container.restart_count, 0);
+        assert!(container.state.as_ref().unwrap().running.is_some());
+    }
 
     let js = env.jetstream().await?;
     let total = 300;
@@ -578,7 +590,7 @@ async fn pods_that_really_run_log_and_ack_every_event() -> anyhow::Result<()> {
     }
 
     let lines = wait::until("every event logged by some pod", WAIT, POLL, || async {
-        let lines = pods.stdout_lines();
+        let lines = kubelet.stdout_lines();
         Ok((lines.len() >= total).then_some(lines))
     })
     .await?;
@@ -603,11 +615,12 @@ async fn pods_that_really_run_log_and_ack_every_event() -> anyhow::Result<()> {
         seen.values().all(|&count| count == 1),
         "no event twice in the normal path"
     );
-    let per_pod: Vec<usize> = pods
-        .replicas()
+    let per_pod: Vec<usize> = kubelet
+        .pods()
         .iter()
-        .map(|r| r.stdout_lines().len())
+        .map(|pod| pod.stdout_lines().len())
         .collect();
+    assert_eq!(per_pod.len(), 2);
     assert_eq!(per_pod.iter().sum::<usize>(), total);
 
     // Everything acked, and the AuditConsumer's status says so.
@@ -622,11 +635,56 @@ async fn pods_that_really_run_log_and_ack_every_event() -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
 
-    let statuses = pods.stop();
-    assert_eq!(statuses.len(), 2);
+    // A scale-down deletes a pod: the kubelet stops it (SIGTERM: it drains and exits 0) and
+    // finishes the deletion; the workload stays available with one pod.
+    env.consumers
+        .patch_scale(
+            "reader",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 1 } })),
+        )
+        .await?;
+    let stopped = wait::until("one pod stopped and removed", WAIT, POLL, || async {
+        Ok(kubelet.pods().into_iter().find(|pod| pod.finished))
+    })
+    .await?;
+    assert_eq!(stopped.exits.len(), 1, "{stopped:?}");
     assert!(
-        statuses.iter().all(|s| s.success()),
-        "SIGTERM drains and exits 0: {statuses:?}"
+        stopped.exits[0].success(),
+        "SIGTERM drains and exits 0: {stopped:?}"
     );
+    wait::until("the stopped pod gone from the API", WAIT, POLL, || async {
+        Ok(pods.get_opt(&stopped.name).await?.is_none().then_some(()))
+    })
+    .await?;
+    wait::until(
+        "the Deployment to report 1 ready replica",
+        WAIT,
+        POLL,
+        || ready_replicas(1),
+    )
+    .await?;
+    wait::until(
+        "the AuditConsumer ready with 1 of 1",
+        WAIT,
+        POLL,
+        || async {
+            let workload = env.condition("reader", "WorkloadAvailable").await?;
+            Ok(workload.filter(|c| c["status"] == "True" && c["message"] == "1 of 1 pod(s) ready"))
+        },
+    )
+    .await?;
+
+    // Stopping the node stops the last pod the same way.
+    let pods = kubelet.shutdown().await;
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        assert_eq!(pod.restart_count, 0, "{pod:?}");
+        assert_eq!(pod.error, None, "every API write of the kubelet succeeded");
+        assert!(
+            pod.exits.len() == 1 && pod.exits[0].success(),
+            "SIGTERM drains and exits 0: {pod:?}"
+        );
+    }
     Ok(())
 }

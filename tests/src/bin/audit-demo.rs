@@ -3,30 +3,32 @@
 //!
 //! It starts the test environment's Kubernetes control plane and a NATS server, installs the
 //! CRDs with kubectl, runs the operator, applies the samples in `deploy/samples/`, runs the
-//! consumer pods the operator asks for as local processes (there is no kubelet), publishes
-//! sample audit events, and shows what the pods write and what `kubectl get audit` says.
-//! Ctrl-C stops the pods, deletes the resources (so the finalizers run), and stops every
-//! server; temporary files go with them.
+//! harness's local kubelet (which binds the consumer pods the operator asks for to a Node and
+//! runs them as local processes, so Kubernetes sees them ready), publishes sample audit events,
+//! and shows what the pods write and what `kubectl get audit` says. Ctrl-C scales the consumer
+//! to zero (the kubelet stops the pods as a cluster would), deletes the resources (so the
+//! finalizers run), and stops every server; temporary files go with them.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
-use tempfile::TempDir;
-use tokio::sync::watch;
 
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use audit_tests::kube_env::ControlPlane;
+use audit_tests::kubelet::Kubelet;
 use audit_tests::nats::NatsServer;
-use audit_tests::pod_runner::{PodRunner, Pods};
-use audit_tests::process::ServerProcess;
+use audit_tests::operator::OperatorProcess;
 use audit_tests::testenv::{testenv_bin, workspace_root};
 use audit_tests::{cargo_bin, wait};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(120);
 const CONSUMER_NAME: &str = "audit-log";
@@ -41,8 +43,71 @@ fn note(text: &str) {
     println!("    {text}");
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Set in the environment of the process that runs the demo under its supervisor.
+const SUPERVISED: &str = "AUDIT_DEMO_SUPERVISED";
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    if std::env::var_os(SUPERVISED).is_some() {
+        runtime.block_on(run_demo())
+    } else {
+        runtime.block_on(supervise())
+    }
+}
+
+/// Runs the demo in a process group of its own and forwards Ctrl-C to it as one SIGINT.
+///
+/// A Ctrl-C at the terminal signals the whole foreground process group: the servers the demo
+/// started would get it too and stop while the demo still needs them to clean up. In a group
+/// of its own, the demo and its servers hear only what is forwarded.
+async fn supervise() -> ExitCode {
+    let mut demo = Command::new(std::env::current_exe().expect("the demo's own path"));
+    demo.args(std::env::args_os().skip(1))
+        .env(SUPERVISED, "1")
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches no other state. If the supervisor dies
+    // outright, the demo is interrupted and cleans up.
+    unsafe {
+        demo.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match demo.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("cannot start the demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pid = i32::try_from(child.id()).expect("a pid fits in i32");
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        eprintln!("cannot listen for Ctrl-C");
+        return ExitCode::FAILURE;
+    };
+    let mut exited = tokio::task::spawn_blocking(move || child.wait());
+    loop {
+        tokio::select! {
+            status = &mut exited => {
+                return match status {
+                    Ok(Ok(status)) if status.success() => ExitCode::SUCCESS,
+                    _ => ExitCode::FAILURE,
+                };
+            }
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        // SAFETY: kill(2) on our own child, which is not reaped until `exited` completes.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+    }
+}
+
+async fn run_demo() -> ExitCode {
     println!(
         "audit-operator demo: a local Kubernetes control plane, NATS JetStream, the operator and\n\
          its consumer pods, all as processes on 127.0.0.1. Press Ctrl-C to stop and clean up."
@@ -67,10 +132,9 @@ struct Running {
     kubeconfig: PathBuf,
     namespace: String,
     js: jetstream::Context,
-    pods: Pods,
-    operator: ServerProcess,
+    kubelet: Kubelet,
+    operator: OperatorProcess,
     _nats: NatsServer,
-    _work: TempDir,
 }
 
 async fn demo(stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -133,16 +197,8 @@ async fn start() -> anyhow::Result<Running> {
     ));
 
     step("Starting audit-operator for that namespace");
-    let work = tempfile::Builder::new().prefix("audit-demo-").tempdir()?;
-    let operator_log = work.path().join("operator.log");
-    let mut command = Command::new(cargo_bin("audit-operator"));
-    command
-        .args(["run", "--namespace", &namespace, "--requeue-interval", "5s"])
-        .args(["--health-listen", "127.0.0.1:0"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info");
-    let mut operator = ServerProcess::spawn("audit-operator", command, &operator_log)?;
-    note(&format!("operator log: {}", operator_log.display()));
+    let mut operator = OperatorProcess::start(&["--namespace", &namespace])?;
+    note(&format!("operator log: {}", operator.log_path().display()));
 
     step("Applying deploy/samples/auditstream.yaml and auditconsumer.yaml");
     note(&format!(
@@ -165,7 +221,7 @@ async fn start() -> anyhow::Result<Running> {
     let client = control_plane.admin_client().await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let name = format!("{CONSUMER_NAME}-audit-consumer");
-    let deployment = wait::until(
+    wait::until(
         &format!("Deployment {name}"),
         WAIT,
         Duration::from_millis(500),
@@ -180,41 +236,56 @@ async fn start() -> anyhow::Result<Running> {
         },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", operator.log_tail(30)))?;
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", operator.log_tail()))?;
     kubectl(&kubeconfig, &["-n", &namespace, "get", "audit"], None)?;
 
-    step("Running the consumer pods");
+    step("Running the consumer pods on a local kubelet");
+    note("there is no kubelet or scheduler on this machine: the harness's local kubelet registers");
+    note("the Node local-kubelet, binds the Deployment's pods to it and runs each pod's container");
     note(
-        "there is no kubelet: each replica of the Deployment runs as a local process with exactly",
+        "as a local process with exactly its command and arguments, as its non-root user, with its",
     );
-    note(
-        "its container's command and arguments, its Secret volumes written to a temporary directory.",
-    );
-    note(
-        "The Deployment therefore reports 0 ready pods and the AuditConsumer stays 'WorkloadProgressing',",
-    );
-    note("while PENDING and ACK PENDING show the durable consumer's real state on NATS.");
-    let runner =
-        PodRunner::new().binary("/usr/local/bin/audit-consumer", cargo_bin("audit-consumer"));
-    let mut pods = runner.start(&client, &deployment).await?;
-    pods.wait_ready(WAIT).await?;
-    for replica in pods.replicas() {
+    note("Secret volumes written to a temporary directory. It reports the pods' status from their");
+    note("own readiness probes, so the Deployment counts them and the AuditConsumer turns Ready.");
+    let kubelet = Kubelet::builder(&client, &namespace)
+        .binary("/usr/local/bin/audit-consumer", cargo_bin("audit-consumer"))
+        .start()
+        .await?;
+    for pod in kubelet.wait_ready(2, WAIT).await? {
         note(&format!(
             "pod {} ready; its output: {}",
-            replica.name(),
-            replica.stdout_path().display()
+            pod.name,
+            pod.stdout_path().display()
         ));
     }
+    kubectl(
+        &kubeconfig,
+        &[
+            "-n",
+            &namespace,
+            "wait",
+            "--for=condition=Ready",
+            &format!("auditconsumer/{CONSUMER_NAME}"),
+            "--timeout=120s",
+        ],
+        None,
+    )?;
+    kubectl(
+        &kubeconfig,
+        &["-n", &namespace, "get", "pods,deploy", "-o", "wide"],
+        None,
+    )?;
+    println!();
+    kubectl(&kubeconfig, &["-n", &namespace, "get", "audit"], None)?;
 
     let js = jetstream::new(nats.client().await?);
     Ok(Running {
         kubeconfig,
         namespace,
         js,
-        pods,
+        kubelet,
         operator,
         _nats: nats,
-        _work: work,
     })
 }
 
@@ -223,20 +294,21 @@ async fn show(running: &Running) -> anyhow::Result<()> {
     step("Publishing sample audit events (structured, CloudEvents, raw) every 2 seconds");
     let Running {
         js,
-        pods,
+        kubelet,
         kubeconfig,
         namespace,
         ..
     } = running;
-    let mut offsets = vec![0u64; pods.replicas().len()];
+    let mut offsets: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     for n in 0u64.. {
         tick.tick().await;
         let (subject, payload) = sample_event(n);
         js.publish(subject, payload.into()).await?.await?;
-        for (replica, offset) in pods.replicas().iter().zip(offsets.iter_mut()) {
-            for line in new_lines(replica.stdout_path(), offset)? {
-                println!("\x1b[36m[{}]\x1b[0m {line}", replica.name());
+        for pod in kubelet.pods() {
+            let offset = offsets.entry(pod.uid.clone()).or_default();
+            for line in new_lines(pod.stdout_path(), offset)? {
+                println!("\x1b[36m[{}]\x1b[0m {line}", pod.name);
             }
         }
         if n % 5 == 4 {
@@ -303,15 +375,37 @@ fn new_lines(path: &Path, offset: &mut u64) -> anyhow::Result<Vec<String>> {
 }
 
 async fn cleanup(running: &mut Running) {
-    step("Stopping the consumer pods (SIGTERM: they drain, ack and exit)");
-    let names: Vec<String> = running
-        .pods
-        .replicas()
-        .iter()
-        .map(|r| r.name().to_owned())
-        .collect();
-    for (name, status) in names.iter().zip(running.pods.stop()) {
-        note(&format!("pod {name}: {status}"));
+    step(
+        "Scaling the consumer to 0: the local kubelet stops its pods (SIGTERM: they drain, ack and exit)",
+    );
+    let scaled = kubectl(
+        &running.kubeconfig,
+        &[
+            "-n",
+            &running.namespace,
+            "scale",
+            &format!("auditconsumer/{CONSUMER_NAME}"),
+            "--replicas=0",
+        ],
+        None,
+    );
+    if let Err(error) = scaled {
+        note(&format!("{error:#}"));
+    }
+    let kubelet = &running.kubelet;
+    let drained = wait::until(
+        "the consumer pods to stop",
+        WAIT,
+        Duration::from_millis(250),
+        || async { Ok(kubelet.pods().iter().all(|pod| pod.finished).then_some(())) },
+    )
+    .await;
+    if let Err(error) = drained {
+        note(&format!("{error:#}; stopping the node instead"));
+    }
+    for pod in running.kubelet.shutdown().await {
+        let exits: Vec<String> = pod.exits.iter().map(ToString::to_string).collect();
+        note(&format!("pod {}: {}", pod.name, exits.join(", ")));
     }
     step("Deleting the AuditConsumer and the AuditStream (the operator's finalizers run)");
     for kind in ["auditconsumers", "auditstreams"] {
