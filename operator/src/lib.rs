@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod nats_pool;
 pub mod options;
 pub mod stream;
+pub mod triggers;
 
 use std::sync::Arc;
 
@@ -64,29 +65,17 @@ pub async fn run(
     }
     telemetry.metrics.set_leader(true);
     telemetry.readiness.set_ready(false);
-    let lost = futures::FutureExt::shared(Box::pin(leader::hold_until_lost(
-        client.clone(),
-        lease.clone(),
-    )));
-    let stop = {
-        let lost = lost.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            tokio::select! {
-                () = lost => {}
-                () = shutdown => {}
-            }
+    // On losing the Lease the controllers are dropped at once rather than shut down
+    // gracefully: a graceful shutdown waits for in-flight reconciliations, which could still
+    // be writing after a standby has taken over.
+    tokio::select! {
+        () = run_controllers(client.clone(), options, telemetry.clone(), shutdown) => Ok(()),
+        () = leader::hold_until_lost(client, lease.clone()) => {
+            telemetry.metrics.set_leader(false);
+            telemetry.readiness.set_ready(false);
+            Err(RunError::LeadershipLost(lease.name))
         }
-    };
-    let renewing = tokio::spawn(lost.clone());
-    run_controllers(client, options, telemetry.clone(), stop).await;
-    telemetry.metrics.set_leader(false);
-    let lost_lease = renewing.is_finished();
-    renewing.abort();
-    if lost_lease {
-        return Err(RunError::LeadershipLost(lease.name));
     }
-    Ok(())
 }
 
 /// What each controller gets from the operator around it: where to count its reconciliations,

@@ -362,6 +362,10 @@ async fn malformed_specs_are_rejected_by_the_schema() -> anyhow::Result<()> {
             "servers",
         ),
         (
+            json!({ "connection": { "servers": ["nats://auditor:s3cret@nats:4222"] }, "subjects": ["a"] }),
+            "servers",
+        ),
+        (
             json!({ "connection": { "servers": [url] }, "subjects": ["a"], "maxAge": "3d" }),
             "maxAge",
         ),

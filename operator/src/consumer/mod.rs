@@ -88,8 +88,8 @@ pub async fn run(
 ) {
     let consumers: Api<Guarded> = scoped(&client, &options);
     let watch = || watcher::Config::default().any_semantic();
-    let controller = Controller::new(consumers, watch());
-    let consumer_store = controller.store();
+    let (consumer_store, trigger) = crate::triggers::spec_changes(consumers);
+    let controller = Controller::for_stream(trigger, consumer_store.clone());
     let metrics = hooks.metrics.clone();
     hooks.report_synced_when_ready(consumer_store.clone());
 
@@ -117,9 +117,8 @@ pub async fn run(
         .owns(scoped::<ServiceAccount>(&client, &options), watch())
         .owns(scoped::<PodDisruptionBudget>(&client, &options), watch())
         .owns(scoped::<NetworkPolicy>(&client, &options), watch())
-        .watches(
-            scoped::<GuardedStream>(&client, &options),
-            watch(),
+        .watches_stream(
+            crate::triggers::stream_readiness_changes(scoped::<GuardedStream>(&client, &options)),
             move |stream| consumers_of_stream(&by_stream, &stream.name_any(), stream.namespace()),
         )
         .watches(
@@ -350,7 +349,7 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
         Ok(done) => Report {
             stream_name: Some(done.stream_name.clone()),
             consumer: Some(&done.info),
-            workload: done.deployment.status.as_ref(),
+            workload: Some(&done.deployment),
             failure: None,
         },
         Err((stage, stream_name, error)) => Report {

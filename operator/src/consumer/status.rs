@@ -5,7 +5,7 @@
 
 use async_nats::jetstream::consumer::Info;
 use k8s_openapi::{
-    api::apps::v1::DeploymentStatus,
+    api::apps::v1::{Deployment, DeploymentStatus},
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
 
@@ -35,8 +35,8 @@ pub struct Report<'a> {
     pub stream_name: Option<String>,
     /// The durable consumer as NATS reported it, once applied.
     pub consumer: Option<&'a Info>,
-    /// The Deployment's status, once applied.
-    pub workload: Option<&'a DeploymentStatus>,
+    /// The Deployment as applied (its generation tells whether its status is current).
+    pub workload: Option<&'a Deployment>,
     /// Where and why the reconciliation stopped, if it did.
     pub failure: Option<(Stage, &'a Error)>,
 }
@@ -78,7 +78,7 @@ pub fn desired_status(
         ),
     );
     let workload = match (failed_at, report.workload) {
-        (None, Some(status)) => workload_condition(consumer, status),
+        (None, Some(deployment)) => workload_condition(consumer, deployment),
         _ => detail(Stage::Workload, ("WorkloadAvailable", String::new())),
     };
 
@@ -143,7 +143,7 @@ pub fn desired_status(
         selector: Some(selector_string(consumer)),
         ..previous
     };
-    if let Some(workload) = report.workload {
+    if let Some(workload) = report.workload.and_then(|d| d.status.as_ref()) {
         status.replicas = Some(workload.replicas.unwrap_or(0));
         status.ready_replicas = Some(workload.ready_replicas.unwrap_or(0));
     }
@@ -157,20 +157,28 @@ pub fn desired_status(
     status
 }
 
-/// `WorkloadAvailable` from the Deployment's status: every desired pod updated and ready.
+/// `WorkloadAvailable` from the Deployment's status: every desired pod updated and ready, no
+/// old pod left, and the status describing the Deployment's current generation. Right after a
+/// spec change the Deployment's status still describes the previous template, which must not
+/// read as a finished rollout.
 fn workload_condition(
     consumer: &AuditConsumer,
-    status: &DeploymentStatus,
+    deployment: &Deployment,
 ) -> (&'static str, String, String) {
+    let default_status = DeploymentStatus::default();
+    let status = deployment.status.as_ref().unwrap_or(&default_status);
     let desired = consumer.spec.replicas;
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    let current = deployment.metadata.generation.is_some()
+        && status.observed_generation >= deployment.metadata.generation;
     let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
         c.type_ == "Progressing"
             && c.status == "False"
             && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     });
-    if ready >= desired && updated >= desired {
+    if current && ready >= desired && updated >= desired && total <= updated {
         (
             "True",
             "WorkloadAvailable".into(),
@@ -245,14 +253,51 @@ mod tests {
         .unwrap()
     }
 
-    fn deployment(ready: i32) -> DeploymentStatus {
-        DeploymentStatus {
-            replicas: Some(1),
-            ready_replicas: Some(ready),
-            updated_replicas: Some(1),
-            observed_generation: Some(1),
-            ..DeploymentStatus::default()
+    fn deployment(ready: i32) -> Deployment {
+        Deployment {
+            metadata: kube::api::ObjectMeta {
+                generation: Some(1),
+                ..kube::api::ObjectMeta::default()
+            },
+            status: Some(DeploymentStatus {
+                replicas: Some(1),
+                ready_replicas: Some(ready),
+                updated_replicas: Some(1),
+                observed_generation: Some(1),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
         }
+    }
+
+    #[test]
+    fn a_rollout_the_deployment_controller_has_not_seen_yet_is_not_ready() {
+        let info = info(0, 0);
+        let mut workload = deployment(1);
+        workload.metadata.generation = Some(2);
+        let report = Report {
+            stream_name: Some("orders_audit".into()),
+            consumer: Some(&info),
+            workload: Some(&workload),
+            failure: None,
+        };
+        let status = desired_status(&consumer(MINIMAL), &report, &at(1));
+        assert_eq!(find(&status, READY).reason, "WorkloadProgressing");
+    }
+
+    #[test]
+    fn old_pods_still_running_is_not_ready() {
+        let info = info(0, 0);
+        let mut workload = deployment(1);
+        workload.status.as_mut().unwrap().replicas = Some(2);
+        let report = Report {
+            stream_name: Some("orders_audit".into()),
+            consumer: Some(&info),
+            workload: Some(&workload),
+            failure: None,
+        };
+        let status = desired_status(&consumer(MINIMAL), &report, &at(1));
+        assert_eq!(find(&status, READY).reason, "WorkloadProgressing");
     }
 
     fn find<'a>(status: &'a AuditConsumerStatus, type_: &str) -> &'a Condition {

@@ -10,12 +10,14 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct NatsConnection {
     /// NATS server URLs, e.g. `nats://nats.nats-system.svc:4222` or `tls://nats.example.com:4222`.
-    /// Several URLs of one cluster let the client fail over between them.
+    /// Several URLs of one cluster let the client fail over between them. Credentials do not
+    /// belong in a URL (`user:password@` is rejected): a URL is shown in status, Events, logs
+    /// and the consumer pods' arguments; use `auth` with a Secret instead.
     #[schemars(
         length(min = 1, max = 16),
         inner(
             length(min = 1, max = 512),
-            regex(pattern = r"^(nats|tls|ws|wss)://\S+$")
+            regex(pattern = r"^(nats|tls|ws|wss)://[^@\s]+$")
         )
     )]
     pub servers: Vec<String>,

@@ -77,8 +77,8 @@ pub async fn run(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(streams, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let (store, trigger) = crate::triggers::spec_changes(streams);
+    let controller = Controller::for_stream(trigger, store.clone());
     let metrics = hooks.metrics.clone();
     hooks.report_synced_when_ready(store.clone());
     let context = Arc::new(Context {

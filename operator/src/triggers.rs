@@ -1,0 +1,115 @@
+//! What wakes a controller.
+//!
+//! The operator's own status writes are watch events too. Unfiltered, each would start another
+//! reconciliation, and because the live state in the status (messages, pending, ack floor)
+//! moves with traffic, every pass would write again: reconciliation would run at the rate of
+//! the audit traffic instead of the requeue interval. So a resource wakes its controller only
+//! when a user changed it (spec: the generation; deletion also bumps the generation) or its
+//! finalizers changed; the periodic requeue refreshes the live state.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use futures::Stream;
+use kube::{
+    Api, Resource,
+    core::DeserializeGuard,
+    runtime::{
+        Predicate, PredicateConfig, WatchStreamExt,
+        predicates::{self},
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+
+use crate::crd::stream::AuditStream;
+
+/// The primary resource's cache and the stream of its objects that should be reconciled.
+pub fn spec_changes<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let trigger = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()),
+    )
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        PredicateConfig::default(),
+    );
+    (reader, trigger)
+}
+
+/// An AuditStream matters to the consumers reading it when its spec or its readiness changes,
+/// not when its message counters do.
+pub fn stream_generation_and_readiness(stream: &DeserializeGuard<AuditStream>) -> Option<u64> {
+    let generation = stream.meta().generation;
+    let ready = stream.0.as_ref().ok().and_then(|stream| {
+        stream.status.as_ref().and_then(|status| {
+            status
+                .conditions
+                .iter()
+                .find(|condition| condition.type_ == "Ready")
+                .map(|condition| condition.status.clone())
+        })
+    });
+    let mut hasher = DefaultHasher::new();
+    (generation, ready).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// AuditStreams, filtered to the changes their consumers care about.
+pub fn stream_readiness_changes(
+    api: Api<DeserializeGuard<AuditStream>>,
+) -> impl Stream<Item = Result<DeserializeGuard<AuditStream>, watcher::Error>> + Send + 'static {
+    watcher(api, watcher::Config::default().any_semantic())
+        .touched_objects()
+        .predicate_filter(stream_generation_and_readiness, PredicateConfig::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(yaml: &str) -> DeserializeGuard<AuditStream> {
+        DeserializeGuard(Ok(serde_yaml::from_str(yaml).unwrap()))
+    }
+
+    const BASE: &str = "
+apiVersion: audit.eventsaudit.io/v1alpha1
+kind: AuditStream
+metadata: {name: orders, namespace: shop, generation: 3}
+spec:
+  connection: {servers: ['nats://127.0.0.1:4222']}
+  subjects: [audit.>]
+";
+
+    #[test]
+    fn counters_moving_do_not_matter_but_readiness_does() {
+        let ready = |messages: u64, status: &str| {
+            stream(&format!(
+                "{BASE}status:\n  messages: {messages}\n  conditions:\n  - {{type: Ready, status: '{status}', reason: r, message: m, lastTransitionTime: '2026-11-22T00:00:00Z'}}\n"
+            ))
+        };
+        let key = stream_generation_and_readiness;
+        assert_eq!(key(&ready(1, "True")), key(&ready(500, "True")));
+        assert_ne!(key(&ready(1, "True")), key(&ready(1, "False")));
+        assert_ne!(
+            key(&ready(1, "True")),
+            key(&stream(&BASE.replace("generation: 3", "generation: 4")))
+        );
+    }
+}
