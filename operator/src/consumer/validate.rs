@@ -76,11 +76,19 @@ pub fn validate(consumer: &AuditConsumer) -> Result<ValidConsumer> {
             Start::Sequence(sequence.unsigned_abs())
         }
         (DeliverPolicy::ByStartTime, None, Some(time)) => {
-            time.parse::<Timestamp>().map_err(|e| {
+            let invalid = |e: &dyn std::fmt::Display| {
                 Error::InvalidSpec(format!(
                     "spec.startTime {time:?} is not an RFC 3339 time such as 2026-11-22T00:00:00Z: {e}"
                 ))
-            })?;
+            };
+            time.parse::<Timestamp>().map_err(|e| invalid(&e))?;
+            // What NATS is sent comes from async-nats' own RFC 3339 reader, which is stricter
+            // than jiff's in places: a time it refuses is an invalid spec, never a silent
+            // fallback to delivering everything.
+            serde_json::from_value::<async_nats::jetstream::consumer::DeliverPolicy>(
+                serde_json::json!({ "deliver_policy": "by_start_time", "opt_start_time": time }),
+            )
+            .map_err(|e| invalid(&e))?;
             Start::Time(time.clone())
         }
         (DeliverPolicy::ByStartSequence | DeliverPolicy::ByStartTime, ..)

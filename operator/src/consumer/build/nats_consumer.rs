@@ -57,13 +57,13 @@ fn deliver_policy(start: &Start) -> DeliverPolicy {
         Start::Sequence(start_sequence) => DeliverPolicy::ByStartSequence {
             start_sequence: *start_sequence,
         },
-        // async-nats's own RFC 3339 reader turns the validated string into its time type, so
-        // the operator needs no date library of its own.
+        // async-nats's own RFC 3339 reader turns the string into its time type; validation
+        // already ran this same conversion, so it cannot fail here.
         Start::Time(time) => serde_json::from_value(serde_json::json!({
             "deliver_policy": "by_start_time",
             "opt_start_time": time,
         }))
-        .unwrap_or_default(),
+        .expect("validate() accepted this start time with the same conversion"),
     }
 }
 
