@@ -257,6 +257,31 @@ impl ControlPlane {
         &self.kubeconfig_path
     }
 
+    /// A kubeconfig file whose requests act as `user` in `groups`, by impersonation: a child
+    /// process using it (the operator binary) has exactly the rights RBAC gives that user.
+    pub fn kubeconfig_as(&self, user: &str, groups: &[&str]) -> anyhow::Result<PathBuf> {
+        let dir = self
+            .kubeconfig_path
+            .parent()
+            .expect("the kubeconfig lives in the control plane's directory");
+        let file_name: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = dir.join(format!("{file_name}.kubeconfig"));
+        let mut kubeconfig: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig_path)?)?;
+        let auth = &mut kubeconfig["users"][0]["user"];
+        auth["as"] = user.into();
+        auth["as-groups"] = groups
+            .iter()
+            .map(|g| serde_yaml::Value::from(*g))
+            .chain(std::iter::once("system:authenticated".into()))
+            .collect();
+        std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+        Ok(path)
+    }
+
     /// The PEM of the CA that signed the API server's certificate.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem

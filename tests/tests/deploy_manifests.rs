@@ -109,6 +109,14 @@ async fn assert_pod_template_passes_restricted(deployment: &Deployment) -> anyho
     Ok(())
 }
 
+fn rules_of(manifests: &str, kind: &str) -> serde_yaml::Value {
+    serde_yaml::Deserializer::from_str(manifests)
+        .filter_map(|document| serde_yaml::Value::deserialize(document).ok())
+        .find(|value| value.get("kind").and_then(|k| k.as_str()) == Some(kind))
+        .and_then(|value| value.get("rules").cloned())
+        .unwrap_or_else(|| panic!("the manifests contain a {kind} with rules"))
+}
+
 fn rendered_deployment(manifests: &str) -> Deployment {
     serde_yaml::Deserializer::from_str(manifests)
         .filter_map(|document| serde_yaml::Value::deserialize(document).ok())
@@ -140,6 +148,9 @@ const OPERATOR_NEVER_NEEDS: &[&str] = &[
     "create pods",
     "delete auditstreams.audit.eventsaudit.io",
     "create clusterrolebindings.rbac.authorization.k8s.io",
+    "update deployments.apps",
+    "update auditstreams.audit.eventsaudit.io",
+    "patch leases.coordination.k8s.io",
 ];
 
 fn can_i(service_account: &str, check: &str, namespace: &str) -> bool {
@@ -209,6 +220,17 @@ async fn helm_chart_installs_without_drift_and_runs_restricted() -> anyhow::Resu
     );
 
     assert_pod_template_passes_restricted(&rendered_deployment(&rendered)).await?;
+    // The chart and the Kustomize base are written separately; their rights must not drift.
+    let kustomized = stdout(&run(
+        "kubectl",
+        &["kustomize", "deploy/kustomize/base"],
+        None,
+    ));
+    assert_eq!(
+        rules_of(&rendered, "ClusterRole"),
+        rules_of(&kustomized, "ClusterRole"),
+        "the chart's ClusterRole differs from deploy/kustomize/base/rbac.yaml"
+    );
     assert_rbac_is_least_privilege(
         &format!("system:serviceaccount:{namespace}:audit-audit-operator"),
         &namespace,
