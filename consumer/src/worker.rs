@@ -216,7 +216,7 @@ impl<W: Write + Send> Worker<W> {
                     // and leave the rest to the server's redelivery.
                     self.take_ready(messages, in_flight, batch, &mut end);
                     self.commit(in_flight, started).await?;
-                    hand_back_ready(messages).await;
+                    hand_back_ready(messages, None).await;
                     return Ok((StreamEnd::Shutdown, progressed));
                 }
                 Some(None) => return Ok((StreamEnd::Closed, progressed)),
@@ -225,6 +225,9 @@ impl<W: Write + Send> Worker<W> {
             }
             self.take_ready(messages, in_flight, batch, &mut end);
             if !self.commit(in_flight, started).await? {
+                // What the subscription already holds would fail the same way; hand it back
+                // now rather than leave it to the ack wait.
+                hand_back_ready(messages, Some(self.pull.nak_delay)).await;
                 return Ok((StreamEnd::OutputFailed, progressed));
             }
             progressed = true;
@@ -361,11 +364,11 @@ impl<W: Write + Send> Worker<W> {
     }
 }
 
-/// Naks, without delay, what the subscription delivered beyond the last batch, so that the
-/// next instance gets it at once instead of after the ack wait.
-async fn hand_back_ready(messages: &mut Stream) {
+/// Naks what the subscription has delivered but the worker will not process, so that it is
+/// redelivered after `delay` (to the next instance, on shutdown) instead of after the ack wait.
+async fn hand_back_ready(messages: &mut Stream, delay: Option<Duration>) {
     while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
+        if let Err(err) = message.ack_with(AckKind::Nak(delay)).await {
             tracing::debug!(%err, "nak not sent; the event will be redelivered after ack wait");
         }
     }
