@@ -165,8 +165,10 @@ impl LineRenderer {
                 write_text_value(out, text.as_bytes());
             }
             Event::Binary(bytes) => {
-                out.extend_from_slice(b" raw_base64=");
+                // Quoted: base64 padding is `=`, which a bare value must not contain.
+                out.extend_from_slice(b" raw_base64=\"");
                 write_base64(out, bytes);
+                out.push(b'"');
             }
         }
     }
@@ -453,7 +455,7 @@ mod tests {
             render(Format::Text, &[], None, "\u{1b}[31m".as_bytes())
                 .ends_with(" raw=\"\\u001b[31m\"\n")
         );
-        assert!(render(Format::Text, &[], None, b"\xff").ends_with(" raw_base64=/w==\n"));
+        assert!(render(Format::Text, &[], None, b"\xff").ends_with(" raw_base64=\"/w==\"\n"));
     }
 
     #[test]
