@@ -534,8 +534,10 @@ async fn pods_that_really_run_log_and_ack_every_event() -> anyhow::Result<()> {
     )
     .await?;
     let ready = env.wait_condition("reader", "Ready", "True").await?;
-    assert_eq!(
-        ready["message"], "consuming stream ORDERS as reader with 2 ready pod(s)",
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 ready pod(s)")),
         "{ready}"
     );
     let workload = env.condition("reader", "WorkloadAvailable").await?.unwrap();

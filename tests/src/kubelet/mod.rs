@@ -16,6 +16,8 @@ mod container;
 mod node;
 mod probe;
 mod status;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -56,7 +58,8 @@ impl KubeletBuilder {
         self
     }
 
-    /// The Node's name; `local-kubelet` unless set.
+    /// The Node's name; `local-kubelet` unless set. Kubelets that run at the same time in one
+    /// control plane should have names of their own: each reports its Node's readiness.
     pub fn node_name(mut self, name: &str) -> Self {
         name.clone_into(&mut self.node);
         self

@@ -225,6 +225,10 @@ impl PodWorker {
             Run::Running { .. } => {
                 if let Some(status) = self.ctx.try_wait(&self.uid) {
                     self.exited(pod, status);
+                    // A restart without back-off happens now, not after a status saying it waits.
+                    if matches!(self.run, Run::Waiting { until, .. } if until <= Instant::now()) {
+                        self.start(pod).await;
+                    }
                 } else {
                     self.probe(pod).await;
                 }
@@ -515,8 +519,9 @@ impl PodWorker {
             };
             self.run = Run::Terminated(terminated);
         } else if let Run::Waiting { .. } = self.run {
+            // What a kubelet reports for a container that never ran: the pod ends Failed.
             self.run = Run::Terminated(ContainerStateTerminated {
-                exit_code: 0,
+                exit_code: 137,
                 reason: Some("ContainerStatusUnknown".to_owned()),
                 message: Some("the container was not running when the pod ended".to_owned()),
                 ..ContainerStateTerminated::default()
