@@ -682,7 +682,11 @@ async fn pods_that_really_run_log_and_ack_every_event() -> anyhow::Result<()> {
     assert_eq!(pods.len(), 2);
     for pod in &pods {
         assert_eq!(pod.restart_count, 0, "{pod:?}");
-        assert_eq!(pod.error, None, "every API write of the kubelet succeeded");
+        assert_eq!(pod.error, None);
+        assert_eq!(
+            pod.api_error, None,
+            "every API write of the kubelet succeeded"
+        );
         assert!(
             pod.exits.len() == 1 && pod.exits[0].success(),
             "SIGTERM drains and exits 0: {pod:?}"

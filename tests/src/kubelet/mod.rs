@@ -233,8 +233,10 @@ pub struct LocalPod {
     pub restart_count: i32,
     /// How each run of its container ended, in order.
     pub exits: Vec<ExitStatus>,
-    /// Why its container cannot start, or the last API error about it.
+    /// Why its container cannot start (cleared once it starts).
     pub error: Option<String>,
+    /// The last failed write about it to the API server (binding, status, deletion).
+    pub api_error: Option<String>,
     /// The pod left this node (deleted, or the node shut down).
     pub finished: bool,
     stdout: PathBuf,
@@ -264,7 +266,7 @@ impl LocalPod {
         let stderr = self.stderr();
         let lines: Vec<&str> = stderr.lines().collect();
         format!(
-            "- {} ready={} running={} restarts={} exits={:?} finished={} error={:?}; last standard error lines:\n{}",
+            "- {} ready={} running={} restarts={} exits={:?} finished={} error={:?} api_error={:?}; last standard error lines:\n{}",
             self.name,
             self.ready,
             self.running,
@@ -272,6 +274,7 @@ impl LocalPod {
             self.exits,
             self.finished,
             self.error,
+            self.api_error,
             lines[lines.len().saturating_sub(10)..].join("\n")
         )
     }
@@ -300,6 +303,7 @@ struct PodRecord {
     restart_count: i32,
     exits: Vec<ExitStatus>,
     error: Option<String>,
+    api_error: Option<String>,
     finished: bool,
     stdout: PathBuf,
     stderr: PathBuf,
@@ -315,6 +319,7 @@ impl PodRecord {
             restart_count: self.restart_count,
             exits: self.exits.clone(),
             error: self.error.clone(),
+            api_error: self.api_error.clone(),
             finished: self.finished,
             stdout: self.stdout.clone(),
             stderr: self.stderr.clone(),
@@ -361,6 +366,7 @@ impl Context {
             restart_count: 0,
             exits: Vec::new(),
             error: None,
+            api_error: None,
             finished: false,
             stdout: dir.join("stdout.log"),
             stderr: dir.join("stderr.log"),
@@ -398,9 +404,16 @@ impl Context {
         Ok(())
     }
 
-    fn note_error(&self, uid: &str, error: String) {
+    /// Why the container cannot start.
+    fn note_start_error(&self, uid: &str, error: String) {
         tracing::warn!("{error}");
         self.with_record(uid, |r| r.error = Some(error));
+    }
+
+    /// A failed write to the API server; the worker tries again on its next sync.
+    fn note_api_error(&self, uid: &str, error: String) {
+        tracing::warn!("{error}");
+        self.with_record(uid, |r| r.api_error = Some(error));
     }
 
     fn set_process(&self, uid: &str, child: Child) {

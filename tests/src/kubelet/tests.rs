@@ -179,7 +179,9 @@ async fn restart_policies_deletion_and_refusals() -> anyhow::Result<()> {
     );
 
     // A node shutdown ends what still runs, and the pods say why.
-    kubelet.shutdown().await;
+    for pod in kubelet.shutdown().await {
+        assert_eq!(pod.api_error, None, "every API write succeeded: {pod:?}");
+    }
     let crasher = pods.get("crasher").await?.status.unwrap_or_default();
     assert_eq!(crasher.phase.as_deref(), Some("Failed"));
     assert_eq!(crasher.reason.as_deref(), Some("Terminated"));

@@ -177,7 +177,7 @@ impl PodWorker {
                 )
                 .await
             {
-                self.ctx.note_error(
+                self.ctx.note_api_error(
                     &self.uid,
                     format!("reporting pod {} unschedulable: {e}", self.name),
                 );
@@ -208,7 +208,7 @@ impl PodWorker {
             Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {}
             Err(e) => {
                 self.ctx
-                    .note_error(&self.uid, format!("binding pod {}: {e}", self.name));
+                    .note_api_error(&self.uid, format!("binding pod {}: {e}", self.name));
             }
         }
     }
@@ -244,7 +244,7 @@ impl PodWorker {
                 Ok(prepared) => self.prepared = Some(prepared),
                 Err(e) => {
                     let message = format!("{e:#}");
-                    self.ctx.note_error(&self.uid, message.clone());
+                    self.ctx.note_start_error(&self.uid, message.clone());
                     self.run = Run::Waiting {
                         reason: "CreateContainerConfigError",
                         message: Some(message),
@@ -280,7 +280,7 @@ impl PodWorker {
             }
             Err(e) => {
                 let message = format!("{e:#}");
-                self.ctx.note_error(&self.uid, message.clone());
+                self.ctx.note_start_error(&self.uid, message.clone());
                 self.run = Run::Waiting {
                     reason: "RunContainerError",
                     message: Some(message),
@@ -494,7 +494,7 @@ impl PodWorker {
         {
             Ok(_) => self.written = Some(status),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => self.ctx.note_error(
+            Err(e) => self.ctx.note_api_error(
                 &self.uid,
                 format!("writing the status of pod {}: {e}", self.name),
             ),
@@ -555,7 +555,7 @@ impl PodWorker {
             Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => {}
             Err(e) => self
                 .ctx
-                .note_error(&self.uid, format!("deleting pod {}: {e}", self.name)),
+                .note_api_error(&self.uid, format!("deleting pod {}: {e}", self.name)),
         }
         self.ctx.set_finished(&self.uid);
     }
