@@ -78,6 +78,7 @@ impl KubeletBuilder {
         let node_labels = BTreeMap::from([
             ("kubernetes.io/hostname".to_owned(), self.node.clone()),
             ("kubernetes.io/os".to_owned(), "linux".to_owned()),
+            ("kubernetes.io/arch".to_owned(), node::arch().to_owned()),
         ]);
         let ctx = Arc::new(Context {
             pods: Api::namespaced(self.client.clone(), &self.namespace),

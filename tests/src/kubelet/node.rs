@@ -84,7 +84,7 @@ fn ready_condition(status: &str, reason: &str, message: &str, now: &Time) -> ser
 }
 
 /// The architecture as Kubernetes names it.
-fn arch() -> &'static str {
+pub(super) fn arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
