@@ -1,8 +1,11 @@
 //! The operator under test: its CRDs installed from `crds/` (the committed manifests users
-//! apply), and the real `audit-operator` binary run against the shared control plane.
+//! apply), and the real `audit-operator` binary run against the shared control plane with
+//! the rights of its shipped RBAC, not as an administrator.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -12,7 +15,7 @@ use tempfile::TempDir;
 use crate::kube_env::ControlPlane;
 use crate::ports::free_port;
 use crate::process::ServerProcess;
-use crate::testenv::{cargo_bin, workspace_root};
+use crate::testenv::{cargo_bin, testenv_bin, workspace_root};
 use crate::wait;
 
 /// Server-side applies every CRD in `crds/` and waits until each is Established.
@@ -52,8 +55,91 @@ pub async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running `audit-operator` binary with admin credentials, its health listener on a free
-/// loopback port, and its log in a private directory.
+/// The identity the operator runs as in a cluster: the ServiceAccount of the Kustomize base
+/// (the chart's ClusterRole has the same rules; a deploy test checks it).
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "system:serviceaccount:audit-system:audit-operator";
+/// Namespace of the operator's leader-election Role in the Kustomize base.
+pub const OPERATOR_NAMESPACE: &str = "audit-system";
+
+/// Applies the RBAC objects of `deploy/kustomize/base` (and their namespace) once per test
+/// binary, and returns a kubeconfig that acts as the operator's ServiceAccount. Every test
+/// that runs the operator so proves that the shipped RBAC is enough for what it does.
+fn operator_kubeconfig() -> anyhow::Result<PathBuf> {
+    static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(path) = KUBECONFIG.get() {
+        return Ok(path.clone());
+    }
+    let control_plane = ControlPlane::shared();
+    let kubectl_as =
+        |kubeconfig: &Path, args: &[&str], input: Option<&str>| -> anyhow::Result<String> {
+            let mut child = Command::new(testenv_bin("kubectl"))
+                .args(args)
+                .current_dir(workspace_root())
+                .env("KUBECONFIG", kubeconfig)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            if let Some(text) = input {
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin is piped")
+                    .write_all(text.as_bytes())?;
+            }
+            let output = child.wait_with_output()?;
+            anyhow::ensure!(
+                output.status.success(),
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            Ok(String::from_utf8(output.stdout)?)
+        };
+    let kubectl = |args: &[&str], input: Option<&str>| {
+        kubectl_as(control_plane.kubeconfig_path(), args, input)
+    };
+    let base = kubectl(&["kustomize", "deploy/kustomize/base"], None)?;
+    let rbac: Vec<String> = base
+        .split("\n---\n")
+        .filter(|document| {
+            let kind = serde_yaml::from_str::<serde_yaml::Value>(document)
+                .ok()
+                .and_then(|value| {
+                    value
+                        .get("kind")
+                        .and_then(|k| k.as_str())
+                        .map(str::to_owned)
+                });
+            matches!(
+                kind.as_deref(),
+                Some("Namespace" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding")
+            )
+        })
+        .map(str::to_owned)
+        .collect();
+    kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=audit-tests",
+            "-f",
+            "-",
+        ],
+        Some(&rbac.join("\n---\n")),
+    )?;
+    let path = control_plane.kubeconfig_as(
+        OPERATOR_SERVICE_ACCOUNT,
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:audit-system",
+        ],
+    )?;
+    Ok(KUBECONFIG.get_or_init(|| path).clone())
+}
+
+/// A running `audit-operator` binary with the rights of its shipped RBAC, its health listener
+/// on a free loopback port, and its log in a private directory.
 pub struct OperatorProcess {
     process: ServerProcess,
     health_port: u16,
@@ -78,7 +164,7 @@ impl OperatorProcess {
             .args(["--nats-timeout", "2s"])
             .args(args)
             .current_dir(dir.path())
-            .env("KUBECONFIG", ControlPlane::shared().kubeconfig_path())
+            .env("KUBECONFIG", operator_kubeconfig()?)
             .env("RUST_LOG", "info,audit_operator=debug");
         let log_path = dir.path().join("operator.log");
         let process = ServerProcess::spawn("audit-operator", command, &log_path)?;

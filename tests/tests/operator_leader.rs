@@ -7,7 +7,7 @@ use std::time::Duration;
 use audit_tests::http;
 use audit_tests::kube_env::ControlPlane;
 use audit_tests::nats::NatsServer;
-use audit_tests::operator::{OperatorProcess, install_crds};
+use audit_tests::operator::{OPERATOR_NAMESPACE, OperatorProcess, install_crds};
 use audit_tests::wait;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -100,7 +100,7 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
             "--leader-election",
             "true",
             "--lease-namespace",
-            namespace.as_str(),
+            OPERATOR_NAMESPACE,
             "--instance",
             identity,
         ]
@@ -113,7 +113,8 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
         OperatorProcess::start(&args_b.iter().map(String::as_str).collect::<Vec<_>>())?,
     ];
 
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    // The Lease lives where the shipped RBAC lets the operator hold it.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let first_leader = wait::until(
         "one replica to take the Lease",
         Duration::from_secs(30),
