@@ -5,11 +5,13 @@
 //!
 //! Besides AuditConsumers it watches the objects it owns (a deleted or hand-edited Deployment
 //! is put back at once), the AuditStreams (a stream turning Ready requeues its consumers) and
-//! Secrets (a rotated credential rolls the pods that mount it).
+//! Secrets (a rotated credential rolls the pods that mount it). An AuditConsumer with a
+//! `maxDeliver` is also woken by NATS's advisories about events that reached it.
 
 pub mod apply;
 pub mod build;
 pub mod dereference;
+pub mod max_deliveries;
 pub mod status;
 pub mod validate;
 
@@ -45,6 +47,7 @@ use self::{
     apply::{Change, Deletion, FIELD_MANAGER},
     build::{WorkloadInputs, nats_consumer, workload_name},
     dereference::Referenced,
+    max_deliveries::MaxDeliveries,
     status::{Report, Stage},
 };
 use crate::{
@@ -75,6 +78,7 @@ pub struct Context {
     options: Options,
     retries: Retries<ObjectRef<Guarded>>,
     metrics: Arc<Metrics>,
+    max_deliveries: MaxDeliveries,
 }
 
 /// Runs the AuditConsumer controller until `shutdown` completes.
@@ -104,6 +108,7 @@ pub async fn run(
 
     let by_stream = consumer_store.clone();
     let by_secret = consumer_store;
+    let (max_deliveries, advised) = MaxDeliveries::new();
     let context = Arc::new(Context {
         client: client.clone(),
         metrics,
@@ -111,6 +116,7 @@ pub async fn run(
         pool,
         retries: Retries::new(options.retry),
         options: options.clone(),
+        max_deliveries,
     });
     let controller = controller
         .owns(scoped::<Deployment>(&client, &options), watch())
@@ -126,6 +132,12 @@ pub async fn run(
             watch(),
             move |secret| consumers_using_secret(&by_secret, &stream_store, &secret),
         )
+        .watches_stream(advised.map(Ok), |advised| {
+            Some(
+                ObjectRef::new(&advised.name_any())
+                    .within(&advised.namespace().unwrap_or_default()),
+            )
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -249,6 +261,11 @@ fn pool_user(consumer: &AuditConsumer) -> String {
     )
 }
 
+/// The controller's reference to `consumer`.
+fn object_ref(consumer: &AuditConsumer) -> ObjectRef<Guarded> {
+    ObjectRef::new(&consumer.name_any()).within(&consumer.namespace().unwrap_or_default())
+}
+
 /// What a successful pass produced.
 struct Reconciled {
     stream_name: String,
@@ -276,12 +293,25 @@ async fn pipeline(
 
     let valid = validate::validate(consumer).map_err(at(Stage::Consumer))?;
     let desired = nats_consumer::desired_config(consumer, &valid);
-    let js = jetstream_context(ctx, consumer, &referenced)
+    let client = ctx
+        .pool
+        .client(&pool_user(consumer), &referenced.connection)
         .await
         .map_err(at(Stage::Consumer))?;
+    let js = jetstream_of(client.clone(), &referenced);
     let (change, info) = apply::apply_consumer(&js, &stream_name, &desired)
         .await
         .map_err(at(Stage::Consumer))?;
+    // Listen once the durable exists: NATS advises only while someone listens.
+    if valid.max_deliver > 0 {
+        let subject = max_deliveries::advisory_subject(&stream_name, &valid.durable_name);
+        ctx.max_deliveries
+            .watch(&object_ref(consumer), &client, subject)
+            .await
+            .map_err(at(Stage::Consumer))?;
+    } else {
+        ctx.max_deliveries.forget(&object_ref(consumer));
+    }
 
     let inputs = WorkloadInputs {
         valid: &valid,
@@ -337,10 +367,17 @@ async fn jetstream_context(
         .pool
         .client(&pool_user(consumer), &referenced.connection)
         .await?;
-    Ok(match &referenced.connection.js_domain {
+    Ok(jetstream_of(client, referenced))
+}
+
+fn jetstream_of(
+    client: async_nats::Client,
+    referenced: &Referenced,
+) -> async_nats::jetstream::Context {
+    match &referenced.connection.js_domain {
         Some(domain) => async_nats::jetstream::with_domain(client, domain),
         None => async_nats::jetstream::new(client),
-    })
+    }
 }
 
 async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
@@ -358,12 +395,33 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
             ..Report::default()
         },
     };
-    let status = status::desired_status(consumer, &report, &Time(Timestamp::now()));
+    let mut status = status::desired_status(consumer, &report, &Time(Timestamp::now()));
+    let key = object_ref(consumer);
+    let unreported = ctx.max_deliveries.unreported(&key);
+    let recorded = unreported.map(|u| max_deliveries::fold_into(&mut status, &u));
     if consumer.status.as_ref() != Some(&status) {
         patch_status(ctx, consumer, &status).await?;
     }
     let reference = consumer.object_ref(&());
     let durable = consumer.durable_name();
+    if let (Some(unreported), Some(recorded)) = (unreported, recorded) {
+        ctx.max_deliveries.reported(&key, &unreported, recorded);
+        if unreported.new.count > 0 {
+            let stream = status.stream_name.as_deref().unwrap_or_default();
+            let max_deliver = consumer.spec.max_deliver.unwrap_or_default();
+            let note = max_deliveries::warning(unreported.new.count, recorded, max_deliver, stream);
+            warn!(consumer = %durable, namespace = ?consumer.namespace(), reason = "MaxDeliveriesReached", "{note}");
+            publish(
+                ctx,
+                &reference,
+                EventType::Warning,
+                "MaxDeliveriesReached",
+                "Apply",
+                note,
+            )
+            .await;
+        }
+    }
     match result {
         Ok(done) => {
             let note = match &done.change {
@@ -445,6 +503,7 @@ async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
     };
     info!(consumer = %durable, namespace = ?consumer.namespace(), reason, "{note}");
     publish(ctx, &reference, EventType::Normal, reason, "Delete", note).await;
+    ctx.max_deliveries.forget(&object_ref(consumer));
     ctx.pool.release(&pool_user(consumer));
     Ok(Action::await_change())
 }

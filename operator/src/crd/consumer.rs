@@ -84,6 +84,13 @@ use serde::{Deserialize, Serialize};
         priority = 1
     ),
     printcolumn(
+        name = "Max Delivered",
+        type_ = "integer",
+        json_path = ".status.maxDeliveriesReached",
+        description = "Events that reached maxDeliver and will not be redelivered",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -149,7 +156,9 @@ pub struct AuditConsumerSpec {
 
     /// How often an event is delivered before NATS gives up on it. Unlimited when omitted
     /// (the default): an audit event must not be dropped after failed writes. Events that
-    /// reach a limit are counted in the consumer's metrics (`terminated`).
+    /// reach a limit stay in the stream but are no longer delivered; the operator counts them
+    /// in `status.maxDeliveriesReached` and reports them in a `MaxDeliveriesReached` Warning
+    /// Event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_deliver: Option<i64>,
@@ -411,6 +420,17 @@ pub struct AuditConsumerStatus {
     /// Stream sequence of the last event delivered, as last observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered: Option<u64>,
+
+    /// Events that reached `maxDeliver` and will not be redelivered. They remain in the stream
+    /// (the last at `lastMaxDeliveredSequence`) and can be replayed by a new AuditConsumer
+    /// starting at their sequence. Counted from the NATS max-deliveries advisories while
+    /// `maxDeliver` is set; advisories published while no operator ran are not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliveries_reached: Option<u64>,
+
+    /// Stream sequence of the last event that reached `maxDeliver`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_max_delivered_sequence: Option<u64>,
 }
 
 impl AuditConsumer {
