@@ -144,7 +144,8 @@ pub struct BindingArgs {
 
     /// Standalone mode: create the stream and the consumer if they are missing. Without it
     /// both must already exist (the operator creates them).
-    #[arg(long, env = "AUDIT_CONSUMER_CREATE", requires = "subjects")]
+    // Checked in `validate`: clap's `requires` would also fire for AUDIT_CONSUMER_CREATE=false.
+    #[arg(long, env = "AUDIT_CONSUMER_CREATE")]
     pub create: bool,
 
     /// With --create: subjects the stream captures, comma-separated.
@@ -259,6 +260,15 @@ impl Args {
                 humantime::format_duration(self.pull.expires)
             ));
         }
+        if self.binding.create
+            && self
+                .binding
+                .subjects
+                .iter()
+                .all(|subject| subject.is_empty())
+        {
+            return Err("--create needs --subjects (the subjects the stream captures)".into());
+        }
         if self.runtime.info_interval.is_zero() {
             return Err("--info-interval must be non-zero".into());
         }
@@ -348,7 +358,6 @@ mod tests {
             &["--token-file", "/t", "--creds-file", "/c"][..],
             &["--user", "u"],
             &["--tls-cert-file", "/c"],
-            &["--create"],
             &["--js-domain", "d", "--js-api-prefix", "p"],
             &["--batch", "0"],
             &["--format", "yaml"],
@@ -358,6 +367,13 @@ mod tests {
             assert!(parse(&args).is_err(), "{extra:?} must be rejected");
         }
         assert!(parse(&["--stream", "S", "--consumer", "C"]).is_err());
+    }
+
+    #[test]
+    fn create_needs_subjects() {
+        let mut args = REQUIRED.to_vec();
+        args.push("--create");
+        assert!(parse(&args).unwrap().validate().is_err());
     }
 
     #[test]
