@@ -69,17 +69,28 @@ pub struct NatsArgs {
     #[arg(
         long,
         env = "AUDIT_CONSUMER_USER",
-        group = "auth",
+        groups = ["auth", "user_name"],
         requires = "password_file"
     )]
     pub user: Option<String>,
 
-    /// File holding the password for --user.
+    /// File holding the user name, instead of --user: a name kept in a Secret stays out of
+    /// the pod's arguments (the operator uses this).
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_USER_FILE",
+        value_name = "PATH",
+        groups = ["auth", "user_name"],
+        requires = "password_file"
+    )]
+    pub user_file: Option<PathBuf>,
+
+    /// File holding the password for --user or --user-file.
     #[arg(
         long,
         env = "AUDIT_CONSUMER_PASSWORD_FILE",
         value_name = "PATH",
-        requires = "user"
+        requires = "user_name"
     )]
     pub password_file: Option<PathBuf>,
 
@@ -357,6 +368,9 @@ mod tests {
         for extra in [
             &["--token-file", "/t", "--creds-file", "/c"][..],
             &["--user", "u"],
+            &["--user-file", "/u"],
+            &["--password-file", "/p"],
+            &["--user", "u", "--user-file", "/u", "--password-file", "/p"],
             &["--tls-cert-file", "/c"],
             &["--js-domain", "d", "--js-api-prefix", "p"],
             &["--batch", "0"],
@@ -367,6 +381,20 @@ mod tests {
             assert!(parse(&args).is_err(), "{extra:?} must be rejected");
         }
         assert!(parse(&["--stream", "S", "--consumer", "C"]).is_err());
+    }
+
+    #[test]
+    fn the_user_name_can_come_from_a_file() {
+        let mut args = REQUIRED.to_vec();
+        args.extend([
+            "--user-file",
+            "/s/username",
+            "--password-file",
+            "/s/password",
+        ]);
+        let args = parse(&args).unwrap();
+        assert_eq!(args.nats.user_file, Some(PathBuf::from("/s/username")));
+        assert_eq!(args.nats.user, None);
     }
 
     #[test]

@@ -74,8 +74,15 @@ async fn options(args: &NatsArgs) -> Result<ConnectOptions> {
     if let Some(path) = &args.nkey_seed_file {
         options = options.nkey(read_secret("NKey seed", path).await?);
     }
-    if let (Some(user), Some(path)) = (&args.user, &args.password_file) {
-        options = options.user_and_password(user.clone(), read_secret("password", path).await?);
+    if let Some(path) = &args.password_file {
+        let user = match (&args.user, &args.user_file) {
+            (Some(user), _) => user.clone(),
+            (None, Some(user_file)) => read_secret("user name", user_file).await?,
+            (None, None) => {
+                unreachable!("clap requires --user or --user-file with --password-file")
+            }
+        };
+        options = options.user_and_password(user, read_secret("password", path).await?);
     }
     if let Some(path) = &args.token_file {
         options = options.token(read_secret("token", path).await?);

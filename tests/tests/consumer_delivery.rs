@@ -150,3 +150,57 @@ async fn standalone_mode_creates_stream_and_consumer() -> anyhow::Result<()> {
     assert!(line.ends_with(" raw=hello"), "{line}");
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_and_user_password_from_files_only() -> anyhow::Result<()> {
+    let secrets = tempfile::tempdir()?;
+    let ca = audit_tests::certs::TestCa::new("consumer-test-ca")?;
+    let serving = ca.loopback_server("nats-server")?;
+    let write = |name: &str, text: &str| -> anyhow::Result<String> {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.display().to_string())
+    };
+    let (cert, key) = (
+        write("server.crt", &serving.cert_pem)?,
+        write("server.key", &serving.key_pem)?,
+    );
+    let server = NatsServer::start_with_config(&format!(
+        "tls {{ cert_file: {cert:?}, key_file: {key:?} }}\n\
+         authorization {{ users: [ {{ user: auditor, password: \"pa ss\" }} ] }}\n"
+    ))
+    .await?;
+    let url = format!("tls://127.0.0.1:{}", server.port());
+    let ca_file = write("ca.crt", &ca.cert_pem())?;
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("auditor".into(), "pa ss".into())
+            .add_root_certificates(ca_file.clone().into())
+            .require_tls(true)
+            .connect(&url)
+            .await?;
+    let js = jetstream::new(client);
+    create_stream_and_consumer(&js, "tls_reader", Duration::from_secs(30)).await?;
+    publish_events(&js, "tls", 20).await?;
+
+    // Files as a mounted Secret has them (a trailing newline is common and must not count).
+    let user_file = write("username", "auditor\n")?;
+    let password_file = write("password", "pa ss\n")?;
+    let mut consumer = ConsumerProcess::start(
+        &url,
+        "tls_reader",
+        &[
+            "--tls-ca-file",
+            &ca_file,
+            "--user-file",
+            &user_file,
+            "--password-file",
+            &password_file,
+        ],
+    )?;
+    let lines = consumer.read_lines(20, Duration::from_secs(30)).await?;
+    assert_eq!(lines.len(), 20);
+    wait_until_drained(&js, "tls_reader").await?;
+    consumer.terminate()?;
+    assert!(consumer.wait_exit(Duration::from_secs(20)).await?.success());
+    Ok(())
+}

@@ -9,7 +9,7 @@ use crate::{
     conditions::READY,
     crd::{consumer::AuditConsumer, stream::AuditStream},
     error::{Error, Result},
-    stream::dereference::{Credentials, ResolvedConnection, dereference as resolve_connection},
+    stream::dereference::{ResolvedConnection, dereference as resolve_connection},
 };
 
 /// What an AuditConsumer references, resolved.
@@ -22,14 +22,6 @@ pub struct Referenced {
 }
 
 impl Referenced {
-    /// The user name of user/password authentication, which the pods take as a flag.
-    pub fn user(&self) -> Option<&str> {
-        match &self.connection.credentials {
-            Some(Credentials::UserPassword { user, .. }) => Some(user),
-            _ => None,
-        }
-    }
-
     /// Whether the pods get their CA from the client certificate Secret's `ca.crt`.
     pub fn client_cert_has_ca(&self) -> bool {
         let spec_tls = self.stream.spec.connection.tls.as_ref();

@@ -317,7 +317,6 @@ async fn pipeline(
         valid: &valid,
         stream_name: &stream_name,
         connection: &referenced.stream.spec.connection,
-        user: referenced.user(),
         client_cert_has_ca: referenced.client_cert_has_ca(),
         secret_versions: &referenced.connection.secret_versions,
         default_image: &ctx.options.consumer_image,

@@ -265,11 +265,15 @@ fn secret_files(inputs: &WorkloadInputs<'_>) -> (Vec<Volume>, Vec<VolumeMount>, 
             let path = files.add("nkey", &r.name, &[(&r.key, "seed.nk")]);
             files.args.push(format!("--nkey-seed-file={}", path[0]));
         } else if let Some(r) = &auth.user_password_secret_ref {
-            let path = files.add("password", &r.name, &[(&r.password_key, "password")]);
-            if let Some(user) = inputs.user {
-                files.args.push(format!("--user={user}"));
-            }
-            files.args.push(format!("--password-file={}", path[0]));
+            // The user name comes from the Secret too, and stays a file like the password:
+            // pod arguments are readable by anyone who can read the Deployment.
+            let path = files.add(
+                "password",
+                &r.name,
+                &[(&r.username_key, "username"), (&r.password_key, "password")],
+            );
+            files.args.push(format!("--user-file={}", path[0]));
+            files.args.push(format!("--password-file={}", path[1]));
         } else if let Some(r) = &auth.token_secret_ref {
             let path = files.add("token", &r.name, &[(&r.key, "token")]);
             files.args.push(format!("--token-file={}", path[0]));
@@ -516,14 +520,16 @@ mod tests {
             build(
                 consumer,
                 &WorkloadInputs {
-                    user: Some("auditor"),
                     client_cert_has_ca: true,
                     ..inputs.clone()
                 },
             )
         });
         let args = args(&deployment);
-        assert!(args.contains(&"--user=auditor".to_owned()));
+        assert!(
+            args.contains(&"--user-file=/etc/audit-consumer/nats/password/username".to_owned())
+        );
+        assert!(!args.iter().any(|a| a.starts_with("--user=")));
         assert!(
             args.contains(&"--password-file=/etc/audit-consumer/nats/password/password".to_owned())
         );

@@ -35,9 +35,6 @@ pub struct WorkloadInputs<'a> {
     pub stream_name: &'a str,
     /// The referenced AuditStream's connection, whose Secrets the pods mount.
     pub connection: &'a NatsConnection,
-    /// The user name of user/password authentication: the consumer takes it as a flag (only
-    /// the password is a secret file).
-    pub user: Option<&'a str>,
     /// Whether the client certificate Secret also holds the CA (`ca.crt`) and no CA Secret is
     /// named: the pods then verify the server with it, as the operator does.
     pub client_cert_has_ca: bool,
@@ -111,7 +108,6 @@ pub(crate) mod tests {
             valid: &valid,
             stream_name: "orders_audit",
             connection: &connection,
-            user: None,
             client_cert_has_ca: false,
             secret_versions: &versions,
             default_image: "ghcr.io/eventsaudit/audit-consumer:0.1.0",
