@@ -228,8 +228,9 @@ pub struct OutputArgs {
     #[arg(long, env = "AUDIT_CONSUMER_FORMAT", value_enum, default_value_t = Format::Json)]
     pub format: Format,
 
-    /// Keys whose values are replaced by "[REDACTED]" at any depth of structured events,
-    /// comma-separated, matched ASCII case-insensitively.
+    /// Keys whose values are replaced by "[REDACTED]" at any depth of structured events, and
+    /// NATS headers of the same names (e.g. Authorization); comma-separated, matched ASCII
+    /// case-insensitively.
     #[arg(long, env = "AUDIT_CONSUMER_REDACT_KEYS", value_delimiter = ',')]
     pub redact_keys: Vec<String>,
 }

@@ -96,7 +96,9 @@ impl LineRenderer {
                 }
                 write_quoted(out, name.as_ref());
                 out.push(b':');
-                if let [value] = values.as_slice() {
+                if self.redact.matches(AsRef::<str>::as_ref(name).as_bytes()) {
+                    out.extend_from_slice(crate::redact::REDACTED);
+                } else if let [value] = values.as_slice() {
                     write_quoted(out, value.as_str());
                 } else {
                     out.push(b'[');
@@ -150,11 +152,16 @@ impl LineRenderer {
         write_rfc3339(out, meta.published_nanos);
         if let Some(headers) = meta.headers {
             for (name, values) in headers.iter() {
+                let redacted = self.redact.matches(AsRef::<str>::as_ref(name).as_bytes());
                 for value in values {
                     out.extend_from_slice(b" header.");
                     write_text_key(out, name.as_ref());
                     out.push(b'=');
-                    write_text_value(out, value.as_str().as_bytes());
+                    if redacted {
+                        out.extend_from_slice(crate::redact::REDACTED);
+                    } else {
+                        write_text_value(out, value.as_str().as_bytes());
+                    }
                 }
             }
         }
@@ -456,6 +463,19 @@ mod tests {
                 .ends_with(" raw=\"\\u001b[31m\"\n")
         );
         assert!(render(Format::Text, &[], None, b"\xff").ends_with(" raw_base64=\"/w==\"\n"));
+    }
+
+    #[test]
+    fn headers_named_like_a_redaction_key_are_redacted_in_both_formats() {
+        let mut headers = HeaderMap::new();
+        headers.insert("Authorization", "Bearer s3cr3t");
+        headers.insert("Nats-Msg-Id", "m-1");
+        for format in [Format::Json, Format::Text] {
+            let line = render(format, &["authorization"], Some(&headers), b"{}");
+            assert!(!line.contains("s3cr3t"), "{line}");
+            assert!(line.contains("[REDACTED]"), "{line}");
+            assert!(line.contains("m-1"), "other headers are kept: {line}");
+        }
     }
 
     #[test]
