@@ -314,7 +314,10 @@ impl<W: Write + Send> Worker<W> {
                     .map_or(0, |since| since.as_nanos() as i128);
                 for event in in_flight.drain(..) {
                     if let Err(err) = event.acker.ack().await {
+                        // Written but not acked: the server redelivers it, and the
+                        // redelivery is what the metrics will count.
                         tracing::warn!(%err, "ack not sent; the event will be redelivered");
+                        continue;
                     }
                     self.metrics.event(Outcome::Acked, event.kind);
                     if event.published_nanos > 0 {

@@ -31,7 +31,7 @@ pub struct Outcome {
 
 /// The three kstatus conditions for `outcome`, carrying over `lastTransitionTime` from
 /// `previous` wherever a condition's status is unchanged. Other condition types in `previous`
-/// (none are written today) are kept as they are.
+/// (the AuditConsumer's per-stage conditions) are kept as they are.
 pub fn kstatus(
     previous: &[Condition],
     generation: Option<i64>,

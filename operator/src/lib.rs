@@ -1,4 +1,4 @@
-//! audit-operator: runs NATS JetStream audit streams (and, later, their consumers) as
+//! audit-operator: runs NATS JetStream audit streams and the consumers that drain them as
 //! Kubernetes custom resources.
 //!
 //! [`run`] starts every controller on a given `kube::Client`, so the binary and the
