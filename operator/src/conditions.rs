@@ -29,6 +29,24 @@ pub struct Outcome {
     pub message: String,
 }
 
+/// Whether the status shows `condition_type` True for the object's current `generation`: the
+/// spec of this generation had been applied. A change found afterwards was made behind the
+/// operator's back (drift), not by the user, whose edits move the generation. A status whose
+/// last pass at this generation failed does not count: the change it finds now is the user's
+/// edit finally applied.
+pub fn held_at_generation(
+    conditions: &[Condition],
+    condition_type: &str,
+    observed_generation: Option<i64>,
+    generation: Option<i64>,
+) -> bool {
+    observed_generation.is_some()
+        && observed_generation == generation
+        && conditions
+            .iter()
+            .any(|c| c.type_ == condition_type && c.status == "True")
+}
+
 /// The three kstatus conditions for `outcome`, carrying over `lastTransitionTime` from
 /// `previous` wherever a condition's status is unchanged. Other condition types in `previous`
 /// (the AuditConsumer's per-stage conditions) are kept as they are.
@@ -79,6 +97,27 @@ mod tests {
 
     fn at(seconds: i64) -> Time {
         Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn drift_needs_the_current_generation_to_have_been_applied() {
+        let ready = kstatus(&[], Some(3), &outcome(Phase::Ready, "StreamReady"), &at(1));
+        let failed = kstatus(
+            &[],
+            Some(3),
+            &outcome(Phase::Reconciling, "NatsUnreachable"),
+            &at(1),
+        );
+        assert!(held_at_generation(&ready, "Ready", Some(3), Some(3)));
+        assert!(
+            !held_at_generation(&ready, "Ready", Some(2), Some(3)),
+            "a newer spec"
+        );
+        assert!(
+            !held_at_generation(&failed, "Ready", Some(3), Some(3)),
+            "never applied"
+        );
+        assert!(!held_at_generation(&[], "Ready", None, None));
     }
 
     fn outcome(phase: Phase, reason: &str) -> Outcome {

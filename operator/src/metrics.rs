@@ -16,6 +16,12 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabels {
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     kind: &'static str,
     reason: String,
@@ -27,6 +33,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     duration: Family<KindLabels, Histogram>,
     leader: Gauge,
+    max_deliveries: Family<ConsumerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,7 +65,14 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease (or runs without leader election)",
             leader.clone(),
         );
+        let max_deliveries = Family::<ConsumerLabels, Counter>::default();
+        registry.register(
+            "max_deliveries_reached",
+            "Events NATS stopped redelivering because they reached an AuditConsumer's maxDeliver, as counted by this replica",
+            max_deliveries.clone(),
+        );
         Self {
+            max_deliveries,
             registry,
             reconciliations,
             failures,
@@ -84,6 +98,16 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts `events` that reached the maxDeliver of AuditConsumer `namespace/name`.
+    pub fn record_max_deliveries(&self, namespace: &str, name: &str, events: u64) {
+        self.max_deliveries
+            .get_or_create(&ConsumerLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .inc_by(events);
     }
 
     pub fn set_leader(&self, leading: bool) {
@@ -113,7 +137,14 @@ mod tests {
             Some("NatsUnreachable"),
         );
         metrics.set_leader(true);
+        metrics.record_max_deliveries("shop", "reader", 2);
         let text = metrics.render();
+        assert!(
+            text.contains(
+                "audit_operator_max_deliveries_reached_total{namespace=\"shop\",name=\"reader\"} 2"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("audit_operator_reconciliations_total{kind=\"AuditStream\"} 2"),
             "{text}"

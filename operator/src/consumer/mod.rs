@@ -398,14 +398,22 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
     let key = object_ref(consumer);
     let unreported = ctx.max_deliveries.unreported(&key);
     let recorded = unreported.map(|u| max_deliveries::fold_into(&mut status, &u));
-    if consumer.status.as_ref() != Some(&status) {
-        patch_status(ctx, consumer, &status).await?;
-    }
+    // The Events go out even when the status write fails, so that failure cannot hide them.
+    let status_written = if consumer.status.as_ref() != Some(&status) {
+        patch_status(ctx, consumer, &status).await
+    } else {
+        Ok(())
+    };
     let reference = consumer.object_ref(&());
     let durable = consumer.durable_name();
     if let (Some(unreported), Some(recorded)) = (unreported, recorded) {
         ctx.max_deliveries.reported(&key, &unreported, recorded);
         if unreported.new.count > 0 {
+            ctx.metrics.record_max_deliveries(
+                &consumer.namespace().unwrap_or_default(),
+                &consumer.name_any(),
+                unreported.new.count,
+            );
             let stream = status.stream_name.as_deref().unwrap_or_default();
             let max_deliver = consumer.spec.max_deliver.unwrap_or_default();
             let note = max_deliveries::warning(unreported.new.count, recorded, max_deliver, stream);
@@ -432,11 +440,17 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
                         done.stream_name
                     ),
                 )),
-                // The generation moved since the last status: a spec change; otherwise the
-                // consumer was edited on NATS behind the operator's back.
+                // Drift only when this generation's durable consumer had been in place;
+                // otherwise it is the user's spec change being applied.
                 Change::Updated(fields)
-                    if consumer.status.as_ref().and_then(|s| s.observed_generation)
-                        == consumer.metadata.generation =>
+                    if consumer.status.as_ref().is_some_and(|s| {
+                        crate::conditions::held_at_generation(
+                            &s.conditions,
+                            status::CONSUMER_READY,
+                            s.observed_generation,
+                            consumer.metadata.generation,
+                        )
+                    }) =>
                 {
                     Some((
                         "DriftCorrected",
@@ -460,11 +474,13 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
                 };
                 publish(ctx, &reference, type_, reason, "Apply", note).await;
             }
+            status_written?;
             Ok(Action::requeue(ctx.options.requeue_interval))
         }
         Err((_, _, Error::StreamNotReady { name, reason })) => {
             // Not a failure of this resource: the stream's watch requeues it once Ready.
             info!(consumer = %durable, namespace = ?consumer.namespace(), stream = %name, %reason, "waiting for the AuditStream");
+            status_written?;
             Ok(Action::requeue(ctx.options.requeue_interval))
         }
         Err((_, _, error)) => {

@@ -228,9 +228,12 @@ async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
         result.as_ref().map(|applied| &applied.info.state),
         &now,
     );
-    if stream.status.as_ref() != Some(&status) {
-        patch_status(ctx, stream, &status).await?;
-    }
+    // The Events go out even when the status write fails, so that failure cannot hide them.
+    let status_written = if stream.status.as_ref() != Some(&status) {
+        patch_status(ctx, stream, &status).await
+    } else {
+        Ok(())
+    };
     let reference = stream.object_ref(&());
     let name = stream.stream_name();
     match &result {
@@ -253,12 +256,13 @@ async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
             .await;
         }
     }
-    result.map(|_| Action::requeue(ctx.options.requeue_interval))
+    let action = result.map(|_| Action::requeue(ctx.options.requeue_interval))?;
+    status_written?;
+    Ok(action)
 }
 
-/// The event for a change, if it deserves one. An update is a spec change when the
-/// generation moved since the last status; otherwise someone changed the stream behind the
-/// operator's back. A stream created after one had been observed was lost. Both of those are
+/// The event for a change, if it deserves one. An update is drift when the current generation
+/// had already been applied (Ready at it); otherwise it is the user's spec change. A stream created after one had been observed was lost. Both of those are
 /// Warnings: something other than the operator touched an audit trail.
 fn change_event(
     stream: &AuditStream,
@@ -301,7 +305,14 @@ fn change_event(
             ),
         )),
         Change::Updated(differences)
-            if previous.and_then(|s| s.observed_generation) == stream.metadata.generation =>
+            if previous.is_some_and(|s| {
+                crate::conditions::held_at_generation(
+                    &s.conditions,
+                    "Ready",
+                    s.observed_generation,
+                    stream.metadata.generation,
+                )
+            }) =>
         {
             Some((
                 EventType::Warning,
