@@ -149,7 +149,8 @@ pub struct OperatorProcess {
 
 impl OperatorProcess {
     /// Starts `audit-operator run` with `args` (e.g. `--namespace`), fast requeues and retries
-    /// suited to tests, and debug logs.
+    /// suited to tests, and debug logs. The test defaults are environment variables, so a flag
+    /// in `args` overrides them.
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("audit-operator-")
@@ -159,10 +160,11 @@ impl OperatorProcess {
         command
             .arg("run")
             .args(["--health-listen", &format!("127.0.0.1:{health_port}")])
-            .args(["--requeue-interval", "2s"])
-            .args(["--retry-base-delay", "200ms", "--retry-max-delay", "2s"])
-            .args(["--nats-timeout", "2s"])
             .args(args)
+            .env("AUDIT_OPERATOR_REQUEUE_INTERVAL", "2s")
+            .env("AUDIT_OPERATOR_RETRY_BASE_DELAY", "200ms")
+            .env("AUDIT_OPERATOR_RETRY_MAX_DELAY", "2s")
+            .env("AUDIT_OPERATOR_NATS_TIMEOUT", "2s")
             .current_dir(dir.path())
             .env("KUBECONFIG", operator_kubeconfig()?)
             .env("RUST_LOG", "info,audit_operator=debug");

@@ -43,11 +43,21 @@ impl Env {
     }
 
     async fn start_with_nats(prefix: &str, nats: NatsServer) -> anyhow::Result<Self> {
+        Self::start_with_operator_args(prefix, nats, &[]).await
+    }
+
+    async fn start_with_operator_args(
+        prefix: &str,
+        nats: NatsServer,
+        operator_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let control_plane = ControlPlane::shared();
         let client = control_plane.admin_client().await?;
         install_crds(&client).await?;
         let namespace = control_plane.create_namespace(prefix).await?;
-        let operator = OperatorProcess::start(&["--namespace", &namespace])?;
+        let mut args = vec!["--namespace", namespace.as_str()];
+        args.extend_from_slice(operator_args);
+        let operator = OperatorProcess::start(&args)?;
         let streams = Api::namespaced_with(client.clone(), &namespace, &stream_resource());
         Ok(Self {
             client,
@@ -800,5 +810,53 @@ async fn nkey_seed_from_a_secret() -> anyhow::Result<()> {
         .connect(env.nats.url())
         .await?;
     jetstream::new(client).get_stream("ORDERS").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn traffic_does_not_make_the_operator_rewrite_status() -> anyhow::Result<()> {
+    // A requeue interval far beyond the test: any status write during the traffic below would
+    // come from the operator reacting to watch events of its own status writes.
+    let mut env = Env::start_with_operator_args(
+        "ast-quiet",
+        NatsServer::start().await?,
+        &["--requeue-interval", "10m"],
+    )
+    .await?;
+    env.apply("orders", env.spec(json!({ "name": "ORDERS" })))
+        .await?;
+    env.wait_ready("orders").await?;
+
+    // Steady traffic for the rest of the test.
+    let js = env.jetstream().await?;
+    let publisher = tokio::spawn(async move {
+        for n in 0..400 {
+            let _ = js.publish(format!("audit.{n}"), "event".into()).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    // A metadata edit that is no change to the stream. Were the operator to reconcile on
+    // every watch event, it would now write the moving counters into status, and each write
+    // would wake it again for as long as the traffic lasts.
+    let labelled = env
+        .streams
+        .patch(
+            "orders",
+            &PatchParams::apply("quiet-test"),
+            &Patch::Apply(json!({
+                "apiVersion": "audit.eventsaudit.io/v1alpha1",
+                "kind": "AuditStream",
+                "metadata": { "name": "orders", "labels": { "team": "payments" } },
+            })),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = env.streams.get("orders").await?;
+    publisher.abort();
+    assert_eq!(
+        after.metadata.resource_version, labelled.metadata.resource_version,
+        "the AuditStream was rewritten during traffic: {:?}",
+        after.data["status"]
+    );
     Ok(())
 }
