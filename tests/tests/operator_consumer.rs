@@ -14,6 +14,7 @@ use audit_tests::operator::{OperatorProcess, install_crds};
 use audit_tests::{cargo_bin, wait};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -204,7 +205,10 @@ async fn workload_matches_the_spec_and_passes_the_restricted_profile() -> anyhow
     env.apply_stream().await?;
     env.apply_consumer(
         "reader",
-        json!({ "replicas": 2, "batch": 50, "filterSubjects": ["audit.orders.>"] }),
+        json!({
+            "replicas": 2, "batch": 50, "filterSubjects": ["audit.orders.>"],
+            "networkPolicy": { "enabled": true },
+        }),
     )
     .await?;
     env.wait_condition("reader", "ConsumerReady", "True")
@@ -260,6 +264,26 @@ async fn workload_matches_the_spec_and_passes_the_restricted_profile() -> anyhow
     assert_eq!(account.automount_service_account_token, Some(false));
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), &env.namespace);
     budgets.get("reader-audit-consumer").await?;
+
+    // The NetworkPolicy as the API server stored it: the pods may reach only this test's NATS
+    // port and DNS, and be reached only on the health and metrics port.
+    let policies: Api<NetworkPolicy> = Api::namespaced(env.client.clone(), &env.namespace);
+    let policy = policies.get("reader-audit-consumer").await?;
+    let policy = serde_json::to_value(policy.spec.expect("a NetworkPolicy has a spec"))?;
+    assert_eq!(policy["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        policy["ingress"][0]["ports"],
+        json!([{ "protocol": "TCP", "port": 8080 }])
+    );
+    let egress_ports: Vec<Value> = policy["egress"]
+        .as_array()
+        .expect("egress rules")
+        .iter()
+        .flat_map(|rule| rule["ports"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert!(egress_ports.contains(&json!({ "protocol": "TCP", "port": env.nats.port() })));
+    assert!(egress_ports.contains(&json!({ "protocol": "UDP", "port": 53 })));
+    assert_eq!(egress_ports.len(), 3, "NATS and DNS only: {egress_ports:?}");
 
     // The real admission check: a Pod from the template in this `restricted` namespace.
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
