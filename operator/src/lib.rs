@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod nats_pool;
 pub mod options;
+pub mod report;
 pub mod stream;
 pub mod triggers;
 

@@ -16,9 +16,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::build::nats_consumer::{OWNER_KEY, governed_differences};
 use crate::error::{Error, Result};
-
-/// Field manager of everything the AuditConsumer controller applies.
-pub const FIELD_MANAGER: &str = "audit-operator";
+use crate::report::FIELD_MANAGER;
 
 /// What applying did to the durable consumer.
 #[derive(Debug, PartialEq, Eq)]

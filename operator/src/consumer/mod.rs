@@ -21,7 +21,7 @@ use futures::{StreamExt, future};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ObjectReference, Secret, ServiceAccount},
+        core::v1::{Secret, ServiceAccount},
         networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
     },
@@ -30,12 +30,11 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::{EventType, Recorder},
         finalizer::{Event as FinalizerEvent, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -44,7 +43,7 @@ use kube::{
 use tracing::{info, warn};
 
 use self::{
-    apply::{Change, Deletion, FIELD_MANAGER},
+    apply::{Change, Deletion},
     build::{WorkloadInputs, nats_consumer, workload_name},
     dereference::Referenced,
     max_deliveries::MaxDeliveries,
@@ -54,13 +53,14 @@ use crate::{
     ControllerHooks,
     backoff::Retries,
     crd::{
-        consumer::{AuditConsumer, AuditConsumerStatus, ConsumerDeletionPolicy},
+        consumer::{AuditConsumer, ConsumerDeletionPolicy},
         stream::AuditStream,
     },
     error::{Error, Result},
     metrics::Metrics,
     nats_pool::NatsPool,
     options::Options,
+    report,
     stream::dereference::dereference as resolve_connection,
 };
 
@@ -214,8 +214,8 @@ async fn reconcile_consumer(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Resul
             // Rare (an object stored under an older CRD): report it and wait for an edit
             // rather than stopping the watch of every other AuditConsumer.
             warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "AuditConsumer cannot be read");
-            publish(
-                ctx,
+            report::publish(
+                &ctx.recorder,
                 &guarded.object_ref(&()),
                 EventType::Warning,
                 "InvalidObject",
@@ -252,15 +252,6 @@ fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(delay)
 }
 
-/// Identifies a resource in the connection pool.
-fn pool_user(consumer: &AuditConsumer) -> String {
-    format!(
-        "AuditConsumer/{}/{}",
-        consumer.namespace().unwrap_or_default(),
-        consumer.name_any()
-    )
-}
-
 /// The controller's reference to `consumer`.
 fn object_ref(consumer: &AuditConsumer) -> ObjectRef<Guarded> {
     ObjectRef::new(&consumer.name_any()).within(&consumer.namespace().unwrap_or_default())
@@ -295,7 +286,7 @@ async fn pipeline(
     let desired = nats_consumer::desired_config(consumer, &valid);
     let client = ctx
         .pool
-        .client(&pool_user(consumer), &referenced.connection)
+        .client(&report::pool_user(consumer), &referenced.connection)
         .await
         .map_err(at(Stage::Consumer))?;
     let js = jetstream_of(client.clone(), &referenced);
@@ -364,7 +355,7 @@ async fn jetstream_context(
 ) -> Result<async_nats::jetstream::Context> {
     let client = ctx
         .pool
-        .client(&pool_user(consumer), &referenced.connection)
+        .client(&report::pool_user(consumer), &referenced.connection)
         .await?;
     Ok(jetstream_of(client, referenced))
 }
@@ -400,7 +391,7 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
     let recorded = unreported.map(|u| max_deliveries::fold_into(&mut status, &u));
     // The Events go out even when the status write fails, so that failure cannot hide them.
     let status_written = if consumer.status.as_ref() != Some(&status) {
-        patch_status(ctx, consumer, &status).await
+        report::apply_status(&ctx.client, consumer, &status).await
     } else {
         Ok(())
     };
@@ -418,8 +409,8 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
             let max_deliver = consumer.spec.max_deliver.unwrap_or_default();
             let note = max_deliveries::warning(unreported.new.count, recorded, max_deliver, stream);
             warn!(consumer = %durable, namespace = ?consumer.namespace(), reason = "MaxDeliveriesReached", "{note}");
-            publish(
-                ctx,
+            report::publish(
+                &ctx.recorder,
                 &reference,
                 EventType::Warning,
                 "MaxDeliveriesReached",
@@ -472,7 +463,7 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
                 } else {
                     EventType::Normal
                 };
-                publish(ctx, &reference, type_, reason, "Apply", note).await;
+                report::publish(&ctx.recorder, &reference, type_, reason, "Apply", note).await;
             }
             status_written?;
             Ok(Action::requeue(ctx.options.requeue_interval))
@@ -485,8 +476,8 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
         }
         Err((_, _, error)) => {
             warn!(consumer = %durable, namespace = ?consumer.namespace(), reason = error.reason(), %error, "consumer not ready");
-            publish(
-                ctx,
+            report::publish(
+                &ctx.recorder,
                 &reference,
                 EventType::Warning,
                 error.reason(),
@@ -511,15 +502,23 @@ async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
             Ok(outcome) => outcome,
             Err(error) => {
                 warn!(consumer = %durable, %error, "cannot delete the durable consumer; set deletionPolicy: Retain to let the resource go without deleting it");
-                publish(ctx, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the durable consumer, set deletionPolicy: Retain")).await;
+                report::publish(&ctx.recorder, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the durable consumer, set deletionPolicy: Retain")).await;
                 return Err(error);
             }
         },
     };
     info!(consumer = %durable, namespace = ?consumer.namespace(), reason, "{note}");
-    publish(ctx, &reference, EventType::Normal, reason, "Delete", note).await;
+    report::publish(
+        &ctx.recorder,
+        &reference,
+        EventType::Normal,
+        reason,
+        "Delete",
+        note,
+    )
+    .await;
     ctx.max_deliveries.forget(&object_ref(consumer));
-    ctx.pool.release(&pool_user(consumer));
+    ctx.pool.release(&report::pool_user(consumer));
     Ok(Action::await_change())
 }
 
@@ -588,49 +587,4 @@ async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<(&'st
             ),
         },
     )
-}
-
-async fn patch_status(
-    ctx: &Context,
-    consumer: &AuditConsumer,
-    status: &AuditConsumerStatus,
-) -> Result<()> {
-    let api: Api<AuditConsumer> = Api::namespaced(
-        ctx.client.clone(),
-        &consumer.namespace().unwrap_or_default(),
-    );
-    let patch = serde_json::json!({
-        "apiVersion": AuditConsumer::api_version(&()),
-        "kind": AuditConsumer::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &consumer.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
-}
-
-/// Publishes an event; a failure to do so is logged, never fatal to the reconciliation.
-async fn publish(
-    ctx: &Context,
-    reference: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: action.to_owned(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, reference).await {
-        warn!(%error, reason, "cannot publish event");
-    }
 }

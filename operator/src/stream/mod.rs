@@ -17,12 +17,11 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
         Controller,
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::{EventType, Recorder},
         finalizer::{Event as FinalizerEvent, finalizer},
         reflector::{ObjectRef, Store},
         watcher,
@@ -39,12 +38,11 @@ use crate::{
     metrics::Metrics,
     nats_pool::NatsPool,
     options::Options,
+    report,
 };
 
 /// Finalizer that keeps an AuditStream until its stream was deleted or retained.
 pub const FINALIZER: &str = "audit.eventsaudit.io/stream-cleanup";
-/// Field manager of the status the operator applies.
-pub const FIELD_MANAGER: &str = "audit-operator";
 
 type Guarded = DeserializeGuard<AuditStream>;
 
@@ -140,8 +138,8 @@ async fn reconcile_stream(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<
             // and wait for an edit rather than stopping the whole watch.
             warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "AuditStream cannot be read");
             let reference = guarded.object_ref(&());
-            publish(
-                ctx,
+            report::publish(
+                &ctx.recorder,
                 &reference,
                 EventType::Warning,
                 "InvalidObject",
@@ -176,15 +174,6 @@ fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(delay)
 }
 
-/// Identifies a resource in the connection pool.
-fn pool_user(stream: &AuditStream) -> String {
-    format!(
-        "AuditStream/{}/{}",
-        stream.namespace().unwrap_or_default(),
-        stream.name_any()
-    )
-}
-
 /// The pipeline up to NATS: Secrets, validation, desired config, and the stream on the server.
 async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::Applied> {
     let namespace = stream.namespace().unwrap_or_default();
@@ -213,7 +202,10 @@ async fn jetstream_context(
     stream: &AuditStream,
     connection: &dereference::ResolvedConnection,
 ) -> Result<async_nats::jetstream::Context> {
-    let client = ctx.pool.client(&pool_user(stream), connection).await?;
+    let client = ctx
+        .pool
+        .client(&report::pool_user(stream), connection)
+        .await?;
     Ok(match &connection.js_domain {
         Some(domain) => async_nats::jetstream::with_domain(client, domain),
         None => async_nats::jetstream::new(client),
@@ -230,7 +222,7 @@ async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
     );
     // The Events go out even when the status write fails, so that failure cannot hide them.
     let status_written = if stream.status.as_ref() != Some(&status) {
-        patch_status(ctx, stream, &status).await
+        report::apply_status(&ctx.client, stream, &status).await
     } else {
         Ok(())
     };
@@ -240,13 +232,13 @@ async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
         Ok(applied) => {
             if let Some((type_, reason, note)) = change_event(stream, &name, &applied.change) {
                 info!(stream = %name, namespace = ?stream.namespace(), reason, "{note}");
-                publish(ctx, &reference, type_, reason, "Apply", note).await;
+                report::publish(&ctx.recorder, &reference, type_, reason, "Apply", note).await;
             }
         }
         Err(error) => {
             warn!(stream = %name, namespace = ?stream.namespace(), reason = error.reason(), %error, "stream not ready");
-            publish(
-                ctx,
+            report::publish(
+                &ctx.recorder,
                 &reference,
                 EventType::Warning,
                 error.reason(),
@@ -366,57 +358,22 @@ async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
                 ),
                 Err(error) => {
                     warn!(stream = %name, %error, "cannot delete stream; set deletionPolicy: Retain to let the resource go without deleting it");
-                    publish(ctx, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the stream, set deletionPolicy: Retain")).await;
+                    report::publish(&ctx.recorder, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the stream, set deletionPolicy: Retain")).await;
                     return Err(error);
                 }
             }
         }
     };
     info!(stream = %name, namespace = ?stream.namespace(), reason, "{note}");
-    publish(ctx, &reference, EventType::Normal, reason, "Delete", note).await;
-    ctx.pool.release(&pool_user(stream));
-    Ok(Action::await_change())
-}
-
-async fn patch_status(
-    ctx: &Context,
-    stream: &AuditStream,
-    status: &crate::crd::AuditStreamStatus,
-) -> Result<()> {
-    let api: Api<AuditStream> =
-        Api::namespaced(ctx.client.clone(), &stream.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": AuditStream::api_version(&()),
-        "kind": AuditStream::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &stream.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
+    report::publish(
+        &ctx.recorder,
+        &reference,
+        EventType::Normal,
+        reason,
+        "Delete",
+        note,
     )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
-}
-
-/// Publishes an event; a failure to do so is logged, never fatal to the reconciliation.
-async fn publish(
-    ctx: &Context,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: action.to_owned(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, reference).await {
-        warn!(%error, reason, "cannot publish event");
-    }
+    .await;
+    ctx.pool.release(&report::pool_user(stream));
+    Ok(Action::await_change())
 }

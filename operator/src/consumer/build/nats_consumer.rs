@@ -12,9 +12,8 @@ use crate::{
     crd::consumer::{AuditConsumer, DeliverPolicy as SpecDeliverPolicy},
 };
 
-/// Consumer metadata key naming the AuditConsumer (`namespace/name`) that manages the durable
-/// consumer. One without it, or naming another resource, is left alone.
-pub const OWNER_KEY: &str = "audit.eventsaudit.io/owner";
+/// The metadata key marking what the operator made; the same mark as on streams.
+pub use crate::stream::build::OWNER_KEY;
 
 /// The owner marker value for `consumer`.
 pub fn owner_of(consumer: &AuditConsumer) -> String {
