@@ -22,6 +22,9 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+
 use crate::crd::stream::AuditStream;
 
 /// The primary resource's cache and the stream of its objects that should be reconciled.
@@ -69,6 +72,21 @@ pub fn stream_generation_and_readiness(stream: &DeserializeGuard<AuditStream>) -
     let mut hasher = DefaultHasher::new();
     (generation, ready).hash(&mut hasher);
     Some(hasher.finish())
+}
+
+/// Changes of Secrets, as metadata only: a change is all the controllers need to know (they
+/// read a referenced Secret when they reconcile), so no Secret's data is held in the
+/// operator's memory for watching's sake.
+pub fn secret_changes(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    // An Api of PartialObjectMeta makes metadata-only list and watch requests.
+    let api: Api<PartialObjectMeta<Secret>> = match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    watcher(api, watcher::Config::default()).touched_objects()
 }
 
 /// AuditStreams, filtered to the changes their consumers care about.

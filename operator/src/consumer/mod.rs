@@ -30,7 +30,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::DeserializeGuard,
+    core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -127,9 +127,8 @@ pub async fn run(
             crate::triggers::stream_readiness_changes(scoped::<GuardedStream>(&client, &options)),
             move |stream| consumers_of_stream(&by_stream, &stream.name_any(), stream.namespace()),
         )
-        .watches(
-            scoped::<Secret>(&client, &options),
-            watch(),
+        .watches_stream(
+            crate::triggers::secret_changes(&client, options.namespace.as_deref()),
             move |secret| consumers_using_secret(&by_secret, &stream_store, &secret),
         )
         .watches_stream(advised.map(Ok), |advised| {
@@ -182,7 +181,7 @@ fn consumers_of_stream(
 fn consumers_using_secret(
     consumers: &Store<Guarded>,
     streams: &Store<GuardedStream>,
-    secret: &Secret,
+    secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<Guarded>> {
     let namespace = secret.namespace();
     let name = secret.name_any();

@@ -17,14 +17,13 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::DeserializeGuard,
+    core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         Controller,
         controller::Action,
         events::{EventType, Recorder},
         finalizer::{Event as FinalizerEvent, finalizer},
         reflector::{ObjectRef, Store},
-        watcher,
     },
 };
 use tracing::{info, warn};
@@ -68,13 +67,11 @@ pub async fn run(
     hooks: ControllerHooks,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (streams, secrets): (Api<Guarded>, Api<Secret>) = match &options.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let streams: Api<Guarded> = match &options.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
+    let secret_changes = crate::triggers::secret_changes(&client, options.namespace.as_deref());
     let (store, trigger) = crate::triggers::spec_changes(streams);
     let controller = Controller::for_stream(trigger, store.clone());
     let metrics = hooks.metrics.clone();
@@ -89,7 +86,7 @@ pub async fn run(
         store: store.clone(),
     });
     controller
-        .watches(secrets, watcher::Config::default(), move |secret| {
+        .watches_stream(secret_changes, move |secret| {
             streams_using_secret(&store, &secret)
         })
         .graceful_shutdown_on(shutdown)
@@ -104,7 +101,10 @@ pub async fn run(
 }
 
 /// The AuditStreams in the Secret's namespace whose connection reads it.
-fn streams_using_secret(store: &Store<Guarded>, secret: &Secret) -> Vec<ObjectRef<Guarded>> {
+fn streams_using_secret(
+    store: &Store<Guarded>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<Guarded>> {
     let namespace = secret.namespace();
     let name = secret.name_any();
     store
