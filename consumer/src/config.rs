@@ -213,12 +213,22 @@ pub struct PullArgs {
     pub expires: Duration,
 
     /// Idle heartbeat the server sends while a pull request waits; at most half of --expires.
-    #[arg(long, env = "AUDIT_CONSUMER_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub heartbeat: Duration,
+    /// Default: 5s, or half of --expires when that is shorter.
+    #[arg(long, env = "AUDIT_CONSUMER_HEARTBEAT", value_parser = humantime::parse_duration)]
+    pub heartbeat: Option<Duration>,
 
     /// Redelivery delay asked for when an event could not be written.
     #[arg(long, env = "AUDIT_CONSUMER_NAK_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     pub nak_delay: Duration,
+}
+
+impl PullArgs {
+    /// The idle heartbeat asked of the server: --heartbeat, else 5s or half of --expires,
+    /// whichever is shorter, so that a short expiry needs no heartbeat of its own.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+            .unwrap_or_else(|| Duration::from_secs(5).min(self.expires / 2))
+    }
 }
 
 #[derive(Debug, Clone, ClapArgs)]
@@ -265,12 +275,17 @@ impl Args {
         if self.binding.stream.is_empty() || self.binding.consumer.is_empty() {
             return Err("--stream and --consumer must not be empty".into());
         }
-        if self.pull.heartbeat.is_zero() || self.pull.heartbeat * 2 > self.pull.expires {
+        if let Some(heartbeat) = self.pull.heartbeat
+            && (heartbeat.is_zero() || heartbeat * 2 > self.pull.expires)
+        {
             return Err(format!(
                 "--heartbeat ({}) must be non-zero and at most half of --expires ({})",
-                humantime::format_duration(self.pull.heartbeat),
+                humantime::format_duration(heartbeat),
                 humantime::format_duration(self.pull.expires)
             ));
+        }
+        if self.pull.expires < Duration::from_millis(2) {
+            return Err("--expires must leave room for a heartbeat (at least 2ms)".into());
         }
         if self.binding.create
             && self
@@ -313,7 +328,7 @@ mod tests {
         assert_eq!(args.runtime.health_listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(args.pull.batch, 256);
         assert_eq!(args.pull.expires, Duration::from_secs(30));
-        assert_eq!(args.pull.heartbeat, Duration::from_secs(5));
+        assert_eq!(args.pull.heartbeat(), Duration::from_secs(5));
         assert!(!args.binding.create);
         assert!(args.output.redact_keys.is_empty());
         args.validate().unwrap();
@@ -403,6 +418,15 @@ mod tests {
         let mut args = REQUIRED.to_vec();
         args.push("--create");
         assert!(parse(&args).unwrap().validate().is_err());
+    }
+
+    #[test]
+    fn the_default_heartbeat_fits_a_short_expiry() {
+        let mut args = REQUIRED.to_vec();
+        args.extend(["--expires", "4s"]);
+        let args = parse(&args).unwrap();
+        args.validate().unwrap();
+        assert_eq!(args.pull.heartbeat(), Duration::from_secs(2));
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub async fn run(args: Args) -> Result<()> {
     args.validate().map_err(Error::Config)?;
     let metrics = Arc::new(Metrics::new());
     // Readiness tolerates a few missed info polls and one missed heartbeat before it turns false.
-    let stale_after = (args.runtime.info_interval * 3).max(args.pull.heartbeat * 3);
+    let stale_after = (args.runtime.info_interval * 3).max(args.pull.heartbeat() * 3);
     let health = Arc::new(Health::new(stale_after));
 
     let address = args.runtime.health_listen;

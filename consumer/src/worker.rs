@@ -182,7 +182,7 @@ impl<W: Write + Send> Worker<W> {
             tracing::warn!("--expires exceeds the consumer's max_expires; using its limit");
             expires = limits.max_expires;
         }
-        let heartbeat = self.pull.heartbeat.min(expires / 2);
+        let heartbeat = self.pull.heartbeat().min(expires / 2);
         consumer
             .stream()
             .max_messages_per_batch(batch)

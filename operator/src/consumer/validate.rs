@@ -29,17 +29,6 @@ pub struct ValidConsumer {
     pub heartbeat: Option<Duration>,
 }
 
-/// The consumer's own idle heartbeat when none is set; it must be at most half the expiry.
-const CONSUMER_DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
-
-impl ValidConsumer {
-    /// The heartbeat to pass to the consumer, when its default does not fit the expiry.
-    pub fn heartbeat_flag(&self) -> Option<Duration> {
-        self.heartbeat
-            .or_else(|| (CONSUMER_DEFAULT_HEARTBEAT * 2 > self.expires).then(|| self.expires / 2))
-    }
-}
-
 /// Where the consumer starts, with the start value parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -222,10 +211,9 @@ pub(crate) mod tests {
 
     #[test]
     fn heartbeat_fits_into_the_expiry() {
+        // Without a heartbeat, a short expiry is fine: the consumer's default adapts to it.
         let short = validate(&consumer(&format!("{MINIMAL}expires: 2s\n"))).unwrap();
-        assert_eq!(short.heartbeat_flag(), Some(Duration::from_secs(1)));
-        let default = validate(&consumer(MINIMAL)).unwrap();
-        assert_eq!(default.heartbeat_flag(), None);
+        assert_eq!(short.heartbeat, None);
         assert!(validate(&consumer(&format!("{MINIMAL}expires: 2s\nheartbeat: 2s\n"))).is_err());
     }
 

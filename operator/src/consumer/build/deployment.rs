@@ -66,10 +66,8 @@ pub fn build(consumer: &AuditConsumer, inputs: &WorkloadInputs<'_>) -> Deploymen
     if let Some(max_bytes) = spec.max_bytes {
         args.push(format!("--max-bytes={max_bytes}"));
     }
-    match (&spec.heartbeat, inputs.valid.heartbeat_flag()) {
-        (Some(heartbeat), _) => args.push(format!("--heartbeat={heartbeat}")),
-        (None, Some(heartbeat)) => args.push(format!("--heartbeat={}ms", heartbeat.as_millis())),
-        (None, None) => {}
+    if let Some(heartbeat) = &spec.heartbeat {
+        args.push(format!("--heartbeat={heartbeat}"));
     }
     if !spec.redact_keys.is_empty() {
         args.push(format!("--redact-keys={}", spec.redact_keys.join(",")));
