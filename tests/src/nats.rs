@@ -31,6 +31,7 @@ pub struct NatsServer {
     port: u16,
     monitor_port: u16,
     extra_config: String,
+    jetstream_domain: Option<String>,
     cluster: Option<ClusterMembership>,
     process: Option<ServerProcess>,
     // Last, so it is removed after the process that writes into it has stopped.
@@ -51,6 +52,15 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// A standalone server whose JetStream belongs to `domain` (as in leaf-node setups): its
+    /// API answers under `$JS.<domain>.API`.
+    pub async fn start_with_jetstream_domain(domain: &str) -> anyhow::Result<Self> {
+        let mut server = Self::prepare("nats", "", None)?;
+        server.jetstream_domain = Some(domain.to_owned());
+        server.start_again().await?;
+        Ok(server)
+    }
+
     fn prepare(
         name: &str,
         extra_config: &str,
@@ -61,6 +71,7 @@ impl NatsServer {
             port: free_port(),
             monitor_port: free_port(),
             extra_config: extra_config.to_owned(),
+            jetstream_domain: None,
             cluster,
             process: None,
             dir: tempfile::Builder::new().prefix("audit-nats-").tempdir()?,
@@ -134,9 +145,14 @@ impl NatsServer {
         let _ = writeln!(text, "server_name: {}-{}", self.name, self.port);
         let _ = writeln!(text, "listen: 127.0.0.1:{}", self.port);
         let _ = writeln!(text, "http: 127.0.0.1:{}", self.monitor_port);
+        let domain = self
+            .jetstream_domain
+            .as_ref()
+            .map(|domain| format!("  domain: {domain}\n"))
+            .unwrap_or_default();
         let _ = writeln!(
             text,
-            "jetstream {{\n  store_dir: {:?}\n  max_memory_store: 512MB\n  max_file_store: 4GB\n}}",
+            "jetstream {{\n  store_dir: {:?}\n  max_memory_store: 512MB\n  max_file_store: 4GB\n{domain}}}",
             self.store_dir().display().to_string()
         );
         if let Some(cluster) = &self.cluster {

@@ -860,3 +860,35 @@ async fn traffic_does_not_make_the_operator_rewrite_status() -> anyhow::Result<(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stream_in_a_jetstream_domain() -> anyhow::Result<()> {
+    let nats = NatsServer::start_with_jetstream_domain("hub").await?;
+    let mut env = Env::start_with_nats("ast-domain", nats).await?;
+    // A domain the server does not have: JetStream requests go to a prefix nobody answers,
+    // which shows the operator really uses the field.
+    let mut spec = env.spec(json!({ "name": "ORDERS" }));
+    spec["connection"]["jsDomain"] = json!("spoke");
+    env.apply("orders", spec.clone()).await?;
+    let object = wait::until("Ready=False for the wrong domain", WAIT, POLL, || async {
+        let object = env.streams.get("orders").await?;
+        let current =
+            object.data["status"]["observedGeneration"].as_i64() == object.metadata.generation;
+        let not_ready = condition(&object, "Ready").is_some_and(|c| c["status"] == "False");
+        Ok((current && not_ready).then_some(object))
+    })
+    .await?;
+    assert_eq!(condition_status(&object, "Ready"), "False");
+
+    spec["connection"]["jsDomain"] = json!("hub");
+    env.apply("orders", spec).await?;
+    env.wait_ready("orders").await?;
+    // Reached through the domain's API prefix, as a leaf node's clients would.
+    let js = jetstream::with_domain(env.nats.client().await?, "hub");
+    let mut stream = js.get_stream("ORDERS").await?;
+    assert_eq!(
+        stream.info().await?.config.subjects,
+        vec!["audit.>".to_owned()]
+    );
+    Ok(())
+}
