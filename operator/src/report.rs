@@ -3,12 +3,13 @@
 //! connection pool.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    core::NamespaceResourceScope,
+    core::{DeserializeGuard, NamespaceResourceScope},
     runtime::events::{Event, EventType, Recorder},
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -60,6 +61,37 @@ pub async fn publish(
     };
     if let Err(error) = recorder.publish(&event, reference).await {
         tracing::warn!(%error, reason, "cannot publish event");
+    }
+}
+
+/// The object, or `None` once it was reported (log line and Warning Event) as unreadable. A
+/// malformed object, which the schema makes rare (one stored under an older CRD), then waits
+/// for an edit instead of stopping the watch of every other object of its kind.
+pub async fn readable<K>(guarded: &DeserializeGuard<K>, recorder: &Recorder) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    match &guarded.0 {
+        Ok(object) => Some(Arc::new(object.clone())),
+        Err(invalid) => {
+            tracing::warn!(
+                kind = %K::kind(&()),
+                name = ?invalid.metadata.name,
+                namespace = ?invalid.metadata.namespace,
+                error = %invalid.error,
+                "object cannot be read"
+            );
+            publish(
+                recorder,
+                &guarded.object_ref(&()),
+                EventType::Warning,
+                "InvalidObject",
+                "Reconcile",
+                invalid.error.clone(),
+            )
+            .await;
+            None
+        }
     }
 }
 

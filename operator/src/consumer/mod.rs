@@ -207,23 +207,8 @@ async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 async fn reconcile_consumer(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<Action> {
-    let consumer = match &guarded.0 {
-        Ok(consumer) => Arc::new(consumer.clone()),
-        Err(invalid) => {
-            // Rare (an object stored under an older CRD): report it and wait for an edit
-            // rather than stopping the watch of every other AuditConsumer.
-            warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "AuditConsumer cannot be read");
-            report::publish(
-                &ctx.recorder,
-                &guarded.object_ref(&()),
-                EventType::Warning,
-                "InvalidObject",
-                "Reconcile",
-                invalid.error.clone(),
-            )
-            .await;
-            return Ok(Action::await_change());
-        }
+    let Some(consumer) = report::readable(guarded, &ctx.recorder).await else {
+        return Ok(Action::await_change());
     };
     let api: Api<AuditConsumer> = Api::namespaced(
         ctx.client.clone(),

@@ -131,24 +131,8 @@ async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 async fn reconcile_stream(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<Action> {
-    let stream = match &guarded.0 {
-        Ok(stream) => Arc::new(stream.clone()),
-        Err(invalid) => {
-            // The schema makes this rare (an object stored under an older CRD); report it
-            // and wait for an edit rather than stopping the whole watch.
-            warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "AuditStream cannot be read");
-            let reference = guarded.object_ref(&());
-            report::publish(
-                &ctx.recorder,
-                &reference,
-                EventType::Warning,
-                "InvalidObject",
-                "Reconcile",
-                invalid.error.clone(),
-            )
-            .await;
-            return Ok(Action::await_change());
-        }
+    let Some(stream) = report::readable(guarded, &ctx.recorder).await else {
+        return Ok(Action::await_change());
     };
     let namespace = stream.namespace().unwrap_or_default();
     let api: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
