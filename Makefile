@@ -25,12 +25,21 @@ demo: ## A local control plane, NATS, the operator and its consumer pods, until 
 	$(CARGO) build --workspace --bins --locked; \
 	AUDIT_TESTENV_BIN="$$bin_dir" $(CARGO) run --quiet --locked -p audit-tests --bin audit-demo
 
+.PHONY: images
+images: ## Build the operator, consumer and pause images from the Dockerfile; prints their directory last.
+	@bash hack/images.sh
+
 .PHONY: test
-test: ## Everything CI runs: provisioning, lint, unit tests, integration tests on real servers.
+test: ## Everything CI runs: provisioning, images, lint, unit tests, tests on real servers and a real node.
 	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	images_dir=$$(bash hack/images.sh | tail -n 1); \
 	$(MAKE) --no-print-directory lint; \
 	$(CARGO) build --workspace --bins --locked; \
-	AUDIT_TESTENV_BIN="$$bin_dir" $(CARGO) test --workspace --locked
+	AUDIT_TESTENV_BIN="$$bin_dir" AUDIT_IMAGES_DIR="$$images_dir" $(CARGO) test --workspace --locked
+
+.PHONY: testnode-clean
+testnode-clean: ## Remove what a test node (running, finished or crashed) left on this machine (root).
+	bash hack/testnode.sh down
 
 .PHONY: crds
 crds: ## Regenerate crds/ and the Helm chart's copy from the Rust types.

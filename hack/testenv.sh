@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Provisions the binaries of the test environment and the demo (nats-server, etcd,
-# kube-apiserver, kube-controller-manager, kubectl, helm) from the Go module proxy, at the
-# versions pinned in hack/testenv.versions, into a cache outside the repository keyed by
-# version.
+# Provisions the test environment and the demo:
+# - the binaries (nats-server, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+#   kubelet, kube-proxy, kubectl, helm), built from the Go module proxy at the versions pinned
+#   in hack/testenv.versions into a cache outside the repository keyed by version;
+# - the real node's container runtime from Debian packages (containerd, runc, the CNI
+#   plugins, podman, iptables, conntrack), installed when missing. That needs root; without
+#   it the script says what is missing and goes on, and only the tests and the demo that run
+#   real containers are affected (they say so).
 #
 # A rerun with a warm cache costs no build. Every binary is built into a temporary
 # directory and moved into place only when the build succeeded, so an interrupted or failed
@@ -31,8 +35,8 @@ export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -trimpath" CGO_ENABLED=0
 
 log() { echo "testenv: $*" >&2; }
 
-# install_binary NAME BUILD_FUNCTION: runs BUILD_FUNCTION with the target path as $1 in a
-# private temporary directory, then publishes the result atomically.
+# install_binary NAME BUILD_COMMAND: runs BUILD_COMMAND with the target path as its last
+# argument in a private temporary directory, then publishes the result atomically.
 install_binary() {
   local name=$1 build=$2
   if [[ -x "$bin_dir/$name" ]]; then
@@ -45,7 +49,9 @@ install_binary() {
   trap 'rm -rf "$scratch"' EXIT
   log "$name: building (first run only; this takes minutes on 2 cores)"
   local started=$SECONDS
-  if ! (cd "$scratch" && "$build" "$scratch/$name") >"$scratch/build.log" 2>&1; then
+  # $build may carry arguments ("build_kubernetes_command kubelet"), hence no quotes.
+  # shellcheck disable=SC2086
+  if ! (cd "$scratch" && $build "$scratch/$name") >"$scratch/build.log" 2>&1; then
     log "$name: build failed; last lines of $scratch/build.log:"
     tail -n 30 "$scratch/build.log" >&2
     exit 1
@@ -90,34 +96,66 @@ prepare_kubernetes_module() {
   for staging in $(sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/.*#\1#p' "$upstream_mod"); do
     go mod edit -replace "${staging}=${staging}@${staging_version}"
   done
-  printf 'package tools\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' >tools.go
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@${KUBERNETES}" "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBERNETES}" "k8s.io/kubernetes/cmd/kubectl@${KUBERNETES}"
-}
-
-build_kubectl() {
-  prepare_kubernetes_module
-  go build -ldflags "$(kubernetes_ldflags)" -o "$1" k8s.io/kubernetes/cmd/kubectl
+  local command imports="" packages=()
+  for command in "${kubernetes_commands[@]}"; do
+    imports+=$'\t_ "k8s.io/kubernetes/cmd/'"${command}"$'"\n'
+    packages+=("k8s.io/kubernetes/cmd/${command}@${KUBERNETES}")
+  done
+  printf 'package tools\nimport (\n%s)\n' "$imports" >tools.go
+  go get "${packages[@]}"
 }
 
 kubernetes_ldflags() {
   echo "-X k8s.io/component-base/version.gitVersion=${KUBERNETES} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "${KUBERNETES#v1.}" | cut -d. -f1)"
 }
 
-build_kube_apiserver() {
+# The Kubernetes commands the tests and the demo run; every one builds from the same module.
+kubernetes_commands=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+
+# build_kubernetes_command NAME TARGET
+build_kubernetes_command() {
   prepare_kubernetes_module
-  go build -ldflags "$(kubernetes_ldflags)" -o "$1" k8s.io/kubernetes/cmd/kube-apiserver
+  go build -ldflags "$(kubernetes_ldflags)" -o "$2" "k8s.io/kubernetes/cmd/$1"
 }
 
-build_kube_controller_manager() {
-  prepare_kubernetes_module
-  go build -ldflags "$(kubernetes_ldflags)" -o "$1" k8s.io/kubernetes/cmd/kube-controller-manager
+# The real node's runtime comes from Debian: these commands, and the package of each.
+declare -A node_packages=(
+  [containerd]=containerd
+  [runc]=runc
+  [/usr/lib/cni/bridge]=containernetworking-plugins
+  [podman]=podman
+  [iptables]=iptables
+  [conntrack]=conntrack
+)
+
+install_node_packages() {
+  local wanted=() needed
+  for needed in "${!node_packages[@]}"; do
+    if [[ $needed == /* ]]; then
+      [[ -e $needed ]] && continue
+    else
+      command -v "$needed" >/dev/null && continue
+    fi
+    wanted+=("${node_packages[$needed]}")
+  done
+  ((${#wanted[@]})) || { log "node packages: present"; return; }
+  if ((EUID != 0)); then
+    log "node packages: missing ${wanted[*]}; the real node (containerd + kubelet) needs root:"
+    log "  run as root, or install them: apt-get install -y ${wanted[*]}"
+    log "  until then the tests and the demo that run real containers cannot run"
+    return
+  fi
+  log "node packages: installing ${wanted[*]} (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}" >&2
 }
 
 install_binary nats-server build_nats_server
 install_binary etcd build_etcd
-install_binary kube-apiserver build_kube_apiserver
-install_binary kube-controller-manager build_kube_controller_manager
-install_binary kubectl build_kubectl
+for command in "${kubernetes_commands[@]}"; do
+  install_binary "$command" "build_kubernetes_command $command"
+done
 install_binary helm build_helm
+install_node_packages
 
 echo "$bin_dir"

@@ -1,7 +1,8 @@
-//! A throwaway certificate authority and serving certificates for loopback servers.
+//! A throwaway certificate authority, and serving and client certificates signed by it.
 //!
 //! rustls rejects a leaf certificate used as its own CA, so the servers get a real chain: a
-//! CA certificate and a leaf signed by it for `localhost` and `127.0.0.1`.
+//! CA certificate and a leaf signed by it for `localhost` and `127.0.0.1` (and, for the API
+//! server of a real node, the addresses pods use).
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -46,13 +47,30 @@ impl TestCa {
 
     /// A serving certificate for `localhost`, 127.0.0.1 and ::1.
     pub fn loopback_server(&self, common_name: &str) -> anyhow::Result<PemPair> {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+        self.server(common_name, &[], &[])
+    }
+
+    /// A serving certificate for `localhost`, 127.0.0.1, ::1 and the given DNS names and IP
+    /// addresses: the API server as pods reach it (the `kubernetes` Service's address and names,
+    /// the node's address).
+    pub fn server(
+        &self,
+        common_name: &str,
+        dns_names: &[&str],
+        ips: &[std::net::IpAddr],
+    ) -> anyhow::Result<PemPair> {
+        let mut names = vec!["localhost".to_owned()];
+        names.extend(dns_names.iter().map(|name| (*name).to_owned()));
+        let mut params = CertificateParams::new(names)?;
+        for ip in [
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ]
+        .iter()
+        .chain(ips)
+        {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -67,6 +85,19 @@ impl TestCa {
     pub fn client(&self, user: &str) -> anyhow::Result<PemPair> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, user);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// A client certificate for `user` in `group`: Kubernetes reads the organization as the
+    /// group (a kubelet is `system:node:<name>` in `system:nodes`). rcgen keeps one value per
+    /// attribute type, hence one group.
+    pub fn client_in_group(&self, user: &str, group: &str) -> anyhow::Result<PemPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, group);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
     }

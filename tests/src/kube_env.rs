@@ -1,9 +1,12 @@
-//! A real Kubernetes control plane on loopback: etcd, kube-apiserver and
-//! kube-controller-manager, started once per test binary and stopped when it exits.
+//! A real Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager, started
+//! once per test binary and stopped when it exits. Each test gets a namespace of its own.
 //!
-//! There is no kubelet, so no container runs; everything else is the real thing: schema
-//! validation and CEL rules, RBAC, Pod Security admission, garbage collection, and the
-//! Deployment and ReplicaSet controllers. Each test gets a namespace of its own.
+//! Alone ([`ControlPlane::shared`]) it listens on 127.0.0.1 and no container runs; everything
+//! else is the real thing: schema validation and CEL rules, RBAC, Pod Security admission,
+//! garbage collection, and the Deployment and ReplicaSet controllers. With a real node
+//! ([`crate::node::Node::shared`]) the API server listens on the node's address instead, where
+//! the kubelet and the pods (through the `kubernetes` Service) reach it, authorizes kubelets
+//! with the Node authorizer and reaches them for `kubectl logs` and `exec`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +23,7 @@ use crate::certs::{TestCa, service_account_key};
 use crate::ports::free_port;
 use crate::process::ServerProcess;
 use crate::testenv::testenv_bin;
-use crate::wait;
+use crate::{node, wait};
 
 /// A loaded 2-core machine can take most of a minute to bring kube-apiserver to ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -30,11 +33,22 @@ const ADMIN_TOKEN: &str = "audit-tests-admin-token";
 
 static SHARED: OnceLock<ControlPlane> = OnceLock::new();
 
+/// Where the API server listens, and whom it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// 127.0.0.1, for the test binary and the processes it starts.
+    Loopback,
+    /// The real node's address (hack/testnode.env), for the node's kubelet and pods as well.
+    Node,
+}
+
 /// The shared control plane of one test binary.
 pub struct ControlPlane {
+    placement: Placement,
     api_url: String,
     kubeconfig_path: PathBuf,
     ca_pem: String,
+    ca: TestCa,
     processes: Mutex<Vec<ServerProcess>>,
     dir: Mutex<Option<TempDir>>,
 }
@@ -45,14 +59,22 @@ impl ControlPlane {
     /// It runs on its own thread and runtime so that no test's runtime owns it, and it is
     /// stopped (processes killed, files removed) when the test binary exits, panicking tests
     /// included; if the binary is killed outright, the kernel kills the servers.
+    ///
+    /// In a test binary that runs a real node, this is the node's control plane.
     pub fn shared() -> &'static ControlPlane {
-        SHARED.get_or_init(|| {
-            let control_plane = std::thread::spawn(|| {
+        Self::shared_placed(Placement::Loopback)
+    }
+
+    /// The control plane of this test binary, listening where a real node's kubelet and pods
+    /// reach it. Called by [`crate::node::Node::shared`] after it set up the node's network.
+    pub(crate) fn shared_placed(placement: Placement) -> &'static ControlPlane {
+        let control_plane = SHARED.get_or_init(|| {
+            let control_plane = std::thread::spawn(move || {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .expect("a tokio runtime for starting the control plane")
-                    .block_on(ControlPlane::start())
+                    .block_on(ControlPlane::start(placement))
             })
             .join()
             .expect("starting the control plane does not panic")
@@ -60,15 +82,36 @@ impl ControlPlane {
             // SAFETY: registering a plain extern "C" function with no captured state.
             unsafe { libc::atexit(stop_shared_control_plane) };
             control_plane
-        })
+        });
+        assert!(
+            placement == Placement::Loopback || control_plane.placement == placement,
+            "this test binary started its control plane without the real node: a test binary \
+             that uses the node calls Node::shared() before anything else"
+        );
+        control_plane
     }
 
-    async fn start() -> anyhow::Result<ControlPlane> {
+    async fn start(placement: Placement) -> anyhow::Result<ControlPlane> {
         let dir = tempfile::Builder::new().prefix("audit-kube-").tempdir()?;
         let path = |name: &str| dir.path().join(name);
+        let layout = node::layout();
 
         let ca = TestCa::new("audit-tests-ca")?;
-        let serving = ca.loopback_server("kube-apiserver")?;
+        let serving = ca.server(
+            "kube-apiserver",
+            &[
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+            &[layout.node_ip.into(), layout.kubernetes_service_ip.into()],
+        )?;
+        // The API server's identity towards kubelets (logs, exec, port-forward).
+        let kubelet_client =
+            ca.client_in_group("kube-apiserver-kubelet-client", "system:masters")?;
+        std::fs::write(path("kubelet-client.crt"), &kubelet_client.cert_pem)?;
+        std::fs::write(path("kubelet-client.key"), &kubelet_client.key_pem)?;
         let (sa_private, sa_public) = service_account_key()?;
         std::fs::write(path("ca.crt"), ca.cert_pem())?;
         std::fs::write(path("apiserver.crt"), &serving.cert_pem)?;
@@ -107,7 +150,11 @@ impl ControlPlane {
         .map_err(|e| anyhow::anyhow!("{e:#}\netcd log:\n{}", processes[0].log_tail(30)))?;
 
         let api_port = free_port();
-        let api_url = format!("https://127.0.0.1:{api_port}");
+        let listen_ip = match placement {
+            Placement::Loopback => std::net::Ipv4Addr::LOCALHOST,
+            Placement::Node => layout.node_ip,
+        };
+        let api_url = format!("https://{listen_ip}:{api_port}");
         let mut apiserver = Command::new(testenv_bin("kube-apiserver"));
         apiserver
             .arg(format!("--etcd-servers={etcd_url}"))
@@ -121,11 +168,25 @@ impl ControlPlane {
                 path("apiserver.key").display()
             ))
             .arg(format!("--secure-port={api_port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg(format!("--bind-address={listen_ip}"))
+            .arg(format!("--advertise-address={listen_ip}"))
+            .arg(format!(
+                "--service-cluster-ip-range={}",
+                layout.service_cidr
+            ))
             .arg("--allow-privileged=true")
-            .arg("--authorization-mode=RBAC")
+            .arg("--authorization-mode=Node,RBAC")
+            .arg("--enable-admission-plugins=NodeRestriction")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                path("kubelet-client.crt").display()
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                path("kubelet-client.key").display()
+            ))
+            // The node's name does not resolve; its InternalIP is the address to dial.
+            .arg("--kubelet-preferred-address-types=InternalIP")
             .arg(format!(
                 "--token-auth-file={}",
                 path("tokens.csv").display()
@@ -140,11 +201,14 @@ impl ControlPlane {
                 "--service-account-signing-key-file={}",
                 path("sa.key").display()
             ))
-            // The lease reconciler would publish 127.0.0.1 as the `kubernetes` Service's
-            // endpoint, which the API rejects as a loopback address, every few seconds.
-            .arg("--endpoint-reconciler-type=none")
             .arg("--enable-priority-and-fairness=false")
             .arg("--v=0");
+        if placement == Placement::Loopback {
+            // The lease reconciler would publish 127.0.0.1 as the `kubernetes` Service's
+            // endpoint, which the API rejects as a loopback address, every few seconds. On
+            // the node it publishes the node's address, which pods reach.
+            apiserver.arg("--endpoint-reconciler-type=none");
+        }
         processes.push(ServerProcess::spawn(
             "kube-apiserver",
             apiserver,
@@ -152,11 +216,16 @@ impl ControlPlane {
         )?);
 
         let kubeconfig_path = path("admin.kubeconfig");
-        std::fs::write(&kubeconfig_path, kubeconfig_yaml(&api_url, &ca.cert_pem()))?;
+        std::fs::write(
+            &kubeconfig_path,
+            kubeconfig_yaml(&api_url, &ca.cert_pem(), &format!("token: {ADMIN_TOKEN}")),
+        )?;
         let control_plane = ControlPlane {
+            placement,
             api_url,
             kubeconfig_path,
             ca_pem: ca.cert_pem(),
+            ca,
             processes: Mutex::new(processes),
             dir: Mutex::new(None),
         };
@@ -199,10 +268,7 @@ impl ControlPlane {
                 path("sa.key").display()
             ))
             .arg(format!("--root-ca-file={}", path("ca.crt").display()))
-            .arg(
-                "--controllers=garbagecollector,namespace,deployment,replicaset,\
-                 serviceaccount,serviceaccount-token,disruption",
-            )
+            .arg(format!("--controllers={}", controllers(placement)))
             .arg("--concurrent-gc-syncs=5")
             .arg("--v=0");
         control_plane
@@ -246,7 +312,7 @@ impl ControlPlane {
         Ok(control_plane)
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://127.0.0.1:<port>`, or the node's address with a real node.
     pub fn api_url(&self) -> &str {
         &self.api_url
     }
@@ -257,18 +323,48 @@ impl ControlPlane {
         &self.kubeconfig_path
     }
 
+    /// A kubeconfig file that authenticates with a client certificate for `user` (in
+    /// `group`), signed by the cluster's CA: the identity of a node's components (a kubelet
+    /// is `system:node:<name>` in `system:nodes`).
+    pub(crate) fn kubeconfig_with_certificate(
+        &self,
+        user: &str,
+        group: Option<&str>,
+    ) -> anyhow::Result<PathBuf> {
+        let certificate = match group {
+            Some(group) => self.ca.client_in_group(user, group)?,
+            None => self.ca.client(user)?,
+        };
+        let file_name = file_name_for(user);
+        let dir = self.dir_path();
+        let cert_path = dir.join(format!("{file_name}.crt"));
+        let key_path = dir.join(format!("{file_name}.key"));
+        std::fs::write(&cert_path, &certificate.cert_pem)?;
+        std::fs::write(&key_path, &certificate.key_pem)?;
+        let path = dir.join(format!("{file_name}.kubeconfig"));
+        let auth = format!(
+            "client-certificate: {}\n    client-key: {}",
+            cert_path.display(),
+            key_path.display()
+        );
+        std::fs::write(&path, kubeconfig_yaml(&self.api_url, &self.ca_pem, &auth))?;
+        Ok(path)
+    }
+
+    /// The directory of the control plane's files (certificates, kubeconfigs, logs), removed
+    /// when the test binary exits.
+    pub fn dir_path(&self) -> &Path {
+        self.kubeconfig_path
+            .parent()
+            .expect("the kubeconfig lives in the control plane's directory")
+    }
+
     /// A kubeconfig file whose requests act as `user` in `groups`, by impersonation: a child
     /// process using it (the operator binary) has exactly the rights RBAC gives that user.
     pub fn kubeconfig_as(&self, user: &str, groups: &[&str]) -> anyhow::Result<PathBuf> {
-        let dir = self
-            .kubeconfig_path
-            .parent()
-            .expect("the kubeconfig lives in the control plane's directory");
-        let file_name: String = user
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let path = dir.join(format!("{file_name}.kubeconfig"));
+        let path = self
+            .dir_path()
+            .join(format!("{}.kubeconfig", file_name_for(user)));
         let mut kubeconfig: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig_path)?)?;
         let auth = &mut kubeconfig["users"][0]["user"];
@@ -357,11 +453,7 @@ impl ControlPlane {
     /// The last lines of one server's log (`etcd`, `kube-apiserver`,
     /// `kube-controller-manager`), for failure messages.
     pub fn log_tail(&self, server: &str) -> String {
-        let dir = self
-            .kubeconfig_path
-            .parent()
-            .expect("the kubeconfig lives in the control plane's directory");
-        crate::process::log_tail(&dir.join(format!("{server}.log")), 40)
+        crate::process::log_tail(&self.dir_path().join(format!("{server}.log")), 40)
     }
 
     fn stop(&self) {
@@ -383,6 +475,29 @@ extern "C" fn stop_shared_control_plane() {
     }
 }
 
+/// The controllers of kube-controller-manager: what the tests rely on, and no more.
+fn controllers(placement: Placement) -> String {
+    let mut controllers = vec![
+        "garbagecollector",
+        "namespace",
+        "deployment",
+        "replicaset",
+        "serviceaccount",
+        "serviceaccount-token",
+        "disruption",
+        // The kube-root-ca.crt ConfigMap that every pod's service account token volume needs.
+        "root-ca-cert-publisher",
+        // The EndpointSlices kube-proxy programs Services from.
+        "endpointslice",
+    ];
+    if placement == Placement::Node {
+        // Lifts the not-ready taint the kubelet registers its Node with, once it is Ready, and
+        // judges the node's health from its Lease, as in a cluster.
+        controllers.push("nodelifecycle");
+    }
+    controllers.join(",")
+}
+
 fn ensure_all_running(processes: &Mutex<Vec<ServerProcess>>) -> anyhow::Result<()> {
     let mut processes = processes
         .lock()
@@ -401,7 +516,16 @@ async fn etcd_healthy(port: u16) -> bool {
         })
 }
 
-fn kubeconfig_yaml(api_url: &str, ca_pem: &str) -> String {
+/// `user` reduced to characters safe in a file name.
+fn file_name_for(user: &str) -> String {
+    user.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// A kubeconfig for the cluster; `auth` is the user's YAML (e.g. `token: ...`), indented
+/// under `user:`.
+fn kubeconfig_yaml(api_url: &str, ca_pem: &str, auth: &str) -> String {
     let ca_data = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     format!(
         "apiVersion: v1
@@ -414,7 +538,7 @@ clusters:
 users:
 - name: admin
   user:
-    token: {ADMIN_TOKEN}
+    {auth}
 contexts:
 - name: audit-tests
   context:

@@ -7,19 +7,25 @@
 //! - [`kube_env`] runs a Kubernetes control plane (etcd, kube-apiserver,
 //!   kube-controller-manager) once per test binary, with admin and impersonating clients and a
 //!   fresh namespace per test.
+//! - [`node`] is a real node (containerd, kubelet, kube-scheduler, kube-proxy) attached to
+//!   that control plane, running the [`images`] the Dockerfile builds.
 //! - [`kubelet`] is a small local kubelet: it registers a Node, binds a namespace's pods to
 //!   it and runs their containers as local processes, reporting their real status.
 //! - [`process`] guarantees that no server outlives the test that started it.
 
 pub mod certs;
 pub mod http;
+pub mod images;
 pub mod kube_env;
 pub mod kubelet;
 pub mod nats;
+pub mod node;
 pub mod operator;
+pub mod pod_logs;
 pub mod ports;
 pub mod process;
 pub mod testenv;
+pub mod tools;
 pub mod wait;
 
 pub use testenv::{bin_dir, cargo_bin};

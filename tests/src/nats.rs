@@ -28,6 +28,8 @@ struct ClusterMembership {
 /// Dropping it stops the server and removes the directory.
 pub struct NatsServer {
     name: String,
+    /// 127.0.0.1, or a real node's address where pods reach it too.
+    listen_ip: std::net::Ipv4Addr,
     port: u16,
     monitor_port: u16,
     extra_config: String,
@@ -52,6 +54,23 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// A standalone server listening on `ip`, e.g. a real node's address, where both the
+    /// test and the node's pods reach it (its monitoring port stays on 127.0.0.1).
+    pub async fn start_on(ip: std::net::Ipv4Addr) -> anyhow::Result<Self> {
+        Self::start_on_with_config(ip, "").await
+    }
+
+    /// [`start_on`](Self::start_on) with a configuration ending in `extra_config`.
+    pub async fn start_on_with_config(
+        ip: std::net::Ipv4Addr,
+        extra_config: &str,
+    ) -> anyhow::Result<Self> {
+        let mut server = Self::prepare("nats", extra_config, None)?;
+        server.listen_ip = ip;
+        server.start_again().await?;
+        Ok(server)
+    }
+
     /// A standalone server whose JetStream belongs to `domain` (as in leaf-node setups): its
     /// API answers under `$JS.<domain>.API`.
     pub async fn start_with_jetstream_domain(domain: &str) -> anyhow::Result<Self> {
@@ -68,6 +87,7 @@ impl NatsServer {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             name: name.to_owned(),
+            listen_ip: std::net::Ipv4Addr::LOCALHOST,
             port: free_port(),
             monitor_port: free_port(),
             extra_config: extra_config.to_owned(),
@@ -78,9 +98,9 @@ impl NatsServer {
         })
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>` (or the address given to [`start_on`](Self::start_on)).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.listen_ip, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -143,7 +163,7 @@ impl NatsServer {
     fn config_text(&self) -> String {
         let mut text = String::new();
         let _ = writeln!(text, "server_name: {}-{}", self.name, self.port);
-        let _ = writeln!(text, "listen: 127.0.0.1:{}", self.port);
+        let _ = writeln!(text, "listen: {}:{}", self.listen_ip, self.port);
         let _ = writeln!(text, "http: 127.0.0.1:{}", self.monitor_port);
         let domain = self
             .jetstream_domain

@@ -207,3 +207,114 @@ impl OperatorProcess {
         self.process.kill();
     }
 }
+
+/// The operator as users install it on a cluster: the Helm chart with the images the
+/// Dockerfile builds, running in pods on the real node with its ServiceAccount token and
+/// only the chart's RBAC.
+pub struct ChartRelease {
+    /// The release namespace (the operator's pods and its Lease).
+    pub namespace: String,
+    /// The release (and Deployment) name.
+    pub name: String,
+}
+
+/// The label selector of the release's operator pods.
+pub const CHART_RELEASE: &str = "audit-operator";
+
+impl ChartRelease {
+    /// `helm install` into `namespace` with `replicas` operator pods and the locally built
+    /// images (`imagePullPolicy: Never`: there is no registry), then waits until every pod is
+    /// Ready by its own readiness probe. `extra` are more `--set` values.
+    pub async fn install(
+        namespace: &str,
+        replicas: u32,
+        extra: &[&str],
+    ) -> anyhow::Result<ChartRelease> {
+        let (operator_repository, operator_tag) = crate::images::OPERATOR_IMAGE
+            .rsplit_once(':')
+            .expect("an image name with a tag");
+        let (consumer_repository, consumer_tag) = crate::images::CONSUMER_IMAGE
+            .rsplit_once(':')
+            .expect("an image name with a tag");
+        let mut values = vec![
+            format!("image.repository={operator_repository}"),
+            format!("image.tag={operator_tag}"),
+            "image.pullPolicy=Never".to_owned(),
+            format!("consumerImage.repository={consumer_repository}"),
+            format!("consumerImage.tag={consumer_tag}"),
+            format!("replicaCount={replicas}"),
+            // Debug logs of the operator's own crate, in a failure message's log tail.
+            "logLevel=info\\,audit_operator=debug".to_owned(),
+        ];
+        values.extend(extra.iter().map(|value| (*value).to_owned()));
+        let mut args = vec![
+            "install",
+            CHART_RELEASE,
+            "deploy/helm/audit-operator",
+            "--namespace",
+            namespace,
+        ];
+        for value in &values {
+            args.extend(["--set", value]);
+        }
+        crate::tools::run("helm", &args, None)?;
+        let release = ChartRelease {
+            namespace: namespace.to_owned(),
+            name: CHART_RELEASE.to_owned(),
+        };
+        release.wait_ready(replicas).await?;
+        Ok(release)
+    }
+
+    /// Waits until the Deployment has `replicas` updated pods, all Ready.
+    pub async fn wait_ready(&self, replicas: u32) -> anyhow::Result<()> {
+        let client = ControlPlane::shared().admin_client().await?;
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(client, &self.namespace);
+        let replicas = i32::try_from(replicas)?;
+        wait::until(
+            &format!("{replicas} ready operator pod(s)"),
+            Duration::from_secs(180),
+            Duration::from_millis(500),
+            || async {
+                let status = deployments
+                    .get(&self.name)
+                    .await?
+                    .status
+                    .unwrap_or_default();
+                Ok((status.ready_replicas == Some(replicas)
+                    && status.updated_replicas == Some(replicas)
+                    && status.replicas == Some(replicas))
+                .then_some(()))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.logs()))
+    }
+
+    /// The label selector of the operator's pods.
+    pub fn selector(&self) -> String {
+        format!("app.kubernetes.io/instance={}", self.name)
+    }
+
+    /// The operator pods' recent logs (`kubectl logs`), for failure messages.
+    pub fn logs(&self) -> String {
+        let selector = self.selector();
+        match crate::tools::run(
+            "kubectl",
+            &[
+                "logs",
+                "--namespace",
+                &self.namespace,
+                "--selector",
+                &selector,
+                "--prefix",
+                "--tail=40",
+            ],
+            None,
+        ) {
+            Ok(logs) => format!("operator logs:\n{logs}"),
+            Err(e) => format!("(no operator logs: {e:#})"),
+        }
+    }
+}

@@ -3,12 +3,10 @@
 //! under the restricted Pod Security Standard, and grant the operator exactly the rights it
 //! uses.
 
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use audit_tests::kube_env::ControlPlane;
-use audit_tests::testenv::{testenv_bin, workspace_root};
+use audit_tests::tools;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -18,54 +16,8 @@ const KUBERNETES_VERSION: &str = "1.36.3";
 
 /// Runs a testenv tool against the shared control plane and returns its output, failing the
 /// test with the tool's own error text when it fails.
-fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let output = try_run(tool, args, stdin);
-    assert!(
-        output.status.success(),
-        "{tool} {} failed ({}):\n{}\n{}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn try_run(tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(testenv_bin(tool))
-        .args(args)
-        .current_dir(workspace_root())
-        .env("KUBECONFIG", ControlPlane::shared().kubeconfig_path())
-        // helm keeps caches and repository config in the home directory; keep them private.
-        .env("HELM_CACHE_HOME", scratch_dir("helm-cache"))
-        .env("HELM_CONFIG_HOME", scratch_dir("helm-config"))
-        .env("HELM_DATA_HOME", scratch_dir("helm-data"))
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(text.as_bytes())
-            .expect("writing the tool's input");
-    }
-    child.wait_with_output().expect("waiting for the tool")
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
-        .join(format!("audit-deploy-tests-{}", std::process::id()))
-        .join(name);
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-    dir
+fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> String {
+    tools::run(tool, args, stdin).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn stdout(output: &Output) -> String {
@@ -157,7 +109,7 @@ fn can_i(service_account: &str, check: &str, namespace: &str) -> bool {
     let mut args: Vec<&str> = vec!["auth", "can-i"];
     args.extend(check.split_whitespace());
     args.extend(["--as", service_account, "-n", namespace]);
-    let output = try_run("kubectl", &args, None);
+    let output = tools::output("kubectl", &args, None);
     stdout(&output).trim() == "yes"
 }
 
@@ -186,7 +138,7 @@ async fn helm_chart_installs_without_drift_and_runs_restricted() -> anyhow::Resu
         &["install", "audit", CHART, "--namespace", &namespace],
         None,
     );
-    let rendered = stdout(&run(
+    let rendered = run(
         "helm",
         &[
             "template",
@@ -198,10 +150,10 @@ async fn helm_chart_installs_without_drift_and_runs_restricted() -> anyhow::Resu
             KUBERNETES_VERSION,
         ],
         None,
-    ));
+    );
 
     // A GitOps tool applies the same manifests again and again: nothing may differ.
-    let diff = try_run(
+    let diff = tools::output(
         "kubectl",
         &["diff", "--server-side", "-f", "-"],
         Some(&rendered),
@@ -221,11 +173,7 @@ async fn helm_chart_installs_without_drift_and_runs_restricted() -> anyhow::Resu
 
     assert_pod_template_passes_restricted(&rendered_deployment(&rendered)).await?;
     // The chart and the Kustomize base are written separately; their rights must not drift.
-    let kustomized = stdout(&run(
-        "kubectl",
-        &["kustomize", "deploy/kustomize/base"],
-        None,
-    ));
+    let kustomized = run("kubectl", &["kustomize", "deploy/kustomize/base"], None);
     assert_eq!(
         rules_of(&rendered, "ClusterRole"),
         rules_of(&kustomized, "ClusterRole"),
@@ -244,13 +192,13 @@ async fn kustomize_overlays_apply_without_drift_and_run_restricted() -> anyhow::
         "deploy/kustomize/overlays/development",
         "deploy/kustomize/overlays/production",
     ] {
-        let built = stdout(&run("kubectl", &["kustomize", overlay], None));
+        let built = run("kubectl", &["kustomize", overlay], None);
         run(
             "kubectl",
             &["apply", "--server-side", "-f", "-"],
             Some(&built),
         );
-        let diff = try_run(
+        let diff = tools::output(
             "kubectl",
             &["diff", "--server-side", "-f", "-"],
             Some(&built),

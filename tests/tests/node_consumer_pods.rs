@@ -1,0 +1,533 @@
+//! On a real node: AuditConsumer pods run the consumer image the Dockerfile builds in real
+//! containers, turn Ready through their real probes, write one line per event that
+//! `kubectl logs` shows, run hardened (proven from the container's own process), and drain
+//! under the kubelet's SIGTERM on a rollout and a scale-down without losing an event.
+//!
+//! The operator runs in-cluster, installed once per test binary from the Helm chart.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use audit_tests::kube_env::ControlPlane;
+use audit_tests::nats::NatsServer;
+use audit_tests::node::Node;
+use audit_tests::operator::ChartRelease;
+use audit_tests::pod_logs::PodLogs;
+use audit_tests::{tools, wait};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(180);
+const POLL: Duration = Duration::from_millis(250);
+const TOKEN: &str = "real-node-token-52c1";
+
+/// The operator of this test binary, installed from the chart into `audit-system-*`.
+fn operator() -> &'static ChartRelease {
+    static RELEASE: OnceLock<ChartRelease> = OnceLock::new();
+    RELEASE.get_or_init(|| {
+        Node::shared();
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(async {
+                    let namespace = ControlPlane::shared()
+                        .create_namespace_labelled(
+                            "audit-system",
+                            &[("pod-security.kubernetes.io/enforce", "restricted")],
+                        )
+                        .await?;
+                    ChartRelease::install(&namespace, 1, &["requeueInterval=5s"]).await
+                })
+        })
+        .join()
+        .expect("installing the chart does not panic")
+        .unwrap_or_else(|e| panic!("the operator chart did not install: {e:#}"))
+    })
+}
+
+fn resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", kind),
+        plural,
+    )
+}
+
+/// One test's world: a namespace enforcing the `restricted` Pod Security level, a
+/// nats-server on the node's address requiring a token, and the token in a Secret.
+struct Env {
+    node: &'static Node,
+    operator: &'static ChartRelease,
+    client: kube::Client,
+    namespace: String,
+    consumers: Api<DynamicObject>,
+    nats: NatsServer,
+}
+
+impl Env {
+    async fn start(prefix: &str) -> anyhow::Result<Self> {
+        let node = Node::shared();
+        let operator = operator();
+        let control_plane = ControlPlane::shared();
+        let client = control_plane.admin_client().await?;
+        let namespace = control_plane
+            .create_namespace_labelled(
+                prefix,
+                &[("pod-security.kubernetes.io/enforce", "restricted")],
+            )
+            .await?;
+        let nats = NatsServer::start_on_with_config(
+            node.ip(),
+            &format!("authorization {{ token: \"{TOKEN}\" }}"),
+        )
+        .await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": { "name": "nats-token" },
+                    "stringData": { "token": TOKEN },
+                }))?,
+            )
+            .await?;
+        Ok(Self {
+            node,
+            operator,
+            consumers: Api::namespaced_with(
+                client.clone(),
+                &namespace,
+                &resource("AuditConsumer", "auditconsumers"),
+            ),
+            client,
+            namespace,
+            nats,
+        })
+    }
+
+    async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
+        let client = async_nats::ConnectOptions::with_token(TOKEN.into())
+            .connect(self.nats.url())
+            .await?;
+        Ok(jetstream::new(client))
+    }
+
+    /// `kubectl apply` of a manifest, as a user would.
+    fn kubectl_apply(&self, manifest: &str) -> anyhow::Result<()> {
+        tools::run(
+            "kubectl",
+            &["apply", "--namespace", &self.namespace, "-f", "-"],
+            Some(manifest),
+        )?;
+        Ok(())
+    }
+
+    /// The sample AuditStream, pointed at this test's server with the token Secret.
+    fn apply_sample_stream(&self) -> anyhow::Result<()> {
+        let sample = std::fs::read_to_string(
+            audit_tests::testenv::workspace_root().join("deploy/samples/auditstream.yaml"),
+        )?;
+        let mut stream: Value = serde_yaml::from_str(&sample)?;
+        stream["spec"]["connection"] = json!({
+            "servers": [self.nats.url()],
+            "auth": { "tokenSecretRef": { "name": "nats-token", "key": "token" } },
+        });
+        self.kubectl_apply(&serde_json::to_string(&stream)?)
+    }
+
+    fn apply_consumer(&self, name: &str, spec: Value) -> anyhow::Result<()> {
+        let mut full = json!({ "streamRef": { "name": "audit-events" } });
+        if let (Some(full), Value::Object(spec)) = (full.as_object_mut(), spec) {
+            full.extend(spec);
+        }
+        self.kubectl_apply(&serde_json::to_string(&json!({
+            "apiVersion": "audit.eventsaudit.io/v1alpha1",
+            "kind": "AuditConsumer",
+            "metadata": { "name": name },
+            "spec": full,
+        }))?)
+    }
+
+    async fn consumer_status(&self, name: &str) -> anyhow::Result<Value> {
+        Ok(self.consumers.get(name).await?.data["status"].clone())
+    }
+
+    /// Waits until the AuditConsumer is Ready for its current generation.
+    async fn wait_ready(&self, name: &str) -> anyhow::Result<Value> {
+        wait::until(
+            &format!("AuditConsumer {name} Ready"),
+            WAIT,
+            POLL,
+            || async {
+                let object = self.consumers.get(name).await?;
+                let status = &object.data["status"];
+                let current = status["observedGeneration"].as_i64() == object.metadata.generation;
+                let ready = status["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == "Ready" && c["status"] == "True")
+                    .cloned();
+                Ok(ready.filter(|_| current))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.operator.logs()))
+    }
+
+    async fn pods(&self, name: &str) -> anyhow::Result<Vec<Pod>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(pods
+            .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={name}")))
+            .await?
+            .items)
+    }
+
+    /// Waits until the durable consumer has nothing pending and nothing unacknowledged,
+    /// as the AuditConsumer's status reports it.
+    async fn wait_all_acknowledged(&self, name: &str, last_sequence: u64) -> anyhow::Result<()> {
+        wait::until(
+            &format!("{name}: pending 0, ack pending 0, ack floor {last_sequence}"),
+            WAIT,
+            POLL,
+            || async {
+                let status = self.consumer_status(name).await?;
+                Ok((status["pending"] == 0
+                    && status["ackPending"] == 0
+                    && status["ackFloor"] == last_sequence)
+                    .then_some(()))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.operator.logs()))
+    }
+}
+
+/// An event of one of the three kinds the consumer writes, carrying `id`.
+fn event(n: usize, id: &str) -> String {
+    match n % 3 {
+        0 => json!({ "id": id, "type": "order.created", "source": "shop", "data": { "n": n, "password": "hunter2" } })
+            .to_string(),
+        1 => json!({ "specversion": "1.0", "id": id, "type": "order.paid", "source": "/shop", "data": { "n": n } })
+            .to_string(),
+        _ => format!("raw event {id}"),
+    }
+}
+
+/// The event id a line of the consumer's JSON output carries, and its delivery count; `None`
+/// for the consumer's own diagnostics, which go to standard error and so into the same
+/// container log (a log agent tells them apart by stream).
+fn audit_event(line: &str) -> anyhow::Result<Option<(String, u64)>> {
+    let Ok(line) = serde_json::from_str::<Value>(line) else {
+        return Ok(None);
+    };
+    if line.get("kind").is_none() {
+        return Ok(None);
+    }
+    let id = match line["kind"].as_str() {
+        Some("raw") => line["raw"]
+            .as_str()
+            .and_then(|raw| raw.strip_prefix("raw event "))
+            .map(str::to_owned),
+        _ => line["event"]["id"].as_str().map(str::to_owned),
+    }
+    .ok_or_else(|| anyhow::anyhow!("no event id in {line}"))?;
+    let delivered = line["delivered"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no delivery count in {line}"))?;
+    Ok(Some((id, delivered)))
+}
+
+/// The audit event lines among `lines`, each with its event id and delivery count.
+fn audit_events(lines: &[String]) -> anyhow::Result<Vec<(&str, String, u64)>> {
+    let mut events = Vec::new();
+    for line in lines {
+        if let Some((id, delivered)) = audit_event(line)? {
+            events.push((line.as_str(), id, delivered));
+        }
+    }
+    Ok(events)
+}
+
+#[tokio::test]
+async fn the_samples_run_in_real_containers_and_kubectl_logs_shows_every_event_once()
+-> anyhow::Result<()> {
+    let env = Env::start("samples").await?;
+    env.apply_sample_stream()?;
+    let sample = std::fs::read_to_string(
+        audit_tests::testenv::workspace_root().join("deploy/samples/auditconsumer.yaml"),
+    )?;
+    env.kubectl_apply(&sample)?;
+    let ready = env.wait_ready("audit-log").await?;
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 ready pod(s)")),
+        "{ready}"
+    );
+
+    let pods = env.pods("audit-log").await?;
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        assert_eq!(
+            pod.spec.as_ref().unwrap().node_name.as_deref(),
+            Some(env.node.name())
+        );
+        let status = pod.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        let container = &status.container_statuses.as_ref().unwrap()[0];
+        assert!(
+            container.ready && container.started == Some(true),
+            "{container:?}"
+        );
+        assert_eq!(container.restart_count, 0, "{container:?}");
+        assert!(
+            container
+                .container_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("containerd://")),
+            "{container:?}"
+        );
+    }
+
+    let js = env.jetstream().await?;
+    let total = 300;
+    for n in 0..total {
+        js.publish(
+            format!("audit.orders.{n}"),
+            event(n, &format!("evt-{n}")).into(),
+        )
+        .await?
+        .await?;
+    }
+
+    // What the sample's own comment tells a user to run (with every line, not the last 10
+    // that a label selector defaults to).
+    let lines = wait::until("kubectl logs to show every event", WAIT, POLL, || async {
+        let logs = tools::run(
+            "kubectl",
+            &[
+                "logs",
+                "--namespace",
+                &env.namespace,
+                "-l",
+                "app.kubernetes.io/instance=audit-log",
+                "--tail=-1",
+            ],
+            None,
+        )?;
+        let lines: Vec<String> = logs.lines().map(str::to_owned).collect();
+        let events = audit_events(&lines)?.len();
+        Ok((events >= total).then_some(lines))
+    })
+    .await?;
+    let events = audit_events(&lines)?;
+    assert_eq!(events.len(), total, "one line per event");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (line, id, _) in &events {
+        assert!(!line.contains("hunter2"), "redacted: {line}");
+        let parsed: Value = serde_json::from_str(line)?;
+        assert_eq!(parsed["stream"], "AUDIT_EVENTS");
+        assert_eq!(parsed["consumer"], "audit-log");
+        *seen.entry(id.clone()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), total, "every event appears");
+    assert!(seen.values().all(|&count| count == 1), "each exactly once");
+
+    env.wait_all_acknowledged("audit-log", total as u64).await?;
+    Ok(())
+}
+
+/// One line of `/proc/<pid>/status`, e.g. `Uid`.
+fn proc_status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc status:\n{status}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn consumer_containers_are_hardened_as_their_own_process_sees_it() -> anyhow::Result<()> {
+    let env = Env::start("hardening").await?;
+    env.apply_sample_stream()?;
+    env.apply_consumer("hardened", json!({ "replicas": 1 }))?;
+    env.wait_ready("hardened").await?;
+    let pods = env.pods("hardened").await?;
+    let container_id = pods[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap();
+    let pid = env.node.container_pid(&container_id)?;
+    let proc = |file: &str| std::fs::read(format!("/proc/{pid}/{file}"));
+
+    let status = String::from_utf8(proc("status")?)?;
+    assert_eq!(proc_status_field(&status, "Uid"), "65532 65532 65532 65532");
+    assert_eq!(proc_status_field(&status, "Gid"), "65532 65532 65532 65532");
+    for capabilities in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            proc_status_field(&status, capabilities),
+            "0000000000000000",
+            "{capabilities}"
+        );
+    }
+    assert_eq!(proc_status_field(&status, "NoNewPrivs"), "1");
+    // 2: a seccomp filter (RuntimeDefault) is active.
+    assert_eq!(proc_status_field(&status, "Seccomp"), "2");
+
+    // The root filesystem is mounted read-only, and a write through it fails.
+    let mountinfo = String::from_utf8(proc("mountinfo")?)?;
+    let root_mount = mountinfo
+        .lines()
+        .find(|line| line.split_whitespace().nth(4) == Some("/"))
+        .expect("a root mount");
+    let options = root_mount.split_whitespace().nth(5).unwrap();
+    assert!(options.split(',').any(|o| o == "ro"), "{root_mount}");
+    let written = std::fs::write(format!("/proc/{pid}/root/written-by-the-test"), b"x");
+    assert_eq!(
+        written.as_ref().map_err(std::io::Error::raw_os_error),
+        Err(Some(libc::EROFS)),
+        "a write to the container's root filesystem fails as read-only"
+    );
+
+    // The credential is a file, never an argument or an environment value.
+    let cmdline = String::from_utf8_lossy(&proc("cmdline")?).replace('\0', " ");
+    let environ = String::from_utf8_lossy(&proc("environ")?).replace('\0', "\n");
+    assert!(!cmdline.contains(TOKEN), "{cmdline}");
+    assert!(!environ.contains(TOKEN), "{environ}");
+    assert!(
+        cmdline.contains("--token-file"),
+        "the consumer reads the token from a file: {cmdline}"
+    );
+    assert_eq!(
+        pods[0]
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0]
+            .restart_count,
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rollout_and_a_scale_down_drain_under_sigterm_and_lose_nothing() -> anyhow::Result<()> {
+    let env = Env::start("drain").await?;
+    env.apply_sample_stream()?;
+    let spec = |replicas: u32, batch: u32| json!({ "replicas": replicas, "batch": batch, "expires": "2s", "deliverPolicy": "All" });
+    env.apply_consumer("drained", spec(2, 20))?;
+    env.wait_ready("drained").await?;
+    let logs = PodLogs::follow(
+        &env.client,
+        &env.namespace,
+        "app.kubernetes.io/instance=drained",
+    );
+
+    // A steady stream of events throughout, each acknowledged by the stream.
+    let js = env.jetstream().await?;
+    let (stop_publishing, mut stopped) = tokio::sync::watch::channel(false);
+    let publisher = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        let mut n = 0;
+        while !*stopped.borrow() {
+            let id = format!("evt-{n}");
+            js.publish(format!("audit.drain.{n}"), event(n, &id).into())
+                .await?
+                .await?;
+            acknowledged.push(id);
+            n += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+        anyhow::Ok(acknowledged)
+    });
+
+    // A spec change rolls every pod; then a scale-down stops one more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.apply_consumer("drained", spec(2, 50))?;
+    env.wait_ready("drained").await?;
+    wait::until("the rollout to replace both pods", WAIT, POLL, || async {
+        let exits: usize = logs.exit_codes().values().map(Vec::len).sum();
+        Ok((exits >= 2).then_some(()))
+    })
+    .await?;
+    env.apply_consumer("drained", spec(1, 50))?;
+    wait::until("the scale-down to stop a third pod", WAIT, POLL, || async {
+        let exits: usize = logs.exit_codes().values().map(Vec::len).sum();
+        Ok((exits >= 3).then_some(()))
+    })
+    .await?;
+    env.wait_ready("drained").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_publishing.send(true)?;
+    let acknowledged = publisher.await??;
+
+    // Every event the stream acknowledged was written, by some pod.
+    let wanted: HashSet<&String> = acknowledged.iter().collect();
+    wait::until(
+        "every acknowledged event in some pod's log",
+        WAIT,
+        POLL,
+        || async {
+            let lines = logs.lines();
+            let written: HashSet<String> = audit_events(&lines)?
+                .into_iter()
+                .map(|(_, id, _)| id)
+                .collect();
+            let missing = wanted.iter().filter(|id| !written.contains(**id)).count();
+            Ok((missing == 0).then_some(()))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\nfollow errors: {:?}", logs.errors()))?;
+
+    // At least once: an event written twice was delivered again (its later line says so).
+    let mut deliveries: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (_, id, delivered) in audit_events(&logs.lines())? {
+        deliveries.entry(id).or_default().push(delivered);
+    }
+    let duplicates: Vec<_> = deliveries
+        .iter()
+        .filter(|(_, counts)| counts.len() > 1)
+        .collect();
+    for (id, counts) in &duplicates {
+        assert!(
+            counts.iter().any(|&delivered| delivered > 1),
+            "{id} written twice without a redelivery: {counts:?}"
+        );
+    }
+    eprintln!(
+        "{} events, {} written more than once, log lines per pod {:?}",
+        acknowledged.len(),
+        duplicates.len(),
+        logs.lines_per_pod()
+    );
+
+    // Each stopped container drained and exited 0 under the kubelet's SIGTERM.
+    let exits = logs.exit_codes();
+    assert!(
+        exits.values().flatten().all(|&code| code == 0),
+        "every stopped consumer exits 0: {exits:?}"
+    );
+    env.wait_all_acknowledged("drained", acknowledged.len() as u64)
+        .await?;
+    Ok(())
+}
