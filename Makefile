@@ -20,14 +20,12 @@ lint: ## cargo fmt --check and clippy with warnings as errors.
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 .PHONY: demo
-demo: ## A local control plane, NATS, the operator and its consumer pods, until Ctrl-C.
+demo: ## A local Kubernetes node and control plane, NATS, the operator and its consumer pods, until Ctrl-C.
 	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	images_dir=""; \
+	if [[ $$EUID -eq 0 ]]; then images_dir=$$(bash hack/images.sh | tail -n 1); fi; \
 	$(CARGO) build --workspace --bins --locked; \
-	AUDIT_TESTENV_BIN="$$bin_dir" $(CARGO) run --quiet --locked -p audit-tests --bin audit-demo
-
-.PHONY: images
-images: ## Build the operator, consumer and pause images from the Dockerfile; prints their directory last.
-	@bash hack/images.sh
+	AUDIT_TESTENV_BIN="$$bin_dir" AUDIT_IMAGES_DIR="$$images_dir" $(CARGO) run --quiet --locked -p audit-tests --bin audit-demo
 
 .PHONY: test
 test: ## Everything CI runs: provisioning, images, lint, unit tests, tests on real servers and a real node.

@@ -58,6 +58,11 @@ impl PodLogs {
         self.with(|c| c.lines.values().flatten().cloned().collect())
     }
 
+    /// Every line so far, per pod.
+    pub fn lines_by_pod(&self) -> BTreeMap<String, Vec<String>> {
+        self.with(|c| c.lines.clone())
+    }
+
     /// How many lines each pod wrote so far.
     pub fn lines_per_pod(&self) -> BTreeMap<String, usize> {
         self.with(|c| {

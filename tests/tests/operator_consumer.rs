@@ -1,22 +1,20 @@
 //! AuditConsumer reconciliation against the real servers: the committed CRDs on the test
-//! control plane, a real nats-server, the `audit-operator` binary scoped to each test's
-//! namespace, and, where pods must run, the local kubelet running the Deployment's pods as
-//! `audit-consumer` processes and reporting their status to Kubernetes.
+//! control plane, a real nats-server, and the `audit-operator` binary scoped to each test's
+//! namespace. What the pods do once they run is tested on a real node
+//! (`node_consumer_pods.rs`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use audit_tests::kube_env::ControlPlane;
-use audit_tests::kubelet::Kubelet;
 use audit_tests::nats::NatsServer;
 use audit_tests::operator::{OperatorProcess, install_crds};
-use audit_tests::{cargo_bin, wait};
+use audit_tests::wait;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
@@ -510,211 +508,5 @@ async fn deletion_removes_the_durable_consumer_unless_retained() -> anyhow::Resu
             .then_some(()))
     })
     .await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn pods_that_really_run_log_and_ack_every_event() -> anyhow::Result<()> {
-    let env = Env::start("consumer-pods").await?;
-    env.apply_stream().await?;
-    env.apply_consumer(
-        "reader",
-        json!({ "replicas": 2, "batch": 20, "expires": "2s", "redactKeys": ["password"] }),
-    )
-    .await?;
-    env.wait_condition("reader", "ConsumerReady", "True")
-        .await?;
-    env.deployment("reader").await?;
-
-    let mut kubelet = Kubelet::builder(&env.client, &env.namespace)
-        .binary("/usr/local/bin/audit-consumer", cargo_bin("audit-consumer"))
-        .start()
-        .await?;
-    kubelet.wait_ready(2, WAIT).await?;
-
-    // Kubernetes sees the pods: bound to the node, running and ready by their own probes; the
-    // Deployment counts them, and the AuditConsumer turns Ready.
-    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
-    let ready_replicas = |count: i32| {
-        let deployments = &deployments;
-        async move {
-            let status = deployments
-                .get("reader-audit-consumer")
-                .await?
-                .status
-                .unwrap_or_default();
-            Ok((status.ready_replicas == Some(count)
-                && status.available_replicas == Some(count)
-                && status.updated_replicas == Some(count)
-                && status.replicas == Some(count))
-            .then_some(()))
-        }
-    };
-    wait::until(
-        "the Deployment to report 2 ready replicas",
-        WAIT,
-        POLL,
-        || ready_replicas(2),
-    )
-    .await?;
-    let ready = env.wait_condition("reader", "Ready", "True").await?;
-    assert!(
-        ready["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("2 ready pod(s)")),
-        "{ready}"
-    );
-    let workload = env.condition("reader", "WorkloadAvailable").await?.unwrap();
-    assert_eq!(workload["status"], "True");
-    assert_eq!(workload["message"], "2 of 2 pod(s) ready");
-    let object = env.consumers.get("reader").await?;
-    assert_eq!(object.data["status"]["readyReplicas"], 2);
-    assert_eq!(
-        env.condition("reader", "Reconciling").await?.unwrap()["status"],
-        "False"
-    );
-
-    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
-    let selector = ListParams::default().labels("app.kubernetes.io/instance=reader");
-    let listed = pods.list(&selector).await?.items;
-    assert_eq!(listed.len(), 2);
-    for pod in &listed {
-        let spec = pod.spec.as_ref().unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some(kubelet.node_name()));
-        let status = pod.status.as_ref().unwrap();
-        assert_eq!(status.phase.as_deref(), Some("Running"));
-        assert!(status.start_time.is_some());
-        assert!(status.pod_ip.is_none(), "no pod IP is made up");
-        for type_ in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
-            let condition = status
-                .conditions
-                .iter()
-                .flatten()
-                .find(|c| c.type_ == type_)
-                .unwrap_or_else(|| panic!("condition {type_} in {status:?}"));
-            assert_eq!(condition.status, "True", "{type_}: {condition:?}");
-        }
-        let container = &status.container_statuses.as_ref().unwrap()[0];
-        assert!(container.ready && container.started == Some(true));
-        assert_eq!(container.restart_count, 0);
-        assert!(container.state.as_ref().unwrap().running.is_some());
-    }
-
-    let js = env.jetstream().await?;
-    let total = 300;
-    for n in 0..total {
-        let payload = match n % 3 {
-            0 => json!({ "id": format!("evt-{n}"), "type": "order.created", "source": "shop", "data": { "n": n, "password": "hunter2" } })
-                .to_string(),
-            1 => json!({ "specversion": "1.0", "id": format!("evt-{n}"), "type": "order.paid", "source": "/shop", "data": { "n": n } })
-                .to_string(),
-            _ => format!("raw event evt-{n}"),
-        };
-        js.publish(format!("audit.orders.{n}"), payload.into())
-            .await?
-            .await?;
-    }
-
-    let lines = wait::until("every event logged by some pod", WAIT, POLL, || async {
-        let lines = kubelet.stdout_lines();
-        Ok((lines.len() >= total).then_some(lines))
-    })
-    .await?;
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for line in &lines {
-        let line: Value = serde_json::from_str(line)?;
-        assert_eq!(line["stream"], "ORDERS");
-        assert_eq!(line["consumer"], "reader");
-        assert!(!line.to_string().contains("hunter2"), "redacted: {line}");
-        let id = match line["kind"].as_str() {
-            Some("raw") => line["raw"]
-                .as_str()
-                .and_then(|raw| raw.strip_prefix("raw event "))
-                .map(str::to_owned),
-            _ => line["event"]["id"].as_str().map(str::to_owned),
-        }
-        .unwrap_or_else(|| panic!("no event id in {line}"));
-        *seen.entry(id).or_default() += 1;
-    }
-    assert_eq!(seen.len(), total, "every event appears");
-    assert!(
-        seen.values().all(|&count| count == 1),
-        "no event twice in the normal path"
-    );
-    let per_pod: Vec<usize> = kubelet
-        .pods()
-        .iter()
-        .map(|pod| pod.stdout_lines().len())
-        .collect();
-    assert_eq!(per_pod.len(), 2);
-    assert_eq!(per_pod.iter().sum::<usize>(), total);
-
-    // Everything acked, and the AuditConsumer's status says so.
-    wait::until("status pending and ackPending 0", WAIT, POLL, || async {
-        let object = env.consumers.get("reader").await?;
-        let status = &object.data["status"];
-        Ok(
-            (status["pending"] == 0 && status["ackPending"] == 0 && status["ackFloor"] == total)
-                .then_some(()),
-        )
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
-
-    // A scale-down deletes a pod: the kubelet stops it (SIGTERM: it drains and exits 0) and
-    // finishes the deletion; the workload stays available with one pod.
-    env.consumers
-        .patch_scale(
-            "reader",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "replicas": 1 } })),
-        )
-        .await?;
-    let stopped = wait::until("one pod stopped and removed", WAIT, POLL, || async {
-        Ok(kubelet.pods().into_iter().find(|pod| pod.finished))
-    })
-    .await?;
-    assert_eq!(stopped.exits.len(), 1, "{stopped:?}");
-    assert!(
-        stopped.exits[0].success(),
-        "SIGTERM drains and exits 0: {stopped:?}"
-    );
-    wait::until("the stopped pod gone from the API", WAIT, POLL, || async {
-        Ok(pods.get_opt(&stopped.name).await?.is_none().then_some(()))
-    })
-    .await?;
-    wait::until(
-        "the Deployment to report 1 ready replica",
-        WAIT,
-        POLL,
-        || ready_replicas(1),
-    )
-    .await?;
-    wait::until(
-        "the AuditConsumer ready with 1 of 1",
-        WAIT,
-        POLL,
-        || async {
-            let workload = env.condition("reader", "WorkloadAvailable").await?;
-            Ok(workload.filter(|c| c["status"] == "True" && c["message"] == "1 of 1 pod(s) ready"))
-        },
-    )
-    .await?;
-
-    // Stopping the node stops the last pod the same way.
-    let pods = kubelet.shutdown().await;
-    assert_eq!(pods.len(), 2);
-    for pod in &pods {
-        assert_eq!(pod.restart_count, 0, "{pod:?}");
-        assert_eq!(pod.error, None);
-        assert_eq!(
-            pod.api_error, None,
-            "every API write of the kubelet succeeded"
-        );
-        assert!(
-            pod.exits.len() == 1 && pod.exits[0].success(),
-            "SIGTERM drains and exits 0: {pod:?}"
-        );
-    }
     Ok(())
 }

@@ -1,13 +1,14 @@
-//! `make demo`: audit-operator end to end on this machine, with no cluster and no container
-//! engine, until Ctrl-C.
+//! `make demo`: audit-operator end to end on this machine, with no cluster, until Ctrl-C.
 //!
-//! It starts the test environment's Kubernetes control plane and a NATS server, installs the
-//! CRDs with kubectl, runs the operator, applies the samples in `deploy/samples/`, runs the
-//! harness's local kubelet (which binds the consumer pods the operator asks for to a Node and
-//! runs them as local processes, so Kubernetes sees them ready), publishes sample audit events,
-//! and shows what the pods write and what `kubectl get audit` says. Ctrl-C scales the consumer
-//! to zero (the kubelet stops the pods as a cluster would), deletes the resources (so the
-//! finalizers run), and stops every server; temporary files go with them.
+//! Where a real node can run (root, the Debian packages `make testenv` installs, the images
+//! `make images` builds), it starts the test environment's node and control plane, installs
+//! the operator with its Helm chart, applies the samples in `deploy/samples/` and shows what
+//! the consumer pods write, read through the API as `kubectl logs` does, and what `kubectl get
+//! audit` says, while it publishes sample audit events. Elsewhere it says why and falls back
+//! to the control plane alone, the operator as a local process and the harness's local kubelet
+//! (which runs the consumer pods' command as local processes). Ctrl-C scales the consumer to
+//! zero (the kubelet stops the pods as a cluster would), deletes the resources (so the
+//! finalizers run), and stops every server and the node; temporary files go with them.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -21,7 +22,9 @@ use async_nats::jetstream;
 use audit_tests::kube_env::ControlPlane;
 use audit_tests::kubelet::Kubelet;
 use audit_tests::nats::NatsServer;
-use audit_tests::operator::OperatorProcess;
+use audit_tests::node::{self, Node};
+use audit_tests::operator::{ChartRelease, OperatorProcess};
+use audit_tests::pod_logs::PodLogs;
 use audit_tests::testenv::{testenv_bin, workspace_root};
 use audit_tests::{cargo_bin, wait};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -109,8 +112,8 @@ async fn supervise() -> ExitCode {
 
 async fn run_demo() -> ExitCode {
     println!(
-        "audit-operator demo: a local Kubernetes control plane, NATS JetStream, the operator and\n\
-         its consumer pods, all as processes on 127.0.0.1. Press Ctrl-C to stop and clean up."
+        "audit-operator demo: a local Kubernetes node and control plane, NATS JetStream, the\n\
+         operator and its consumer pods. Press Ctrl-C to stop and clean up."
     );
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
@@ -127,13 +130,29 @@ async fn run_demo() -> ExitCode {
     }
 }
 
-/// Everything the demo started; dropping it stops the processes and removes the files.
+/// Where the consumer pods run, and the operator with them.
+enum Workloads {
+    /// A real node: the operator installed from the Helm chart runs in a pod, the consumer
+    /// pods run in containers, their output is read through the API (`kubectl logs`).
+    Node {
+        release: ChartRelease,
+        logs: PodLogs,
+    },
+    /// No real node can run here: the operator runs as a local process, and the harness's
+    /// local kubelet runs the consumer pods' command as local processes.
+    Local {
+        kubelet: Box<Kubelet>,
+        operator: Box<OperatorProcess>,
+    },
+}
+
+/// Everything the demo started; dropping it stops the processes and removes the files (the
+/// node and the control plane go when the process exits).
 struct Running {
     kubeconfig: PathBuf,
     namespace: String,
     js: jetstream::Context,
-    kubelet: Kubelet,
-    operator: OperatorProcess,
+    workloads: Workloads,
     _nats: NatsServer,
 }
 
@@ -153,11 +172,42 @@ async fn demo(stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
     result
 }
 
+/// Why a real node cannot run here, if it cannot: it needs root, the Debian packages `make
+/// testenv` installs, and the images `make images` builds.
+fn real_node_unavailable() -> Option<String> {
+    if let Err(reason) = Node::runnable() {
+        return Some(format!("{reason:#}"));
+    }
+    if std::env::var_os("AUDIT_IMAGES_DIR").is_none_or(|dir| dir.is_empty()) {
+        return Some("no images were built (`make demo` builds them when run as root)".into());
+    }
+    None
+}
+
 async fn start() -> anyhow::Result<Running> {
-    step(
-        "Starting etcd, kube-apiserver and kube-controller-manager (the first start takes a while)",
-    );
-    let control_plane = tokio::task::spawn_blocking(ControlPlane::shared).await?;
+    let unavailable = real_node_unavailable();
+    let control_plane = match &unavailable {
+        None => {
+            step(
+                "Starting a real Kubernetes node (containerd, kubelet, kube-scheduler, kube-proxy) \
+                 and its control plane (etcd, kube-apiserver, kube-controller-manager)",
+            );
+            let node = tokio::task::spawn_blocking(Node::shared).await?;
+            note(&format!(
+                "Node {} at {}, pods on {}; the first start takes a while",
+                node.name(),
+                node.ip(),
+                node::layout().pod_cidr
+            ));
+            ControlPlane::shared()
+        }
+        Some(reason) => {
+            step("Starting etcd, kube-apiserver and kube-controller-manager");
+            note(&format!("no real node: {reason}"));
+            note("falling back to the harness's local kubelet, which runs pods as local processes");
+            tokio::task::spawn_blocking(ControlPlane::shared).await?
+        }
+    };
     let kubeconfig = control_plane.kubeconfig_path().to_owned();
     note(&format!("API server: {}", control_plane.api_url()));
     note(&format!(
@@ -166,26 +216,18 @@ async fn start() -> anyhow::Result<Running> {
     ));
 
     step("Starting nats-server with JetStream");
-    let nats = NatsServer::start().await?;
+    let nats = match unavailable {
+        None => NatsServer::start_on(node::layout().node_ip).await?,
+        Some(_) => NatsServer::start().await?,
+    };
     note(&format!("NATS: {}", nats.url()));
 
-    step("Installing the CRDs: kubectl apply --server-side -k crds/");
-    let crds = workspace_root().join("crds");
-    kubectl(
-        &kubeconfig,
-        &["apply", "--server-side", "-k", &crds.display().to_string()],
-        None,
-    )?;
-    let mut established = vec!["wait", "--for=condition=Established", "--timeout=60s"];
-    let names: Vec<String> = std::fs::read_dir(&crds)?
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter_map(|file| file.strip_suffix(".yaml").map(str::to_owned))
-        .filter(|name| name != "kustomization")
-        .map(|name| format!("crd/{name}"))
-        .collect();
-    established.extend(names.iter().map(String::as_str));
-    kubectl(&kubeconfig, &established, None)?;
-
+    let operator_namespace = control_plane
+        .create_namespace_labelled(
+            "audit-system",
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        )
+        .await?;
     let namespace = control_plane
         .create_namespace_labelled(
             "audit-demo",
@@ -193,12 +235,37 @@ async fn start() -> anyhow::Result<Running> {
         )
         .await?;
     note(&format!(
-        "namespace {namespace} enforces the Pod Security 'restricted' profile"
+        "namespaces {operator_namespace} and {namespace} enforce the Pod Security 'restricted' profile"
     ));
 
-    step("Starting audit-operator for that namespace");
-    let mut operator = OperatorProcess::start(&["--namespace", &namespace])?;
-    note(&format!("operator log: {}", operator.log_path().display()));
+    let release = if unavailable.is_none() {
+        step(&format!(
+            "Installing the operator and its CRDs: helm install audit-operator deploy/helm/audit-operator \
+             --namespace {operator_namespace} (images built from the Dockerfile)"
+        ));
+        // A short drift and live-state check, so that `kubectl get audit` follows the demo.
+        let release =
+            ChartRelease::install(&operator_namespace, 1, &["requeueInterval=10s"]).await?;
+        kubectl(
+            &kubeconfig,
+            &["-n", &operator_namespace, "get", "pods", "-o", "wide"],
+            None,
+        )?;
+        Some(release)
+    } else {
+        step("Installing the CRDs: kubectl apply --server-side -k crds/");
+        install_crds(&kubeconfig)?;
+        None
+    };
+    let mut operator = match release {
+        Some(_) => None,
+        None => {
+            step("Starting audit-operator for that namespace, as a local process");
+            let operator = OperatorProcess::start(&["--namespace", &namespace])?;
+            note(&format!("operator log: {}", operator.log_path().display()));
+            Some(operator)
+        }
+    };
 
     step("Applying deploy/samples/auditstream.yaml and auditconsumer.yaml");
     note(&format!(
@@ -221,12 +288,19 @@ async fn start() -> anyhow::Result<Running> {
     let client = control_plane.admin_client().await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let name = format!("{CONSUMER_NAME}-audit-consumer");
+    let operator_log = |operator: &Option<OperatorProcess>| match (operator, &release) {
+        (Some(operator), _) => format!("operator log:\n{}", operator.log_tail()),
+        (None, Some(release)) => release.logs(),
+        (None, None) => String::new(),
+    };
     wait::until(
         &format!("Deployment {name}"),
         WAIT,
         Duration::from_millis(500),
         || {
-            let running = operator.ensure_running();
+            let running = operator
+                .as_mut()
+                .map_or(Ok(()), OperatorProcess::ensure_running);
             let deployments = &deployments;
             let name = &name;
             async move {
@@ -236,40 +310,49 @@ async fn start() -> anyhow::Result<Running> {
         },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", operator.log_tail()))?;
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", operator_log(&operator)))?;
     kubectl(&kubeconfig, &["-n", &namespace, "get", "audit"], None)?;
 
-    step("Running the consumer pods on a local kubelet");
-    note("there is no kubelet or scheduler on this machine: the harness's local kubelet registers");
-    note("the Node local-kubelet, binds the Deployment's pods to it and runs each pod's container");
-    note(
-        "as a local process with exactly its command and arguments, as its non-root user, with its",
-    );
-    note("Secret volumes written to a temporary directory. It reports the pods' status from their");
-    note("own readiness probes, so the Deployment counts them and the AuditConsumer turns Ready.");
-    let kubelet = Kubelet::builder(&client, &namespace)
-        .binary("/usr/local/bin/audit-consumer", cargo_bin("audit-consumer"))
-        .start()
-        .await?;
-    for pod in kubelet.wait_ready(2, WAIT).await? {
-        note(&format!(
-            "pod {} ready; its output: {}",
-            pod.name,
-            pod.stdout_path().display()
-        ));
-    }
-    kubectl(
-        &kubeconfig,
-        &[
-            "-n",
-            &namespace,
-            "wait",
-            "--for=condition=Ready",
-            &format!("auditconsumer/{CONSUMER_NAME}"),
-            "--timeout=120s",
-        ],
-        None,
-    )?;
+    let workloads = match (release, operator) {
+        (Some(release), _) => {
+            step("Waiting for the consumer pods: real containers, Ready by their own probes");
+            let logs = PodLogs::follow(
+                &client,
+                &namespace,
+                &format!("app.kubernetes.io/instance={CONSUMER_NAME}"),
+            );
+            wait_consumer_ready(&kubeconfig, &namespace)?;
+            note(&format!(
+                "their output: kubectl logs -n {namespace} -l app.kubernetes.io/instance={CONSUMER_NAME} --prefix"
+            ));
+            Workloads::Node { release, logs }
+        }
+        (None, Some(operator)) => {
+            step("Running the consumer pods on the local kubelet");
+            note("the local kubelet registers the Node local-kubelet, binds the Deployment's pods");
+            note("to it and runs each pod's container as a local process with exactly its command");
+            note("and arguments, as its non-root user, with its Secret volumes written to a");
+            note("temporary directory. It reports the pods' status from their own readiness");
+            note("probes, so the Deployment counts them and the AuditConsumer turns Ready.");
+            let kubelet = Kubelet::builder(&client, &namespace)
+                .binary("/usr/local/bin/audit-consumer", cargo_bin("audit-consumer"))
+                .start()
+                .await?;
+            for pod in kubelet.wait_ready(2, WAIT).await? {
+                note(&format!(
+                    "pod {} ready; its output: {}",
+                    pod.name,
+                    pod.stdout_path().display()
+                ));
+            }
+            wait_consumer_ready(&kubeconfig, &namespace)?;
+            Workloads::Local {
+                kubelet: Box::new(kubelet),
+                operator: Box::new(operator),
+            }
+        }
+        (None, None) => unreachable!("the operator runs in a pod or as a process"),
+    };
     kubectl(
         &kubeconfig,
         &["-n", &namespace, "get", "pods,deploy", "-o", "wide"],
@@ -283,10 +366,42 @@ async fn start() -> anyhow::Result<Running> {
         kubeconfig,
         namespace,
         js,
-        kubelet,
-        operator,
+        workloads,
         _nats: nats,
     })
+}
+
+fn install_crds(kubeconfig: &Path) -> anyhow::Result<()> {
+    let crds = workspace_root().join("crds");
+    kubectl(
+        kubeconfig,
+        &["apply", "--server-side", "-k", &crds.display().to_string()],
+        None,
+    )?;
+    let mut established = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+    let names: Vec<String> = std::fs::read_dir(&crds)?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter_map(|file| file.strip_suffix(".yaml").map(str::to_owned))
+        .filter(|name| name != "kustomization")
+        .map(|name| format!("crd/{name}"))
+        .collect();
+    established.extend(names.iter().map(String::as_str));
+    kubectl(kubeconfig, &established, None)
+}
+
+fn wait_consumer_ready(kubeconfig: &Path, namespace: &str) -> anyhow::Result<()> {
+    kubectl(
+        kubeconfig,
+        &[
+            "-n",
+            namespace,
+            "wait",
+            "--for=condition=Ready",
+            &format!("auditconsumer/{CONSUMER_NAME}"),
+            "--timeout=180s",
+        ],
+        None,
+    )
 }
 
 /// Publishes and shows, until the caller stops it.
@@ -294,22 +409,20 @@ async fn show(running: &Running) -> anyhow::Result<()> {
     step("Publishing sample audit events (structured, CloudEvents, raw) every 2 seconds");
     let Running {
         js,
-        kubelet,
+        workloads,
         kubeconfig,
         namespace,
         ..
     } = running;
-    let mut offsets: HashMap<String, u64> = HashMap::new();
+    // Per pod: how many lines were shown, or how far its output file was read.
+    let mut shown: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     for n in 0u64.. {
         tick.tick().await;
         let (subject, payload) = sample_event(n);
         js.publish(subject, payload.into()).await?.await?;
-        for pod in kubelet.pods() {
-            let offset = offsets.entry(pod.uid.clone()).or_default();
-            for line in new_lines(pod.stdout_path(), offset)? {
-                println!("\x1b[36m[{}]\x1b[0m {line}", pod.name);
-            }
+        for (pod, line) in new_output(workloads, &mut shown)? {
+            println!("\x1b[36m[{pod}]\x1b[0m {line}");
         }
         if n % 5 == 4 {
             println!();
@@ -318,6 +431,33 @@ async fn show(running: &Running) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The pods' output lines not shown yet, with the pod that wrote each.
+fn new_output(
+    workloads: &Workloads,
+    shown: &mut HashMap<String, u64>,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut lines = Vec::new();
+    match workloads {
+        Workloads::Node { logs, .. } => {
+            for (pod, pod_lines) in logs.lines_by_pod() {
+                let seen = shown.entry(pod.clone()).or_default();
+                let skip = usize::try_from(*seen)?;
+                *seen = u64::try_from(pod_lines.len())?;
+                lines.extend(pod_lines.into_iter().skip(skip).map(|l| (pod.clone(), l)));
+            }
+        }
+        Workloads::Local { kubelet, .. } => {
+            for pod in kubelet.pods() {
+                let offset = shown.entry(pod.uid.clone()).or_default();
+                for line in new_lines(pod.stdout_path(), offset)? {
+                    lines.push((pod.name.clone(), line));
+                }
+            }
+        }
+    }
+    Ok(lines)
 }
 
 /// The `n`th sample event: the old service's structured format (with a password the
@@ -376,7 +516,7 @@ fn new_lines(path: &Path, offset: &mut u64) -> anyhow::Result<Vec<String>> {
 
 async fn cleanup(running: &mut Running) {
     step(
-        "Scaling the consumer to 0: the local kubelet stops its pods (SIGTERM: they drain, ack and exit)",
+        "Scaling the consumer to 0: the kubelet stops its pods (SIGTERM: they drain, ack and exit)",
     );
     let scaled = kubectl(
         &running.kubeconfig,
@@ -392,20 +532,40 @@ async fn cleanup(running: &mut Running) {
     if let Err(error) = scaled {
         note(&format!("{error:#}"));
     }
-    let kubelet = &running.kubelet;
-    let drained = wait::until(
-        "the consumer pods to stop",
-        WAIT,
-        Duration::from_millis(250),
-        || async { Ok(kubelet.pods().iter().all(|pod| pod.finished).then_some(())) },
-    )
-    .await;
-    if let Err(error) = drained {
-        note(&format!("{error:#}; stopping the node instead"));
-    }
-    for pod in running.kubelet.shutdown().await {
-        let exits: Vec<String> = pod.exits.iter().map(ToString::to_string).collect();
-        note(&format!("pod {}: {}", pod.name, exits.join(", ")));
+    match &mut running.workloads {
+        Workloads::Node { logs, .. } => {
+            let stopped = wait::until(
+                "the consumer pods to stop",
+                WAIT,
+                Duration::from_millis(250),
+                || async { Ok((logs.exit_codes().len() >= 2).then(|| logs.exit_codes())) },
+            )
+            .await;
+            match stopped {
+                Ok(exits) => {
+                    for (pod, codes) in exits {
+                        note(&format!("pod {pod}: exit code {codes:?}"));
+                    }
+                }
+                Err(error) => note(&format!("{error:#}")),
+            }
+        }
+        Workloads::Local { kubelet, .. } => {
+            let drained = wait::until(
+                "the consumer pods to stop",
+                WAIT,
+                Duration::from_millis(250),
+                || async { Ok(kubelet.pods().iter().all(|pod| pod.finished).then_some(())) },
+            )
+            .await;
+            if let Err(error) = drained {
+                note(&format!("{error:#}; stopping the node instead"));
+            }
+            for pod in kubelet.shutdown().await {
+                let exits: Vec<String> = pod.exits.iter().map(ToString::to_string).collect();
+                note(&format!("pod {}: {}", pod.name, exits.join(", ")));
+            }
+        }
     }
     step("Deleting the AuditConsumer and the AuditStream (the operator's finalizers run)");
     for kind in ["auditconsumers", "auditstreams"] {
@@ -425,8 +585,19 @@ async fn cleanup(running: &mut Running) {
             note(&format!("{error:#}"));
         }
     }
-    step("Stopping the operator, NATS and the control plane");
-    running.operator.stop();
+    match &mut running.workloads {
+        Workloads::Node { release, .. } => {
+            step("Stopping NATS, the node and the control plane");
+            note(&format!(
+                "(operator release {} goes with the node)",
+                release.name
+            ));
+        }
+        Workloads::Local { operator, .. } => {
+            step("Stopping the operator, NATS and the control plane");
+            operator.stop();
+        }
+    }
 }
 
 /// Runs kubectl against the demo's control plane, showing its output.

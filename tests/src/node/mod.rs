@@ -70,6 +70,11 @@ impl Node {
         })
     }
 
+    /// Whether a node can run on this machine; if not, why (root, Debian packages).
+    pub fn runnable() -> anyhow::Result<()> {
+        ensure_runnable()
+    }
+
     fn start() -> anyhow::Result<Node> {
         let layout = layout();
         ensure_runnable()?;
