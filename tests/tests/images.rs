@@ -4,53 +4,28 @@
 //! containerd that imports the archives under the names pod specs use, and hadolint on the
 //! Dockerfiles.
 //!
-//! `hack/images.sh` runs once per test binary (it rebuilds only what changed) unless
-//! `AUDIT_IMAGES_DIR` names the directory it printed. Like the test node, this needs root,
-//! podman and containerd.
+//! The archives come from [`audit_tests::images::images_dir`]: `hack/images.sh` runs once per
+//! test binary (it rebuilds only what changed) unless `AUDIT_IMAGES_DIR` names the directory
+//! it printed. Like the test node, this needs root, podman and containerd.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use audit_tests::images::{
+    CONSUMER_IMAGE as CONSUMER, OPERATOR_IMAGE as OPERATOR, PAUSE_IMAGE as PAUSE, images_dir,
+};
 use audit_tests::process::ServerProcess;
 use audit_tests::testenv::workspace_root;
 use serde_json::Value;
 
-const OPERATOR: &str = "localhost/audit-operator:dev";
-const CONSUMER: &str = "localhost/audit-consumer:dev";
-const PAUSE: &str = "localhost/audit-pause:1";
-
 /// A regression guard, not a target: the larger image is about two thirds of this today.
 const MAX_APPLICATION_IMAGE_BYTES: u64 = 60_000_000;
 const MAX_PAUSE_IMAGE_BYTES: u64 = 2_000_000;
-
-/// The directory with the archives and `images.list`.
-fn images_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("AUDIT_IMAGES_DIR") {
-            return PathBuf::from(dir);
-        }
-        let script = workspace_root().join("hack/images.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            output.status.success(),
-            "{} failed; last lines of its output:\n{}",
-            script.display(),
-            tail(&String::from_utf8_lossy(&output.stderr), 40)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
-    })
-}
 
 /// The archive of the image `name`, as listed in `images.list`.
 fn archive(name: &str) -> PathBuf {
@@ -246,11 +221,6 @@ fn podman_run() -> Command {
         "--ulimit=nproc=1024:1024",
     ]);
     command
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[test]
