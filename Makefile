@@ -15,9 +15,11 @@ testenv: ## Build (first run) or reuse the pinned test servers; prints their dir
 	@bash hack/testenv.sh
 
 .PHONY: lint
-lint: ## cargo fmt --check and clippy with warnings as errors.
+lint: ## cargo fmt --check, clippy with warnings as errors, shellcheck and hadolint.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	shellcheck --severity=warning --external-sources hack/*.sh hack/images/*.sh
+	bash hack/images/hadolint.sh
 
 .PHONY: demo
 demo: ## A local Kubernetes node and control plane, NATS, the operator and its consumer pods, until Ctrl-C.

@@ -3,10 +3,10 @@
 # - the binaries (nats-server, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 #   kubelet, kube-proxy, kubectl, helm), built from the Go module proxy at the versions pinned
 #   in hack/testenv.versions into a cache outside the repository keyed by version;
-# - the real node's container runtime from Debian packages (containerd, runc, the CNI
-#   plugins, podman, iptables, conntrack), installed when missing. That needs root; without
-#   it the script says what is missing and goes on, and only the tests and the demo that run
-#   real containers are affected (they say so).
+# - from Debian packages, installed when missing: the real node's container runtime
+#   (containerd, runc, the CNI plugins, podman, iptables, conntrack) and shellcheck. That
+#   needs root; without it the script says what is missing and goes on, and only the tests
+#   and the demo that run real containers are affected (they say so).
 #
 # A rerun with a warm cache costs no build. Every binary is built into a temporary
 # directory and moved into place only when the build succeeded, so an interrupted or failed
@@ -118,34 +118,36 @@ build_kubernetes_command() {
   go build -ldflags "$(kubernetes_ldflags)" -o "$2" "k8s.io/kubernetes/cmd/$1"
 }
 
-# The real node's runtime comes from Debian: these commands, and the package of each.
-declare -A node_packages=(
+# The real node's runtime and the shell linter come from Debian: these commands, and the
+# package of each.
+declare -A debian_packages=(
   [containerd]=containerd
   [runc]=runc
   [/usr/lib/cni/bridge]=containernetworking-plugins
   [podman]=podman
   [iptables]=iptables
   [conntrack]=conntrack
+  [shellcheck]=shellcheck
 )
 
-install_node_packages() {
+install_debian_packages() {
   local wanted=() needed
-  for needed in "${!node_packages[@]}"; do
+  for needed in "${!debian_packages[@]}"; do
     if [[ $needed == /* ]]; then
       [[ -e $needed ]] && continue
     else
       command -v "$needed" >/dev/null && continue
     fi
-    wanted+=("${node_packages[$needed]}")
+    wanted+=("${debian_packages[$needed]}")
   done
-  ((${#wanted[@]})) || { log "node packages: present"; return; }
+  ((${#wanted[@]})) || { log "Debian packages: present"; return; }
   if ((EUID != 0)); then
-    log "node packages: missing ${wanted[*]}; the real node (containerd + kubelet) needs root:"
+    log "Debian packages: missing ${wanted[*]}; the real node (containerd + kubelet) needs root:"
     log "  run as root, or install them: apt-get install -y ${wanted[*]}"
     log "  until then the tests and the demo that run real containers cannot run"
     return
   fi
-  log "node packages: installing ${wanted[*]} (apt-get)"
+  log "Debian packages: installing ${wanted[*]} (apt-get)"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}" >&2
 }
@@ -156,6 +158,6 @@ for command in "${kubernetes_commands[@]}"; do
   install_binary "$command" "build_kubernetes_command $command"
 done
 install_binary helm build_helm
-install_node_packages
+install_debian_packages
 
 echo "$bin_dir"

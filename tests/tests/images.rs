@@ -1,12 +1,12 @@
 //! The container images built from the shipped Dockerfile by `hack/images.sh`: what each one
 //! promises, checked on the OCI archives the test node imports (numeric non-root user, no
-//! shell or package manager, the CA bundle, a bounded size), its entrypoint run by podman, a
-//! containerd that imports the archives under the names pod specs use, and hadolint on the
-//! Dockerfiles.
+//! shell or package manager, the CA bundle, a bounded size), its entrypoint run by podman, and
+//! hadolint on the Dockerfiles. That containerd imports the archives under the names pod specs
+//! use is checked by the test node at every start (`tests/src/node`).
 //!
 //! The archives come from [`audit_tests::images::images_dir`]: `hack/images.sh` runs once per
 //! test binary (it rebuilds only what changed) unless `AUDIT_IMAGES_DIR` names the directory
-//! it printed. Like the test node, this needs root, podman and containerd.
+//! it printed. Like the test node, this needs root and podman.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -19,7 +19,6 @@ use anyhow::{Context, bail, ensure};
 use audit_tests::images::{
     CONSUMER_IMAGE as CONSUMER, OPERATOR_IMAGE as OPERATOR, PAUSE_IMAGE as PAUSE, images_dir,
 };
-use audit_tests::process::ServerProcess;
 use audit_tests::testenv::workspace_root;
 use serde_json::Value;
 
@@ -412,83 +411,5 @@ fn the_application_images_carry_the_ca_bundle() -> anyhow::Result<()> {
             image.config_strings("Env")
         );
     }
-    Ok(())
-}
-
-/// A containerd of its own (root, state and socket in a temporary directory, no CRI plugin)
-/// imports each archive into the namespace the kubelet uses; the image names it then lists are
-/// exactly the names pod specs use.
-#[test]
-fn containerd_imports_the_archives_under_the_names_pods_use() -> anyhow::Result<()> {
-    let archives: Vec<(&str, PathBuf)> = [OPERATOR, CONSUMER, PAUSE]
-        .into_iter()
-        .map(|name| (name, archive(name)))
-        .collect();
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("containerd.sock");
-    let config = dir.path().join("config.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{socket}"
-[ttrpc]
-  address = "{socket}.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-"#,
-            root = dir.path().join("root").display(),
-            state = dir.path().join("state").display(),
-            socket = socket.display(),
-            opt = dir.path().join("opt").display(),
-        ),
-    )?;
-    let mut command = Command::new("containerd");
-    command.arg("--config").arg(&config);
-    let mut containerd =
-        ServerProcess::spawn("containerd", command, &dir.path().join("containerd.log"))?;
-
-    let ctr = |args: &[&str]| -> anyhow::Result<String> {
-        let output = run(Command::new("ctr")
-            .arg("--address")
-            .arg(&socket)
-            .args(["--namespace", "k8s.io"])
-            .args(args))?;
-        Ok(String::from_utf8(output.stdout)?)
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ctr(&["version"]).is_err() {
-        containerd.ensure_running()?;
-        ensure!(
-            Instant::now() < deadline,
-            "containerd did not answer on {} within 30s; its log:\n{}",
-            socket.display(),
-            containerd.log_tail(30)
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-
-    for (_, archive) in &archives {
-        ctr(&["images", "import", &archive.to_string_lossy()])?;
-    }
-    let listed = ctr(&["images", "list", "--quiet"])?;
-    let listed: BTreeSet<&str> = listed.lines().collect();
-    containerd.stop();
-
-    // The overlay mounts of unpacking are gone with the import; a leftover would keep the
-    // temporary directory from being removed.
-    let mounts = fs::read_to_string("/proc/self/mountinfo")?;
-    let root = dir.path().to_string_lossy();
-    assert!(
-        !mounts.contains(root.as_ref()),
-        "mounts left under {root}:\n{mounts}"
-    );
-
-    let expected: BTreeSet<&str> = archives.iter().map(|(name, _)| *name).collect();
-    assert_eq!(listed, expected, "images in containerd's k8s.io namespace");
     Ok(())
 }
