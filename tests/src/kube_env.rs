@@ -49,6 +49,8 @@ pub struct ControlPlane {
     kubeconfig_path: PathBuf,
     ca_pem: String,
     ca: TestCa,
+    /// How kube-apiserver was started, to start it again the same way.
+    apiserver_args: Vec<String>,
     processes: Mutex<Vec<ServerProcess>>,
     dir: Mutex<Option<TempDir>>,
 }
@@ -155,63 +157,54 @@ impl ControlPlane {
             Placement::Node => layout.node_ip,
         };
         let api_url = format!("https://{listen_ip}:{api_port}");
-        let mut apiserver = Command::new(testenv_bin("kube-apiserver"));
-        apiserver
-            .arg(format!("--etcd-servers={etcd_url}"))
-            .arg(format!("--cert-dir={}", path("apiserver-certs").display()))
-            .arg(format!(
-                "--tls-cert-file={}",
-                path("apiserver.crt").display()
-            ))
-            .arg(format!(
-                "--tls-private-key-file={}",
-                path("apiserver.key").display()
-            ))
-            .arg(format!("--secure-port={api_port}"))
-            .arg(format!("--bind-address={listen_ip}"))
-            .arg(format!("--advertise-address={listen_ip}"))
-            .arg(format!(
-                "--service-cluster-ip-range={}",
-                layout.service_cidr
-            ))
-            .arg("--allow-privileged=true")
-            .arg("--authorization-mode=Node,RBAC")
-            .arg("--enable-admission-plugins=NodeRestriction")
-            .arg(format!(
+        std::fs::write(path("audit-policy.yaml"), AUDIT_POLICY)?;
+        let mut apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--cert-dir={}", path("apiserver-certs").display()),
+            format!("--tls-cert-file={}", path("apiserver.crt").display()),
+            format!("--tls-private-key-file={}", path("apiserver.key").display()),
+            format!("--secure-port={api_port}"),
+            format!("--bind-address={listen_ip}"),
+            format!("--advertise-address={listen_ip}"),
+            format!("--service-cluster-ip-range={}", layout.service_cidr),
+            "--allow-privileged=true".to_owned(),
+            "--authorization-mode=Node,RBAC".to_owned(),
+            "--enable-admission-plugins=NodeRestriction".to_owned(),
+            format!(
                 "--kubelet-client-certificate={}",
                 path("kubelet-client.crt").display()
-            ))
-            .arg(format!(
+            ),
+            format!(
                 "--kubelet-client-key={}",
                 path("kubelet-client.key").display()
-            ))
+            ),
             // The node's name does not resolve; its InternalIP is the address to dial.
-            .arg("--kubelet-preferred-address-types=InternalIP")
-            .arg(format!(
-                "--token-auth-file={}",
-                path("tokens.csv").display()
-            ))
-            .arg(format!("--client-ca-file={}", path("ca.crt").display()))
-            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .arg(format!(
-                "--service-account-key-file={}",
-                path("sa.pub").display()
-            ))
-            .arg(format!(
+            "--kubelet-preferred-address-types=InternalIP".to_owned(),
+            format!("--token-auth-file={}", path("tokens.csv").display()),
+            format!("--client-ca-file={}", path("ca.crt").display()),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
+            format!("--service-account-key-file={}", path("sa.pub").display()),
+            format!(
                 "--service-account-signing-key-file={}",
                 path("sa.key").display()
-            ))
-            .arg("--enable-priority-and-fairness=false")
-            .arg("--v=0");
+            ),
+            // Who listed and watched what, for tests of the operator's API traffic.
+            format!(
+                "--audit-policy-file={}",
+                path("audit-policy.yaml").display()
+            ),
+            format!("--audit-log-path={}", path("audit.log").display()),
+            "--enable-priority-and-fairness=false".to_owned(),
+            "--v=0".to_owned(),
+        ];
         if placement == Placement::Loopback {
             // The lease reconciler would publish 127.0.0.1 as the `kubernetes` Service's
             // endpoint, which the API rejects as a loopback address, every few seconds. On
             // the node it publishes the node's address, which pods reach.
-            apiserver.arg("--endpoint-reconciler-type=none");
+            apiserver_args.push("--endpoint-reconciler-type=none".to_owned());
         }
-        processes.push(ServerProcess::spawn(
-            "kube-apiserver",
-            apiserver,
+        processes.push(spawn_apiserver(
+            &apiserver_args,
             &path("kube-apiserver.log"),
         )?);
 
@@ -226,32 +219,12 @@ impl ControlPlane {
             kubeconfig_path,
             ca_pem: ca.cert_pem(),
             ca,
+            apiserver_args,
             processes: Mutex::new(processes),
             dir: Mutex::new(None),
         };
-
+        control_plane.wait_api_ready().await?;
         let admin = control_plane.admin_client().await?;
-        let readiness = wait::until(
-            "kube-apiserver /readyz to answer ok",
-            READY_TIMEOUT,
-            Duration::from_millis(250),
-            || {
-                let admin = admin.clone();
-                let processes = &control_plane.processes;
-                async move {
-                    ensure_all_running(processes)?;
-                    let request = http::Request::get("/readyz").body(Vec::new())?;
-                    Ok(admin.request_text(request).await.ok().map(|_| ()))
-                }
-            },
-        )
-        .await;
-        if let Err(e) = readiness {
-            anyhow::bail!(
-                "{e:#}\nkube-apiserver log:\n{}",
-                control_plane.log_tail("kube-apiserver")
-            );
-        }
 
         let mut controller_manager = Command::new(testenv_bin("kube-controller-manager"));
         controller_manager
@@ -310,6 +283,63 @@ impl ControlPlane {
             .lock()
             .expect("no panic while holding the dir") = Some(dir);
         Ok(control_plane)
+    }
+
+    async fn wait_api_ready(&self) -> anyhow::Result<()> {
+        let admin = self.admin_client().await?;
+        let readiness = wait::until(
+            "kube-apiserver /readyz to answer ok",
+            READY_TIMEOUT,
+            Duration::from_millis(250),
+            || {
+                let admin = admin.clone();
+                async move {
+                    ensure_all_running(&self.processes)?;
+                    let request = http::Request::get("/readyz").body(Vec::new())?;
+                    Ok(admin.request_text(request).await.ok().map(|_| ()))
+                }
+            },
+        )
+        .await;
+        readiness.map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\nkube-apiserver log:\n{}",
+                self.log_tail("kube-apiserver")
+            )
+        })
+    }
+
+    /// Stops kube-apiserver (SIGTERM, as a rolling control-plane upgrade does) and starts it
+    /// again with the same flags, port and storage; returns once it is ready again.
+    pub async fn restart_api_server(&self) -> anyhow::Result<()> {
+        let log_path = self.dir_path().join("kube-apiserver.log");
+        let mut stopped = {
+            let mut processes = self
+                .processes
+                .lock()
+                .map_err(|_| anyhow::anyhow!("process list poisoned"))?;
+            let index = processes
+                .iter()
+                .position(|p| p.name() == "kube-apiserver")
+                .ok_or_else(|| anyhow::anyhow!("kube-apiserver is not running"))?;
+            processes.remove(index)
+        };
+        tokio::task::spawn_blocking(move || stopped.stop()).await?;
+        let restarted = spawn_apiserver(&self.apiserver_args, &log_path)?;
+        self.processes
+            .lock()
+            .map_err(|_| anyhow::anyhow!("process list poisoned"))?
+            .push(restarted);
+        self.wait_api_ready().await
+    }
+
+    /// The API server's audit events so far: every list and watch request (who, from
+    /// where, what), one JSON object each.
+    pub fn audit_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let text = std::fs::read_to_string(self.dir_path().join("audit.log"))?;
+        text.lines()
+            .map(|line| Ok(serde_json::from_str(line)?))
+            .collect()
     }
 
     /// `https://127.0.0.1:<port>`, or the node's address with a real node.
@@ -514,6 +544,22 @@ async fn etcd_healthy(port: u16) -> bool {
         .is_ok_and(|response| {
             response.status == 200 && response.body.contains("\"health\":\"true\"")
         })
+}
+
+/// What the API server's audit log records: list and watch requests, without bodies.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [list, watch]
+- level: None
+";
+
+fn spawn_apiserver(args: &[String], log_path: &Path) -> anyhow::Result<ServerProcess> {
+    let mut apiserver = Command::new(testenv_bin("kube-apiserver"));
+    apiserver.args(args);
+    ServerProcess::spawn("kube-apiserver", apiserver, log_path)
 }
 
 /// `user` reduced to characters safe in a file name.

@@ -225,6 +225,12 @@ impl NatsCluster {
     /// Starts `size` nodes and waits until each reports healthy, which in a cluster means
     /// JetStream has elected a meta leader and the node is current with it.
     pub async fn start(size: usize) -> anyhow::Result<Self> {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST, size).await
+    }
+
+    /// [`start`](Self::start) with the nodes' client ports on `ip`, e.g. a real node's
+    /// address where pods reach them (routes stay on 127.0.0.1).
+    pub async fn start_on(ip: std::net::Ipv4Addr, size: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(size >= 1, "a cluster has at least one node");
         let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let mut nodes = Vec::with_capacity(size);
@@ -238,11 +244,9 @@ impl NatsCluster {
                     .copied()
                     .collect(),
             };
-            nodes.push(NatsServer::prepare(
-                &format!("node{index}"),
-                "",
-                Some(membership),
-            )?);
+            let mut node = NatsServer::prepare(&format!("node{index}"), "", Some(membership))?;
+            node.listen_ip = ip;
+            nodes.push(node);
         }
         // A clustered node is healthy only once a quorum exists, so start every process
         // before waiting for any of them.

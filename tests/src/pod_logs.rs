@@ -19,8 +19,9 @@ use tokio::task::JoinSet;
 
 #[derive(Debug, Default)]
 struct Collected {
-    /// Lines per pod, in the order the container wrote them.
-    lines: BTreeMap<String, Vec<String>>,
+    /// Lines per pod, in the order the container wrote them, with the time the runtime
+    /// received each.
+    lines: BTreeMap<String, Vec<(Timestamp, String)>>,
     /// Exit codes of containers that terminated, per pod (a restarted container adds one).
     exits: BTreeMap<String, Vec<i32>>,
     /// Follow requests that failed and how, for failure messages.
@@ -55,12 +56,31 @@ impl PodLogs {
 
     /// Every line of every pod so far.
     pub fn lines(&self) -> Vec<String> {
-        self.with(|c| c.lines.values().flatten().cloned().collect())
+        self.with(|c| {
+            c.lines
+                .values()
+                .flatten()
+                .map(|(_, line)| line.clone())
+                .collect()
+        })
     }
 
     /// Every line so far, per pod.
     pub fn lines_by_pod(&self) -> BTreeMap<String, Vec<String>> {
-        self.with(|c| c.lines.clone())
+        self.with(|c| {
+            c.lines
+                .iter()
+                .map(|(pod, lines)| (pod.clone(), lines.iter().map(|(_, l)| l.clone()).collect()))
+                .collect()
+        })
+    }
+
+    /// Every line so far with the time the container runtime received it, in time order.
+    pub fn timed_lines(&self) -> Vec<(Timestamp, String)> {
+        let mut lines: Vec<(Timestamp, String)> =
+            self.with(|c| c.lines.values().flatten().cloned().collect());
+        lines.sort_by_key(|(time, _)| *time);
+        lines
     }
 
     /// How many lines each pod wrote so far.
@@ -189,7 +209,7 @@ async fn follow_pod(pods: Api<Pod>, name: String, collected: Arc<Mutex<Collected
                         .lines
                         .entry(name.clone())
                         .or_default()
-                        .push(text.to_owned());
+                        .push((timestamp, text.to_owned()));
                 }
             }
             Err(e) => record_error(&collected, format!("{name}: following the log: {e}")),

@@ -145,6 +145,37 @@ impl Node {
         Ok(pid.trim().parse()?)
     }
 
+    /// SIGKILLs a running container's first process, as an out-of-memory kill or a crash
+    /// would end it; the kubelet restarts the container by the pod's restart policy.
+    pub fn kill_container(&self, container_id: &str) -> anyhow::Result<()> {
+        signal(self.container_pid(container_id)?, libc::SIGKILL)
+    }
+
+    /// Stops the runc shim that copies a container's output into its log (SIGSTOP): once the
+    /// pipe is full, every write of the container to standard output or error blocks, as
+    /// with a log backend that stalls. The shim continues when the returned guard is dropped.
+    pub fn stall_output(&self, container_id: &str) -> anyhow::Result<StalledOutput> {
+        let pid = self.container_pid(container_id)?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let after_name = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
+        let shim: u32 = after_name
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| anyhow::anyhow!("no parent in /proc/{pid}/stat"))?
+            .parse()?;
+        let command = std::fs::read_to_string(format!("/proc/{shim}/comm"))?;
+        anyhow::ensure!(
+            command.trim().starts_with("containerd-shim"),
+            "the parent of container process {pid} is {command:?}, not its shim"
+        );
+        signal(shim, libc::SIGSTOP)?;
+        Ok(StalledOutput { shim })
+    }
+
     fn path(&self, relative: &str) -> PathBuf {
         self.layout.state_dir.join(relative)
     }
@@ -475,6 +506,29 @@ conntrack:
             log_dir.take();
         }
     }
+}
+
+/// A container's output is stalled while this lives; see [`Node::stall_output`].
+#[must_use = "the output continues when this is dropped"]
+pub struct StalledOutput {
+    shim: u32,
+}
+
+impl Drop for StalledOutput {
+    fn drop(&mut self) {
+        if let Err(e) = signal(self.shim, libc::SIGCONT) {
+            eprintln!("cannot continue the shim {}: {e:#}", self.shim);
+        }
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) -> anyhow::Result<()> {
+    let pid = libc::pid_t::try_from(pid)?;
+    // SAFETY: kill(2) with a pid read from the runtime's state; no memory is involved.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        anyhow::bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 extern "C" fn stop_shared_node() {
