@@ -4,8 +4,6 @@
 //! (kstatus `Stalled`) or is retried until it clears on its own (kstatus `Reconciling`). The
 //! messages name Secrets and keys but never their contents.
 
-use kube_runtime::finalizer;
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,10 +93,6 @@ pub enum Error {
 
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[source] kube::Error),
-
-    #[error("finalizer: {0}")]
-    // Boxed: the finalizer error wraps this enum.
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -122,10 +116,6 @@ impl Error {
             Error::ConsumerNotOurs { .. } => "ConsumerExists",
             Error::ObjectNotOurs { .. } => "ObjectExists",
             Error::Kube(_) => "KubernetesApiFailed",
-            Error::Finalizer(inner) => match inner.as_ref() {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
-                _ => "FinalizerFailed",
-            },
         }
     }
 
@@ -151,12 +141,6 @@ impl Error {
             | Error::JetStreamRequest(_)
             | Error::Kube(_)
             | Error::StreamNotReady { .. } => false,
-            Error::Finalizer(inner) => match inner.as_ref() {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
-                    e.needs_user_action()
-                }
-                _ => false,
-            },
         }
     }
 }

@@ -1,6 +1,6 @@
 //! How both controllers write back what they did: status by server-side apply under the
-//! operator's field manager, and Events. Also the name a resource goes by in the NATS
-//! connection pool.
+//! operator's field manager, Events, and log lines for what the controller runtime reports.
+//! Also the name a resource goes by in the NATS connection pool.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -10,7 +10,12 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     core::{DeserializeGuard, NamespaceResourceScope},
-    runtime::events::{Event, EventType, Recorder},
+    runtime::{
+        controller::{self, Action},
+        events::{Event, EventType, Recorder},
+        reflector::ObjectRef,
+        watcher,
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -61,6 +66,23 @@ pub async fn publish(
     };
     if let Err(error) = recorder.publish(&event, reference).await {
         tracing::warn!(%error, reason, "cannot publish event");
+    }
+}
+
+/// Logs what the controller runtime reports after each reconciliation. A reconciliation that
+/// was queued for an object deleted meanwhile is expected after every deletion: debug only.
+pub fn log_outcome<K>(
+    outcome: Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>,
+) where
+    K: kube::runtime::reflector::Lookup,
+    ObjectRef<K>: std::fmt::Display,
+{
+    match outcome {
+        Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+        Err(controller::Error::ObjectNotFound(object)) => {
+            tracing::debug!(%object, "not reconciled: deleted meanwhile");
+        }
+        Err(error) => tracing::warn!(%error, "reconciliation failed"),
     }
 }
 

@@ -14,6 +14,7 @@ use audit_tests::operator::{OperatorProcess, install_crds};
 use audit_tests::{cargo_bin, wait};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -92,6 +93,26 @@ impl Env {
 
     fn operator_log(&self) -> String {
         self.operator.log_tail()
+    }
+
+    /// Everything the operator has logged so far.
+    fn full_operator_log(&self) -> String {
+        std::fs::read_to_string(self.operator.log_path()).unwrap_or_default()
+    }
+
+    /// How often an Event `reason` was reported about `name`, counting the repetitions an
+    /// Event series folds into one object.
+    async fn event_occurrences(&self, name: &str, reason: &str) -> anyhow::Result<i32> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(events
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.series.map_or(1, |series| series.count))
+            .sum())
     }
 
     async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
@@ -478,6 +499,7 @@ async fn deletion_removes_the_durable_consumer_unless_retained() -> anyhow::Resu
     env.wait_condition("kept", "ConsumerReady", "True").await?;
     env.deployment("dropped").await?;
 
+    let logged_before_deletion = env.full_operator_log().len();
     env.consumers
         .delete("dropped", &DeleteParams::default())
         .await?;
@@ -493,6 +515,21 @@ async fn deletion_removes_the_durable_consumer_unless_retained() -> anyhow::Resu
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
+    }
+    // Reconciliations queued with a stale copy (the Deployment's deletion wakes its owner)
+    // run right after the object went; give them time to show themselves.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deletion_log = env.full_operator_log()[logged_before_deletion..].to_owned();
+    assert!(
+        !deletion_log.contains("WARN") && !deletion_log.contains("ERROR"),
+        "a normal deletion logs at info:\n{deletion_log}"
+    );
+    for (name, reason) in [("dropped", "Deleted"), ("kept", "Retained")] {
+        assert_eq!(
+            env.event_occurrences(name, reason).await?,
+            1,
+            "one {reason} Event for {name}"
+        );
     }
     let js = env.jetstream().await?;
     let stream = js.get_stream("ORDERS").await?;

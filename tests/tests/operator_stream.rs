@@ -173,6 +173,21 @@ impl Env {
             .collect())
     }
 
+    /// How often an Event `reason` was reported about AuditStream `name`, counting the
+    /// repetitions an Event series folds into one object.
+    async fn event_occurrences(&self, name: &str, reason: &str) -> anyhow::Result<i32> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(events
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.series.map_or(1, |series| series.count))
+            .sum())
+    }
+
     async fn wait_event(&mut self, name: &str, reason: &str) -> anyhow::Result<()> {
         let what = format!("an Event {reason} for {name}");
         let result = wait::until(&what, WAIT, POLL, || async {
@@ -181,6 +196,11 @@ impl Env {
         })
         .await;
         self.with_operator_log(result)
+    }
+
+    /// Everything the operator has logged so far.
+    fn operator_log(&self) -> String {
+        std::fs::read_to_string(self.operator.log_path()).unwrap_or_default()
     }
 
     /// Adds the operator's log to a failure, which is where the explanation usually is.
@@ -235,9 +255,26 @@ async fn create_gives_a_ready_audit_safe_stream_with_kstatus_and_live_state() ->
         object
             .metadata
             .finalizers
+            .clone()
             .unwrap_or_default()
             .contains(&FINALIZER.to_owned())
     );
+    // The finalizer is written under the operator's name, as its status is.
+    let finalizer_managers: Vec<String> = object
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|fields| fields.0.pointer("/f:metadata/f:finalizers").is_some())
+        })
+        .map(|entry| entry.manager.unwrap_or_default())
+        .collect();
+    assert_eq!(finalizer_managers, ["audit-operator"]);
     // Defaults the schema filled in.
     assert_eq!(object.data["spec"]["storage"], "File");
     assert_eq!(object.data["spec"]["deletionPolicy"], "Retain");
@@ -491,6 +528,7 @@ async fn deletion_retains_or_deletes_the_stream_per_policy() -> anyhow::Result<(
     env.wait_ready("kept").await?;
     env.wait_ready("dropped").await?;
 
+    let logged_before_deletion = env.operator_log().len();
     for name in ["kept", "dropped"] {
         env.streams.delete(name, &DeleteParams::default()).await?;
     }
@@ -501,6 +539,14 @@ async fn deletion_retains_or_deletes_the_stream_per_policy() -> anyhow::Result<(
         Ok((kept.is_none() && dropped.is_none()).then_some(()))
     })
     .await?;
+    // Reconciliations queued with a stale copy run right after the object went; give them
+    // time to show themselves.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deletion_log = env.operator_log()[logged_before_deletion..].to_owned();
+    assert!(
+        !deletion_log.contains("WARN") && !deletion_log.contains("ERROR"),
+        "a normal deletion logs at info:\n{deletion_log}"
+    );
     assert!(
         js.get_stream("KEPT").await.is_ok(),
         "Retain keeps the stream"
@@ -518,7 +564,13 @@ async fn deletion_retains_or_deletes_the_stream_per_policy() -> anyhow::Result<(
         .filter_map(|e| e.reason)
         .collect();
     assert!(reasons.contains(&"Retained".to_owned()), "{reasons:?}");
-    assert!(reasons.contains(&"Deleted".to_owned()), "{reasons:?}");
+    for (name, reason) in [("kept", "Retained"), ("dropped", "Deleted")] {
+        assert_eq!(
+            env.event_occurrences(name, reason).await?,
+            1,
+            "one {reason} Event for {name}: {reasons:?}"
+        );
+    }
     Ok(())
 }
 

@@ -35,7 +35,6 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action,
         events::{EventType, Recorder},
-        finalizer::{Event as FinalizerEvent, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -57,6 +56,7 @@ use crate::{
         stream::AuditStream,
     },
     error::{Error, Result},
+    finalizer::{Event as FinalizerEvent, finalizer},
     metrics::Metrics,
     nats_pool::NatsPool,
     options::Options,
@@ -139,12 +139,7 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-                Err(error) => warn!(%error, "reconciliation failed"),
-            }
-        });
+        .for_each(|outcome| async move { report::log_outcome(outcome) });
     // The cache of streams only serves the controller: it ends when the controller does.
     tokio::select! {
         () = controller => {}
@@ -220,8 +215,7 @@ async fn reconcile_consumer(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Resul
             FinalizerEvent::Cleanup(consumer) => cleanup(&consumer, ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
     if result.is_ok() {
         ctx.retries.reset(&ObjectRef::from_obj(guarded.as_ref()));
     }

@@ -22,7 +22,6 @@ use kube::{
         Controller,
         controller::Action,
         events::{EventType, Recorder},
-        finalizer::{Event as FinalizerEvent, finalizer},
         reflector::{ObjectRef, Store},
     },
 };
@@ -34,6 +33,7 @@ use crate::{
     backoff::Retries,
     crd::stream::{AuditStream, DeletionPolicy},
     error::{Error, Result},
+    finalizer::{Event as FinalizerEvent, finalizer},
     metrics::Metrics,
     nats_pool::NatsPool,
     options::Options,
@@ -91,12 +91,7 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-                Err(error) => warn!(%error, "reconciliation failed"),
-            }
-        })
+        .for_each(|outcome| async move { report::log_outcome(outcome) })
         .await;
 }
 
@@ -142,8 +137,7 @@ async fn reconcile_stream(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<
             FinalizerEvent::Cleanup(stream) => cleanup(&stream, ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
     if result.is_ok() {
         ctx.retries.reset(&ObjectRef::from_obj(guarded.as_ref()));
     }
