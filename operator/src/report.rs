@@ -98,8 +98,8 @@ where
         Err(invalid) => {
             tracing::warn!(
                 kind = %K::kind(&()),
-                name = ?invalid.metadata.name,
-                namespace = ?invalid.metadata.namespace,
+                name = invalid.metadata.name.as_deref().unwrap_or_default(),
+                namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
                 error = %invalid.error,
                 "object cannot be read"
             );

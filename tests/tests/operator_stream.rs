@@ -337,12 +337,39 @@ async fn spec_update_drift_and_out_of_band_delete_are_put_right() -> anyhow::Res
     let mut tampered = js.get_stream("ORDERS").await?.cached_info().config.clone();
     tampered.max_age = Duration::from_secs(60);
     tampered.duplicate_window = Duration::from_secs(60);
+    tampered.description = Some("tampered by hand".into());
     js.update_stream(&tampered).await?;
     env.wait_for_stream("max_age restored to 48h", |info| {
         (info?.config.max_age == Duration::from_secs(48 * 3600)).then_some(())
     })
     .await?;
     env.wait_event("orders", "DriftCorrected").await?;
+    // Users read values and the spec's field names, not Rust's debug output.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
+    let drift_note = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("DriftCorrected"))
+        .and_then(|e| e.note)
+        .unwrap_or_default();
+    for expected in [
+        "maxAge (server: 1m, spec: 48h)",
+        "duplicateWindow (server: 1m, spec: 2m)",
+        "description (server: \"tampered by hand\", spec: none)",
+    ] {
+        assert!(
+            drift_note.contains(expected),
+            "{expected} missing: {drift_note}"
+        );
+    }
+    let log = env.operator_log();
+    assert!(!drift_note.contains("Some("), "{drift_note}");
+    assert!(
+        !log.contains("Some("),
+        "Rust debug output in the log:\n{log}"
+    );
 
     // Someone deletes the stream.
     js.delete_stream("ORDERS").await?;

@@ -226,7 +226,7 @@ fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Acti
     let delay = ctx
         .retries
         .next_delay(ObjectRef::from_obj(guarded.as_ref()));
-    info!(name = %guarded.name_any(), namespace = ?guarded.namespace(), %error, retry_in = ?delay, "will retry");
+    info!(name = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default(), %error, retry_in = ?delay, "will retry");
     Action::requeue(delay)
 }
 
@@ -386,7 +386,7 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
             let stream = status.stream_name.as_deref().unwrap_or_default();
             let max_deliver = consumer.spec.max_deliver.unwrap_or_default();
             let note = max_deliveries::warning(unreported.new.count, recorded, max_deliver, stream);
-            warn!(consumer = %durable, namespace = ?consumer.namespace(), reason = "MaxDeliveriesReached", "{note}");
+            warn!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason = "MaxDeliveriesReached", "{note}");
             report::publish(
                 &ctx.recorder,
                 &reference,
@@ -435,7 +435,7 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
                 )),
             };
             if let Some((reason, note)) = note {
-                info!(consumer = %durable, namespace = ?consumer.namespace(), reason, "{note}");
+                info!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason, "{note}");
                 let type_ = if reason == "DriftCorrected" {
                     EventType::Warning
                 } else {
@@ -448,12 +448,12 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
         }
         Err((_, _, Error::StreamNotReady { name, reason })) => {
             // Not a failure of this resource: the stream's watch requeues it once Ready.
-            info!(consumer = %durable, namespace = ?consumer.namespace(), stream = %name, %reason, "waiting for the AuditStream");
+            info!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), stream = %name, %reason, "waiting for the AuditStream");
             status_written?;
             Ok(Action::requeue(ctx.options.requeue_interval))
         }
         Err((_, _, error)) => {
-            warn!(consumer = %durable, namespace = ?consumer.namespace(), reason = error.reason(), %error, "consumer not ready");
+            warn!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason = error.reason(), %error, "consumer not ready");
             report::publish(
                 &ctx.recorder,
                 &reference,
@@ -485,7 +485,7 @@ async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
             }
         },
     };
-    info!(consumer = %durable, namespace = ?consumer.namespace(), reason, "{note}");
+    info!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason, "{note}");
     report::publish(
         &ctx.recorder,
         &reference,

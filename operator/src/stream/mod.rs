@@ -148,7 +148,7 @@ fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Acti
     let delay = ctx
         .retries
         .next_delay(ObjectRef::from_obj(guarded.as_ref()));
-    info!(name = %guarded.name_any(), namespace = ?guarded.namespace(), %error, retry_in = ?delay, "will retry");
+    info!(name = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default(), %error, retry_in = ?delay, "will retry");
     Action::requeue(delay)
 }
 
@@ -209,12 +209,12 @@ async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
     match &result {
         Ok(applied) => {
             if let Some((type_, reason, note)) = change_event(stream, &name, &applied.change) {
-                info!(stream = %name, namespace = ?stream.namespace(), reason, "{note}");
+                info!(stream = %name, namespace = stream.namespace().unwrap_or_default(), reason, "{note}");
                 report::publish(&ctx.recorder, &reference, type_, reason, "Apply", note).await;
             }
         }
         Err(error) => {
-            warn!(stream = %name, namespace = ?stream.namespace(), reason = error.reason(), %error, "stream not ready");
+            warn!(stream = %name, namespace = stream.namespace().unwrap_or_default(), reason = error.reason(), %error, "stream not ready");
             report::publish(
                 &ctx.recorder,
                 &reference,
@@ -342,7 +342,7 @@ async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
             }
         }
     };
-    info!(stream = %name, namespace = ?stream.namespace(), reason, "{note}");
+    info!(stream = %name, namespace = stream.namespace().unwrap_or_default(), reason, "{note}");
     report::publish(
         &ctx.recorder,
         &reference,
