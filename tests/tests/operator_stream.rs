@@ -971,3 +971,19 @@ async fn a_stream_in_a_jetstream_domain() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn text_logs_written_to_a_file_carry_no_colour_codes() -> anyhow::Result<()> {
+    // The harness sends the operator's standard error to a file, as a log collector would.
+    let mut env = Env::start("ast-colour").await?;
+    env.apply("orders", env.spec(json!({ "name": "ORDERS" })))
+        .await?;
+    env.wait_ready("orders").await?;
+    let log = env.operator_log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in the log:\n{log}"
+    );
+    Ok(())
+}
