@@ -484,6 +484,26 @@ async fn immutable_fields_are_rejected_at_apply_time() -> anyhow::Result<()> {
         .apply_consumer("third", json!({ "ackWait": "10ms" }))
         .await;
     assert!(message(tiny_ack_wait.unwrap_err()).contains("ackWait must be at least 1s"));
+    // A malformed duration gets one message, the pattern's, not a CEL conversion error too.
+    for (field, value) in [("ackWait", "abc"), ("expires", "abc"), ("expires", "10x")] {
+        let Err(kube::Error::Api(status)) =
+            env.apply_consumer("fourth", json!({ field: value })).await
+        else {
+            panic!("{field}: {value} was accepted");
+        };
+        let causes = status.details.as_ref().map_or(0, |d| {
+            // The API server adds a note that CEL rules were skipped; not a problem of its own.
+            d.causes
+                .iter()
+                .filter(|c| !c.message.contains("validation rules were not checked"))
+                .count()
+        });
+        assert!(
+            status.message.contains(&format!("spec.{field}")) && causes == 1,
+            "{field}: {value}: {}",
+            status.message
+        );
+    }
     Ok(())
 }
 

@@ -230,6 +230,24 @@ fn condition_status(object: &DynamicObject, type_: &str) -> String {
         .to_owned()
 }
 
+/// A 422 rejection's message and how many problems it lists.
+fn rejection(error: kube::Error) -> (String, usize) {
+    match error {
+        kube::Error::Api(status) if status.code == 422 => {
+            // The API server adds a note that CEL rules were skipped; not a problem of its own.
+            let causes = status.details.map_or(0, |details| {
+                details
+                    .causes
+                    .iter()
+                    .filter(|c| !c.message.contains("validation rules were not checked"))
+                    .count()
+            });
+            (status.message, causes)
+        }
+        other => panic!("expected a 422 rejection, got {other}"),
+    }
+}
+
 fn rejection_message(error: kube::Error) -> String {
     match error {
         kube::Error::Api(status) if status.code == 422 => status.message,
@@ -460,6 +478,14 @@ async fn malformed_specs_are_rejected_by_the_schema() -> anyhow::Result<()> {
             "duplicateWindow must not be longer than maxAge",
         ),
         (
+            json!({ "connection": { "servers": [url] }, "subjects": ["a"], "maxAge": "1h", "duplicateWindow": "abc" }),
+            "spec.duplicateWindow",
+        ),
+        (
+            json!({ "connection": { "servers": [url] }, "subjects": ["a"], "maxAge": "3d", "duplicateWindow": "1m" }),
+            "spec.maxAge",
+        ),
+        (
             json!({ "connection": { "servers": [url], "auth": {
                 "tokenSecretRef": { "name": "s", "key": "t" },
                 "nkeySecretRef": { "name": "s", "key": "n" } } }, "subjects": ["a"] }),
@@ -471,8 +497,10 @@ async fn malformed_specs_are_rejected_by_the_schema() -> anyhow::Result<()> {
         ),
     ];
     for (spec, expected) in cases {
-        let message = rejection_message(env.apply("bad", spec.clone()).await.unwrap_err());
+        let (message, causes) = rejection(env.apply("bad", spec.clone()).await.unwrap_err());
         assert!(message.contains(expected), "{spec}: {message}");
+        // One mistake, one message: a malformed duration is not also fed to a CEL rule.
+        assert_eq!(causes, 1, "{spec}: {message}");
     }
     Ok(())
 }

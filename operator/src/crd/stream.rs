@@ -63,7 +63,9 @@ use super::connection::NatsConnection;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)").message("name is immutable: NATS cannot rename a stream; create a new AuditStream instead"))]
-#[x_kube(validation = Rule::new("!has(self.maxAge) || !has(self.duplicateWindow) || duration(self.maxAge) == duration('0s') || duration(self.duplicateWindow) <= duration(self.maxAge)").message("duplicateWindow must not be longer than maxAge"))]
+// A duration rule passes a malformed value (`matches` first): the field's pattern already
+// rejects it with a clear message, and `duration()` would add a conversion error.
+#[x_kube(validation = Rule::new("!has(self.maxAge) || !has(self.duplicateWindow) || !self.maxAge.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || !self.duplicateWindow.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || duration(self.maxAge) == duration('0s') || duration(self.duplicateWindow) <= duration(self.maxAge)").message("duplicateWindow must not be longer than maxAge"))]
 pub struct AuditStreamSpec {
     /// How to reach NATS.
     pub connection: NatsConnection,
