@@ -75,6 +75,11 @@ pub enum Error {
     #[error("AuditStream {name:?} is not Ready yet ({reason}); waiting for it")]
     StreamNotReady { name: String, reason: String },
 
+    #[error(
+        "stream {stream:?} does not exist on NATS: its AuditStream recreates it (it was deleted outside the operator, or a memory stream was lost in a restart); waiting for it"
+    )]
+    StreamMissingOnNats { stream: String },
+
     /// Carries the server's text, which includes its error code.
     #[error(
         "NATS rejected the consumer configuration: {0}; deliverPolicy, startSequence and startTime cannot change on a durable consumer: to change them, create a new AuditConsumer (or set a new durableName)"
@@ -115,6 +120,7 @@ impl Error {
             Error::ConsumerConfigRejected(_) => "ConsumerConfigRejected",
             Error::ConsumerNotOurs { .. } => "ConsumerExists",
             Error::ObjectNotOurs { .. } => "ObjectExists",
+            Error::StreamMissingOnNats { .. } => "StreamMissingOnNats",
             Error::Kube(_) => "KubernetesApiFailed",
         }
     }
@@ -140,7 +146,22 @@ impl Error {
             Error::NatsUnreachable { .. }
             | Error::JetStreamRequest(_)
             | Error::Kube(_)
-            | Error::StreamNotReady { .. } => false,
+            | Error::StreamNotReady { .. }
+            | Error::StreamMissingOnNats { .. } => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_missing_on_nats_is_a_wait() {
+        let missing = Error::StreamMissingOnNats {
+            stream: "ORDERS".into(),
+        };
+        assert_eq!(missing.reason(), "StreamMissingOnNats");
+        assert!(!missing.needs_user_action());
     }
 }

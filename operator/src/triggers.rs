@@ -57,7 +57,9 @@ where
 }
 
 /// An AuditStream matters to the consumers reading it when its spec or its readiness changes,
-/// not when its message counters do.
+/// not when its message counters do. Readiness counts for the generation it was observed at:
+/// after a spec change a stream stays `Ready=True` while the operator applies the new
+/// generation, and its consumers, which wait for exactly that, must hear when it is done.
 pub fn stream_generation_and_readiness(stream: &DeserializeGuard<AuditStream>) -> Option<u64> {
     let generation = stream.meta().generation;
     let ready = stream.0.as_ref().ok().and_then(|stream| {
@@ -66,7 +68,7 @@ pub fn stream_generation_and_readiness(stream: &DeserializeGuard<AuditStream>) -
                 .conditions
                 .iter()
                 .find(|condition| condition.type_ == "Ready")
-                .map(|condition| condition.status.clone())
+                .map(|condition| (condition.status.clone(), status.observed_generation))
         })
     });
     let mut hasher = DefaultHasher::new();
@@ -129,5 +131,17 @@ spec:
             key(&ready(1, "True")),
             key(&stream(&BASE.replace("generation: 3", "generation: 4")))
         );
+    }
+
+    #[test]
+    fn ready_again_at_a_new_generation_matters() {
+        let ready_at = |observed: u64| {
+            stream(&format!(
+                "{}status:\n  observedGeneration: {observed}\n  conditions:\n  - {{type: Ready, status: 'True', reason: r, message: m, lastTransitionTime: '2026-11-22T00:00:00Z'}}\n",
+                BASE.replace("generation: 3", "generation: 4")
+            ))
+        };
+        let key = stream_generation_and_readiness;
+        assert_ne!(key(&ready_at(3)), key(&ready_at(4)));
     }
 }

@@ -45,6 +45,15 @@ struct Env {
 
 impl Env {
     async fn start(prefix: &str) -> anyhow::Result<Self> {
+        Self::start_with_operator_args(prefix, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with more flags for the operator (they override the
+    /// harness's defaults).
+    async fn start_with_operator_args(
+        prefix: &str,
+        operator_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let control_plane = ControlPlane::shared();
         let client = control_plane.admin_client().await?;
         install_crds(&client).await?;
@@ -67,12 +76,7 @@ impl Env {
                 }))?,
             )
             .await?;
-        let operator = OperatorProcess::start(&[
-            "--namespace",
-            &namespace,
-            "--consumer-image",
-            "audit-consumer:test",
-        ])?;
+        let operator = start_operator(&namespace, operator_args)?;
         Ok(Self {
             streams: Api::namespaced_with(
                 client.clone(),
@@ -203,6 +207,18 @@ impl Env {
         })
         .await
     }
+}
+
+/// The operator for `namespace`, with the consumer image the tests use and `extra` flags.
+fn start_operator(namespace: &str, extra: &[&str]) -> anyhow::Result<OperatorProcess> {
+    let mut args = vec![
+        "--namespace",
+        namespace,
+        "--consumer-image",
+        "audit-consumer:test",
+    ];
+    args.extend_from_slice(extra);
+    OperatorProcess::start(&args)
 }
 
 fn template_args(deployment: &Deployment) -> Vec<String> {
@@ -773,5 +789,74 @@ async fn pods_that_really_run_log_and_ack_every_event() -> anyhow::Result<()> {
             "SIGTERM drains and exits 0: {pod:?}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_waits_while_its_stream_is_missing_on_nats() -> anyhow::Result<()> {
+    // No periodic check within the test: the stream controller notices the missing stream
+    // only when told to.
+    let env = Env::start_with_operator_args("consumer-stream-gone", &["--requeue-interval", "10m"])
+        .await?;
+    env.apply_stream().await?;
+    env.apply_consumer("reader", json!({})).await?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
+
+    // The stream is deleted out of band, and the consumer is reconciled before the stream is
+    // recreated.
+    env.jetstream().await?.delete_stream("ORDERS").await?;
+    env.apply_consumer("reader", json!({ "description": "after the stream went" }))
+        .await?;
+    let ready = wait::until(
+        "the consumer's Ready condition for its new generation",
+        WAIT,
+        POLL,
+        || async {
+            let object = env.consumers.get("reader").await?;
+            let ready = object.data["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned());
+            Ok(ready.filter(|c| c["observedGeneration"].as_i64() == object.metadata.generation))
+        },
+    )
+    .await?;
+    assert_ne!(ready["reason"], "ConsumerConfigRejected", "{ready}");
+    assert_eq!(
+        env.condition("reader", "Reconciling").await?.unwrap()["status"],
+        "True",
+        "a missing stream is a wait: {ready}"
+    );
+    assert_eq!(
+        env.condition("reader", "Stalled").await?.unwrap()["status"],
+        "False",
+        "{ready}"
+    );
+
+    // The AuditStream puts its stream back; the consumer follows without help.
+    env.streams
+        .patch(
+            "orders",
+            // A manager of its own: the fields applied by the others stay as they are.
+            &PatchParams::apply("consumer-tests-description"),
+            &Patch::Apply(json!({
+                "apiVersion": "audit.eventsaudit.io/v1alpha1",
+                "kind": "AuditStream",
+                "metadata": { "name": "orders" },
+                "spec": { "description": "recreate me" },
+            })),
+        )
+        .await?;
+    wait::until("the durable consumer back on NATS", WAIT, POLL, || async {
+        let js = env.jetstream().await?;
+        let Ok(stream) = js.get_stream("ORDERS").await else {
+            return Ok(None);
+        };
+        Ok(stream.consumer_info("reader").await.ok().map(|_| ()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
     Ok(())
 }
