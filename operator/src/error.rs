@@ -4,6 +4,8 @@
 //! (kstatus `Stalled`) or is retried until it clears on its own (kstatus `Reconciling`). The
 //! messages name Secrets and keys but never their contents.
 
+use std::sync::Arc;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,11 @@ pub enum Error {
 
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[source] kube::Error),
+
+    /// A failed connection attempt that several reconciliations waited for together (the
+    /// pool makes one attempt per connection at a time); each of them reports it.
+    #[error(transparent)]
+    SharedConnectFailure(Arc<Error>),
 }
 
 impl Error {
@@ -122,6 +129,7 @@ impl Error {
             Error::ObjectNotOurs { .. } => "ObjectExists",
             Error::StreamMissingOnNats { .. } => "StreamMissingOnNats",
             Error::Kube(_) => "KubernetesApiFailed",
+            Error::SharedConnectFailure(inner) => inner.reason(),
         }
     }
 
@@ -148,6 +156,7 @@ impl Error {
             | Error::Kube(_)
             | Error::StreamNotReady { .. }
             | Error::StreamMissingOnNats { .. } => false,
+            Error::SharedConnectFailure(inner) => inner.needs_user_action(),
         }
     }
 }
@@ -155,6 +164,17 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_connect_failure_reports_as_the_failure_it_wraps() {
+        let shared = Error::SharedConnectFailure(Arc::new(Error::CredsInvalid("bad".into())));
+        assert_eq!(shared.reason(), "SecretInvalid");
+        assert!(shared.needs_user_action());
+        assert_eq!(
+            shared.to_string(),
+            Error::CredsInvalid("bad".into()).to_string()
+        );
+    }
 
     #[test]
     fn a_stream_missing_on_nats_is_a_wait() {

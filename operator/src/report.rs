@@ -1,6 +1,5 @@
 //! How both controllers write back what they did: status by server-side apply under the
 //! operator's field manager, Events, and log lines for what the controller runtime reports.
-//! Also the name a resource goes by in the NATS connection pool.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -115,14 +114,4 @@ where
             None
         }
     }
-}
-
-/// The name `object` goes by in the NATS connection pool: `Kind/namespace/name`.
-pub fn pool_user<K: Resource<DynamicType = ()>>(object: &K) -> String {
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        object.namespace().unwrap_or_default(),
-        object.name_any()
-    )
 }

@@ -6,12 +6,16 @@
 //! the audit traffic instead of the requeue interval. So a resource wakes its controller only
 //! when a user changed it (spec: the generation; deletion also bumps the generation) or its
 //! finalizers changed; the periodic requeue refreshes the live state.
+//!
+//! Besides watches, a NATS connection coming back after an outage wakes the resources using
+//! it, so that they recover within moments rather than at the end of their retry backoff.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kube::{
     Api, Resource,
+    api::{ObjectMeta, PartialObjectMetaExt},
     core::DeserializeGuard,
     runtime::{
         Predicate, PredicateConfig, WatchStreamExt,
@@ -25,7 +29,7 @@ use serde::de::DeserializeOwned;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 
-use crate::crd::stream::AuditStream;
+use crate::{crd::stream::AuditStream, nats_pool::NatsPool};
 
 /// The primary resource's cache and the stream of its objects that should be reconciled.
 pub fn spec_changes<K>(
@@ -98,6 +102,25 @@ pub fn stream_readiness_changes(
     watcher(api, watcher::Config::default().any_semantic())
         .touched_objects()
         .predicate_filter(stream_generation_and_readiness, PredicateConfig::default())
+}
+
+/// The resources of kind `K` whose pooled NATS connection has just reconnected. They come as
+/// object metadata naming each one because the controller's stable API takes a stream of
+/// objects (as for the max-deliveries advisories).
+pub fn reconnected<K>(
+    pool: &NatsPool,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+{
+    pool.reconnected(&K::kind(&())).map(|user| {
+        Ok(ObjectMeta {
+            name: Some(user.name),
+            namespace: Some(user.namespace),
+            ..ObjectMeta::default()
+        }
+        .into_request_partial::<K>())
+    })
 }
 
 #[cfg(test)]

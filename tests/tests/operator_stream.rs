@@ -2,6 +2,7 @@
 //! control plane, a real nats-server, and the `audit-operator` binary run as a child process
 //! scoped to each test's namespace with short requeue and retry intervals.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -201,6 +202,34 @@ impl Env {
     /// Everything the operator has logged so far.
     fn operator_log(&self) -> String {
         std::fs::read_to_string(self.operator.log_path()).unwrap_or_default()
+    }
+
+    /// The value of one sample of the operator's `/metrics`, e.g.
+    /// `audit_operator_reconciliations_total{kind="AuditStream"}`; 0 while it is absent.
+    async fn operator_metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let metrics = audit_tests::http::get(self.operator.health_port(), "/metrics").await?;
+        Ok(metrics
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// The ids of every connection, open or closed, the operator has made to this test's
+    /// nats-server (it names its connections `audit-operator`), from the server's monitoring
+    /// endpoint.
+    async fn operator_connection_ids(&self) -> anyhow::Result<BTreeSet<u64>> {
+        let connz =
+            audit_tests::http::get(self.nats.monitor_port(), "/connz?state=all&limit=100000")
+                .await?;
+        let connz: Value = serde_json::from_str(&connz.body)?;
+        Ok(connz["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|connection| connection["name"] == "audit-operator")
+            .filter_map(|connection| connection["cid"].as_u64())
+            .collect())
     }
 
     /// Adds the operator's log to a failure, which is where the explanation usually is.
@@ -997,6 +1026,93 @@ async fn a_stream_in_a_jetstream_domain() -> anyhow::Result<()> {
         stream.info().await?.config.subjects,
         vec!["audit.>".to_owned()]
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_operator_opens_one_connection_for_many_resources() -> anyhow::Result<()> {
+    // Enough resources that reconciliations run concurrently at start; all share one server
+    // and no credentials, so one connection serves them all.
+    const RESOURCES: usize = 40;
+    let mut env = Env::start("ast-storm").await?;
+    for i in 0..RESOURCES {
+        let spec =
+            env.spec(json!({ "name": format!("S{i}"), "subjects": [format!("storm.{i}.>")] }));
+        env.apply(&format!("s{i}"), spec).await?;
+    }
+    for i in 0..RESOURCES {
+        env.wait_ready(&format!("s{i}")).await?;
+    }
+
+    env.operator.stop();
+    let before_restart = env.operator_connection_ids().await?;
+    env.operator = OperatorProcess::start(&["--namespace", &env.namespace])?;
+    let reconciled = r#"audit_operator_reconciliations_total{kind="AuditStream"}"#;
+    let result = wait::until(
+        "the restarted operator to reconcile every AuditStream",
+        WAIT,
+        POLL,
+        || async {
+            let count = env.operator_metric(reconciled).await?;
+            Ok((count >= RESOURCES as f64).then_some(()))
+        },
+    )
+    .await;
+    env.with_operator_log(result)?;
+    let opened: BTreeSet<u64> = env
+        .operator_connection_ids()
+        .await?
+        .difference(&before_restart)
+        .copied()
+        .collect();
+    assert_eq!(
+        opened.len(),
+        1,
+        "connections the restarted operator opened: {opened:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn resources_recover_as_soon_as_their_connection_comes_back() -> anyhow::Result<()> {
+    // Retries minutes apart and no periodic check within the test: only the connection coming
+    // back can make the resource Ready again in time.
+    let mut env = Env::start_with_operator_args(
+        "ast-reconnect",
+        NatsServer::start().await?,
+        &[
+            "--requeue-interval",
+            "10m",
+            "--retry-base-delay",
+            "5m",
+            "--retry-max-delay",
+            "10m",
+        ],
+    )
+    .await?;
+    env.apply(
+        "orders",
+        env.spec(json!({ "name": "ORDERS", "maxAge": "24h" })),
+    )
+    .await?;
+    env.wait_ready("orders").await?;
+
+    env.nats.stop().await;
+    // A spec change during the outage fails, and its retry is minutes away.
+    env.apply(
+        "orders",
+        env.spec(json!({ "name": "ORDERS", "maxAge": "48h" })),
+    )
+    .await?;
+    env.wait_ready_condition("orders", "False", "NatsUnreachable")
+        .await?;
+
+    env.nats.start_again().await?;
+    env.wait_ready("orders").await?;
+    env.wait_for_stream("max_age 48h on NATS", |info| {
+        (info?.config.max_age == Duration::from_secs(48 * 3600)).then_some(())
+    })
+    .await?;
     Ok(())
 }
 

@@ -58,7 +58,7 @@ use crate::{
     error::{Error, Result},
     finalizer::{Event as FinalizerEvent, finalizer},
     metrics::Metrics,
-    nats_pool::NatsPool,
+    nats_pool::{NatsPool, PoolUser},
     options::Options,
     report,
     stream::dereference::dereference as resolve_connection,
@@ -109,6 +109,7 @@ pub async fn run(
     let by_stream = consumer_store.clone();
     let by_secret = consumer_store;
     let (max_deliveries, advised) = MaxDeliveries::new();
+    let reconnected = crate::triggers::reconnected::<AuditConsumer>(&pool);
     let context = Arc::new(Context {
         client: client.clone(),
         metrics,
@@ -135,6 +136,12 @@ pub async fn run(
             Some(
                 ObjectRef::new(&advised.name_any())
                     .within(&advised.namespace().unwrap_or_default()),
+            )
+        })
+        .watches_stream(reconnected, |consumer| {
+            Some(
+                ObjectRef::new(&consumer.name_any())
+                    .within(&consumer.namespace().unwrap_or_default()),
             )
         })
         .graceful_shutdown_on(shutdown)
@@ -264,7 +271,7 @@ async fn pipeline(
     let desired = nats_consumer::desired_config(consumer, &valid);
     let client = ctx
         .pool
-        .client(&report::pool_user(consumer), &referenced.connection)
+        .client(&PoolUser::of(consumer), &referenced.connection)
         .await
         .map_err(at(Stage::Consumer))?;
     let js = jetstream_of(client.clone(), &referenced);
@@ -333,7 +340,7 @@ async fn jetstream_context(
 ) -> Result<async_nats::jetstream::Context> {
     let client = ctx
         .pool
-        .client(&report::pool_user(consumer), &referenced.connection)
+        .client(&PoolUser::of(consumer), &referenced.connection)
         .await?;
     Ok(jetstream_of(client, referenced))
 }
@@ -496,7 +503,7 @@ async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
     )
     .await;
     ctx.max_deliveries.forget(&object_ref(consumer));
-    ctx.pool.release(&report::pool_user(consumer));
+    ctx.pool.release(&PoolUser::of(consumer));
     Ok(Action::await_change())
 }
 

@@ -35,7 +35,7 @@ use crate::{
     error::{Error, Result},
     finalizer::{Event as FinalizerEvent, finalizer},
     metrics::Metrics,
-    nats_pool::NatsPool,
+    nats_pool::{NatsPool, PoolUser},
     options::Options,
     report,
 };
@@ -76,6 +76,7 @@ pub async fn run(
     let controller = Controller::for_stream(trigger, store.clone());
     let metrics = hooks.metrics.clone();
     hooks.report_synced_when_ready(store.clone());
+    let reconnected = crate::triggers::reconnected::<AuditStream>(&pool);
     let context = Arc::new(Context {
         client,
         metrics,
@@ -88,6 +89,9 @@ pub async fn run(
     controller
         .watches_stream(secret_changes, move |secret| {
             streams_using_secret(&store, &secret)
+        })
+        .watches_stream(reconnected, |stream| {
+            Some(ObjectRef::new(&stream.name_any()).within(&stream.namespace().unwrap_or_default()))
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
@@ -180,10 +184,7 @@ async fn jetstream_context(
     stream: &AuditStream,
     connection: &dereference::ResolvedConnection,
 ) -> Result<async_nats::jetstream::Context> {
-    let client = ctx
-        .pool
-        .client(&report::pool_user(stream), connection)
-        .await?;
+    let client = ctx.pool.client(&PoolUser::of(stream), connection).await?;
     Ok(match &connection.js_domain {
         Some(domain) => async_nats::jetstream::with_domain(client, domain),
         None => async_nats::jetstream::new(client),
@@ -352,6 +353,6 @@ async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
         note,
     )
     .await;
-    ctx.pool.release(&report::pool_user(stream));
+    ctx.pool.release(&PoolUser::of(stream));
     Ok(Action::await_change())
 }
