@@ -98,6 +98,13 @@ pub enum Error {
     )]
     ObjectNotOurs { kind: String, name: String },
 
+    /// Said instead of a Secret problem in a namespace being deleted: no Secret can be created
+    /// there any more, so the usual advice would be impossible to follow.
+    #[error(
+        "the namespace is being deleted and the credentials for NATS went first: this resource goes with the namespace; nothing to do"
+    )]
+    NamespaceTerminating,
+
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[source] kube::Error),
 
@@ -128,6 +135,7 @@ impl Error {
             Error::ConsumerNotOurs { .. } => "ConsumerExists",
             Error::ObjectNotOurs { .. } => "ObjectExists",
             Error::StreamMissingOnNats { .. } => "StreamMissingOnNats",
+            Error::NamespaceTerminating => "NamespaceTerminating",
             Error::Kube(_) => "KubernetesApiFailed",
             Error::SharedConnectFailure(inner) => inner.reason(),
         }
@@ -155,8 +163,23 @@ impl Error {
             | Error::JetStreamRequest(_)
             | Error::Kube(_)
             | Error::StreamNotReady { .. }
-            | Error::StreamMissingOnNats { .. } => false,
+            | Error::StreamMissingOnNats { .. }
+            | Error::NamespaceTerminating => false,
             Error::SharedConnectFailure(inner) => inner.needs_user_action(),
+        }
+    }
+
+    /// Whether the credentials could not be taken from the referenced Secrets: missing,
+    /// incomplete or unusable. A deletion can then still use the credentials last connected
+    /// with.
+    pub fn is_unusable_secret(&self) -> bool {
+        match self {
+            Error::SecretNotFound { .. }
+            | Error::SecretKeyMissing { .. }
+            | Error::SecretInvalid { .. }
+            | Error::CredsInvalid(_) => true,
+            Error::SharedConnectFailure(inner) => inner.is_unusable_secret(),
+            _ => false,
         }
     }
 }
@@ -170,10 +193,18 @@ mod tests {
         let shared = Error::SharedConnectFailure(Arc::new(Error::CredsInvalid("bad".into())));
         assert_eq!(shared.reason(), "SecretInvalid");
         assert!(shared.needs_user_action());
+        assert!(shared.is_unusable_secret());
         assert_eq!(
             shared.to_string(),
             Error::CredsInvalid("bad".into()).to_string()
         );
+    }
+
+    #[test]
+    fn in_a_namespace_being_deleted_nothing_is_asked_of_the_user() {
+        let terminating = Error::NamespaceTerminating;
+        assert!(!terminating.needs_user_action());
+        assert!(!terminating.to_string().contains("create"), "{terminating}");
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //!   reconnecting all the same, and when it is back, the resources using it are announced
 //!   ([`NatsPool::reconnected`]) so that they are reconciled at once instead of at the end of
 //!   their retry backoff.
+//! - **Deletion after the Secrets went.** The pool remembers, per resource, the connection it
+//!   last connected with, until the resource is released: a finalizer can still reach NATS
+//!   when the Secrets were deleted first (as a namespace deletion may do).
 
 use std::{
     collections::HashMap,
@@ -229,6 +232,16 @@ impl NatsPool {
         // The last of the callers sharing a failed attempt gets the error itself.
         drop(attempt);
         result.map_err(|error| Arc::try_unwrap(error).unwrap_or_else(Error::SharedConnectFailure))
+    }
+
+    /// The connection `user` last connected with, while it is not released: the credentials
+    /// a finalizer can still use after the Secrets they came from were deleted.
+    pub fn last_connected(&self, user: &PoolUser) -> Option<ResolvedConnection> {
+        self.inner
+            .lock()
+            .users
+            .get(user)
+            .and_then(|usage| usage.connected.clone())
     }
 
     /// Forgets `user`; its connection closes when no other user holds it.
@@ -508,6 +521,8 @@ mod tests {
             let error = outcome.expect_err("nothing listens there");
             assert_eq!(error.reason(), "NatsUnreachable", "{error}");
         }
+        // Nothing connected, so nothing is remembered for a later deletion.
+        assert!(users.iter().all(|u| pool.last_connected(u).is_none()));
         let state = pool.inner.lock();
         assert_eq!(state.connections.len(), 1, "one entry for one connection");
         assert!(

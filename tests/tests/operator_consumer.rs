@@ -13,7 +13,7 @@ use audit_tests::nats::NatsServer;
 use audit_tests::operator::{OperatorProcess, install_crds};
 use audit_tests::{cargo_bin, wait};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -117,6 +117,45 @@ impl Env {
             .filter(|e| e.reason.as_deref() == Some(reason))
             .map(|e| e.series.map_or(1, |series| series.count))
             .sum())
+    }
+
+    /// Stops the operator and starts a new one: nothing it held in memory survives.
+    fn restart_operator(&mut self) -> anyhow::Result<()> {
+        self.operator.stop();
+        self.operator = start_operator(&self.namespace, &[])?;
+        Ok(())
+    }
+
+    /// The value of one sample of the operator's `/metrics`; 0 while it is absent.
+    async fn operator_metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let metrics = audit_tests::http::get(self.operator.health_port(), "/metrics").await?;
+        Ok(metrics
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// Deletes this test's namespace and waits until it is gone: every finalizer in it ran.
+    async fn delete_namespace_and_wait(&self) -> anyhow::Result<()> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        namespaces
+            .delete(&self.namespace, &DeleteParams::default())
+            .await?;
+        wait::until(
+            &format!("namespace {} gone", self.namespace),
+            WAIT,
+            POLL,
+            || async {
+                Ok(namespaces
+                    .get_opt(&self.namespace)
+                    .await?
+                    .is_none()
+                    .then_some(()))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", self.operator_log()))
     }
 
     async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
@@ -789,6 +828,148 @@ async fn pods_that_really_run_log_and_ack_every_event() -> anyhow::Result<()> {
             "SIGTERM drains and exits 0: {pod:?}"
         );
     }
+    Ok(())
+}
+
+/// The token Secret of the stream, deleted before its namespace: the namespace controller
+/// may do the same, in any order, when the namespace is deleted.
+async fn delete_token_secret(env: &Env) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    secrets
+        .delete("nats-token", &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_whose_secret_went_first_is_deleted_with_its_stream() -> anyhow::Result<()> {
+    let env = Env::start("consumer-ns-delete").await?;
+    env.apply_stream().await?;
+    env.apply_consumer("reader", json!({})).await?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
+
+    delete_token_secret(&env).await?;
+    env.delete_namespace_and_wait().await?;
+    // deletionPolicy: Delete was carried out with the credentials the operator last used.
+    let js = env.jetstream().await?;
+    assert!(
+        js.get_stream("ORDERS").await.is_err(),
+        "the stream was deleted from NATS"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_goes_even_when_no_credentials_are_left_and_what_stays_is_named()
+-> anyhow::Result<()> {
+    let mut env = Env::start("consumer-ns-orphan").await?;
+    env.apply_stream().await?;
+    env.apply_consumer("reader", json!({})).await?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
+
+    delete_token_secret(&env).await?;
+    // A new operator never saw the credentials: nothing can reach the stream any more.
+    env.restart_operator()?;
+    env.delete_namespace_and_wait().await?;
+
+    let js = env.jetstream().await?;
+    let stream = js.get_stream("ORDERS").await?;
+    stream.consumer_info("reader").await?;
+    let namespace = &env.namespace;
+    for sample in [
+        format!(
+            "audit_operator_streams_left_on_nats_total{{namespace=\"{namespace}\",name=\"orders\",stream=\"ORDERS\"}}"
+        ),
+        format!(
+            "audit_operator_consumers_left_on_nats_total{{namespace=\"{namespace}\",name=\"reader\",stream=\"ORDERS\",consumer=\"reader\"}}"
+        ),
+    ] {
+        assert_eq!(
+            env.operator_metric(&sample).await?,
+            1.0,
+            "{sample}\noperator log:\n{}",
+            env.operator_log()
+        );
+    }
+    let log = env.full_operator_log();
+    assert!(
+        log.lines().any(|line| line.contains("WARN")
+            && line.contains("ORDERS")
+            && line.contains("left on NATS")),
+        "a warning names the stream left on NATS:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn outside_a_namespace_deletion_a_missing_secret_holds_the_deletion_until_it_is_back()
+-> anyhow::Result<()> {
+    let mut env = Env::start("consumer-secret-wait").await?;
+    env.apply_stream().await?;
+    wait::until("AuditStream orders Ready", WAIT, POLL, || async {
+        let object = env.streams.get("orders").await?;
+        let ready = object.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+        Ok(ready.then_some(()))
+    })
+    .await?;
+    delete_token_secret(&env).await?;
+    // No credentials in memory either: the Secret is the only way to reach the stream.
+    env.restart_operator()?;
+    env.streams
+        .delete("orders", &DeleteParams::default())
+        .await?;
+
+    // The namespace stays, so the Secret can come back: the deletion waits and says so.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
+    wait::until(
+        "a SecretNotFound Event of the deletion",
+        WAIT,
+        POLL,
+        || async {
+            let found = events
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("orders")
+                        && e.reason.as_deref() == Some("SecretNotFound")
+                        && e.action.as_deref() == Some("Delete")
+                });
+            Ok(found.then_some(()))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
+    assert!(env.streams.get_opt("orders").await?.is_some());
+
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "nats-token" },
+                "stringData": { "token": TOKEN },
+            }))?,
+        )
+        .await?;
+    wait::until("AuditStream orders gone", WAIT, POLL, || async {
+        Ok(env.streams.get_opt("orders").await?.is_none().then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
+    let js = env.jetstream().await?;
+    assert!(
+        js.get_stream("ORDERS").await.is_err(),
+        "Delete was carried out"
+    );
     Ok(())
 }
 

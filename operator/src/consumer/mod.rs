@@ -44,7 +44,6 @@ use tracing::{info, warn};
 use self::{
     apply::{Change, Deletion},
     build::{WorkloadInputs, nats_consumer, workload_name},
-    dereference::Referenced,
     max_deliveries::MaxDeliveries,
     status::{Report, Stage},
 };
@@ -61,7 +60,7 @@ use crate::{
     nats_pool::{NatsPool, PoolUser},
     options::Options,
     report,
-    stream::dereference::dereference as resolve_connection,
+    stream::dereference::{ResolvedConnection, dereference as resolve_connection},
 };
 
 /// Finalizer that keeps an AuditConsumer until its durable consumer was deleted or retained.
@@ -258,9 +257,15 @@ async fn pipeline(
     let namespace = consumer.namespace().unwrap_or_default();
     let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let referenced = dereference::dereference(consumer, &streams, &secrets)
-        .await
-        .map_err(|e| (Stage::Stream, None, e))?;
+    let referenced = match dereference::dereference(consumer, &streams, &secrets).await {
+        Ok(referenced) => referenced,
+        Err(error) => {
+            let instance = ctx.options.instance.as_deref();
+            let error =
+                report::unless_namespace_terminating(&ctx.client, consumer, instance, error).await;
+            return Err((Stage::Stream, None, error));
+        }
+    };
     let stream_name = referenced.stream_name.clone();
     let at = |stage: Stage| {
         let stream_name = stream_name.clone();
@@ -274,7 +279,7 @@ async fn pipeline(
         .client(&PoolUser::of(consumer), &referenced.connection)
         .await
         .map_err(at(Stage::Consumer))?;
-    let js = jetstream_of(client.clone(), &referenced);
+    let js = jetstream_of(client.clone(), &referenced.connection);
     let (change, info) = apply::apply_consumer(&js, &stream_name, &desired)
         .await
         .map_err(at(Stage::Consumer))?;
@@ -333,23 +338,11 @@ async fn apply_workload(
     Ok(deployment)
 }
 
-async fn jetstream_context(
-    ctx: &Context,
-    consumer: &AuditConsumer,
-    referenced: &Referenced,
-) -> Result<async_nats::jetstream::Context> {
-    let client = ctx
-        .pool
-        .client(&PoolUser::of(consumer), &referenced.connection)
-        .await?;
-    Ok(jetstream_of(client, referenced))
-}
-
 fn jetstream_of(
     client: async_nats::Client,
-    referenced: &Referenced,
+    connection: &ResolvedConnection,
 ) -> async_nats::jetstream::Context {
-    match &referenced.connection.js_domain {
+    match &connection.js_domain {
         Some(domain) => async_nats::jetstream::with_domain(client, domain),
         None => async_nats::jetstream::new(client),
     }
@@ -478,21 +471,44 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
 async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
     let reference = consumer.object_ref(&());
     let durable = consumer.durable_name();
+    let namespace = consumer.namespace().unwrap_or_default();
     let (reason, note) = match consumer.spec.deletion_policy {
         ConsumerDeletionPolicy::Retain => (
             "Retained",
             format!("deletionPolicy is Retain: durable consumer {durable} stays on NATS"),
         ),
         ConsumerDeletionPolicy::Delete => match delete_durable(consumer, ctx).await {
-            Ok(outcome) => outcome,
+            Ok(Removal::Done { reason, note }) => (reason, note),
+            Ok(Removal::LeftOnNats { stream, why }) => {
+                let note = format!(
+                    "{why}: durable consumer {durable} on stream {stream} is left on NATS (deletionPolicy Delete not carried out); if the stream still exists there, delete the consumer by hand"
+                );
+                warn!(consumer = %durable, %namespace, %stream, "{note}");
+                ctx.metrics.record_consumer_left_on_nats(
+                    &namespace,
+                    &consumer.name_any(),
+                    &stream,
+                    &durable,
+                );
+                report::publish(
+                    &ctx.recorder,
+                    &reference,
+                    EventType::Warning,
+                    "NotDeleted",
+                    "Delete",
+                    note,
+                )
+                .await;
+                return Ok(release(consumer, ctx));
+            }
             Err(error) => {
-                warn!(consumer = %durable, %error, "cannot delete the durable consumer; set deletionPolicy: Retain to let the resource go without deleting it");
+                warn!(consumer = %durable, %namespace, %error, "cannot delete the durable consumer; set deletionPolicy: Retain to let the resource go without deleting it");
                 report::publish(&ctx.recorder, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the durable consumer, set deletionPolicy: Retain")).await;
                 return Err(error);
             }
         },
     };
-    info!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason, "{note}");
+    info!(consumer = %durable, %namespace, reason, "{note}");
     report::publish(
         &ctx.recorder,
         &reference,
@@ -502,14 +518,27 @@ async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
         note,
     )
     .await;
-    ctx.max_deliveries.forget(&object_ref(consumer));
-    ctx.pool.release(&PoolUser::of(consumer));
-    Ok(Action::await_change())
+    Ok(release(consumer, ctx))
 }
 
-/// Stops the pods, then deletes the durable consumer if it is this resource's. A stream that
-/// is gone, or going with its Secrets (a namespace being deleted), lets the resource go.
-async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<(&'static str, String)> {
+/// Forgets what the operator held for a deleted AuditConsumer.
+fn release(consumer: &AuditConsumer, ctx: &Context) -> Action {
+    ctx.max_deliveries.forget(&object_ref(consumer));
+    ctx.pool.release(&PoolUser::of(consumer));
+    Action::await_change()
+}
+
+/// How the deletion of a durable consumer ended.
+enum Removal {
+    /// Deleted, already gone, or not this resource's: the Event's reason and note.
+    Done { reason: &'static str, note: String },
+    /// Nothing can reach the durable consumer any more, and waiting would not change that:
+    /// `why`, and the `stream` it is on.
+    LeftOnNats { stream: String, why: String },
+}
+
+/// Stops the pods, then deletes the durable consumer if it is this resource's.
+async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<Removal> {
     let durable = consumer.durable_name();
     let namespace = consumer.namespace().unwrap_or_default();
     let uid = consumer.uid().unwrap_or_default();
@@ -517,59 +546,110 @@ async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<(&'st
     // removes them; remove their Deployment first.
     apply::remove_owned::<Deployment>(&ctx.client, &namespace, &workload_name(consumer), &uid)
         .await?;
+    let (stream_name, connection) = match whereabouts(consumer, ctx).await? {
+        Whereabouts::Reachable { stream, connection } => (stream, connection),
+        Whereabouts::Unreachable { stream, why } => {
+            return Ok(Removal::LeftOnNats { stream, why });
+        }
+    };
+    let client = ctx
+        .pool
+        .client(&PoolUser::of(consumer), &connection)
+        .await?;
+    let js = jetstream_of(client, &connection);
+    let owner = nats_consumer::owner_of(consumer);
+    let (reason, note) = match apply::delete_consumer(&js, &stream_name, &durable, &owner).await? {
+        Deletion::Deleted => (
+            "Deleted",
+            format!("deleted durable consumer {durable} from stream {stream_name}"),
+        ),
+        Deletion::Absent => (
+            "Deleted",
+            format!("durable consumer {durable} was already gone from stream {stream_name}"),
+        ),
+        Deletion::NotOurs => (
+            "NotDeleted",
+            format!(
+                "durable consumer {durable} on stream {stream_name} is not managed by this resource; left it on NATS"
+            ),
+        ),
+    };
+    Ok(Removal::Done { reason, note })
+}
+
+/// Where a durable consumer to delete is, as far as the operator can tell.
+enum Whereabouts {
+    /// On `stream`, reachable through `connection`.
+    Reachable {
+        stream: String,
+        connection: ResolvedConnection,
+    },
+    /// On `stream`, but nothing can reach it any more and waiting would not change that.
+    Unreachable { stream: String, why: String },
+}
+
+/// The durable consumer's stream and the connection to it: the AuditStream's, with the
+/// credentials from its Secrets or, when those are gone or unusable, the ones this resource
+/// last connected with. Without either, it is unreachable once the AuditStream or the
+/// namespace is being deleted (no Secret can come back into a terminating namespace) or the
+/// AuditStream is gone; otherwise the Secret's error stands, and the deletion waits.
+async fn whereabouts(consumer: &AuditConsumer, ctx: &Context) -> Result<Whereabouts> {
+    let namespace = consumer.namespace().unwrap_or_default();
+    let remembered = ctx.pool.last_connected(&PoolUser::of(consumer));
     let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
     let stream = match dereference::referenced_stream(consumer, &streams).await {
         Ok(stream) => stream,
         Err(Error::StreamNotFound { name }) => {
-            return Ok((
-                "NotDeleted",
-                format!(
-                    "AuditStream {name} is gone, so durable consumer {durable} could not be reached; if its stream still exists on NATS, delete the consumer there"
-                ),
-            ));
-        }
-        Err(error) => return Err(error),
-    };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let connection = match resolve_connection(&secrets, &stream.spec.connection).await {
-        Ok(connection) => connection,
-        Err(error @ (Error::SecretNotFound { .. } | Error::SecretKeyMissing { .. }))
-            if stream.metadata.deletion_timestamp.is_some() =>
-        {
-            return Ok((
-                "NotDeleted",
-                format!(
-                    "AuditStream {} is being deleted and its credentials are gone ({error}); durable consumer {durable} was left to its stream",
-                    stream.name_any()
-                ),
-            ));
+            let last_stream_name = consumer.status.as_ref().and_then(|s| s.stream_name.clone());
+            return Ok(match (last_stream_name, remembered) {
+                (Some(stream), Some(connection)) => Whereabouts::Reachable { stream, connection },
+                (stream, _) => Whereabouts::Unreachable {
+                    stream: stream.unwrap_or_else(|| name.clone()),
+                    why: format!(
+                        "AuditStream {name} is gone, so its connection to NATS is unknown"
+                    ),
+                },
+            });
         }
         Err(error) => return Err(error),
     };
     let stream_name = stream.stream_name();
-    let referenced = Referenced {
-        stream,
-        stream_name: stream_name.clone(),
-        connection,
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let error = match resolve_connection(&secrets, &stream.spec.connection).await {
+        Ok(connection) => {
+            return Ok(Whereabouts::Reachable {
+                stream: stream_name,
+                connection,
+            });
+        }
+        Err(error) if error.is_unusable_secret() => error,
+        Err(error) => return Err(error),
     };
-    let js = jetstream_context(ctx, consumer, &referenced).await?;
-    let owner = nats_consumer::owner_of(consumer);
-    Ok(
-        match apply::delete_consumer(&js, &stream_name, &durable, &owner).await? {
-            Deletion::Deleted => (
-                "Deleted",
-                format!("deleted durable consumer {durable} from stream {stream_name}"),
-            ),
-            Deletion::Absent => (
-                "Deleted",
-                format!("durable consumer {durable} was already gone from stream {stream_name}"),
-            ),
-            Deletion::NotOurs => (
-                "NotDeleted",
-                format!(
-                    "durable consumer {durable} on stream {stream_name} is not managed by this resource; left it on NATS"
-                ),
-            ),
-        },
+    if let Some(connection) = remembered {
+        info!(consumer = %consumer.durable_name(), %namespace, %error, "deleting with the credentials last connected with");
+        return Ok(Whereabouts::Reachable {
+            stream: stream_name,
+            connection,
+        });
+    }
+    let why = if stream.metadata.deletion_timestamp.is_some() {
+        format!(
+            "AuditStream {} is being deleted and its credentials are unusable ({error})",
+            stream.name_any()
+        )
+    } else if report::namespace_is_terminating(
+        &ctx.client,
+        consumer,
+        ctx.options.instance.as_deref(),
     )
+    .await?
+    {
+        "the namespace is being deleted and the credentials for NATS were deleted first".to_owned()
+    } else {
+        return Err(error);
+    };
+    Ok(Whereabouts::Unreachable {
+        stream: stream_name,
+        why,
+    })
 }

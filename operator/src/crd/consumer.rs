@@ -182,6 +182,9 @@ pub struct AuditConsumerSpec {
 
     /// What deleting this resource does to the durable consumer: `Delete` (the default)
     /// removes it from NATS (the stream's events stay); `Retain` keeps it, with its position.
+    /// A durable consumer that can no longer be reached (its AuditStream or namespace deleted
+    /// together with the credentials) is left on NATS and named in the operator's log and
+    /// metrics.
     #[serde(default)]
     pub deletion_policy: ConsumerDeletionPolicy,
 

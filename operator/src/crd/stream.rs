@@ -169,7 +169,9 @@ pub struct AuditStreamSpec {
     pub deny_purge: bool,
 
     /// What deleting this resource does to the stream: `Retain` (the default) keeps the stream
-    /// and its data on NATS; `Delete` deletes the stream and every message in it.
+    /// and its data on NATS; `Delete` deletes the stream and every message in it, with the
+    /// credentials last used if the Secret is gone. Only when the namespace is deleted and no
+    /// credentials are left does the stream stay, named in the operator's log and metrics.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
