@@ -197,21 +197,16 @@ impl NatsPool {
                 .as_ref()
                 .filter(|client| client.connection_state() == State::Connected)
                 .cloned();
-            let attempt = match (&connected, &pooled.attempt) {
-                (Some(_), _) => None,
-                (None, Some(attempt)) => Some(attempt.clone()),
-                (None, None) => {
-                    let attempt = self.attempt(connection);
-                    pooled.attempt = Some(attempt.clone());
-                    Some(attempt)
-                }
-            };
             if let Some(client) = connected {
                 record_connected(&mut state, user, connection);
                 return Ok(client);
             }
+            let attempt = pooled
+                .attempt
+                .get_or_insert_with(|| self.attempt(connection))
+                .clone();
             state.prune();
-            attempt.expect("an attempt when no connected client is pooled")
+            attempt
         };
         let outcome = attempt.clone().await;
         let mut state = self.inner.lock();
