@@ -59,9 +59,48 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
+/// Writes `duration` in the same grammar, largest units first (`48h`, `1m30s`, `1s500ms`,
+/// `0s`), so that what the operator reports reads like what a user writes and parses back.
+pub fn format(duration: Duration) -> String {
+    const UNITS: [(&str, u128); 6] = [
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("ns", 1),
+    ];
+    let mut rest = duration.as_nanos();
+    if rest == 0 {
+        return "0s".to_owned();
+    }
+    let mut text = String::new();
+    for (unit, nanos) in UNITS {
+        if rest >= nanos {
+            text.push_str(&format!("{}{unit}", rest / nanos));
+            rest %= nanos;
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_as_a_user_writes_and_parses_back() {
+        for (duration, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(48 * 3600), "48h"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_millis(1_500), "1s500ms"),
+            (Duration::from_nanos(3_600_000_000_007), "1h7ns"),
+        ] {
+            assert_eq!(format(duration), text);
+            assert_eq!(parse(text), Ok(duration));
+        }
+    }
 
     #[test]
     fn parses_single_and_compound_terms() {

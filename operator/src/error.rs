@@ -4,7 +4,7 @@
 //! (kstatus `Stalled`) or is retried until it clears on its own (kstatus `Reconciling`). The
 //! messages name Secrets and keys but never their contents.
 
-use kube_runtime::finalizer;
+use std::sync::Arc;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -77,6 +77,11 @@ pub enum Error {
     #[error("AuditStream {name:?} is not Ready yet ({reason}); waiting for it")]
     StreamNotReady { name: String, reason: String },
 
+    #[error(
+        "stream {stream:?} does not exist on NATS: its AuditStream recreates it (it was deleted outside the operator, or a memory stream was lost in a restart); waiting for it"
+    )]
+    StreamMissingOnNats { stream: String },
+
     /// Carries the server's text, which includes its error code.
     #[error(
         "NATS rejected the consumer configuration: {0}; deliverPolicy, startSequence and startTime cannot change on a durable consumer: to change them, create a new AuditConsumer (or set a new durableName)"
@@ -93,12 +98,20 @@ pub enum Error {
     )]
     ObjectNotOurs { kind: String, name: String },
 
+    /// Said instead of a Secret problem in a namespace being deleted: no Secret can be created
+    /// there any more, so the usual advice would be impossible to follow.
+    #[error(
+        "the namespace is being deleted and the credentials for NATS went first: this resource goes with the namespace; nothing to do"
+    )]
+    NamespaceTerminating,
+
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[source] kube::Error),
 
-    #[error("finalizer: {0}")]
-    // Boxed: the finalizer error wraps this enum.
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// A failed connection attempt that several reconciliations waited for together (the
+    /// pool makes one attempt per connection at a time); each of them reports it.
+    #[error(transparent)]
+    SharedConnectFailure(Arc<Error>),
 }
 
 impl Error {
@@ -121,11 +134,10 @@ impl Error {
             Error::ConsumerConfigRejected(_) => "ConsumerConfigRejected",
             Error::ConsumerNotOurs { .. } => "ConsumerExists",
             Error::ObjectNotOurs { .. } => "ObjectExists",
+            Error::StreamMissingOnNats { .. } => "StreamMissingOnNats",
+            Error::NamespaceTerminating => "NamespaceTerminating",
             Error::Kube(_) => "KubernetesApiFailed",
-            Error::Finalizer(inner) => match inner.as_ref() {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
-                _ => "FinalizerFailed",
-            },
+            Error::SharedConnectFailure(inner) => inner.reason(),
         }
     }
 
@@ -150,13 +162,57 @@ impl Error {
             Error::NatsUnreachable { .. }
             | Error::JetStreamRequest(_)
             | Error::Kube(_)
-            | Error::StreamNotReady { .. } => false,
-            Error::Finalizer(inner) => match inner.as_ref() {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
-                    e.needs_user_action()
-                }
-                _ => false,
-            },
+            | Error::StreamNotReady { .. }
+            | Error::StreamMissingOnNats { .. }
+            | Error::NamespaceTerminating => false,
+            Error::SharedConnectFailure(inner) => inner.needs_user_action(),
         }
+    }
+
+    /// Whether the credentials could not be taken from the referenced Secrets: missing,
+    /// incomplete or unusable. A deletion can then still use the credentials last connected
+    /// with.
+    pub fn is_unusable_secret(&self) -> bool {
+        match self {
+            Error::SecretNotFound { .. }
+            | Error::SecretKeyMissing { .. }
+            | Error::SecretInvalid { .. }
+            | Error::CredsInvalid(_) => true,
+            Error::SharedConnectFailure(inner) => inner.is_unusable_secret(),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_connect_failure_reports_as_the_failure_it_wraps() {
+        let shared = Error::SharedConnectFailure(Arc::new(Error::CredsInvalid("bad".into())));
+        assert_eq!(shared.reason(), "SecretInvalid");
+        assert!(shared.needs_user_action());
+        assert!(shared.is_unusable_secret());
+        assert_eq!(
+            shared.to_string(),
+            Error::CredsInvalid("bad".into()).to_string()
+        );
+    }
+
+    #[test]
+    fn in_a_namespace_being_deleted_nothing_is_asked_of_the_user() {
+        let terminating = Error::NamespaceTerminating;
+        assert!(!terminating.needs_user_action());
+        assert!(!terminating.to_string().contains("create"), "{terminating}");
+    }
+
+    #[test]
+    fn a_stream_missing_on_nats_is_a_wait() {
+        let missing = Error::StreamMissingOnNats {
+            stream: "ORDERS".into(),
+        };
+        assert_eq!(missing.reason(), "StreamMissingOnNats");
+        assert!(!missing.needs_user_action());
     }
 }

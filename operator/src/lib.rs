@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod crd;
 pub mod duration;
 pub mod error;
+pub mod finalizer;
 pub mod health;
 pub mod leader;
 pub mod metrics;

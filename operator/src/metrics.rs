@@ -1,5 +1,5 @@
 //! Prometheus metrics of the operator: reconciliations by kind and outcome, their duration,
-//! failures by reason, and whether this replica leads.
+//! failures by reason, whether this replica leads, and what a deletion had to leave on NATS.
 
 use std::time::Duration;
 
@@ -21,6 +21,23 @@ struct ConsumerLabels {
     name: String,
 }
 
+/// An AuditStream and the stream it names on NATS.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    namespace: String,
+    name: String,
+    stream: String,
+}
+
+/// An AuditConsumer and the durable consumer it names on NATS.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurableLabels {
+    namespace: String,
+    name: String,
+    stream: String,
+    consumer: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     kind: &'static str,
@@ -34,6 +51,8 @@ pub struct Metrics {
     duration: Family<KindLabels, Histogram>,
     leader: Gauge,
     max_deliveries: Family<ConsumerLabels, Counter>,
+    streams_left_on_nats: Family<StreamLabels, Counter>,
+    consumers_left_on_nats: Family<DurableLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,7 +90,21 @@ impl Default for Metrics {
             "Events NATS stopped redelivering because they reached an AuditConsumer's maxDeliver, as counted by this replica",
             max_deliveries.clone(),
         );
+        let streams_left_on_nats = Family::<StreamLabels, Counter>::default();
+        registry.register(
+            "streams_left_on_nats",
+            "AuditStreams with deletionPolicy Delete let go without deleting their stream, because their namespace was being deleted and no credentials for NATS were left; the stream remains on NATS",
+            streams_left_on_nats.clone(),
+        );
+        let consumers_left_on_nats = Family::<DurableLabels, Counter>::default();
+        registry.register(
+            "consumers_left_on_nats",
+            "AuditConsumers with deletionPolicy Delete let go without deleting their durable consumer, because it could not be reached any more; it may remain on NATS",
+            consumers_left_on_nats.clone(),
+        );
         Self {
+            streams_left_on_nats,
+            consumers_left_on_nats,
             max_deliveries,
             registry,
             reconciliations,
@@ -108,6 +141,36 @@ impl Metrics {
                 name: name.to_owned(),
             })
             .inc_by(events);
+    }
+
+    /// Counts AuditStream `namespace/name` let go while its `stream` stays on NATS.
+    pub fn record_stream_left_on_nats(&self, namespace: &str, name: &str, stream: &str) {
+        self.streams_left_on_nats
+            .get_or_create(&StreamLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                stream: stream.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts AuditConsumer `namespace/name` let go while its durable `consumer` on `stream`
+    /// may stay on NATS.
+    pub fn record_consumer_left_on_nats(
+        &self,
+        namespace: &str,
+        name: &str,
+        stream: &str,
+        consumer: &str,
+    ) {
+        self.consumers_left_on_nats
+            .get_or_create(&DurableLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                stream: stream.to_owned(),
+                consumer: consumer.to_owned(),
+            })
+            .inc();
     }
 
     pub fn set_leader(&self, leading: bool) {
@@ -156,5 +219,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("audit_operator_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn what_a_deletion_left_on_nats_is_named() {
+        let metrics = Metrics::default();
+        metrics.record_stream_left_on_nats("shop", "orders", "ORDERS");
+        metrics.record_consumer_left_on_nats("shop", "reader", "ORDERS", "reader");
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "audit_operator_streams_left_on_nats_total{namespace=\"shop\",name=\"orders\",stream=\"ORDERS\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "audit_operator_consumers_left_on_nats_total{namespace=\"shop\",name=\"reader\",stream=\"ORDERS\",consumer=\"reader\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

@@ -1,20 +1,39 @@
 //! NATS connections shared between resources: one client per distinct connection (servers,
 //! domain, credentials and the resourceVersions of the Secrets they came from).
 //!
-//! A rotated Secret changes the key, so the next reconciliation opens a new connection with
-//! the new credentials; a connection no resource uses any more is dropped (which closes it).
-//! A cached client that is not connected is replaced by a fresh connection attempt, so a
-//! failure is reported as what it is now (unreachable, credentials rejected) rather than as
-//! timeouts of a client still retrying in the background.
+//! - **One connect at a time per connection.** Reconciliations that need a connection the pool
+//!   does not hold yet wait for a single attempt and share its outcome, so a restarted
+//!   operator with many resources opens one connection, not one per resource.
+//! - **Rotation.** A rotated Secret changes the key, so the next reconciliation opens a new
+//!   connection with the new credentials; a connection no resource uses any more is dropped
+//!   (which closes it).
+//! - **Outages.** A cached client that is not connected is not handed out: a fresh attempt
+//!   reports the failure as what it is now (unreachable, credentials rejected) rather than as
+//!   timeouts of a client still retrying in the background. The cached client keeps
+//!   reconnecting all the same, and when it is back, the resources using it are announced
+//!   ([`NatsPool::reconnected`]) so that they are reconciled at once instead of at the end of
+//!   their retry backoff.
+//! - **Deletion after the Secrets went.** The pool remembers, per resource, the connection it
+//!   last connected with, until the resource is released: a finalizer can still reach NATS
+//!   when the Secrets were deleted first (as a namespace deletion may do).
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use async_nats::{ConnectErrorKind, connection::State};
+use futures::{
+    FutureExt, Stream, StreamExt,
+    future::{BoxFuture, Shared},
+};
+use kube::{Resource, ResourceExt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::sync::mpsc;
 
 use crate::{
     error::{Error, Result},
@@ -25,78 +44,287 @@ use crate::{
 /// that two connections can never be confused.
 type PoolKey = ResolvedConnection;
 
+/// A connection attempt that every caller wanting the same connection awaits.
+type Attempt = Shared<BoxFuture<'static, Result<async_nats::Client, Arc<Error>>>>;
+
+/// A resource using pooled connections.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolUser {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PoolUser {
+    pub fn of<K: Resource<DynamicType = ()>>(object: &K) -> Self {
+        Self {
+            kind: K::kind(&()).into_owned(),
+            namespace: object.namespace().unwrap_or_default(),
+            name: object.name_any(),
+        }
+    }
+}
+
+impl std::fmt::Display for PoolUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// One connection of the pool.
+struct Pooled {
+    key: PoolKey,
+    /// The client of the last successful attempt; after an outage it reconnects by itself.
+    client: Option<async_nats::Client>,
+    /// The attempt in flight, if any.
+    attempt: Option<Attempt>,
+}
+
+/// Which connections a user wants and last had.
+#[derive(Clone)]
+struct Usage {
+    /// The connection of its latest request, successful or not.
+    wanted: PoolKey,
+    /// The connection it last connected with.
+    connected: Option<PoolKey>,
+}
+
 #[derive(Default)]
 struct PoolState {
-    clients: Vec<(PoolKey, async_nats::Client)>,
-    /// Which connection each user (a resource, e.g. `AuditStream/ns/name`) currently holds.
-    users: HashMap<String, PoolKey>,
+    connections: Vec<Pooled>,
+    users: HashMap<PoolUser, Usage>,
+}
+
+impl PoolState {
+    fn pooled(&mut self, key: &PoolKey) -> &mut Pooled {
+        let index = match self.connections.iter().position(|p| &p.key == key) {
+            Some(index) => index,
+            None => {
+                self.connections.push(Pooled {
+                    key: key.clone(),
+                    client: None,
+                    attempt: None,
+                });
+                self.connections.len() - 1
+            }
+        };
+        &mut self.connections[index]
+    }
+
+    /// Drops the connections no user wants or last had, except those being connected.
+    fn prune(&mut self) {
+        let PoolState { connections, users } = self;
+        connections.retain(|pooled| {
+            pooled.attempt.is_some()
+                || users.values().any(|usage| {
+                    usage.wanted == pooled.key || usage.connected.as_ref() == Some(&pooled.key)
+                })
+        });
+    }
+
+    /// The users whose current or last connection is `key`.
+    fn users_of(&self, key: &PoolKey) -> Vec<PoolUser> {
+        self.users
+            .iter()
+            .filter(|(_, usage)| &usage.wanted == key || usage.connected.as_ref() == Some(key))
+            .map(|(user, _)| user.clone())
+            .collect()
+    }
+}
+
+/// What the pool shares with the event callbacks of its clients.
+#[derive(Default)]
+struct Inner {
+    state: Mutex<PoolState>,
+    /// One sender per controller that wants to hear of reconnections.
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<PoolUser>>>,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A panic while holding the lock leaves plain data behind; keep using it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells every subscriber which users the connection `key` serves, now that it is back.
+    fn announce_reconnection(&self, key: &PoolKey) {
+        let users = self.lock().users_of(key);
+        tracing::info!(
+            servers = %key.servers.join(","),
+            resources = users.len(),
+            "NATS connection is back; reconciling the resources that use it"
+        );
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subscribers.retain(|subscriber| {
+            users
+                .iter()
+                .all(|user| subscriber.send(user.clone()).is_ok())
+        });
+    }
 }
 
 /// Shared NATS clients, keyed by connection material.
 pub struct NatsPool {
     connect_timeout: Duration,
-    state: Mutex<PoolState>,
+    inner: Arc<Inner>,
 }
 
 impl NatsPool {
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
             connect_timeout,
-            state: Mutex::default(),
+            inner: Arc::default(),
         }
     }
 
-    /// A connected client for `connection`, recorded as used by `user`.
+    /// A connected client for `connection`, recorded as used by `user`. Concurrent callers
+    /// for one connection share a single connection attempt and its outcome.
     pub async fn client(
         &self,
-        user: &str,
+        user: &PoolUser,
         connection: &ResolvedConnection,
     ) -> Result<async_nats::Client> {
-        let cached = {
-            let mut state = self.lock();
-            state.users.insert(user.to_owned(), connection.clone());
-            prune(&mut state);
-            state
-                .clients
-                .iter()
-                .find(|(key, _)| key == connection)
-                .map(|(_, client)| client.clone())
+        let attempt = {
+            let mut state = self.inner.lock();
+            let usage = state.users.entry(user.clone()).or_insert_with(|| Usage {
+                wanted: connection.clone(),
+                connected: None,
+            });
+            usage.wanted = connection.clone();
+            let pooled = state.pooled(connection);
+            let connected = pooled
+                .client
+                .as_ref()
+                .filter(|client| client.connection_state() == State::Connected)
+                .cloned();
+            if let Some(client) = connected {
+                record_connected(&mut state, user, connection);
+                return Ok(client);
+            }
+            let attempt = pooled
+                .attempt
+                .get_or_insert_with(|| self.attempt(connection))
+                .clone();
+            state.prune();
+            attempt
         };
-        if let Some(client) = cached
-            && client.connection_state() == State::Connected
-        {
-            return Ok(client);
+        let outcome = attempt.clone().await;
+        let mut state = self.inner.lock();
+        let pooled = state.pooled(connection);
+        if pooled.attempt.as_ref().is_some_and(|a| a.ptr_eq(&attempt)) {
+            pooled.attempt = None;
         }
-        let client = connect(connection, self.connect_timeout).await?;
-        let mut state = self.lock();
-        state.clients.retain(|(key, _)| key != connection);
-        state.clients.push((connection.clone(), client.clone()));
-        Ok(client)
+        let result = match outcome {
+            Ok(client) => {
+                pooled.client = Some(client.clone());
+                record_connected(&mut state, user, connection);
+                Ok(client)
+            }
+            Err(error) => Err(error),
+        };
+        state.prune();
+        drop(state);
+        // The last of the callers sharing a failed attempt gets the error itself.
+        drop(attempt);
+        result.map_err(|error| Arc::try_unwrap(error).unwrap_or_else(Error::SharedConnectFailure))
+    }
+
+    /// The connection `user` last connected with, while it is not released: the credentials
+    /// a finalizer can still use after the Secrets they came from were deleted.
+    pub fn last_connected(&self, user: &PoolUser) -> Option<ResolvedConnection> {
+        self.inner
+            .lock()
+            .users
+            .get(user)
+            .and_then(|usage| usage.connected.clone())
     }
 
     /// Forgets `user`; its connection closes when no other user holds it.
-    pub fn release(&self, user: &str) {
-        let mut state = self.lock();
+    pub fn release(&self, user: &PoolUser) {
+        let mut state = self.inner.lock();
         state.users.remove(user);
-        prune(&mut state);
+        state.prune();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        // A panic while holding the lock leaves plain data behind; keep using it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The users of a pooled connection, each time that connection comes back after it was
+    /// lost; `kind` selects the users of one kind (`AuditStream`, `AuditConsumer`).
+    pub fn reconnected(&self, kind: &str) -> impl Stream<Item = PoolUser> + Send + use<> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sender);
+        let kind = kind.to_owned();
+        futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|user| (user, receiver))
+        })
+        .filter(move |user| std::future::ready(user.kind == kind))
+    }
+
+    /// A connection attempt for `connection` whose client announces its reconnections.
+    fn attempt(&self, connection: &ResolvedConnection) -> Attempt {
+        let key = connection.clone();
+        let timeout = self.connect_timeout;
+        let pool = Arc::downgrade(&self.inner);
+        async move {
+            let on_reconnect = ReconnectAnnouncer::new(pool, key.clone());
+            connect(&key, timeout, on_reconnect).await.map_err(Arc::new)
+        }
+        .boxed()
+        .shared()
     }
 }
 
-fn prune(state: &mut PoolState) {
-    let PoolState { clients, users } = state;
-    clients.retain(|(key, _)| users.values().any(|used| used == key));
+fn record_connected(state: &mut PoolState, user: &PoolUser, connection: &ResolvedConnection) {
+    if let Some(usage) = state.users.get_mut(user) {
+        usage.connected = Some(connection.clone());
+    }
 }
 
-async fn connect(connection: &ResolvedConnection, timeout: Duration) -> Result<async_nats::Client> {
+/// Called by a client on each connection event: every `Connected` after the first is a
+/// reconnection, which the pool announces.
+struct ReconnectAnnouncer {
+    pool: Weak<Inner>,
+    key: PoolKey,
+    connected_before: AtomicBool,
+}
+
+impl ReconnectAnnouncer {
+    fn new(pool: Weak<Inner>, key: PoolKey) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            key,
+            connected_before: AtomicBool::new(false),
+        })
+    }
+
+    fn on_event(&self, event: &async_nats::Event) {
+        if !matches!(event, async_nats::Event::Connected) {
+            return;
+        }
+        // The first `Connected` is the initial connection, which its callers already have.
+        if self.connected_before.swap(true, Ordering::SeqCst)
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.announce_reconnection(&self.key);
+        }
+    }
+}
+
+async fn connect(
+    connection: &ResolvedConnection,
+    timeout: Duration,
+    on_reconnect: Arc<ReconnectAnnouncer>,
+) -> Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new()
         .name("audit-operator")
         .connection_timeout(timeout)
-        .request_timeout(Some(timeout));
+        .request_timeout(Some(timeout))
+        .event_callback(move |event| {
+            on_reconnect.on_event(&event);
+            std::future::ready(())
+        });
     options = match &connection.credentials {
         None => options,
         Some(Credentials::Creds(creds)) => options
@@ -249,5 +477,107 @@ mod tests {
         assert!(is_tls_rejection(&rejected));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(!is_tls_rejection(&refused));
+    }
+
+    fn connection(server: &str) -> ResolvedConnection {
+        ResolvedConnection {
+            servers: vec![server.to_owned()],
+            credentials: Some(Credentials::Token("t0ken".into())),
+            tls: None,
+            js_domain: None,
+            secret_versions: vec!["ns/token@1".into()],
+        }
+    }
+
+    fn user(name: &str) -> PoolUser {
+        PoolUser {
+            kind: "AuditStream".into(),
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    /// A loopback address nothing listens on.
+    fn closed_port_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        format!("nats://127.0.0.1:{port}")
+    }
+
+    #[tokio::test]
+    async fn callers_that_arrive_together_share_one_attempt_and_its_failure() {
+        let pool = NatsPool::new(Duration::from_secs(2));
+        let unreachable = connection(&closed_port_url());
+        let users: Vec<PoolUser> = (0..8).map(|i| user(&format!("s{i}"))).collect();
+        let outcomes =
+            futures::future::join_all(users.iter().map(|u| pool.client(u, &unreachable))).await;
+        for outcome in outcomes {
+            let error = outcome.expect_err("nothing listens there");
+            assert_eq!(error.reason(), "NatsUnreachable", "{error}");
+        }
+        // Nothing connected, so nothing is remembered for a later deletion.
+        assert!(users.iter().all(|u| pool.last_connected(u).is_none()));
+        let state = pool.inner.lock();
+        assert_eq!(state.connections.len(), 1, "one entry for one connection");
+        assert!(
+            state.connections[0].attempt.is_none(),
+            "the attempt is over"
+        );
+    }
+
+    #[test]
+    fn a_connection_is_kept_while_a_user_wants_it_or_last_had_it() {
+        let (old, new) = (connection("nats://a:4222"), connection("nats://b:4222"));
+        let mut state = PoolState::default();
+        for key in [&old, &new] {
+            state.pooled(key);
+        }
+        state.users.insert(
+            user("s"),
+            Usage {
+                wanted: new.clone(),
+                connected: Some(old.clone()),
+            },
+        );
+        state.prune();
+        assert_eq!(state.connections.len(), 2);
+        assert_eq!(state.users_of(&old), [user("s")]);
+        assert_eq!(state.users_of(&new), [user("s")]);
+        state.users.remove(&user("s"));
+        state.prune();
+        assert!(state.connections.is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_a_reconnection_is_announced_to_the_users_of_that_connection() {
+        let pool = NatsPool::new(Duration::from_secs(2));
+        let (used, other) = (connection("nats://a:4222"), connection("nats://b:4222"));
+        {
+            let mut state = pool.inner.lock();
+            for (name, key) in [("s1", &used), ("s2", &other)] {
+                state.users.insert(
+                    user(name),
+                    Usage {
+                        wanted: key.clone(),
+                        connected: Some(key.clone()),
+                    },
+                );
+            }
+        }
+        let mut streams = Box::pin(pool.reconnected("AuditStream"));
+        let mut consumers = Box::pin(pool.reconnected("AuditConsumer"));
+        let announcer = ReconnectAnnouncer::new(Arc::downgrade(&pool.inner), used);
+        announcer.on_event(&async_nats::Event::Connected);
+        announcer.on_event(&async_nats::Event::Disconnected);
+        announcer.on_event(&async_nats::Event::Connected);
+        assert_eq!(streams.next().await, Some(user("s1")));
+        let nothing_else = tokio::time::timeout(Duration::from_millis(50), streams.next()).await;
+        assert!(
+            nothing_else.is_err(),
+            "the first connection is no reconnection"
+        );
+        let none = tokio::time::timeout(Duration::from_millis(50), consumers.next()).await;
+        assert!(none.is_err(), "no AuditConsumer uses that connection");
     }
 }

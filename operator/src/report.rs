@@ -1,20 +1,33 @@
 //! How both controllers write back what they did: status by server-side apply under the
-//! operator's field manager, and Events. Also the name a resource goes by in the NATS
-//! connection pool.
+//! operator's field manager, Events, and log lines for what the controller runtime reports.
+//! Also whether a namespace still accepts new objects, which decides what a message may ask of
+//! a user.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::{
+    api::{core::v1::ObjectReference, events::v1::Event as EventObject},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{Patch, PatchParams, PostParams},
     core::{DeserializeGuard, NamespaceResourceScope},
-    runtime::events::{Event, EventType, Recorder},
+    runtime::{
+        controller::{self, Action},
+        events::{Event, EventType, Recorder},
+        reflector::ObjectRef,
+        watcher,
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::error::{Error, Result};
+use crate::{
+    CONTROLLER_NAME,
+    error::{Error, Result},
+};
 
 /// Field manager of everything the operator applies: status, workload objects.
 pub const FIELD_MANAGER: &str = "audit-operator";
@@ -59,8 +72,109 @@ pub async fn publish(
         action: action.to_owned(),
         secondary: None,
     };
-    if let Err(error) = recorder.publish(&event, reference).await {
-        tracing::warn!(%error, reason, "cannot publish event");
+    match recorder.publish(&event, reference).await {
+        Ok(()) => {}
+        // Expected while a namespace is deleted: the log line of the same outcome remains.
+        Err(error) if refused_as_namespace_terminating(&error) => {
+            tracing::debug!(%error, reason, "event not recorded: the namespace is being deleted");
+        }
+        Err(error) => tracing::warn!(%error, reason, "cannot publish event"),
+    }
+}
+
+/// Whether the API server refused to create an object because its namespace is being
+/// deleted (namespace lifecycle admission, cause `NamespaceTerminating`).
+pub fn refused_as_namespace_terminating(error: &kube::Error) -> bool {
+    let kube::Error::Api(status) = error else {
+        return false;
+    };
+    status.code == 403
+        && status.details.as_ref().is_some_and(|details| {
+            details
+                .causes
+                .iter()
+                .any(|cause| cause.reason == "NamespaceTerminating")
+        })
+}
+
+/// Whether `object`'s namespace is being deleted, so that nothing can be created in it any
+/// more: not a Secret a message might ask for, not an Event. The API server answers it
+/// directly: a dry-run create of an Event about `object` (which the operator may create
+/// anyway, so no further right is needed) is refused in a terminating namespace, and a dry run
+/// leaves nothing behind.
+pub async fn namespace_is_terminating<K>(
+    client: &Client,
+    object: &K,
+    instance: Option<&str>,
+) -> Result<bool>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let namespace = object.namespace().unwrap_or_default();
+    let events: Api<EventObject> = Api::namespaced(client.clone(), &namespace);
+    let probe = EventObject {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{CONTROLLER_NAME}-probe-")),
+            namespace: Some(namespace),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(Timestamp::now())),
+        type_: Some("Normal".into()),
+        reason: Some("NamespaceProbe".into()),
+        action: Some("Delete".into()),
+        note: Some("dry run: does the namespace still accept new objects?".into()),
+        regarding: Some(object.object_ref(&())),
+        reporting_controller: Some(CONTROLLER_NAME.into()),
+        reporting_instance: Some(instance.unwrap_or(CONTROLLER_NAME).into()),
+        ..EventObject::default()
+    };
+    let dry_run = PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    match events.create(&dry_run, &probe).await {
+        Ok(_) => Ok(false),
+        Err(error) if refused_as_namespace_terminating(&error) => Ok(true),
+        Err(error) => Err(Error::Kube(error)),
+    }
+}
+
+/// `error`, unless it is about unusable Secrets in a namespace being deleted: there no
+/// Secret can be created any more, so the error's advice would be impossible to follow, and
+/// [`Error::NamespaceTerminating`] says what is really going on.
+pub async fn unless_namespace_terminating<K>(
+    client: &Client,
+    object: &K,
+    instance: Option<&str>,
+    error: Error,
+) -> Error
+where
+    K: Resource<DynamicType = ()>,
+{
+    if !error.is_unusable_secret() {
+        return error;
+    }
+    match namespace_is_terminating(client, object, instance).await {
+        Ok(true) => Error::NamespaceTerminating,
+        // Not terminating, or unknown: the Secret's own error and advice stand.
+        Ok(false) | Err(_) => error,
+    }
+}
+
+/// Logs what the controller runtime reports after each reconciliation. A reconciliation that
+/// was queued for an object deleted meanwhile is expected after every deletion: debug only.
+pub fn log_outcome<K>(
+    outcome: Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>,
+) where
+    K: kube::runtime::reflector::Lookup,
+    ObjectRef<K>: std::fmt::Display,
+{
+    match outcome {
+        Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+        Err(controller::Error::ObjectNotFound(object)) => {
+            tracing::debug!(%object, "not reconciled: deleted meanwhile");
+        }
+        Err(error) => tracing::warn!(%error, "reconciliation failed"),
     }
 }
 
@@ -76,8 +190,8 @@ where
         Err(invalid) => {
             tracing::warn!(
                 kind = %K::kind(&()),
-                name = ?invalid.metadata.name,
-                namespace = ?invalid.metadata.namespace,
+                name = invalid.metadata.name.as_deref().unwrap_or_default(),
+                namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
                 error = %invalid.error,
                 "object cannot be read"
             );
@@ -95,12 +209,28 @@ where
     }
 }
 
-/// The name `object` goes by in the NATS connection pool: `Kind/namespace/name`.
-pub fn pool_user<K: Resource<DynamicType = ()>>(object: &K) -> String {
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        object.namespace().unwrap_or_default(),
-        object.name_any()
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(status: serde_json::Value) -> kube::Error {
+        kube::Error::Api(Box::new(serde_json::from_value(status).unwrap()))
+    }
+
+    #[test]
+    fn a_terminating_namespace_is_told_by_the_cause_of_the_refusal() {
+        // As the API server's namespace lifecycle admission answers.
+        let terminating = api_error(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "events.events.k8s.io \"x\" is forbidden: unable to create new content in namespace shop because it is being terminated",
+            "details": { "name": "x", "kind": "events", "causes": [
+                { "reason": "NamespaceTerminating", "message": "namespace shop is being terminated", "field": "metadata.namespace" },
+            ] },
+        }));
+        assert!(refused_as_namespace_terminating(&terminating));
+        let forbidden = api_error(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden", "message": "RBAC says no",
+        }));
+        assert!(!refused_as_namespace_terminating(&forbidden));
+    }
 }

@@ -6,12 +6,16 @@
 //! the audit traffic instead of the requeue interval. So a resource wakes its controller only
 //! when a user changed it (spec: the generation; deletion also bumps the generation) or its
 //! finalizers changed; the periodic requeue refreshes the live state.
+//!
+//! Besides watches, a NATS connection coming back after an outage wakes the resources using
+//! it, so that they recover within moments rather than at the end of their retry backoff.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kube::{
     Api, Resource,
+    api::{ObjectMeta, PartialObjectMetaExt},
     core::DeserializeGuard,
     runtime::{
         Predicate, PredicateConfig, WatchStreamExt,
@@ -25,7 +29,7 @@ use serde::de::DeserializeOwned;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 
-use crate::crd::stream::AuditStream;
+use crate::{crd::stream::AuditStream, nats_pool::NatsPool};
 
 /// The primary resource's cache and the stream of its objects that should be reconciled.
 pub fn spec_changes<K>(
@@ -57,7 +61,9 @@ where
 }
 
 /// An AuditStream matters to the consumers reading it when its spec or its readiness changes,
-/// not when its message counters do.
+/// not when its message counters do. Readiness counts for the generation it was observed at:
+/// after a spec change a stream stays `Ready=True` while the operator applies the new
+/// generation, and its consumers, which wait for exactly that, must hear when it is done.
 pub fn stream_generation_and_readiness(stream: &DeserializeGuard<AuditStream>) -> Option<u64> {
     let generation = stream.meta().generation;
     let ready = stream.0.as_ref().ok().and_then(|stream| {
@@ -66,7 +72,7 @@ pub fn stream_generation_and_readiness(stream: &DeserializeGuard<AuditStream>) -
                 .conditions
                 .iter()
                 .find(|condition| condition.type_ == "Ready")
-                .map(|condition| condition.status.clone())
+                .map(|condition| (condition.status.clone(), status.observed_generation))
         })
     });
     let mut hasher = DefaultHasher::new();
@@ -96,6 +102,25 @@ pub fn stream_readiness_changes(
     watcher(api, watcher::Config::default().any_semantic())
         .touched_objects()
         .predicate_filter(stream_generation_and_readiness, PredicateConfig::default())
+}
+
+/// The resources of kind `K` whose pooled NATS connection has just reconnected. They come as
+/// object metadata naming each one because the controller's stable API takes a stream of
+/// objects (as for the max-deliveries advisories).
+pub fn reconnected<K>(
+    pool: &NatsPool,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+{
+    pool.reconnected(&K::kind(&())).map(|user| {
+        Ok(ObjectMeta {
+            name: Some(user.name),
+            namespace: Some(user.namespace),
+            ..ObjectMeta::default()
+        }
+        .into_request_partial::<K>())
+    })
 }
 
 #[cfg(test)]
@@ -129,5 +154,17 @@ spec:
             key(&ready(1, "True")),
             key(&stream(&BASE.replace("generation: 3", "generation: 4")))
         );
+    }
+
+    #[test]
+    fn ready_again_at_a_new_generation_matters() {
+        let ready_at = |observed: u64| {
+            stream(&format!(
+                "{}status:\n  observedGeneration: {observed}\n  conditions:\n  - {{type: Ready, status: 'True', reason: r, message: m, lastTransitionTime: '2026-11-22T00:00:00Z'}}\n",
+                BASE.replace("generation: 3", "generation: 4")
+            ))
+        };
+        let key = stream_generation_and_readiness;
+        assert_ne!(key(&ready_at(3)), key(&ready_at(4)));
     }
 }

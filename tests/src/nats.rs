@@ -107,6 +107,11 @@ impl NatsServer {
         self.port
     }
 
+    /// Port of the HTTP monitoring endpoint (`/healthz`, `/connz`, `/varz`, ...).
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
     /// The JetStream store directory, which survives [`stop`](Self::stop).
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("jetstream")

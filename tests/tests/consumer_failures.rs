@@ -181,5 +181,10 @@ async fn a_deleted_consumer_is_reported_and_exits_non_zero() -> anyhow::Result<(
     let stderr = consumer.stderr();
     assert!(stderr.contains("consumer was deleted"), "{stderr}");
     assert!(stderr.contains("does not exist"), "{stderr}");
+    // Standard error is a file here, as under a log collector: no colour codes.
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escape codes in:\n{stderr}"
+    );
     Ok(())
 }

@@ -11,7 +11,8 @@ use audit_tests::nats::NatsServer;
 use audit_tests::operator::{OperatorProcess, install_crds};
 use audit_tests::wait;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -42,6 +43,15 @@ struct Env {
 
 impl Env {
     async fn start(prefix: &str) -> anyhow::Result<Self> {
+        Self::start_with_operator_args(prefix, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with more flags for the operator (they override the
+    /// harness's defaults).
+    async fn start_with_operator_args(
+        prefix: &str,
+        operator_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let control_plane = ControlPlane::shared();
         let client = control_plane.admin_client().await?;
         install_crds(&client).await?;
@@ -64,12 +74,7 @@ impl Env {
                 }))?,
             )
             .await?;
-        let operator = OperatorProcess::start(&[
-            "--namespace",
-            &namespace,
-            "--consumer-image",
-            "audit-consumer:test",
-        ])?;
+        let operator = start_operator(&namespace, operator_args)?;
         Ok(Self {
             streams: Api::namespaced_with(
                 client.clone(),
@@ -90,6 +95,65 @@ impl Env {
 
     fn operator_log(&self) -> String {
         self.operator.log_tail()
+    }
+
+    /// Everything the operator has logged so far.
+    fn full_operator_log(&self) -> String {
+        std::fs::read_to_string(self.operator.log_path()).unwrap_or_default()
+    }
+
+    /// How often an Event `reason` was reported about `name`, counting the repetitions an
+    /// Event series folds into one object.
+    async fn event_occurrences(&self, name: &str, reason: &str) -> anyhow::Result<i32> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(events
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.series.map_or(1, |series| series.count))
+            .sum())
+    }
+
+    /// Stops the operator and starts a new one: nothing it held in memory survives.
+    fn restart_operator(&mut self) -> anyhow::Result<()> {
+        self.operator.stop();
+        self.operator = start_operator(&self.namespace, &[])?;
+        Ok(())
+    }
+
+    /// The value of one sample of the operator's `/metrics`; 0 while it is absent.
+    async fn operator_metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let metrics = audit_tests::http::get(self.operator.health_port(), "/metrics").await?;
+        Ok(metrics
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// Deletes this test's namespace and waits until it is gone: every finalizer in it ran.
+    async fn delete_namespace_and_wait(&self) -> anyhow::Result<()> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        namespaces
+            .delete(&self.namespace, &DeleteParams::default())
+            .await?;
+        wait::until(
+            &format!("namespace {} gone", self.namespace),
+            WAIT,
+            POLL,
+            || async {
+                Ok(namespaces
+                    .get_opt(&self.namespace)
+                    .await?
+                    .is_none()
+                    .then_some(()))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", self.operator_log()))
     }
 
     async fn jetstream(&self) -> anyhow::Result<jetstream::Context> {
@@ -180,6 +244,18 @@ impl Env {
         })
         .await
     }
+}
+
+/// The operator for `namespace`, with the consumer image the tests use and `extra` flags.
+fn start_operator(namespace: &str, extra: &[&str]) -> anyhow::Result<OperatorProcess> {
+    let mut args = vec![
+        "--namespace",
+        namespace,
+        "--consumer-image",
+        "audit-consumer:test",
+    ];
+    args.extend_from_slice(extra);
+    OperatorProcess::start(&args)
 }
 
 fn template_args(deployment: &Deployment) -> Vec<String> {
@@ -461,6 +537,26 @@ async fn immutable_fields_are_rejected_at_apply_time() -> anyhow::Result<()> {
         .apply_consumer("third", json!({ "ackWait": "10ms" }))
         .await;
     assert!(message(tiny_ack_wait.unwrap_err()).contains("ackWait must be at least 1s"));
+    // A malformed duration gets one message, the pattern's, not a CEL conversion error too.
+    for (field, value) in [("ackWait", "abc"), ("expires", "abc"), ("expires", "10x")] {
+        let Err(kube::Error::Api(status)) =
+            env.apply_consumer("fourth", json!({ field: value })).await
+        else {
+            panic!("{field}: {value} was accepted");
+        };
+        let causes = status.details.as_ref().map_or(0, |d| {
+            // The API server adds a note that CEL rules were skipped; not a problem of its own.
+            d.causes
+                .iter()
+                .filter(|c| !c.message.contains("validation rules were not checked"))
+                .count()
+        });
+        assert!(
+            status.message.contains(&format!("spec.{field}")) && causes == 1,
+            "{field}: {value}: {}",
+            status.message
+        );
+    }
     Ok(())
 }
 
@@ -476,6 +572,7 @@ async fn deletion_removes_the_durable_consumer_unless_retained() -> anyhow::Resu
     env.wait_condition("kept", "ConsumerReady", "True").await?;
     env.deployment("dropped").await?;
 
+    let logged_before_deletion = env.full_operator_log().len();
     env.consumers
         .delete("dropped", &DeleteParams::default())
         .await?;
@@ -491,6 +588,21 @@ async fn deletion_removes_the_durable_consumer_unless_retained() -> anyhow::Resu
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
+    }
+    // Reconciliations queued with a stale copy (the Deployment's deletion wakes its owner)
+    // run right after the object went; give them time to show themselves.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deletion_log = env.full_operator_log()[logged_before_deletion..].to_owned();
+    assert!(
+        !deletion_log.contains("WARN") && !deletion_log.contains("ERROR"),
+        "a normal deletion logs at info:\n{deletion_log}"
+    );
+    for (name, reason) in [("dropped", "Deleted"), ("kept", "Retained")] {
+        assert_eq!(
+            env.event_occurrences(name, reason).await?,
+            1,
+            "one {reason} Event for {name}"
+        );
     }
     let js = env.jetstream().await?;
     let stream = js.get_stream("ORDERS").await?;
@@ -508,5 +620,216 @@ async fn deletion_removes_the_durable_consumer_unless_retained() -> anyhow::Resu
             .then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// The token Secret of the stream, deleted before its namespace: the namespace controller
+/// may do the same, in any order, when the namespace is deleted.
+async fn delete_token_secret(env: &Env) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    secrets
+        .delete("nats-token", &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_whose_secret_went_first_is_deleted_with_its_stream() -> anyhow::Result<()> {
+    let env = Env::start("consumer-ns-delete").await?;
+    env.apply_stream().await?;
+    env.apply_consumer("reader", json!({})).await?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
+
+    delete_token_secret(&env).await?;
+    env.delete_namespace_and_wait().await?;
+    // deletionPolicy: Delete was carried out with the credentials the operator last used.
+    let js = env.jetstream().await?;
+    assert!(
+        js.get_stream("ORDERS").await.is_err(),
+        "the stream was deleted from NATS"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_goes_even_when_no_credentials_are_left_and_what_stays_is_named()
+-> anyhow::Result<()> {
+    let mut env = Env::start("consumer-ns-orphan").await?;
+    env.apply_stream().await?;
+    env.apply_consumer("reader", json!({})).await?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
+
+    delete_token_secret(&env).await?;
+    // A new operator never saw the credentials: nothing can reach the stream any more.
+    env.restart_operator()?;
+    env.delete_namespace_and_wait().await?;
+
+    let js = env.jetstream().await?;
+    let stream = js.get_stream("ORDERS").await?;
+    stream.consumer_info("reader").await?;
+    let namespace = &env.namespace;
+    for sample in [
+        format!(
+            "audit_operator_streams_left_on_nats_total{{namespace=\"{namespace}\",name=\"orders\",stream=\"ORDERS\"}}"
+        ),
+        format!(
+            "audit_operator_consumers_left_on_nats_total{{namespace=\"{namespace}\",name=\"reader\",stream=\"ORDERS\",consumer=\"reader\"}}"
+        ),
+    ] {
+        assert_eq!(
+            env.operator_metric(&sample).await?,
+            1.0,
+            "{sample}\noperator log:\n{}",
+            env.operator_log()
+        );
+    }
+    let log = env.full_operator_log();
+    assert!(
+        log.lines().any(|line| line.contains("WARN")
+            && line.contains("ORDERS")
+            && line.contains("left on NATS")),
+        "a warning names the stream left on NATS:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn outside_a_namespace_deletion_a_missing_secret_holds_the_deletion_until_it_is_back()
+-> anyhow::Result<()> {
+    let mut env = Env::start("consumer-secret-wait").await?;
+    env.apply_stream().await?;
+    wait::until("AuditStream orders Ready", WAIT, POLL, || async {
+        let object = env.streams.get("orders").await?;
+        let ready = object.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+        Ok(ready.then_some(()))
+    })
+    .await?;
+    delete_token_secret(&env).await?;
+    // No credentials in memory either: the Secret is the only way to reach the stream.
+    env.restart_operator()?;
+    env.streams
+        .delete("orders", &DeleteParams::default())
+        .await?;
+
+    // The namespace stays, so the Secret can come back: the deletion waits and says so.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
+    wait::until(
+        "a SecretNotFound Event of the deletion",
+        WAIT,
+        POLL,
+        || async {
+            let found = events
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("orders")
+                        && e.reason.as_deref() == Some("SecretNotFound")
+                        && e.action.as_deref() == Some("Delete")
+                });
+            Ok(found.then_some(()))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
+    assert!(env.streams.get_opt("orders").await?.is_some());
+
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "nats-token" },
+                "stringData": { "token": TOKEN },
+            }))?,
+        )
+        .await?;
+    wait::until("AuditStream orders gone", WAIT, POLL, || async {
+        Ok(env.streams.get_opt("orders").await?.is_none().then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
+    let js = env.jetstream().await?;
+    assert!(
+        js.get_stream("ORDERS").await.is_err(),
+        "Delete was carried out"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_waits_while_its_stream_is_missing_on_nats() -> anyhow::Result<()> {
+    // No periodic check within the test: the stream controller notices the missing stream
+    // only when told to.
+    let env = Env::start_with_operator_args("consumer-stream-gone", &["--requeue-interval", "10m"])
+        .await?;
+    env.apply_stream().await?;
+    env.apply_consumer("reader", json!({})).await?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
+
+    // The stream is deleted out of band, and the consumer is reconciled before the stream is
+    // recreated.
+    env.jetstream().await?.delete_stream("ORDERS").await?;
+    env.apply_consumer("reader", json!({ "description": "after the stream went" }))
+        .await?;
+    let ready = wait::until(
+        "the consumer's Ready condition for its new generation",
+        WAIT,
+        POLL,
+        || async {
+            let object = env.consumers.get("reader").await?;
+            let ready = object.data["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned());
+            Ok(ready.filter(|c| c["observedGeneration"].as_i64() == object.metadata.generation))
+        },
+    )
+    .await?;
+    assert_ne!(ready["reason"], "ConsumerConfigRejected", "{ready}");
+    assert_eq!(
+        env.condition("reader", "Reconciling").await?.unwrap()["status"],
+        "True",
+        "a missing stream is a wait: {ready}"
+    );
+    assert_eq!(
+        env.condition("reader", "Stalled").await?.unwrap()["status"],
+        "False",
+        "{ready}"
+    );
+
+    // The AuditStream puts its stream back; the consumer follows without help.
+    env.streams
+        .patch(
+            "orders",
+            // A manager of its own: the fields applied by the others stay as they are.
+            &PatchParams::apply("consumer-tests-description"),
+            &Patch::Apply(json!({
+                "apiVersion": "audit.eventsaudit.io/v1alpha1",
+                "kind": "AuditStream",
+                "metadata": { "name": "orders" },
+                "spec": { "description": "recreate me" },
+            })),
+        )
+        .await?;
+    wait::until("the durable consumer back on NATS", WAIT, POLL, || async {
+        let js = env.jetstream().await?;
+        let Ok(stream) = js.get_stream("ORDERS").await else {
+            return Ok(None);
+        };
+        Ok(stream.consumer_info("reader").await.ok().map(|_| ()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))?;
+    env.wait_condition("reader", "ConsumerReady", "True")
+        .await?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! control plane, a real nats-server, and the `audit-operator` binary run as a child process
 //! scoped to each test's namespace with short requeue and retry intervals.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -173,6 +174,21 @@ impl Env {
             .collect())
     }
 
+    /// How often an Event `reason` was reported about AuditStream `name`, counting the
+    /// repetitions an Event series folds into one object.
+    async fn event_occurrences(&self, name: &str, reason: &str) -> anyhow::Result<i32> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(events
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.series.map_or(1, |series| series.count))
+            .sum())
+    }
+
     async fn wait_event(&mut self, name: &str, reason: &str) -> anyhow::Result<()> {
         let what = format!("an Event {reason} for {name}");
         let result = wait::until(&what, WAIT, POLL, || async {
@@ -181,6 +197,39 @@ impl Env {
         })
         .await;
         self.with_operator_log(result)
+    }
+
+    /// Everything the operator has logged so far.
+    fn operator_log(&self) -> String {
+        std::fs::read_to_string(self.operator.log_path()).unwrap_or_default()
+    }
+
+    /// The value of one sample of the operator's `/metrics`, e.g.
+    /// `audit_operator_reconciliations_total{kind="AuditStream"}`; 0 while it is absent.
+    async fn operator_metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let metrics = audit_tests::http::get(self.operator.health_port(), "/metrics").await?;
+        Ok(metrics
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// The ids of every connection, open or closed, the operator has made to this test's
+    /// nats-server (it names its connections `audit-operator`), from the server's monitoring
+    /// endpoint.
+    async fn operator_connection_ids(&self) -> anyhow::Result<BTreeSet<u64>> {
+        let connz =
+            audit_tests::http::get(self.nats.monitor_port(), "/connz?state=all&limit=100000")
+                .await?;
+        let connz: Value = serde_json::from_str(&connz.body)?;
+        Ok(connz["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|connection| connection["name"] == "audit-operator")
+            .filter_map(|connection| connection["cid"].as_u64())
+            .collect())
     }
 
     /// Adds the operator's log to a failure, which is where the explanation usually is.
@@ -210,6 +259,24 @@ fn condition_status(object: &DynamicObject, type_: &str) -> String {
         .to_owned()
 }
 
+/// A 422 rejection's message and how many problems it lists.
+fn rejection(error: kube::Error) -> (String, usize) {
+    match error {
+        kube::Error::Api(status) if status.code == 422 => {
+            // The API server adds a note that CEL rules were skipped; not a problem of its own.
+            let causes = status.details.map_or(0, |details| {
+                details
+                    .causes
+                    .iter()
+                    .filter(|c| !c.message.contains("validation rules were not checked"))
+                    .count()
+            });
+            (status.message, causes)
+        }
+        other => panic!("expected a 422 rejection, got {other}"),
+    }
+}
+
 fn rejection_message(error: kube::Error) -> String {
     match error {
         kube::Error::Api(status) if status.code == 422 => status.message,
@@ -235,9 +302,26 @@ async fn create_gives_a_ready_audit_safe_stream_with_kstatus_and_live_state() ->
         object
             .metadata
             .finalizers
+            .clone()
             .unwrap_or_default()
             .contains(&FINALIZER.to_owned())
     );
+    // The finalizer is written under the operator's name, as its status is.
+    let finalizer_managers: Vec<String> = object
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|fields| fields.0.pointer("/f:metadata/f:finalizers").is_some())
+        })
+        .map(|entry| entry.manager.unwrap_or_default())
+        .collect();
+    assert_eq!(finalizer_managers, ["audit-operator"]);
     // Defaults the schema filled in.
     assert_eq!(object.data["spec"]["storage"], "File");
     assert_eq!(object.data["spec"]["deletionPolicy"], "Retain");
@@ -300,12 +384,39 @@ async fn spec_update_drift_and_out_of_band_delete_are_put_right() -> anyhow::Res
     let mut tampered = js.get_stream("ORDERS").await?.cached_info().config.clone();
     tampered.max_age = Duration::from_secs(60);
     tampered.duplicate_window = Duration::from_secs(60);
+    tampered.description = Some("tampered by hand".into());
     js.update_stream(&tampered).await?;
     env.wait_for_stream("max_age restored to 48h", |info| {
         (info?.config.max_age == Duration::from_secs(48 * 3600)).then_some(())
     })
     .await?;
     env.wait_event("orders", "DriftCorrected").await?;
+    // Users read values and the spec's field names, not Rust's debug output.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.namespace);
+    let drift_note = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("DriftCorrected"))
+        .and_then(|e| e.note)
+        .unwrap_or_default();
+    for expected in [
+        "maxAge (server: 1m, spec: 48h)",
+        "duplicateWindow (server: 1m, spec: 2m)",
+        "description (server: \"tampered by hand\", spec: none)",
+    ] {
+        assert!(
+            drift_note.contains(expected),
+            "{expected} missing: {drift_note}"
+        );
+    }
+    let log = env.operator_log();
+    assert!(!drift_note.contains("Some("), "{drift_note}");
+    assert!(
+        !log.contains("Some("),
+        "Rust debug output in the log:\n{log}"
+    );
 
     // Someone deletes the stream.
     js.delete_stream("ORDERS").await?;
@@ -396,6 +507,14 @@ async fn malformed_specs_are_rejected_by_the_schema() -> anyhow::Result<()> {
             "duplicateWindow must not be longer than maxAge",
         ),
         (
+            json!({ "connection": { "servers": [url] }, "subjects": ["a"], "maxAge": "1h", "duplicateWindow": "abc" }),
+            "spec.duplicateWindow",
+        ),
+        (
+            json!({ "connection": { "servers": [url] }, "subjects": ["a"], "maxAge": "3d", "duplicateWindow": "1m" }),
+            "spec.maxAge",
+        ),
+        (
             json!({ "connection": { "servers": [url], "auth": {
                 "tokenSecretRef": { "name": "s", "key": "t" },
                 "nkeySecretRef": { "name": "s", "key": "n" } } }, "subjects": ["a"] }),
@@ -407,8 +526,10 @@ async fn malformed_specs_are_rejected_by_the_schema() -> anyhow::Result<()> {
         ),
     ];
     for (spec, expected) in cases {
-        let message = rejection_message(env.apply("bad", spec.clone()).await.unwrap_err());
+        let (message, causes) = rejection(env.apply("bad", spec.clone()).await.unwrap_err());
         assert!(message.contains(expected), "{spec}: {message}");
+        // One mistake, one message: a malformed duration is not also fed to a CEL rule.
+        assert_eq!(causes, 1, "{spec}: {message}");
     }
     Ok(())
 }
@@ -491,6 +612,7 @@ async fn deletion_retains_or_deletes_the_stream_per_policy() -> anyhow::Result<(
     env.wait_ready("kept").await?;
     env.wait_ready("dropped").await?;
 
+    let logged_before_deletion = env.operator_log().len();
     for name in ["kept", "dropped"] {
         env.streams.delete(name, &DeleteParams::default()).await?;
     }
@@ -501,6 +623,14 @@ async fn deletion_retains_or_deletes_the_stream_per_policy() -> anyhow::Result<(
         Ok((kept.is_none() && dropped.is_none()).then_some(()))
     })
     .await?;
+    // Reconciliations queued with a stale copy run right after the object went; give them
+    // time to show themselves.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deletion_log = env.operator_log()[logged_before_deletion..].to_owned();
+    assert!(
+        !deletion_log.contains("WARN") && !deletion_log.contains("ERROR"),
+        "a normal deletion logs at info:\n{deletion_log}"
+    );
     assert!(
         js.get_stream("KEPT").await.is_ok(),
         "Retain keeps the stream"
@@ -518,7 +648,13 @@ async fn deletion_retains_or_deletes_the_stream_per_policy() -> anyhow::Result<(
         .filter_map(|e| e.reason)
         .collect();
     assert!(reasons.contains(&"Retained".to_owned()), "{reasons:?}");
-    assert!(reasons.contains(&"Deleted".to_owned()), "{reasons:?}");
+    for (name, reason) in [("kept", "Retained"), ("dropped", "Deleted")] {
+        assert_eq!(
+            env.event_occurrences(name, reason).await?,
+            1,
+            "one {reason} Event for {name}: {reasons:?}"
+        );
+    }
     Ok(())
 }
 
@@ -889,6 +1025,109 @@ async fn a_stream_in_a_jetstream_domain() -> anyhow::Result<()> {
     assert_eq!(
         stream.info().await?.config.subjects,
         vec!["audit.>".to_owned()]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_operator_opens_one_connection_for_many_resources() -> anyhow::Result<()> {
+    // Enough resources that reconciliations run concurrently at start; all share one server
+    // and no credentials, so one connection serves them all.
+    const RESOURCES: usize = 40;
+    let mut env = Env::start("ast-storm").await?;
+    for i in 0..RESOURCES {
+        let spec =
+            env.spec(json!({ "name": format!("S{i}"), "subjects": [format!("storm.{i}.>")] }));
+        env.apply(&format!("s{i}"), spec).await?;
+    }
+    for i in 0..RESOURCES {
+        env.wait_ready(&format!("s{i}")).await?;
+    }
+
+    env.operator.stop();
+    let before_restart = env.operator_connection_ids().await?;
+    env.operator = OperatorProcess::start(&["--namespace", &env.namespace])?;
+    let reconciled = r#"audit_operator_reconciliations_total{kind="AuditStream"}"#;
+    let result = wait::until(
+        "the restarted operator to reconcile every AuditStream",
+        WAIT,
+        POLL,
+        || async {
+            let count = env.operator_metric(reconciled).await?;
+            Ok((count >= RESOURCES as f64).then_some(()))
+        },
+    )
+    .await;
+    env.with_operator_log(result)?;
+    let opened: BTreeSet<u64> = env
+        .operator_connection_ids()
+        .await?
+        .difference(&before_restart)
+        .copied()
+        .collect();
+    assert_eq!(
+        opened.len(),
+        1,
+        "connections the restarted operator opened: {opened:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn resources_recover_as_soon_as_their_connection_comes_back() -> anyhow::Result<()> {
+    // Retries minutes apart and no periodic check within the test: only the connection coming
+    // back can make the resource Ready again in time.
+    let mut env = Env::start_with_operator_args(
+        "ast-reconnect",
+        NatsServer::start().await?,
+        &[
+            "--requeue-interval",
+            "10m",
+            "--retry-base-delay",
+            "5m",
+            "--retry-max-delay",
+            "10m",
+        ],
+    )
+    .await?;
+    env.apply(
+        "orders",
+        env.spec(json!({ "name": "ORDERS", "maxAge": "24h" })),
+    )
+    .await?;
+    env.wait_ready("orders").await?;
+
+    env.nats.stop().await;
+    // A spec change during the outage fails, and its retry is minutes away.
+    env.apply(
+        "orders",
+        env.spec(json!({ "name": "ORDERS", "maxAge": "48h" })),
+    )
+    .await?;
+    env.wait_ready_condition("orders", "False", "NatsUnreachable")
+        .await?;
+
+    env.nats.start_again().await?;
+    env.wait_ready("orders").await?;
+    env.wait_for_stream("max_age 48h on NATS", |info| {
+        (info?.config.max_age == Duration::from_secs(48 * 3600)).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn text_logs_written_to_a_file_carry_no_colour_codes() -> anyhow::Result<()> {
+    // The harness sends the operator's standard error to a file, as a log collector would.
+    let mut env = Env::start("ast-colour").await?;
+    env.apply("orders", env.spec(json!({ "name": "ORDERS" })))
+        .await?;
+    env.wait_ready("orders").await?;
+    let log = env.operator_log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in the log:\n{log}"
     );
     Ok(())
 }

@@ -44,9 +44,7 @@ pub async fn apply_consumer(
             .create_consumer_strict(desired.clone())
             .await
             .map_err(|e| match e.kind() {
-                ConsumerCreateStrictErrorKind::JetStream(server) => {
-                    Error::ConsumerConfigRejected(server.to_string())
-                }
+                ConsumerCreateStrictErrorKind::JetStream(server) => rejected(stream, &server),
                 _ => Error::JetStreamRequest(e.to_string()),
             })?;
         return Ok((Change::Created, created.cached_info().clone()));
@@ -66,12 +64,23 @@ pub async fn apply_consumer(
         .update_consumer(desired.clone())
         .await
         .map_err(|e| match e.kind() {
-            ConsumerUpdateErrorKind::JetStream(server) => {
-                Error::ConsumerConfigRejected(server.to_string())
-            }
+            ConsumerUpdateErrorKind::JetStream(server) => rejected(stream, &server),
             _ => Error::JetStreamRequest(e.to_string()),
         })?;
     Ok((Change::Updated(differences), updated.cached_info().clone()))
+}
+
+/// What the server's refusal of a consumer means. A stream missing on NATS (deleted out of
+/// band, or a memory stream lost in a restart) is not the consumer's configuration at fault:
+/// its AuditStream recreates it, and the consumer waits for that.
+fn rejected(stream: &str, server: &jetstream::Error) -> Error {
+    if server.error_code() == ErrorCode::STREAM_NOT_FOUND {
+        Error::StreamMissingOnNats {
+            stream: stream.to_owned(),
+        }
+    } else {
+        Error::ConsumerConfigRejected(server.to_string())
+    }
 }
 
 /// What deleting did.
@@ -201,4 +210,32 @@ fn controlled_by<K: Resource>(object: &K, owner_uid: &str) -> bool {
         .owner_references()
         .iter()
         .any(|owner| owner.controller == Some(true) && owner.uid == owner_uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(err_code: u64, description: &str) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": 400, "err_code": err_code, "description": description,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stream_missing_on_the_server_is_a_wait_not_a_rejected_configuration() {
+        let missing = rejected("ORDERS", &server_error(10059, "stream not found"));
+        assert!(
+            matches!(&missing, Error::StreamMissingOnNats { stream } if stream == "ORDERS"),
+            "{missing}"
+        );
+        assert!(!missing.needs_user_action());
+        let refused = rejected(
+            "ORDERS",
+            &server_error(10012, "deliver policy can not be updated"),
+        );
+        assert!(matches!(refused, Error::ConsumerConfigRejected(_)));
+        assert!(refused.needs_user_action());
+    }
 }

@@ -35,7 +35,6 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action,
         events::{EventType, Recorder},
-        finalizer::{Event as FinalizerEvent, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -45,7 +44,6 @@ use tracing::{info, warn};
 use self::{
     apply::{Change, Deletion},
     build::{WorkloadInputs, nats_consumer, workload_name},
-    dereference::Referenced,
     max_deliveries::MaxDeliveries,
     status::{Report, Stage},
 };
@@ -57,11 +55,12 @@ use crate::{
         stream::AuditStream,
     },
     error::{Error, Result},
+    finalizer::{Event as FinalizerEvent, finalizer},
     metrics::Metrics,
-    nats_pool::NatsPool,
+    nats_pool::{NatsPool, PoolUser},
     options::Options,
     report,
-    stream::dereference::dereference as resolve_connection,
+    stream::dereference::{ResolvedConnection, dereference as resolve_connection},
 };
 
 /// Finalizer that keeps an AuditConsumer until its durable consumer was deleted or retained.
@@ -109,6 +108,7 @@ pub async fn run(
     let by_stream = consumer_store.clone();
     let by_secret = consumer_store;
     let (max_deliveries, advised) = MaxDeliveries::new();
+    let reconnected = crate::triggers::reconnected::<AuditConsumer>(&pool);
     let context = Arc::new(Context {
         client: client.clone(),
         metrics,
@@ -137,14 +137,15 @@ pub async fn run(
                     .within(&advised.namespace().unwrap_or_default()),
             )
         })
+        .watches_stream(reconnected, |consumer| {
+            Some(
+                ObjectRef::new(&consumer.name_any())
+                    .within(&consumer.namespace().unwrap_or_default()),
+            )
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-                Err(error) => warn!(%error, "reconciliation failed"),
-            }
-        });
+        .for_each(|outcome| async move { report::log_outcome(outcome) });
     // The cache of streams only serves the controller: it ends when the controller does.
     tokio::select! {
         () = controller => {}
@@ -220,8 +221,7 @@ async fn reconcile_consumer(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Resul
             FinalizerEvent::Cleanup(consumer) => cleanup(&consumer, ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
     if result.is_ok() {
         ctx.retries.reset(&ObjectRef::from_obj(guarded.as_ref()));
     }
@@ -232,7 +232,7 @@ fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Acti
     let delay = ctx
         .retries
         .next_delay(ObjectRef::from_obj(guarded.as_ref()));
-    info!(name = %guarded.name_any(), namespace = ?guarded.namespace(), %error, retry_in = ?delay, "will retry");
+    info!(name = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default(), %error, retry_in = ?delay, "will retry");
     Action::requeue(delay)
 }
 
@@ -257,9 +257,15 @@ async fn pipeline(
     let namespace = consumer.namespace().unwrap_or_default();
     let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let referenced = dereference::dereference(consumer, &streams, &secrets)
-        .await
-        .map_err(|e| (Stage::Stream, None, e))?;
+    let referenced = match dereference::dereference(consumer, &streams, &secrets).await {
+        Ok(referenced) => referenced,
+        Err(error) => {
+            let instance = ctx.options.instance.as_deref();
+            let error =
+                report::unless_namespace_terminating(&ctx.client, consumer, instance, error).await;
+            return Err((Stage::Stream, None, error));
+        }
+    };
     let stream_name = referenced.stream_name.clone();
     let at = |stage: Stage| {
         let stream_name = stream_name.clone();
@@ -270,10 +276,10 @@ async fn pipeline(
     let desired = nats_consumer::desired_config(consumer, &valid);
     let client = ctx
         .pool
-        .client(&report::pool_user(consumer), &referenced.connection)
+        .client(&PoolUser::of(consumer), &referenced.connection)
         .await
         .map_err(at(Stage::Consumer))?;
-    let js = jetstream_of(client.clone(), &referenced);
+    let js = jetstream_of(client.clone(), &referenced.connection);
     let (change, info) = apply::apply_consumer(&js, &stream_name, &desired)
         .await
         .map_err(at(Stage::Consumer))?;
@@ -332,23 +338,11 @@ async fn apply_workload(
     Ok(deployment)
 }
 
-async fn jetstream_context(
-    ctx: &Context,
-    consumer: &AuditConsumer,
-    referenced: &Referenced,
-) -> Result<async_nats::jetstream::Context> {
-    let client = ctx
-        .pool
-        .client(&report::pool_user(consumer), &referenced.connection)
-        .await?;
-    Ok(jetstream_of(client, referenced))
-}
-
 fn jetstream_of(
     client: async_nats::Client,
-    referenced: &Referenced,
+    connection: &ResolvedConnection,
 ) -> async_nats::jetstream::Context {
-    match &referenced.connection.js_domain {
+    match &connection.js_domain {
         Some(domain) => async_nats::jetstream::with_domain(client, domain),
         None => async_nats::jetstream::new(client),
     }
@@ -392,7 +386,7 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
             let stream = status.stream_name.as_deref().unwrap_or_default();
             let max_deliver = consumer.spec.max_deliver.unwrap_or_default();
             let note = max_deliveries::warning(unreported.new.count, recorded, max_deliver, stream);
-            warn!(consumer = %durable, namespace = ?consumer.namespace(), reason = "MaxDeliveriesReached", "{note}");
+            warn!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason = "MaxDeliveriesReached", "{note}");
             report::publish(
                 &ctx.recorder,
                 &reference,
@@ -441,7 +435,7 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
                 )),
             };
             if let Some((reason, note)) = note {
-                info!(consumer = %durable, namespace = ?consumer.namespace(), reason, "{note}");
+                info!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason, "{note}");
                 let type_ = if reason == "DriftCorrected" {
                     EventType::Warning
                 } else {
@@ -454,12 +448,12 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
         }
         Err((_, _, Error::StreamNotReady { name, reason })) => {
             // Not a failure of this resource: the stream's watch requeues it once Ready.
-            info!(consumer = %durable, namespace = ?consumer.namespace(), stream = %name, %reason, "waiting for the AuditStream");
+            info!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), stream = %name, %reason, "waiting for the AuditStream");
             status_written?;
             Ok(Action::requeue(ctx.options.requeue_interval))
         }
         Err((_, _, error)) => {
-            warn!(consumer = %durable, namespace = ?consumer.namespace(), reason = error.reason(), %error, "consumer not ready");
+            warn!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason = error.reason(), %error, "consumer not ready");
             report::publish(
                 &ctx.recorder,
                 &reference,
@@ -477,21 +471,44 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
 async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
     let reference = consumer.object_ref(&());
     let durable = consumer.durable_name();
+    let namespace = consumer.namespace().unwrap_or_default();
     let (reason, note) = match consumer.spec.deletion_policy {
         ConsumerDeletionPolicy::Retain => (
             "Retained",
             format!("deletionPolicy is Retain: durable consumer {durable} stays on NATS"),
         ),
         ConsumerDeletionPolicy::Delete => match delete_durable(consumer, ctx).await {
-            Ok(outcome) => outcome,
+            Ok(Removal::Done { reason, note }) => (reason, note),
+            Ok(Removal::LeftOnNats { stream, why }) => {
+                let note = format!(
+                    "{why}: durable consumer {durable} on stream {stream} is left on NATS (deletionPolicy Delete not carried out); if the stream still exists there, delete the consumer by hand"
+                );
+                warn!(consumer = %durable, %namespace, %stream, "{note}");
+                ctx.metrics.record_consumer_left_on_nats(
+                    &namespace,
+                    &consumer.name_any(),
+                    &stream,
+                    &durable,
+                );
+                report::publish(
+                    &ctx.recorder,
+                    &reference,
+                    EventType::Warning,
+                    "NotDeleted",
+                    "Delete",
+                    note,
+                )
+                .await;
+                return Ok(release(consumer, ctx));
+            }
             Err(error) => {
-                warn!(consumer = %durable, %error, "cannot delete the durable consumer; set deletionPolicy: Retain to let the resource go without deleting it");
+                warn!(consumer = %durable, %namespace, %error, "cannot delete the durable consumer; set deletionPolicy: Retain to let the resource go without deleting it");
                 report::publish(&ctx.recorder, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the durable consumer, set deletionPolicy: Retain")).await;
                 return Err(error);
             }
         },
     };
-    info!(consumer = %durable, namespace = ?consumer.namespace(), reason, "{note}");
+    info!(consumer = %durable, %namespace, reason, "{note}");
     report::publish(
         &ctx.recorder,
         &reference,
@@ -501,14 +518,27 @@ async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
         note,
     )
     .await;
-    ctx.max_deliveries.forget(&object_ref(consumer));
-    ctx.pool.release(&report::pool_user(consumer));
-    Ok(Action::await_change())
+    Ok(release(consumer, ctx))
 }
 
-/// Stops the pods, then deletes the durable consumer if it is this resource's. A stream that
-/// is gone, or going with its Secrets (a namespace being deleted), lets the resource go.
-async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<(&'static str, String)> {
+/// Forgets what the operator held for a deleted AuditConsumer.
+fn release(consumer: &AuditConsumer, ctx: &Context) -> Action {
+    ctx.max_deliveries.forget(&object_ref(consumer));
+    ctx.pool.release(&PoolUser::of(consumer));
+    Action::await_change()
+}
+
+/// How the deletion of a durable consumer ended.
+enum Removal {
+    /// Deleted, already gone, or not this resource's: the Event's reason and note.
+    Done { reason: &'static str, note: String },
+    /// Nothing can reach the durable consumer any more, and waiting would not change that:
+    /// `why`, and the `stream` it is on.
+    LeftOnNats { stream: String, why: String },
+}
+
+/// Stops the pods, then deletes the durable consumer if it is this resource's.
+async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<Removal> {
     let durable = consumer.durable_name();
     let namespace = consumer.namespace().unwrap_or_default();
     let uid = consumer.uid().unwrap_or_default();
@@ -516,59 +546,110 @@ async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<(&'st
     // removes them; remove their Deployment first.
     apply::remove_owned::<Deployment>(&ctx.client, &namespace, &workload_name(consumer), &uid)
         .await?;
+    let (stream_name, connection) = match whereabouts(consumer, ctx).await? {
+        Whereabouts::Reachable { stream, connection } => (stream, connection),
+        Whereabouts::Unreachable { stream, why } => {
+            return Ok(Removal::LeftOnNats { stream, why });
+        }
+    };
+    let client = ctx
+        .pool
+        .client(&PoolUser::of(consumer), &connection)
+        .await?;
+    let js = jetstream_of(client, &connection);
+    let owner = nats_consumer::owner_of(consumer);
+    let (reason, note) = match apply::delete_consumer(&js, &stream_name, &durable, &owner).await? {
+        Deletion::Deleted => (
+            "Deleted",
+            format!("deleted durable consumer {durable} from stream {stream_name}"),
+        ),
+        Deletion::Absent => (
+            "Deleted",
+            format!("durable consumer {durable} was already gone from stream {stream_name}"),
+        ),
+        Deletion::NotOurs => (
+            "NotDeleted",
+            format!(
+                "durable consumer {durable} on stream {stream_name} is not managed by this resource; left it on NATS"
+            ),
+        ),
+    };
+    Ok(Removal::Done { reason, note })
+}
+
+/// Where a durable consumer to delete is, as far as the operator can tell.
+enum Whereabouts {
+    /// On `stream`, reachable through `connection`.
+    Reachable {
+        stream: String,
+        connection: ResolvedConnection,
+    },
+    /// On `stream`, but nothing can reach it any more and waiting would not change that.
+    Unreachable { stream: String, why: String },
+}
+
+/// The durable consumer's stream and the connection to it: the AuditStream's, with the
+/// credentials from its Secrets or, when those are gone or unusable, the ones this resource
+/// last connected with. Without either, it is unreachable once the AuditStream or the
+/// namespace is being deleted (no Secret can come back into a terminating namespace) or the
+/// AuditStream is gone; otherwise the Secret's error stands, and the deletion waits.
+async fn whereabouts(consumer: &AuditConsumer, ctx: &Context) -> Result<Whereabouts> {
+    let namespace = consumer.namespace().unwrap_or_default();
+    let remembered = ctx.pool.last_connected(&PoolUser::of(consumer));
     let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
     let stream = match dereference::referenced_stream(consumer, &streams).await {
         Ok(stream) => stream,
         Err(Error::StreamNotFound { name }) => {
-            return Ok((
-                "NotDeleted",
-                format!(
-                    "AuditStream {name} is gone, so durable consumer {durable} could not be reached; if its stream still exists on NATS, delete the consumer there"
-                ),
-            ));
-        }
-        Err(error) => return Err(error),
-    };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let connection = match resolve_connection(&secrets, &stream.spec.connection).await {
-        Ok(connection) => connection,
-        Err(error @ (Error::SecretNotFound { .. } | Error::SecretKeyMissing { .. }))
-            if stream.metadata.deletion_timestamp.is_some() =>
-        {
-            return Ok((
-                "NotDeleted",
-                format!(
-                    "AuditStream {} is being deleted and its credentials are gone ({error}); durable consumer {durable} was left to its stream",
-                    stream.name_any()
-                ),
-            ));
+            let last_stream_name = consumer.status.as_ref().and_then(|s| s.stream_name.clone());
+            return Ok(match (last_stream_name, remembered) {
+                (Some(stream), Some(connection)) => Whereabouts::Reachable { stream, connection },
+                (stream, _) => Whereabouts::Unreachable {
+                    stream: stream.unwrap_or_else(|| name.clone()),
+                    why: format!(
+                        "AuditStream {name} is gone, so its connection to NATS is unknown"
+                    ),
+                },
+            });
         }
         Err(error) => return Err(error),
     };
     let stream_name = stream.stream_name();
-    let referenced = Referenced {
-        stream,
-        stream_name: stream_name.clone(),
-        connection,
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let error = match resolve_connection(&secrets, &stream.spec.connection).await {
+        Ok(connection) => {
+            return Ok(Whereabouts::Reachable {
+                stream: stream_name,
+                connection,
+            });
+        }
+        Err(error) if error.is_unusable_secret() => error,
+        Err(error) => return Err(error),
     };
-    let js = jetstream_context(ctx, consumer, &referenced).await?;
-    let owner = nats_consumer::owner_of(consumer);
-    Ok(
-        match apply::delete_consumer(&js, &stream_name, &durable, &owner).await? {
-            Deletion::Deleted => (
-                "Deleted",
-                format!("deleted durable consumer {durable} from stream {stream_name}"),
-            ),
-            Deletion::Absent => (
-                "Deleted",
-                format!("durable consumer {durable} was already gone from stream {stream_name}"),
-            ),
-            Deletion::NotOurs => (
-                "NotDeleted",
-                format!(
-                    "durable consumer {durable} on stream {stream_name} is not managed by this resource; left it on NATS"
-                ),
-            ),
-        },
+    if let Some(connection) = remembered {
+        info!(consumer = %consumer.durable_name(), %namespace, %error, "deleting with the credentials last connected with");
+        return Ok(Whereabouts::Reachable {
+            stream: stream_name,
+            connection,
+        });
+    }
+    let why = if stream.metadata.deletion_timestamp.is_some() {
+        format!(
+            "AuditStream {} is being deleted and its credentials are unusable ({error})",
+            stream.name_any()
+        )
+    } else if report::namespace_is_terminating(
+        &ctx.client,
+        consumer,
+        ctx.options.instance.as_deref(),
     )
+    .await?
+    {
+        "the namespace is being deleted and the credentials for NATS were deleted first".to_owned()
+    } else {
+        return Err(error);
+    };
+    Ok(Whereabouts::Unreachable {
+        stream: stream_name,
+        why,
+    })
 }

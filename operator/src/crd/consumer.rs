@@ -151,7 +151,8 @@ pub struct AuditConsumerSpec {
     /// that are still being written.
     #[serde(default = "default_ack_wait")]
     #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("ackWait must be at least 1s"))]
+    // Guarded like every duration rule: a malformed value gets the pattern's message only.
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || duration(self) >= duration('1s')").message("ackWait must be at least 1s"))]
     pub ack_wait: String,
 
     /// How often an event is delivered before NATS gives up on it. Unlimited when omitted
@@ -181,6 +182,9 @@ pub struct AuditConsumerSpec {
 
     /// What deleting this resource does to the durable consumer: `Delete` (the default)
     /// removes it from NATS (the stream's events stay); `Retain` keeps it, with its position.
+    /// A durable consumer that can no longer be reached (its AuditStream or namespace deleted
+    /// together with the credentials) is left on NATS and named in the operator's log and
+    /// metrics.
     #[serde(default)]
     pub deletion_policy: ConsumerDeletionPolicy,
 
@@ -209,7 +213,7 @@ pub struct AuditConsumerSpec {
     /// How long one pull request waits for events, a duration such as `30s` (the default).
     #[serde(default = "default_expires")]
     #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('5m')").message("expires must be between 1s and 5m"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || (duration(self) >= duration('1s') && duration(self) <= duration('5m'))").message("expires must be between 1s and 5m"))]
     pub expires: String,
 
     /// Idle heartbeat of a pull request, a duration; the consumer's default when omitted.

@@ -150,6 +150,57 @@ mod tests {
         assert!(yaml.contains("format: int64"));
     }
 
+    /// Every CEL rule's `rule` text in the generated manifests.
+    fn cel_rules(value: &serde_yaml::Value, rules: &mut Vec<String>) {
+        match value {
+            serde_yaml::Value::Mapping(map) => {
+                for (key, value) in map {
+                    if key.as_str() == Some("x-kubernetes-validations") {
+                        for rule in value.as_sequence().into_iter().flatten() {
+                            rules.extend(rule["rule"].as_str().map(str::to_owned));
+                        }
+                    } else {
+                        cel_rules(value, rules);
+                    }
+                }
+            }
+            serde_yaml::Value::Sequence(items) => {
+                items.iter().for_each(|item| cel_rules(item, rules));
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn duration_rules_leave_malformed_values_to_the_pattern() {
+        let mut rules = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(&to_yaml().unwrap()) {
+            let value: serde_yaml::Value = serde::Deserialize::deserialize(document).unwrap();
+            cel_rules(&value, &mut rules);
+        }
+        let duration_rules: Vec<&String> = rules
+            .iter()
+            .filter(|rule| rule.contains("duration(self"))
+            .collect();
+        assert!(duration_rules.len() >= 3, "{rules:?}");
+        let guard = format!("matches('{}')", crate::duration::PATTERN);
+        for rule in duration_rules {
+            // Each field converted by duration() is first checked against the pattern.
+            let fields: std::collections::BTreeSet<&str> = rule
+                .split("duration(")
+                .skip(1)
+                .filter_map(|rest| rest.split(')').next())
+                .filter(|argument| argument.starts_with("self"))
+                .collect();
+            for field in fields {
+                assert!(
+                    rule.contains(&format!("!{field}.{guard} ||")),
+                    "{field} is converted without the guard in: {rule}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn manifests_hold_nothing_the_server_would_strip() {
         let yaml = to_yaml().unwrap();

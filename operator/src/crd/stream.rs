@@ -63,7 +63,9 @@ use super::connection::NatsConnection;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)").message("name is immutable: NATS cannot rename a stream; create a new AuditStream instead"))]
-#[x_kube(validation = Rule::new("!has(self.maxAge) || !has(self.duplicateWindow) || duration(self.maxAge) == duration('0s') || duration(self.duplicateWindow) <= duration(self.maxAge)").message("duplicateWindow must not be longer than maxAge"))]
+// A duration rule passes a malformed value (`matches` first): the field's pattern already
+// rejects it with a clear message, and `duration()` would add a conversion error.
+#[x_kube(validation = Rule::new("!has(self.maxAge) || !has(self.duplicateWindow) || !self.maxAge.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || !self.duplicateWindow.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || duration(self.maxAge) == duration('0s') || duration(self.duplicateWindow) <= duration(self.maxAge)").message("duplicateWindow must not be longer than maxAge"))]
 pub struct AuditStreamSpec {
     /// How to reach NATS.
     pub connection: NatsConnection,
@@ -167,7 +169,9 @@ pub struct AuditStreamSpec {
     pub deny_purge: bool,
 
     /// What deleting this resource does to the stream: `Retain` (the default) keeps the stream
-    /// and its data on NATS; `Delete` deletes the stream and every message in it.
+    /// and its data on NATS; `Delete` deletes the stream and every message in it, with the
+    /// credentials last used if the Secret is gone. Only when the namespace is deleted and no
+    /// credentials are left does the stream stay, named in the operator's log and metrics.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 

@@ -2,11 +2,14 @@
 //! fields the operator owns; fields the spec does not govern (consumer limits, direct get,
 //! rollups, ...) are never reported and are kept as they are when the stream is updated.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
-use async_nats::jetstream::stream::{Compression, Config};
+use async_nats::jetstream::stream::{
+    Compression, Config, DiscardPolicy, Placement, RetentionPolicy, StorageType,
+};
 
-/// One owned field whose value on the server differs from the spec's.
+/// One owned field whose value on the server differs from the spec's, named and written as in
+/// the spec (`maxAge`, `48h`), since that is what a user reads and edits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Difference {
     pub field: &'static str,
@@ -27,7 +30,7 @@ impl std::fmt::Display for Difference {
 /// Lists owned fields whose values differ, and rewrites only those fields of a configuration.
 /// One list drives both, so what is compared is exactly what is written.
 macro_rules! owned_fields {
-    ($($field:ident),* $(,)?) => {
+    ($($field:ident => $spec_name:literal),* $(,)?) => {
         /// Owned fields that differ between `server` (as NATS reports it) and `desired`.
         pub fn differences(server: &Config, desired: &Config) -> Vec<Difference> {
             let server = normalized(server);
@@ -35,17 +38,17 @@ macro_rules! owned_fields {
             $(
                 if server.$field != desired.$field {
                     differences.push(Difference {
-                        field: stringify!($field),
-                        server: format!("{:?}", server.$field),
-                        desired: format!("{:?}", desired.$field),
+                        field: $spec_name,
+                        server: server.$field.shown(),
+                        desired: desired.$field.shown(),
                     });
                 }
             )*
             if user_metadata(&server.metadata) != user_metadata(&desired.metadata) {
                 differences.push(Difference {
                     field: "metadata",
-                    server: format!("{:?}", sorted(user_metadata(&server.metadata))),
-                    desired: format!("{:?}", sorted(user_metadata(&desired.metadata))),
+                    server: shown_metadata(&server.metadata),
+                    desired: shown_metadata(&desired.metadata),
                 });
             }
             differences
@@ -63,23 +66,139 @@ macro_rules! owned_fields {
 }
 
 owned_fields!(
-    subjects,
-    retention,
-    storage,
-    num_replicas,
-    max_age,
-    max_bytes,
-    max_messages,
-    max_messages_per_subject,
-    max_message_size,
-    discard,
-    duplicate_window,
-    compression,
-    description,
-    placement,
-    deny_delete,
-    deny_purge,
+    subjects => "subjects",
+    retention => "retention",
+    storage => "storage",
+    num_replicas => "replicas",
+    max_age => "maxAge",
+    max_bytes => "maxBytes",
+    max_messages => "maxMessages",
+    max_messages_per_subject => "maxMessagesPerSubject",
+    max_message_size => "maxMessageSize",
+    discard => "discard",
+    duplicate_window => "duplicateWindow",
+    compression => "compression",
+    description => "description",
+    placement => "placement",
+    deny_delete => "denyDelete",
+    deny_purge => "denyPurge",
 );
+
+/// A value as the spec writes it.
+trait Shown {
+    fn shown(&self) -> String;
+}
+
+impl Shown for Vec<String> {
+    fn shown(&self) -> String {
+        format!("[{}]", self.join(", "))
+    }
+}
+
+impl Shown for RetentionPolicy {
+    fn shown(&self) -> String {
+        match self {
+            RetentionPolicy::Limits => "Limits",
+            RetentionPolicy::Interest => "Interest",
+            RetentionPolicy::WorkQueue => "WorkQueue",
+        }
+        .to_owned()
+    }
+}
+
+impl Shown for StorageType {
+    fn shown(&self) -> String {
+        match self {
+            StorageType::File => "File",
+            StorageType::Memory => "Memory",
+        }
+        .to_owned()
+    }
+}
+
+impl Shown for DiscardPolicy {
+    fn shown(&self) -> String {
+        match self {
+            DiscardPolicy::Old => "Old",
+            DiscardPolicy::New => "New",
+        }
+        .to_owned()
+    }
+}
+
+impl Shown for Option<Compression> {
+    fn shown(&self) -> String {
+        match self {
+            Some(Compression::S2) => "S2",
+            Some(Compression::None) | None => "None",
+        }
+        .to_owned()
+    }
+}
+
+impl Shown for usize {
+    fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// NATS limits: a negative value is no limit.
+impl Shown for i64 {
+    fn shown(&self) -> String {
+        if *self < 0 {
+            "unlimited".to_owned()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+impl Shown for i32 {
+    fn shown(&self) -> String {
+        i64::from(*self).shown()
+    }
+}
+
+impl Shown for Duration {
+    fn shown(&self) -> String {
+        crate::duration::format(*self)
+    }
+}
+
+impl Shown for bool {
+    fn shown(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Text in quotes, so that its ends are visible.
+impl Shown for Option<String> {
+    fn shown(&self) -> String {
+        match self {
+            Some(text) => format!("\"{text}\""),
+            None => "none".to_owned(),
+        }
+    }
+}
+
+impl Shown for Option<Placement> {
+    fn shown(&self) -> String {
+        let Some(placement) = self else {
+            return "none".to_owned();
+        };
+        let cluster = placement.cluster.as_deref().unwrap_or("any");
+        format!("cluster {cluster}, tags {}", placement.tags.shown())
+    }
+}
+
+/// User metadata as `key=value` pairs in key order.
+fn shown_metadata(metadata: &HashMap<String, String>) -> String {
+    let pairs: Vec<String> = sorted(user_metadata(metadata))
+        .into_iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    format!("{{{}}}", pairs.join(", "))
+}
 
 /// The server's way of saying "unset" mapped onto the spec's.
 fn normalized(server: &Config) -> Config {
@@ -166,7 +285,34 @@ mod tests {
             .into_iter()
             .map(|d| d.field)
             .collect();
-        assert_eq!(fields, ["max_age", "deny_delete", "metadata"]);
+        assert_eq!(fields, ["maxAge", "denyDelete", "metadata"]);
+    }
+
+    #[test]
+    fn differences_read_as_the_spec_is_written() {
+        let mut server = as_reported_by_server();
+        server.max_age = Duration::from_secs(60);
+        server.max_bytes = 1024;
+        server.description = Some("tampered by hand".into());
+        server.retention = RetentionPolicy::Interest;
+        server.placement = Some(Placement {
+            cluster: Some("east".into()),
+            tags: vec!["ssd".into()],
+        });
+        let shown: Vec<String> = differences(&server, &desired())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "retention (server: Interest, spec: Limits)",
+                "maxAge (server: 1m, spec: 0s)",
+                "maxBytes (server: 1024, spec: unlimited)",
+                "description (server: \"tampered by hand\", spec: none)",
+                "placement (server: cluster east, tags [ssd], spec: none)",
+            ]
+        );
     }
 
     #[test]

@@ -22,7 +22,6 @@ use kube::{
         Controller,
         controller::Action,
         events::{EventType, Recorder},
-        finalizer::{Event as FinalizerEvent, finalizer},
         reflector::{ObjectRef, Store},
     },
 };
@@ -34,8 +33,9 @@ use crate::{
     backoff::Retries,
     crd::stream::{AuditStream, DeletionPolicy},
     error::{Error, Result},
+    finalizer::{Event as FinalizerEvent, finalizer},
     metrics::Metrics,
-    nats_pool::NatsPool,
+    nats_pool::{NatsPool, PoolUser},
     options::Options,
     report,
 };
@@ -76,6 +76,7 @@ pub async fn run(
     let controller = Controller::for_stream(trigger, store.clone());
     let metrics = hooks.metrics.clone();
     hooks.report_synced_when_ready(store.clone());
+    let reconnected = crate::triggers::reconnected::<AuditStream>(&pool);
     let context = Arc::new(Context {
         client,
         metrics,
@@ -89,14 +90,12 @@ pub async fn run(
         .watches_stream(secret_changes, move |secret| {
             streams_using_secret(&store, &secret)
         })
+        .watches_stream(reconnected, |stream| {
+            Some(ObjectRef::new(&stream.name_any()).within(&stream.namespace().unwrap_or_default()))
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-                Err(error) => warn!(%error, "reconciliation failed"),
-            }
-        })
+        .for_each(|outcome| async move { report::log_outcome(outcome) })
         .await;
 }
 
@@ -142,8 +141,7 @@ async fn reconcile_stream(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<
             FinalizerEvent::Cleanup(stream) => cleanup(&stream, ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
     if result.is_ok() {
         ctx.retries.reset(&ObjectRef::from_obj(guarded.as_ref()));
     }
@@ -154,7 +152,7 @@ fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Acti
     let delay = ctx
         .retries
         .next_delay(ObjectRef::from_obj(guarded.as_ref()));
-    info!(name = %guarded.name_any(), namespace = ?guarded.namespace(), %error, retry_in = ?delay, "will retry");
+    info!(name = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default(), %error, retry_in = ?delay, "will retry");
     Action::requeue(delay)
 }
 
@@ -162,7 +160,15 @@ fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Acti
 async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::Applied> {
     let namespace = stream.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let connection = dereference::dereference(&secrets, &stream.spec.connection).await?;
+    let connection = match dereference::dereference(&secrets, &stream.spec.connection).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            let instance = ctx.options.instance.as_deref();
+            return Err(
+                report::unless_namespace_terminating(&ctx.client, stream, instance, error).await,
+            );
+        }
+    };
     let valid = validate::validate(stream)?;
     let desired = build::desired_config(stream, &valid);
     let js = jetstream_context(ctx, stream, &connection).await?;
@@ -186,10 +192,7 @@ async fn jetstream_context(
     stream: &AuditStream,
     connection: &dereference::ResolvedConnection,
 ) -> Result<async_nats::jetstream::Context> {
-    let client = ctx
-        .pool
-        .client(&report::pool_user(stream), connection)
-        .await?;
+    let client = ctx.pool.client(&PoolUser::of(stream), connection).await?;
     Ok(match &connection.js_domain {
         Some(domain) => async_nats::jetstream::with_domain(client, domain),
         None => async_nats::jetstream::new(client),
@@ -215,12 +218,12 @@ async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
     match &result {
         Ok(applied) => {
             if let Some((type_, reason, note)) = change_event(stream, &name, &applied.change) {
-                info!(stream = %name, namespace = ?stream.namespace(), reason, "{note}");
+                info!(stream = %name, namespace = stream.namespace().unwrap_or_default(), reason, "{note}");
                 report::publish(&ctx.recorder, &reference, type_, reason, "Apply", note).await;
             }
         }
         Err(error) => {
-            warn!(stream = %name, namespace = ?stream.namespace(), reason = error.reason(), %error, "stream not ready");
+            warn!(stream = %name, namespace = stream.namespace().unwrap_or_default(), reason = error.reason(), %error, "stream not ready");
             report::publish(
                 &ctx.recorder,
                 &reference,
@@ -310,45 +313,51 @@ fn change_event(
 async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
     let reference = stream.object_ref(&());
     let name = stream.stream_name();
+    let namespace = stream.namespace().unwrap_or_default();
+    let user = PoolUser::of(stream);
     let (reason, note) = match stream.spec.deletion_policy {
         DeletionPolicy::Retain => (
             "Retained",
             format!("deletionPolicy is Retain: stream {name} and its data stay on NATS"),
         ),
-        DeletionPolicy::Delete => {
-            let deleted = async {
-                let namespace = stream.namespace().unwrap_or_default();
-                let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-                let connection =
-                    dereference::dereference(&secrets, &stream.spec.connection).await?;
-                let js = jetstream_context(ctx, stream, &connection).await?;
-                apply::delete(&js, &name, &build::owner_of(stream)).await
+        DeletionPolicy::Delete => match delete_from_nats(stream, ctx).await {
+            Ok(Some(Deletion::Deleted)) => (
+                "Deleted",
+                format!("deleted stream {name} and its data from NATS"),
+            ),
+            Ok(Some(Deletion::Absent)) => (
+                "Deleted",
+                format!("stream {name} was already gone from NATS"),
+            ),
+            Ok(Some(Deletion::NotOurs)) => (
+                "NotDeleted",
+                format!(
+                    "stream {name} was not created or adopted by this resource; left it on NATS"
+                ),
+            ),
+            Ok(None) => {
+                // Holding the resource would hold its namespace forever: the credentials
+                // cannot come back into a namespace being deleted. No Event either: the
+                // namespace accepts none. The log line and the metric say what remains.
+                warn!(
+                    stream = %name,
+                    %namespace,
+                    resource = %stream.name_any(),
+                    "the namespace is being deleted and the credentials for NATS were deleted first: stream {name} is left on NATS (deletionPolicy Delete not carried out); delete it there by hand if it should go"
+                );
+                ctx.metrics
+                    .record_stream_left_on_nats(&namespace, &stream.name_any(), &name);
+                ctx.pool.release(&user);
+                return Ok(Action::await_change());
             }
-            .await;
-            match deleted {
-                Ok(Deletion::Deleted) => (
-                    "Deleted",
-                    format!("deleted stream {name} and its data from NATS"),
-                ),
-                Ok(Deletion::Absent) => (
-                    "Deleted",
-                    format!("stream {name} was already gone from NATS"),
-                ),
-                Ok(Deletion::NotOurs) => (
-                    "NotDeleted",
-                    format!(
-                        "stream {name} was not created or adopted by this resource; left it on NATS"
-                    ),
-                ),
-                Err(error) => {
-                    warn!(stream = %name, %error, "cannot delete stream; set deletionPolicy: Retain to let the resource go without deleting it");
-                    report::publish(&ctx.recorder, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the stream, set deletionPolicy: Retain")).await;
-                    return Err(error);
-                }
+            Err(error) => {
+                warn!(stream = %name, %namespace, %error, "cannot delete stream; set deletionPolicy: Retain to let the resource go without deleting it");
+                report::publish(&ctx.recorder, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the stream, set deletionPolicy: Retain")).await;
+                return Err(error);
             }
-        }
+        },
     };
-    info!(stream = %name, namespace = ?stream.namespace(), reason, "{note}");
+    info!(stream = %name, %namespace, reason, "{note}");
     report::publish(
         &ctx.recorder,
         &reference,
@@ -358,6 +367,41 @@ async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
         note,
     )
     .await;
-    ctx.pool.release(&report::pool_user(stream));
+    ctx.pool.release(&user);
     Ok(Action::await_change())
+}
+
+/// Deletes the stream from NATS if it is this resource's. The credentials come from the
+/// Secrets or, when those are gone or unusable, from the connection this resource last used.
+/// `None` when neither is there and the namespace is being deleted, so that the Secrets cannot
+/// come back.
+async fn delete_from_nats(stream: &AuditStream, ctx: &Context) -> Result<Option<Deletion>> {
+    let namespace = stream.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let connection = match dereference::dereference(&secrets, &stream.spec.connection).await {
+        Ok(connection) => connection,
+        Err(error) if error.is_unusable_secret() => {
+            match ctx.pool.last_connected(&PoolUser::of(stream)) {
+                Some(remembered) => {
+                    info!(stream = %stream.stream_name(), %namespace, %error, "deleting with the credentials last connected with");
+                    remembered
+                }
+                None if report::namespace_is_terminating(
+                    &ctx.client,
+                    stream,
+                    ctx.options.instance.as_deref(),
+                )
+                .await? =>
+                {
+                    return Ok(None);
+                }
+                None => return Err(error),
+            }
+        }
+        Err(error) => return Err(error),
+    };
+    let js = jetstream_context(ctx, stream, &connection).await?;
+    apply::delete(&js, &stream.stream_name(), &build::owner_of(stream))
+        .await
+        .map(Some)
 }
