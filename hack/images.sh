@@ -57,9 +57,11 @@ images_dir=$cache_root/images
 state_dir=$cache_root/images-state
 work_dir=$cache_root/images-work
 mkdir -p "$images_dir" "$state_dir" "$work_dir"
-# One build at a time (test binaries that each need the images, a demo beside a test run);
-# the lock also makes it safe to clear scratch space left by an interrupted run.
-exec 9>"$cache_root/.images.lock"
+# One build at a time on the machine (test binaries that each need the images, a demo beside
+# a test run, another checkout): podman's storage and the image names in it are machine-wide,
+# so an image is built and saved before another build can move its name. The lock also makes
+# it safe to clear scratch space left by an interrupted run.
+exec 9>/run/lock/audit-operator-images.lock
 flock 9
 rm -rf "${work_dir:?}/"*
 
