@@ -37,6 +37,16 @@ test: ## Everything CI runs: provisioning, images, lint, unit tests, tests on re
 	$(CARGO) build --workspace --bins --locked; \
 	AUDIT_TESTENV_BIN="$$bin_dir" AUDIT_IMAGES_DIR="$$images_dir" $(CARGO) test --workspace --locked
 
+.PHONY: chaos
+chaos: ## The long chaos soak on the real node (100,000 events, every fault 3 times); figures for docs/reliability.md.
+	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	images_dir=$$(bash hack/images.sh | tail -n 1); \
+	$(CARGO) build --workspace --bins --locked; \
+	AUDIT_TESTENV_BIN="$$bin_dir" AUDIT_IMAGES_DIR="$$images_dir" \
+	AUDIT_CHAOS_EVENTS=$${AUDIT_CHAOS_EVENTS:-100000} AUDIT_CHAOS_RATE=$${AUDIT_CHAOS_RATE:-200} \
+	AUDIT_CHAOS_ROUNDS=$${AUDIT_CHAOS_ROUNDS:-3} AUDIT_CHAOS_REPORT=$${AUDIT_CHAOS_REPORT:-target/chaos-report.md} \
+	$(CARGO) test --locked -p audit-tests --test node_chaos -- --nocapture
+
 .PHONY: testnode-clean
 testnode-clean: ## Remove what a test node (running, finished or crashed) left on this machine (root).
 	bash hack/testnode.sh down

@@ -115,7 +115,11 @@ async fn watch_pods(pods: Api<Pod>, selector: String, collected: Arc<Mutex<Colle
     let mut followed: HashSet<String> = HashSet::new();
     let mut seen_exits: HashSet<(String, String)> = HashSet::new();
     let config = watcher::Config::default().labels(&selector);
-    let mut events = watcher(pods.clone(), config).applied_objects().boxed();
+    // Backoff: while the API server is down (a restart), the watch retries without spinning.
+    let mut events = watcher(pods.clone(), config)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
     loop {
         tokio::select! {
             event = events.try_next() => {
@@ -165,10 +169,11 @@ async fn watch_pods(pods: Api<Pod>, selector: String, collected: Arc<Mutex<Colle
 }
 
 /// Follows one pod's log from its first line. The stream ends when the container ends; if it
-/// ends earlier (a dropped connection), following resumes after the last line's timestamp.
+/// ends earlier (a dropped connection, an API server restart) or the container was restarted,
+/// following resumes after the last line's timestamp, for as long as the pod exists.
 async fn follow_pod(pods: Api<Pod>, name: String, collected: Arc<Mutex<Collected>>) {
     let mut last_timestamp: Option<Timestamp> = None;
-    for _ in 0..20 {
+    loop {
         // A resumed stream starts again at this time: what it repeats was collected already.
         let mut resume_after = last_timestamp;
         let params = LogParams {
@@ -214,25 +219,42 @@ async fn follow_pod(pods: Api<Pod>, name: String, collected: Arc<Mutex<Collected
             }
             Err(e) => record_error(&collected, format!("{name}: following the log: {e}")),
         }
-        // Done when the container no longer runs (or the pod is gone).
-        let running = pods.get_opt(&name).await.ok().flatten().is_some_and(|pod| {
-            pod.status
-                .and_then(|status| status.container_statuses)
-                .unwrap_or_default()
-                .iter()
-                .any(|status| status.state.as_ref().is_some_and(|s| s.running.is_some()))
-        });
-        if !running {
-            return;
-        }
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // Done when the pod is gone, or its container ended for good; an unanswered question
+        // (the API server restarting) is asked again.
+        match pods.get_opt(&name).await {
+            Ok(None) => return,
+            Ok(Some(pod)) if finished(&pod) => return,
+            Ok(Some(_)) => {}
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
     }
 }
 
+/// Whether a pod's containers ended and will not run again: it succeeded or failed, or it is
+/// being deleted and none of its containers runs any more.
+fn finished(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return true;
+    }
+    let running = status.container_statuses.iter().flatten().any(|container| {
+        container
+            .state
+            .as_ref()
+            .is_some_and(|s| s.running.is_some() || s.waiting.is_some())
+    });
+    pod.metadata.deletion_timestamp.is_some() && !running
+}
+
+/// Keeps the latest errors only: a pod waiting to restart answers every follow with one.
 fn record_error(collected: &Mutex<Collected>, error: String) {
-    collected
-        .lock()
-        .expect("no panic while holding the logs")
-        .errors
-        .push(error);
+    const KEPT: usize = 50;
+    let mut collected = collected.lock().expect("no panic while holding the logs");
+    if collected.errors.len() == KEPT {
+        collected.errors.remove(0);
+    }
+    collected.errors.push(error);
 }

@@ -12,6 +12,7 @@
 //! deletion, and `kubectl logs` / `exec` through the API server.
 
 mod layout;
+mod logs;
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -26,6 +27,7 @@ use kube::api::Api;
 use tempfile::TempDir;
 
 pub use layout::{Layout, layout};
+pub use logs::{LogLine, NodeLogs};
 
 use crate::images;
 use crate::kube_env::{ControlPlane, Placement};
@@ -143,6 +145,12 @@ impl Node {
         let pid = std::fs::read_to_string(&pid_file)
             .map_err(|e| anyhow::anyhow!("{}: {e}", pid_file.display()))?;
         Ok(pid.trim().parse()?)
+    }
+
+    /// Tails the container log files of `namespace`'s pods on this node, as a node-level log
+    /// agent does (see [`NodeLogs`]).
+    pub fn tail_logs(&self, namespace: &str) -> NodeLogs {
+        NodeLogs::tail(self.path("pod-logs"), namespace)
     }
 
     /// SIGKILLs a running container's first process, as an out-of-memory kill or a crash
@@ -393,6 +401,9 @@ evictionHard:
   nodefs.inodesFree: 1%
   imagefs.available: 1%
 serializeImagePulls: false
+# Long soaks write tens of MB per pod; the logs are followed through the API, so keep them in
+# one file rather than rotated away between two reads.
+containerLogMaxSize: 200Mi
 "#
         )
     }
