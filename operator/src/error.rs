@@ -40,14 +40,19 @@ pub enum Error {
         source: async_nats::ConnectError,
     },
 
-    #[error(
-        "NATS at {servers} rejected the credentials ({source}): fix the referenced Secret or the server's accounts"
-    )]
+    #[error("NATS at {servers} rejected the credentials ({source}): {advice}")]
     NatsAuthRejected {
         servers: String,
         #[source]
         source: async_nats::ConnectError,
+        /// What to check, which depends on the kind of credentials.
+        advice: &'static str,
     },
+
+    #[error(
+        "the user JWT in Secret {secret:?} expired at {expired_at}: issue new credentials (`nsc generate creds`) and store them in the Secret"
+    )]
+    CredsExpired { secret: String, expired_at: String },
 
     #[error("NATS TLS setup failed: {0}")]
     NatsTls(String),
@@ -124,6 +129,7 @@ impl Error {
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::NatsUnreachable { .. } => "NatsUnreachable",
             Error::NatsAuthRejected { .. } => "NatsAuthenticationFailed",
+            Error::CredsExpired { .. } => "NatsCredentialsExpired",
             Error::NatsTls(_) => "NatsTlsFailed",
             Error::JetStreamRequest(_) => "JetStreamRequestFailed",
             Error::StreamConfigRejected(_) => "StreamConfigRejected",
@@ -151,6 +157,7 @@ impl Error {
             | Error::CredsInvalid(_)
             | Error::InvalidSpec(_)
             | Error::NatsAuthRejected { .. }
+            | Error::CredsExpired { .. }
             | Error::NatsTls(_)
             | Error::StreamConfigRejected(_)
             | Error::StreamNotAdopted { .. }
@@ -170,14 +177,15 @@ impl Error {
     }
 
     /// Whether the credentials could not be taken from the referenced Secrets: missing,
-    /// incomplete or unusable. A deletion can then still use the credentials last connected
-    /// with.
+    /// incomplete or unusable (an expired user JWT included). A deletion can then still use
+    /// the credentials last connected with.
     pub fn is_unusable_secret(&self) -> bool {
         match self {
             Error::SecretNotFound { .. }
             | Error::SecretKeyMissing { .. }
             | Error::SecretInvalid { .. }
-            | Error::CredsInvalid(_) => true,
+            | Error::CredsInvalid(_)
+            | Error::CredsExpired { .. } => true,
             Error::SharedConnectFailure(inner) => inner.is_unusable_secret(),
             _ => false,
         }

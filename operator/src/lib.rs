@@ -9,6 +9,7 @@ pub mod cli;
 pub mod conditions;
 pub mod consumer;
 pub mod crd;
+pub mod creds;
 pub mod duration;
 pub mod error;
 pub mod finalizer;

@@ -351,7 +351,11 @@ async fn connect(
         .await
         .map_err(|source| match source.kind() {
             ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
-                Error::NatsAuthRejected { servers, source }
+                Error::NatsAuthRejected {
+                    servers,
+                    source,
+                    advice: auth_advice(connection.credentials.as_ref()),
+                }
             }
             ConnectErrorKind::Tls => Error::NatsTls(format!("{servers}: {source}")),
             ConnectErrorKind::Io if is_tls_rejection(&source) => {
@@ -362,6 +366,21 @@ async fn connect(
             }
             _ => Error::NatsUnreachable { servers, source },
         })
+}
+
+/// What to check when the server rejected a login: a user JWT the server's accounts do not
+/// trust, or that its account revoked, needs new credentials; anything else, the Secret or the
+/// server's users. (The server says only "Authorization Violation" either way.)
+fn auth_advice(credentials: Option<&Credentials>) -> &'static str {
+    match credentials {
+        Some(Credentials::Creds(_)) => {
+            "the server's operator does not trust the user's account, or the account revoked \
+             the user's JWT: issue new credentials (`nsc generate creds`) and store them in the \
+             Secret, or fix the server's accounts"
+        }
+        None => "the server requires credentials: set connection.auth",
+        Some(_) => "fix the referenced Secret or the server's users",
+    }
 }
 
 /// async-nats reports a refused TLS handshake (a certificate the configured CA did not sign,

@@ -19,6 +19,7 @@ pub mod images;
 pub mod kube_env;
 pub mod kubelet;
 pub mod nats;
+pub mod nats_accounts;
 pub mod node;
 pub mod operator;
 pub mod pod_logs;

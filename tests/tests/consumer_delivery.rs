@@ -204,3 +204,70 @@ async fn tls_and_user_password_from_files_only() -> anyhow::Result<()> {
     assert!(consumer.wait_exit(Duration::from_secs(20)).await?.success());
     Ok(())
 }
+
+/// NATS as production runs it: a server in operator mode that requires a client certificate
+/// (`verify`), and a consumer that logs in with a creds file (a user JWT of the account) and
+/// presents its certificate, all from files.
+#[tokio::test]
+async fn creds_file_and_client_certificate_against_an_operator_mode_server() -> anyhow::Result<()> {
+    let secrets = tempfile::tempdir()?;
+    let write = |name: &str, text: &str| -> anyhow::Result<String> {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.display().to_string())
+    };
+    let ca = audit_tests::certs::TestCa::new("consumer-mtls-ca")?;
+    let serving = ca.loopback_server("nats-server")?;
+    let client_cert = ca.client("audit-consumer")?;
+    let (cert, key, ca_file) = (
+        write("server.crt", &serving.cert_pem)?,
+        write("server.key", &serving.key_pem)?,
+        write("ca.crt", &ca.cert_pem())?,
+    );
+    let accounts = audit_tests::nats_accounts::Accounts::new();
+    let user = accounts.user("consumer", None)?;
+    let server = NatsServer::start_with_config(&format!(
+        "tls {{ cert_file: {cert:?}, key_file: {key:?}, ca_file: {ca_file:?}, verify: true }}\n{}",
+        accounts.server_config()?
+    ))
+    .await?;
+    let url = format!("tls://127.0.0.1:{}", server.port());
+    let (client_cert_file, client_key_file, creds_file) = (
+        write("tls.crt", &client_cert.cert_pem)?,
+        write("tls.key", &client_cert.key_pem)?,
+        write("user.creds", &user.creds)?,
+    );
+    let client = async_nats::ConnectOptions::with_credentials(&user.creds)?
+        .add_root_certificates(ca_file.clone().into())
+        .add_client_certificate(
+            client_cert_file.clone().into(),
+            client_key_file.clone().into(),
+        )
+        .require_tls(true)
+        .connect(&url)
+        .await?;
+    let js = jetstream::new(client);
+    create_stream_and_consumer(&js, "jwt_reader", Duration::from_secs(30)).await?;
+    publish_events(&js, "jwt", 20).await?;
+
+    let mut consumer = ConsumerProcess::start(
+        &url,
+        "jwt_reader",
+        &[
+            "--tls-ca-file",
+            &ca_file,
+            "--tls-cert-file",
+            &client_cert_file,
+            "--tls-key-file",
+            &client_key_file,
+            "--creds-file",
+            &creds_file,
+        ],
+    )?;
+    let lines = consumer.read_lines(20, Duration::from_secs(30)).await?;
+    assert_eq!(lines.len(), 20);
+    wait_until_drained(&js, "jwt_reader").await?;
+    consumer.terminate()?;
+    assert!(consumer.wait_exit(Duration::from_secs(20)).await?.success());
+    Ok(())
+}

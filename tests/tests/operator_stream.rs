@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use audit_tests::kube_env::ControlPlane;
 use audit_tests::nats::NatsServer;
+use audit_tests::nats_accounts::Accounts;
 use audit_tests::operator::{OperatorProcess, install_crds};
 use audit_tests::testenv::{testenv_bin, workspace_root};
 use audit_tests::wait;
@@ -1129,5 +1130,161 @@ async fn text_logs_written_to_a_file_carry_no_colour_codes() -> anyhow::Result<(
         !log.contains('\u{1b}'),
         "ANSI escape codes in the log:\n{log}"
     );
+    Ok(())
+}
+
+/// NATS in operator mode, as production runs it: the AuditStream logs in with a creds file
+/// (a user JWT of the account) and is Ready; a user JWT that expired, one that expires while
+/// in use, and one its account revoked each stall with a reason that says what happened and
+/// what to do.
+#[tokio::test]
+async fn user_jwts_from_creds_files_and_what_expiry_and_revocation_look_like() -> anyhow::Result<()>
+{
+    let mut accounts = Accounts::new();
+    let current = accounts.user("current", None)?;
+    let expired = accounts.user("expired", Some(-60))?;
+    // Long enough to be Ready first on a loaded machine; the check afterwards waits for it.
+    let expiring = accounts.user("expiring", Some(20))?;
+    let revoked = accounts.user("revoked", None)?;
+    accounts.revoke(&revoked.public_key);
+    // The revocation takes effect a second after it was made: JWTs issued before it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let nats = NatsServer::start_with_config(&accounts.server_config()?).await?;
+    let mut env = Env::start_with_nats("ast-jwt", nats).await?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    for (name, user) in [
+        ("current", &current),
+        ("expired", &expired),
+        ("expiring", &expiring),
+        ("revoked", &revoked),
+    ] {
+        secrets
+            .create(
+                &PostParams::default(),
+                &opaque_secret(name, "user.creds", &user.creds),
+            )
+            .await?;
+        let spec = env.spec(json!({
+            "name": name.to_uppercase(),
+            "subjects": [format!("{name}.>")],
+            "connection": {
+                "servers": [env.nats.url()],
+                "auth": { "credsSecretRef": { "name": name, "key": "user.creds" } },
+            },
+        }));
+        env.apply(name, spec).await?;
+    }
+
+    env.wait_ready("current").await?;
+    env.wait_ready("expiring").await?;
+    let message = |object: &DynamicObject| {
+        condition(object, "Ready").map(|c| c["message"].as_str().unwrap_or_default().to_owned())
+    };
+    let object = env
+        .wait_ready_condition("expired", "False", "NatsCredentialsExpired")
+        .await?;
+    assert_eq!(condition_status(&object, "Stalled"), "True");
+    let text = message(&object).unwrap_or_default();
+    assert!(
+        text.contains("\"expired\" expired at") && text.contains("nsc generate creds"),
+        "{text}"
+    );
+    let object = env
+        .wait_ready_condition("revoked", "False", "NatsAuthenticationFailed")
+        .await?;
+    assert_eq!(condition_status(&object, "Stalled"), "True");
+    let text = message(&object).unwrap_or_default();
+    assert!(text.contains("revoked"), "{text}");
+
+    // Expiry while in use: the next check reports it, as for a JWT that was expired at once.
+    let object = wait::until(
+        "the expiring user's JWT to be reported expired",
+        Duration::from_secs(90),
+        POLL,
+        || async {
+            let object = env.streams.get("expiring").await?;
+            let expired = condition(&object, "Ready")
+                .is_some_and(|c| c["reason"] == "NatsCredentialsExpired");
+            Ok(expired.then_some(object))
+        },
+    )
+    .await?;
+    assert_eq!(condition_status(&object, "Stalled"), "True");
+    // The current user is not affected.
+    env.wait_ready("current").await?;
+    Ok(())
+}
+
+/// Mutual TLS with `verify`: the server requires a client certificate signed by its CA. A
+/// `kubernetes.io/tls` Secret (as cert-manager writes it, with `ca.crt`) is enough; without a
+/// client certificate the handshake fails and the stream stalls with the TLS reason.
+#[tokio::test]
+async fn mutual_tls_with_a_client_certificate_from_a_tls_secret() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let ca = audit_tests::certs::TestCa::new("nats-mtls-ca")?;
+    let serving = ca.loopback_server("nats-server")?;
+    let server_cert = write_pem(certs.path(), "server.crt", &serving.cert_pem)?;
+    let server_key = write_pem(certs.path(), "server.key", &serving.key_pem)?;
+    let ca_file = write_pem(certs.path(), "ca.crt", &ca.cert_pem())?;
+    let nats = NatsServer::start_with_config(&format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n}}\n",
+        server_cert.display().to_string(),
+        server_key.display().to_string(),
+        ca_file.display().to_string()
+    ))
+    .await?;
+    let mut env = Env::start_with_nats("ast-mtls", nats).await?;
+    let client = ca.client("audit-operator")?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "nats-client" },
+                "type": "kubernetes.io/tls",
+                "stringData": {
+                    "tls.crt": client.cert_pem,
+                    "tls.key": client.key_pem,
+                    "ca.crt": ca.cert_pem(),
+                },
+            }))?,
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &opaque_secret("nats-ca", "ca.crt", &ca.cert_pem()),
+        )
+        .await?;
+    let url = format!("tls://127.0.0.1:{}", env.nats.port());
+    env.apply(
+        "orders",
+        env.spec(json!({
+            "name": "ORDERS",
+            "connection": {
+                "servers": [url],
+                "tls": { "clientCertSecretRef": { "name": "nats-client" } },
+            },
+        })),
+    )
+    .await?;
+    env.wait_ready("orders").await?;
+
+    env.apply(
+        "anonymous",
+        env.spec(json!({
+            "name": "ANONYMOUS",
+            "subjects": ["anonymous.>"],
+            "connection": {
+                "servers": [url],
+                "tls": { "caSecretRef": { "name": "nats-ca", "key": "ca.crt" } },
+            },
+        })),
+    )
+    .await?;
+    let object = env
+        .wait_ready_condition("anonymous", "False", "NatsTlsFailed")
+        .await?;
+    assert_eq!(condition_status(&object, "Stalled"), "True");
     Ok(())
 }

@@ -82,7 +82,36 @@ pub async fn dereference(
             })?;
         fetched.insert(name.to_owned(), secret);
     }
-    resolve(connection, &fetched)
+    let resolved = resolve(connection, &fetched)?;
+    ensure_credentials_current(connection, &resolved, k8s_openapi::jiff::Timestamp::now())?;
+    Ok(resolved)
+}
+
+/// A user JWT past its expiry would only be refused by the server as an "authorization
+/// violation"; said here, the condition tells when it expired and what to do.
+pub fn ensure_credentials_current(
+    connection: &NatsConnection,
+    resolved: &ResolvedConnection,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Result<()> {
+    let Some(Credentials::Creds(creds)) = &resolved.credentials else {
+        return Ok(());
+    };
+    let expiry = crate::creds::user_jwt_expiry(creds).map_err(Error::CredsInvalid)?;
+    match expiry {
+        Some(expiry) if expiry <= now.as_second() => Err(Error::CredsExpired {
+            secret: connection
+                .auth
+                .as_ref()
+                .and_then(|auth| auth.creds_secret_ref.as_ref())
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+            expired_at: k8s_openapi::jiff::Timestamp::from_second(expiry)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| expiry.to_string()),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Pulls the referenced keys out of already-fetched Secrets, keyed by name.
@@ -296,5 +325,39 @@ data: {tls.crt: Q0VSVA==, tls.key: S0VZ, ca.crt: Q0E=}
     fn debug_output_hides_credentials() {
         let printed = format!("{:?}", Credentials::Token("tok-123".into()));
         assert!(!printed.contains("tok-123"));
+    }
+
+    #[test]
+    fn an_expired_user_jwt_says_when_and_names_the_secret() {
+        use base64::Engine as _;
+        let encode =
+            |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text.as_bytes());
+        let creds = |exp: i64| {
+            format!(
+                "-----BEGIN NATS USER JWT-----\n{}.{}.c2ln\n------END NATS USER JWT------\n",
+                encode("{}"),
+                encode(&format!(r#"{{"sub":"UA","exp":{exp}}}"#))
+            )
+        };
+        let conn = connection(
+            "servers: [nats://127.0.0.1:4222]\nauth: {credsSecretRef: {name: user-creds, key: user.creds}}",
+        );
+        let resolved = |creds: String| ResolvedConnection {
+            servers: conn.servers.clone(),
+            credentials: Some(Credentials::Creds(creds)),
+            tls: None,
+            js_domain: None,
+            secret_versions: Vec::new(),
+        };
+        let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        assert!(ensure_credentials_current(&conn, &resolved(creds(1_800_000_001)), now).is_ok());
+        let expired =
+            ensure_credentials_current(&conn, &resolved(creds(1_799_999_000)), now).unwrap_err();
+        assert_eq!(expired.reason(), "NatsCredentialsExpired");
+        assert!(expired.needs_user_action());
+        let message = expired.to_string();
+        assert!(message.contains("\"user-creds\""), "{message}");
+        assert!(message.contains("2027-01-15T07:43:20Z"), "{message}");
+        assert!(message.contains("nsc generate creds"), "{message}");
     }
 }
