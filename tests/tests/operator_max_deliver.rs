@@ -1,7 +1,8 @@
 //! An AuditConsumer with a `maxDeliver` limit against the real servers: when NATS gives up
 //! on an event, the operator counts it in the status and warns in an Event, also after a NATS
-//! outage. The tests play a sink that fails: they pull an event from the durable consumer and
-//! never acknowledge it.
+//! outage; and when its NATS user may not subscribe to the advisories, it says so. The tests
+//! play a sink that fails: they pull an event from the durable consumer and never acknowledge
+//! it.
 
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use audit_tests::nats::NatsServer;
 use audit_tests::operator::{OperatorProcess, install_crds};
 use audit_tests::wait;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
@@ -50,6 +52,27 @@ fn api(client: &kube::Client, namespace: &str, kind: &str, plural: &str) -> Api<
     Api::namespaced_with(client.clone(), namespace, &resource)
 }
 
+/// Permissions of a NATS user who may use JetStream but not hear its advisories.
+const NO_ADVISORIES: &str = r#"{
+      publish: { allow: ["$JS.API.>"] }
+      subscribe: { allow: [">"], deny: ["$JS.EVENT.ADVISORY.>"] }
+    }"#;
+
+/// A server with two users: `admin` (the tests' own client) and `operator`, with the given
+/// permissions (none: everything).
+fn users_config(operator_permissions: Option<&str>) -> String {
+    let permissions = operator_permissions
+        .map(|p| format!(", permissions: {p}"))
+        .unwrap_or_default();
+    format!(
+        "authorization {{\n  users: [\n    {{ user: admin, password: admin-secret }}\n    {{ user: operator, password: operator-secret{permissions} }}\n  ]\n}}\n"
+    )
+}
+
+/// How the operator authenticates, if the server asks: the `operator` user of
+/// [`users_config`], through a Secret.
+const AS_OPERATOR_USER: Option<(&str, &str)> = Some(("operator", "operator-secret"));
+
 /// The operator running against `nats`, an AuditStream `orders` (stream `ORDERS`, `storage`
 /// as given) and an AuditConsumer `reader` with `maxDeliver: 1`, once the operator listens
 /// for its advisories.
@@ -65,17 +88,32 @@ impl Scenario {
         nats: &NatsServer,
         namespace_prefix: &str,
         storage: &str,
+        user: Option<(&str, &str)>,
+        operator_args: &[&str],
     ) -> anyhow::Result<Self> {
         let control_plane = ControlPlane::shared();
         let client = control_plane.admin_client().await?;
         install_crds(&client).await?;
         let namespace = control_plane.create_namespace(namespace_prefix).await?;
-        let operator = OperatorProcess::start(&[
+        let mut args = vec![
             "--namespace",
             &namespace,
             "--consumer-image",
             "audit-consumer:test",
-        ])?;
+        ];
+        args.extend(operator_args);
+        let operator = OperatorProcess::start(&args)?;
+        let mut connection = json!({ "servers": [nats.url()] });
+        if let Some((username, password)) = user {
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": { "name": "nats-user" },
+                "stringData": { "username": username, "password": password },
+            }))?;
+            Api::<Secret>::namespaced(client.clone(), &namespace)
+                .create(&PostParams::default(), &secret)
+                .await?;
+            connection["auth"] = json!({ "userPasswordSecretRef": { "name": "nats-user" } });
+        }
         let streams = api(&client, &namespace, "AuditStream", "auditstreams");
         let consumers = api(&client, &namespace, "AuditConsumer", "auditconsumers");
         apply(
@@ -83,7 +121,7 @@ impl Scenario {
             "AuditStream",
             "orders",
             json!({
-                "connection": { "servers": [nats.url()] },
+                "connection": connection,
                 "name": "ORDERS",
                 "subjects": ["audit.>"],
                 "storage": storage,
@@ -137,9 +175,20 @@ impl Scenario {
         occurrences: i32,
         nats: &NatsServer,
     ) -> anyhow::Result<Vec<Event>> {
+        self.wait_for_events("MaxDeliveriesReached", occurrences, nats)
+            .await
+    }
+
+    /// The Events with `reason` about `reader`, once they record `occurrences` reports.
+    async fn wait_for_events(
+        &self,
+        reason: &str,
+        occurrences: i32,
+        nats: &NatsServer,
+    ) -> anyhow::Result<Vec<Event>> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         wait::until(
-            &format!("{occurrences} MaxDeliveriesReached Event occurrence(s)"),
+            &format!("{occurrences} {reason} Event occurrence(s)"),
             WAIT,
             POLL,
             || async {
@@ -149,7 +198,7 @@ impl Scenario {
                     .items
                     .into_iter()
                     .filter(|e| {
-                        e.reason.as_deref() == Some("MaxDeliveriesReached")
+                        e.reason.as_deref() == Some(reason)
                             && e.regarding.as_ref().and_then(|r| r.name.as_deref())
                                 == Some("reader")
                     })
@@ -159,6 +208,33 @@ impl Scenario {
                     .map(|e| e.series.as_ref().map_or(1, |series| series.count))
                     .sum();
                 Ok((recorded >= occurrences).then_some(warnings))
+            },
+        )
+        .await
+        .map_err(|e| self.with_logs(e, nats))
+    }
+
+    /// The AuditConsumer's condition `type_` once it has `status` and `reason`.
+    async fn wait_for_condition(
+        &self,
+        type_: &str,
+        status: &str,
+        reason: &str,
+        nats: &NatsServer,
+    ) -> anyhow::Result<Value> {
+        wait::until(
+            &format!("condition {type_} to be {status} with reason {reason}"),
+            WAIT,
+            POLL,
+            || async {
+                let object = self.consumers.get("reader").await?;
+                let found = object.data["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == type_ && c["status"] == status && c["reason"] == reason)
+                    .cloned();
+                Ok(found)
             },
         )
         .await
@@ -177,8 +253,8 @@ impl Scenario {
 /// Publishes an event and plays the failing sink: takes its only delivery (`maxDeliver: 1`)
 /// and never acknowledges it, so NATS gives up on it once the ack wait runs out. Returns its
 /// stream sequence.
-async fn give_up_on_one_event(nats: &NatsServer) -> anyhow::Result<u64> {
-    let js = jetstream::new(nats.client().await?);
+async fn give_up_on_one_event(client: async_nats::Client) -> anyhow::Result<u64> {
+    let js = jetstream::new(client);
     let sequence = js
         .publish("audit.orders", "{}".into())
         .await?
@@ -231,9 +307,9 @@ async fn wait_for_operator_subscription(nats: &NatsServer) -> anyhow::Result<()>
 #[tokio::test]
 async fn an_event_that_reaches_max_deliver_is_counted_and_reported() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
-    let scenario = Scenario::start(&nats, "max-deliver", "Memory").await?;
+    let scenario = Scenario::start(&nats, "max-deliver", "Memory", None, &[]).await?;
 
-    let sequence = give_up_on_one_event(&nats).await?;
+    let sequence = give_up_on_one_event(nats.client().await?).await?;
     let status = scenario
         .wait_for_count(
             "status.maxDeliveriesReached to count the event NATS gave up on",
@@ -263,8 +339,8 @@ async fn an_event_that_reaches_max_deliver_is_counted_and_reported() -> anyhow::
 async fn events_given_up_after_a_nats_restart_are_still_counted() -> anyhow::Result<()> {
     let mut nats = NatsServer::start().await?;
     // File storage: the stream and the durable consumer outlive the restart, as in production.
-    let scenario = Scenario::start(&nats, "max-deliver-restart", "File").await?;
-    let before = give_up_on_one_event(&nats).await?;
+    let scenario = Scenario::start(&nats, "max-deliver-restart", "File", None, &[]).await?;
+    let before = give_up_on_one_event(nats.client().await?).await?;
     let status = scenario
         .wait_for_count("the event given up before the outage", 1, &nats)
         .await?;
@@ -277,7 +353,7 @@ async fn events_given_up_after_a_nats_restart_are_still_counted() -> anyhow::Res
         .await
         .map_err(|e| scenario.with_logs(e, &nats))?;
 
-    let after = give_up_on_one_event(&nats).await?;
+    let after = give_up_on_one_event(nats.client().await?).await?;
     let status = scenario
         .wait_for_count("the event given up after the outage", 2, &nats)
         .await?;
@@ -289,5 +365,85 @@ async fn events_given_up_after_a_nats_restart_are_still_counted() -> anyhow::Res
             .all(|e| e.type_.as_deref() == Some("Warning")),
         "{warnings:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_subscription_to_the_advisories_is_reported_until_granted() -> anyhow::Result<()>
+{
+    let mut nats = NatsServer::start_with_config(&users_config(Some(NO_ADVISORIES))).await?;
+    // Frequent checks, so that the grant below shows within a bounded wait.
+    let scenario = Scenario::start(
+        &nats,
+        "max-deliver-denied",
+        "Memory",
+        AS_OPERATOR_USER,
+        &["--requeue-interval", "2s"],
+    )
+    .await?;
+
+    let condition = scenario
+        .wait_for_condition(
+            "MaxDeliveriesCounted",
+            "False",
+            "AdvisorySubscriptionDenied",
+            &nats,
+        )
+        .await?;
+    let message = condition["message"].as_str().unwrap_or_default();
+    for part in [
+        "Permissions Violation for Subscription",
+        ADVISORY_SUBJECT,
+        "subscribe to $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from {message}");
+    }
+    // The durable consumer works; only the count of what NATS gives up on is blind.
+    scenario
+        .wait_for_condition("ConsumerReady", "True", "ConsumerReady", &nats)
+        .await?;
+    let object = scenario.consumers.get("reader").await?;
+    let ready = object.data["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or_default();
+    assert_ne!(ready["reason"], "AdvisorySubscriptionDenied", "{ready}");
+    let warnings = scenario
+        .wait_for_events("AdvisorySubscriptionDenied", 1, &nats)
+        .await?;
+    let note = warnings[0].note.as_deref().unwrap_or_default();
+    assert_eq!(warnings[0].type_.as_deref(), Some("Warning"));
+    assert!(
+        note.contains("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"),
+        "{note}"
+    );
+
+    // The administrator grants the permission; the connection stays, and the operator's
+    // next try is accepted.
+    nats.reload_with_config(&users_config(None)).await?;
+    scenario
+        .wait_for_condition(
+            "MaxDeliveriesCounted",
+            "True",
+            "AdvisoriesSubscribed",
+            &nats,
+        )
+        .await?;
+    let admin =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-secret".into())
+            .connect(nats.url())
+            .await?;
+    let sequence = give_up_on_one_event(admin).await?;
+    let status = scenario
+        .wait_for_count(
+            "the event given up once the permission was granted",
+            1,
+            &nats,
+        )
+        .await?;
+    assert_eq!(status["lastMaxDeliveredSequence"], sequence);
     Ok(())
 }
