@@ -68,6 +68,11 @@ impl LineRenderer {
         event.kind()
     }
 
+    /// The kind of an event without rendering it, for one handed back unwritten.
+    pub fn kind(&mut self, payload: &[u8]) -> Kind {
+        event::classify(payload, &mut self.scanner, &self.redact).kind()
+    }
+
     fn render_json(&self, meta: &Metadata<'_>, event: Event<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"kind\":\"");
         out.extend_from_slice(event.kind().as_str().as_bytes());

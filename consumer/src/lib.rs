@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod bind;
 pub mod config;
 pub mod connect;
+pub mod delivery_limit;
 pub mod error;
 pub mod escape;
 pub mod event;
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Args;
+use crate::delivery_limit::DeliveryLimit;
 use crate::error::{Error, Result};
 use crate::format::LineRenderer;
 use crate::health::Health;
@@ -57,11 +59,13 @@ pub async fn run(args: Args) -> Result<()> {
     let client = connect::connect(&args.nats, metrics.clone()).await?;
     health.set_client(client.clone());
     let (bound, bound_rx) = watch::channel(None);
+    let delivery_limit = Arc::new(DeliveryLimit::default());
     let monitor = tokio::spawn(monitor::run(
         bound_rx,
         args.runtime.info_interval,
         health.clone(),
         metrics.clone(),
+        delivery_limit.clone(),
     ));
 
     // Our own unbuffered handle on fd 1: the sink does the buffering, one write per batch.
@@ -81,6 +85,7 @@ pub async fn run(args: Args) -> Result<()> {
         pull: args.pull,
         health: health.clone(),
         metrics,
+        delivery_limit,
         shutdown,
         bound,
     };

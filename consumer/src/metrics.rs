@@ -18,12 +18,15 @@ pub enum Outcome {
     Acked,
     /// Not written; handed back to the server for redelivery.
     Naked,
+    /// Not written, and handed back at its final delivery (the consumer's `max_deliver`):
+    /// NATS gives up on it, so no pod will write it. It stays in the stream for a replay.
+    Terminated,
 }
 
 pub struct Metrics {
     registry: Registry,
     /// Indexed by `[outcome][kind]`.
-    events: [[Counter; 2]; 2],
+    events: [[Counter; 2]; 3],
     redeliveries: Counter,
     batch_seconds: Histogram,
     end_to_end_seconds: Histogram,
@@ -40,20 +43,21 @@ impl Metrics {
         let events_family = Family::<Labels, Counter>::default();
         registry.register(
             "events",
-            "Events handled, by outcome (acked, naked, terminated) and kind (structured, raw). \
-             The consumer never terminates an event (every payload can be logged), so \
-             outcome=\"terminated\" stays at zero; the server's max-deliver decides when to stop.",
+            "Events handled, by outcome and kind (structured, raw): acked (written), naked (not \
+             written, handed back for redelivery), terminated (not written and handed back at \
+             the consumer's max_deliver, so NATS gives up on it)",
             events_family.clone(),
         );
         let counter = |outcome, kind| {
             events_family.get_or_create_owned(&[("outcome", outcome), ("kind", kind)])
         };
-        for kind in ["structured", "raw"] {
-            counter("terminated", kind);
-        }
         let events = [
             [counter("acked", "structured"), counter("acked", "raw")],
             [counter("naked", "structured"), counter("naked", "raw")],
+            [
+                counter("terminated", "structured"),
+                counter("terminated", "raw"),
+            ],
         ];
 
         let redeliveries = Counter::default();
@@ -182,12 +186,18 @@ mod tests {
         metrics.event(Outcome::Acked, Kind::Structured);
         metrics.event(Outcome::Acked, Kind::Structured);
         metrics.event(Outcome::Naked, Kind::Raw);
+        metrics.event(Outcome::Terminated, Kind::Structured);
         let text = metrics.encode();
         assert!(
             text.contains(r#"audit_consumer_events_total{outcome="acked",kind="structured"} 2"#),
             "{text}"
         );
         assert!(text.contains(r#"audit_consumer_events_total{outcome="naked",kind="raw"} 1"#));
+        assert!(
+            text.contains(
+                r#"audit_consumer_events_total{outcome="terminated",kind="structured"} 1"#
+            )
+        );
         assert!(text.contains(r#"audit_consumer_events_total{outcome="terminated",kind="raw"} 0"#));
         assert!(text.contains("audit_consumer_nats_connected 0"));
         assert!(text.ends_with("# EOF\n"));

@@ -4,7 +4,9 @@
 //! the worker waits for one message, then takes the rest without waiting. The batch's lines go
 //! out in one write, and only when that write has succeeded are its messages acked; if it
 //! fails they are naked with a delay, so nothing is acked that was not written. Acks are plain
-//! publishes that the client pipelines, which keeps explicit per-message acks cheap.
+//! publishes that the client pipelines, which keeps explicit per-message acks cheap. An event
+//! naked at its final delivery (see [`DeliveryLimit`]) is counted as terminated: NATS gives up
+//! on it.
 //!
 //! Trouble with the subscription (missed heartbeats, a deleted consumer, a lost connection,
 //! rejected pull requests) drops it and binds again after a bounded, jittered backoff. A
@@ -25,6 +27,7 @@ use tokio::sync::watch;
 use crate::backoff::Backoff;
 use crate::bind::{self, BindError};
 use crate::config::{BindingArgs, PullArgs};
+use crate::delivery_limit::DeliveryLimit;
 use crate::error::{Error, Result};
 use crate::event::Kind;
 use crate::format::{LineRenderer, Metadata};
@@ -43,6 +46,8 @@ pub struct Worker<W> {
     pub sink: Sink<W>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
+    /// The bound consumer's `max_deliver`; the monitor keeps it current.
+    pub delivery_limit: Arc<DeliveryLimit>,
     pub shutdown: watch::Receiver<bool>,
     /// Tells the monitor which consumer to poll.
     pub bound: watch::Sender<Option<PullConsumer>>,
@@ -53,6 +58,8 @@ struct InFlight {
     acker: Acker,
     kind: Kind,
     published_nanos: i128,
+    stream_sequence: u64,
+    delivered: i64,
 }
 
 /// Why the worker stopped reading from one pull subscription.
@@ -117,6 +124,8 @@ impl<W: Write + Send> Worker<W> {
             );
             self.health.set_bound(true);
             self.health.contact();
+            self.delivery_limit
+                .set(consumer.cached_info().config.max_deliver);
             self.bound.send_replace(Some(consumer));
 
             let (end, progressed) = self.pump(&mut messages, &mut in_flight).await?;
@@ -216,7 +225,7 @@ impl<W: Write + Send> Worker<W> {
                     // and leave the rest to the server's redelivery.
                     self.take_ready(messages, in_flight, batch, &mut end);
                     self.commit(in_flight, started).await?;
-                    hand_back_ready(messages, None).await;
+                    self.hand_back_ready(messages, None).await;
                     return Ok((StreamEnd::Shutdown, progressed));
                 }
                 Some(None) => return Ok((StreamEnd::Closed, progressed)),
@@ -227,7 +236,8 @@ impl<W: Write + Send> Worker<W> {
             if !self.commit(in_flight, started).await? {
                 // What the subscription already holds would fail the same way; hand it back
                 // now rather than leave it to the ack wait.
-                hand_back_ready(messages, Some(self.pull.nak_delay)).await;
+                self.hand_back_ready(messages, Some(self.pull.nak_delay))
+                    .await;
                 return Ok((StreamEnd::OutputFailed, progressed));
             }
             progressed = true;
@@ -288,11 +298,14 @@ impl<W: Write + Send> Worker<W> {
             self.metrics.redelivered();
         }
         let published_nanos = meta.published_nanos;
+        let (stream_sequence, delivered) = (meta.stream_sequence, meta.delivered);
         let (_, acker) = message.split();
         in_flight.push(InFlight {
             acker,
             kind,
             published_nanos,
+            stream_sequence,
+            delivered,
         });
     }
 
@@ -344,7 +357,12 @@ impl<W: Write + Send> Worker<W> {
                     {
                         tracing::warn!(%err, "nak not sent; the event will be redelivered after ack wait");
                     }
-                    self.metrics.event(Outcome::Naked, event.kind);
+                    // Naked or left to the ack wait, a final delivery is given up all the same.
+                    if self.delivery_limit.is_final(event.delivered) {
+                        self.count_given_up(event.kind, event.stream_sequence, event.delivered);
+                    } else {
+                        self.metrics.event(Outcome::Naked, event.kind);
+                    }
                 }
                 if err.kind() == ErrorKind::BrokenPipe {
                     return Err(Error::OutputClosed(err));
@@ -352,6 +370,40 @@ impl<W: Write + Send> Worker<W> {
                 Ok(false)
             }
         }
+    }
+
+    /// Naks what the subscription has delivered but the worker will not process, so that it
+    /// is redelivered after `delay` (to the next instance, on shutdown) instead of after the
+    /// ack wait.
+    async fn hand_back_ready(&mut self, messages: &mut Stream, delay: Option<Duration>) {
+        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            let info = message.info().ok();
+            let stream_sequence = info.as_ref().map_or(0, |info| info.stream_sequence);
+            let delivered = info.as_ref().map_or(0, |info| info.delivered);
+            let given_up = self.delivery_limit.is_final(delivered);
+            if let Err(err) = message.ack_with(AckKind::Nak(delay)).await {
+                tracing::debug!(%err, "nak not sent; the event will be redelivered after ack wait");
+            }
+            // Never rendered, so its kind is looked up for the count.
+            let kind = self.renderer.kind(&message.payload);
+            if given_up {
+                self.count_given_up(kind, stream_sequence, delivered);
+            } else {
+                self.metrics.event(Outcome::Naked, kind);
+            }
+        }
+    }
+
+    /// Counts an event handed back unwritten at its final delivery, and logs where it stays.
+    fn count_given_up(&self, kind: Kind, stream_sequence: u64, delivered: i64) {
+        self.metrics.event(Outcome::Terminated, kind);
+        tracing::error!(
+            stream = %self.binding.stream,
+            stream_sequence,
+            delivered,
+            "event not written at its final delivery (the consumer's max_deliver): NATS will not \
+             deliver it again; it stays in the stream for a replay from this sequence"
+        );
     }
 
     fn shutting_down(&self) -> bool {
@@ -363,16 +415,6 @@ impl<W: Write + Send> Worker<W> {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {},
             _ = self.shutdown.wait_for(|stop| *stop) => {},
-        }
-    }
-}
-
-/// Naks what the subscription has delivered but the worker will not process, so that it is
-/// redelivered after `delay` (to the next instance, on shutdown) instead of after the ack wait.
-async fn hand_back_ready(messages: &mut Stream, delay: Option<Duration>) {
-    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        if let Err(err) = message.ack_with(AckKind::Nak(delay)).await {
-            tracing::debug!(%err, "nak not sent; the event will be redelivered after ack wait");
         }
     }
 }

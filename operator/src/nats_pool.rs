@@ -16,17 +16,22 @@
 //! - **Deletion after the Secrets went.** The pool remembers, per resource, the connection it
 //!   last connected with, until the resource is released: a finalizer can still reach NATS
 //!   when the Secrets were deleted first (as a namespace deletion may do).
+//! - **Refused subscriptions.** NATS answers a `SUB` its user may not make only with an
+//!   asynchronous `-ERR 'Permissions Violation for Subscription to "<subject>"'`, which the
+//!   client reports as a connection event; the subscription itself looks fine to the caller.
+//!   The pool passes each such refusal on ([`NatsPool::subscription_refusals`]), naming the
+//!   connection, so that whoever subscribed there can report it.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
-use async_nats::{ConnectErrorKind, connection::State};
+use async_nats::{ConnectErrorKind, ServerError, Statistics, connection::State};
 use futures::{
     FutureExt, Stream, StreamExt,
     future::{BoxFuture, Shared},
@@ -132,12 +137,26 @@ impl PoolState {
     }
 }
 
+/// A subscription the server refused on one pooled connection.
+#[derive(Clone, Debug)]
+pub struct SubscriptionRefused {
+    /// The statistics of the connection's client: they identify it, as
+    /// [`async_nats::Client::statistics`] returns the same `Arc` for every clone of a client.
+    pub connection: Arc<Statistics>,
+    /// The subject the server refused.
+    pub subject: String,
+    /// The server's words, e.g. `Permissions Violation for Subscription to "..."`.
+    pub message: String,
+}
+
 /// What the pool shares with the event callbacks of its clients.
 #[derive(Default)]
 struct Inner {
     state: Mutex<PoolState>,
     /// One sender per controller that wants to hear of reconnections.
     subscribers: Mutex<Vec<mpsc::UnboundedSender<PoolUser>>>,
+    /// One sender per listener for refused subscriptions.
+    refusal_listeners: Mutex<Vec<mpsc::UnboundedSender<SubscriptionRefused>>>,
 }
 
 impl Inner {
@@ -160,6 +179,14 @@ impl Inner {
                 .iter()
                 .all(|user| subscriber.send(user.clone()).is_ok())
         });
+    }
+
+    fn announce_refusal(&self, refusal: &SubscriptionRefused) {
+        let mut listeners = self
+            .refusal_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        listeners.retain(|listener| listener.send(refusal.clone()).is_ok());
     }
 }
 
@@ -262,14 +289,33 @@ impl NatsPool {
         .filter(move |user| std::future::ready(user.kind == kind))
     }
 
-    /// A connection attempt for `connection` whose client announces its reconnections.
+    /// Every subscription a server refuses on a pooled connection, from now on.
+    pub fn subscription_refusals(&self) -> impl Stream<Item = SubscriptionRefused> + Send + use<> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.inner
+            .refusal_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sender);
+        futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|refusal| (refusal, receiver))
+        })
+    }
+
+    /// A connection attempt for `connection` whose client announces its reconnections and
+    /// refused subscriptions.
     fn attempt(&self, connection: &ResolvedConnection) -> Attempt {
         let key = connection.clone();
         let timeout = self.connect_timeout;
         let pool = Arc::downgrade(&self.inner);
         async move {
-            let on_reconnect = ReconnectAnnouncer::new(pool, key.clone());
-            connect(&key, timeout, on_reconnect).await.map_err(Arc::new)
+            let events = ConnectionEvents::new(pool, key.clone());
+            let client = connect(&key, timeout, events.clone())
+                .await
+                .map_err(Arc::new)?;
+            // Before anyone can subscribe on it, so no refusal goes unattributed.
+            events.identify(client.statistics());
+            Ok(client)
         }
         .boxed()
         .shared()
@@ -283,46 +329,82 @@ fn record_connected(state: &mut PoolState, user: &PoolUser, connection: &Resolve
 }
 
 /// Called by a client on each connection event: every `Connected` after the first is a
-/// reconnection, which the pool announces.
-struct ReconnectAnnouncer {
+/// reconnection, and a permissions violation for a subscription is a refused subscription;
+/// the pool announces both.
+struct ConnectionEvents {
     pool: Weak<Inner>,
     key: PoolKey,
     connected_before: AtomicBool,
+    /// The client's statistics, once it is connected: its identity in refusals.
+    connection: OnceLock<Arc<Statistics>>,
 }
 
-impl ReconnectAnnouncer {
+impl ConnectionEvents {
     fn new(pool: Weak<Inner>, key: PoolKey) -> Arc<Self> {
         Arc::new(Self {
             pool,
             key,
             connected_before: AtomicBool::new(false),
+            connection: OnceLock::new(),
         })
     }
 
+    fn identify(&self, connection: Arc<Statistics>) {
+        let _ = self.connection.set(connection);
+    }
+
     fn on_event(&self, event: &async_nats::Event) {
-        if !matches!(event, async_nats::Event::Connected) {
-            return;
-        }
-        // The first `Connected` is the initial connection, which its callers already have.
-        if self.connected_before.swap(true, Ordering::SeqCst)
-            && let Some(pool) = self.pool.upgrade()
-        {
-            pool.announce_reconnection(&self.key);
+        match event {
+            async_nats::Event::Connected => {
+                // The first `Connected` is the initial connection, which its callers already
+                // have.
+                if self.connected_before.swap(true, Ordering::SeqCst)
+                    && let Some(pool) = self.pool.upgrade()
+                {
+                    pool.announce_reconnection(&self.key);
+                }
+            }
+            async_nats::Event::ServerError(error) => {
+                let servers = self.key.servers.join(",");
+                tracing::warn!(%servers, %error, "the NATS server reported an error on a connection");
+                if let ServerError::Other(text) = error
+                    && let Some(subject) = refused_subscription(text)
+                    && let (Some(connection), Some(pool)) =
+                        (self.connection.get(), self.pool.upgrade())
+                {
+                    pool.announce_refusal(&SubscriptionRefused {
+                        connection: connection.clone(),
+                        subject: subject.to_owned(),
+                        message: text.clone(),
+                    });
+                }
+            }
+            _ => {}
         }
     }
+}
+
+/// The subject of a refused subscription, from the server's `-ERR` text: `Permissions
+/// Violation for Subscription to "<subject>"`, possibly followed by ` using queue "<q>"` or
+/// ` (sid "<n>")` (a subscription removed when a configuration reload revoked it). The subject
+/// is quoted Go-style; NATS subjects hold no quote or backslash to unescape.
+fn refused_subscription(text: &str) -> Option<&str> {
+    let quoted = text.strip_prefix("Permissions Violation for Subscription to \"")?;
+    let (subject, _) = quoted.split_once('"')?;
+    (!subject.is_empty()).then_some(subject)
 }
 
 async fn connect(
     connection: &ResolvedConnection,
     timeout: Duration,
-    on_reconnect: Arc<ReconnectAnnouncer>,
+    events: Arc<ConnectionEvents>,
 ) -> Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new()
         .name("audit-operator")
         .connection_timeout(timeout)
         .request_timeout(Some(timeout))
         .event_callback(move |event| {
-            on_reconnect.on_event(&event);
+            events.on_event(&event);
             std::future::ready(())
         });
     options = match &connection.credentials {
@@ -586,7 +668,7 @@ mod tests {
         }
         let mut streams = Box::pin(pool.reconnected("AuditStream"));
         let mut consumers = Box::pin(pool.reconnected("AuditConsumer"));
-        let announcer = ReconnectAnnouncer::new(Arc::downgrade(&pool.inner), used);
+        let announcer = ConnectionEvents::new(Arc::downgrade(&pool.inner), used);
         announcer.on_event(&async_nats::Event::Connected);
         announcer.on_event(&async_nats::Event::Disconnected);
         announcer.on_event(&async_nats::Event::Connected);
@@ -598,5 +680,47 @@ mod tests {
         );
         let none = tokio::time::timeout(Duration::from_millis(50), consumers.next()).await;
         assert!(none.is_err(), "no AuditConsumer uses that connection");
+    }
+
+    #[test]
+    fn reads_the_subject_of_a_refused_subscription() {
+        let subject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ORDERS.reader";
+        for text in [
+            format!("Permissions Violation for Subscription to \"{subject}\""),
+            format!("Permissions Violation for Subscription to \"{subject}\" using queue \"q\""),
+            format!("Permissions Violation for Subscription to \"{subject}\" (sid \"7\")"),
+        ] {
+            assert_eq!(refused_subscription(&text), Some(subject), "{text}");
+        }
+        for other in [
+            "Permissions Violation for Publish to \"audit.x\"",
+            "Permissions Violation for Subscription to \"",
+            "Maximum Connections Exceeded",
+        ] {
+            assert_eq!(refused_subscription(other), None, "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_subscription_is_announced_with_its_connection() {
+        let pool = NatsPool::new(Duration::from_secs(2));
+        let mut refusals = Box::pin(pool.subscription_refusals());
+        let events =
+            ConnectionEvents::new(Arc::downgrade(&pool.inner), connection("nats://a:4222"));
+        let statistics = Arc::new(Statistics::default());
+        events.identify(statistics.clone());
+        let violation = "Permissions Violation for Subscription to \"$JS.EVENT.ADVISORY.>\"";
+        events.on_event(&async_nats::Event::ServerError(ServerError::Other(
+            "Maximum Connections Exceeded".into(),
+        )));
+        events.on_event(&async_nats::Event::ServerError(ServerError::Other(
+            violation.into(),
+        )));
+        let refusal = refusals.next().await.expect("the refusal");
+        assert!(Arc::ptr_eq(&refusal.connection, &statistics));
+        assert_eq!(refusal.subject, "$JS.EVENT.ADVISORY.>");
+        assert_eq!(refusal.message, violation);
+        let nothing_else = tokio::time::timeout(Duration::from_millis(50), refusals.next()).await;
+        assert!(nothing_else.is_err(), "another server error is no refusal");
     }
 }

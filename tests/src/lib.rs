@@ -3,7 +3,7 @@
 //!
 //! - [`testenv`] finds the pinned server binaries (built by `hack/testenv.sh`).
 //! - [`nats`] runs a JetStream-enabled nats-server, or a 3-node cluster, that a test can stop
-//!   and restart to simulate an outage.
+//!   and restart to simulate an outage, or reconfigure in place.
 //! - [`kube_env`] runs a Kubernetes control plane (etcd, kube-apiserver,
 //!   kube-controller-manager) once per test binary, with admin and impersonating clients and a
 //!   fresh namespace per test.

@@ -1,5 +1,6 @@
 //! Real nats-server processes with JetStream: a single server a test can stop and restart
-//! (same port, same store) to simulate an outage, and a 3-node cluster for replicated streams.
+//! (same port, same store) to simulate an outage or reconfigure in place, and a 3-node cluster
+//! for replicated streams.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -158,6 +159,39 @@ impl NatsServer {
             &self.dir.path().join("nats.log"),
         )?);
         self.wait_until_healthy().await
+    }
+
+    /// Replaces the end of the configuration with `extra_config` and makes the running server
+    /// reload it (SIGHUP), as an administrator changing permissions would: existing client
+    /// connections stay open. Returns once the server reports the reload.
+    pub async fn reload_with_config(&mut self, extra_config: &str) -> anyhow::Result<()> {
+        let pid = self
+            .process
+            .as_ref()
+            .and_then(ServerProcess::pid)
+            .ok_or_else(|| anyhow::anyhow!("{} is not running", self.name))?;
+        let loaded_at = || async {
+            let varz = crate::http::get(self.monitor_port, "/varz").await?;
+            let varz: serde_json::Value = serde_json::from_str(&varz.body)?;
+            anyhow::Ok(varz["config_load_time"].clone())
+        };
+        let before = loaded_at().await?;
+        self.extra_config = extra_config.to_owned();
+        std::fs::write(self.dir.path().join("nats.conf"), self.config_text())?;
+        // SAFETY: kill(2) on our own running child's pid.
+        anyhow::ensure!(
+            unsafe { libc::kill(i32::try_from(pid)?, libc::SIGHUP) } == 0,
+            "cannot signal {}",
+            self.name
+        );
+        crate::wait::until(
+            &format!("{} to reload its configuration", self.name),
+            READY_TIMEOUT,
+            Duration::from_millis(50),
+            || async { Ok((loaded_at().await? != before).then_some(())) },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; last lines of its log:\n{}", self.log_tail()))
     }
 
     /// The last lines of the server's log.

@@ -1,5 +1,6 @@
-//! audit-consumer under failure, against a real nats-server: a failing output, SIGTERM in the
-//! middle of a backlog, a NATS outage, and a consumer deleted under it.
+//! audit-consumer under failure, against a real nats-server: a failing output (and an event
+//! NATS gives up on because of it), SIGTERM in the middle of a backlog, a NATS outage, and a
+//! consumer deleted under it.
 
 mod consumer_support;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use audit_tests::nats::NatsServer;
 use consumer_support::*;
+use futures::StreamExt;
 
 #[tokio::test]
 async fn output_failure_naks_and_the_events_are_written_later() -> anyhow::Result<()> {
@@ -70,6 +72,63 @@ async fn output_failure_naks_and_the_events_are_written_later() -> anyhow::Resul
         "the naked events come back as redeliveries"
     );
     wait_until_drained(&js, "flaky").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_nats_gives_up_on_is_counted_as_terminated_by_its_pod() -> anyhow::Result<()> {
+    const MAX_DELIVER: i64 = 2;
+    let server = NatsServer::start().await?;
+    let client = server.client().await?;
+    let js = jetstream::new(client.clone());
+    create_stream_and_limited_consumer(&js, "limited", Duration::from_secs(30), MAX_DELIVER)
+        .await?;
+    // NATS's own word that it gave up on the event, to hold the pod's count against.
+    let mut advisories = client
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.limited"
+        ))
+        .await?;
+    client.flush().await?;
+    let sequences = publish_events(&js, "doomed", 1).await?;
+
+    // Every write fails (standard output opened read-only), so each delivery is naked.
+    let dir = tempfile::tempdir()?;
+    let read_only = dir.path().join("stdout");
+    std::fs::write(&read_only, "")?;
+    let failing = ConsumerProcess::start_with_stdout(
+        &server.url(),
+        "limited",
+        &["--nak-delay", "100ms"],
+        Stdio::from(std::fs::File::open(&read_only)?),
+    )?;
+    let terminated = r#"audit_consumer_events_total{outcome="terminated",kind="structured"}"#;
+    audit_tests::wait::until(
+        "the pod to count the event as terminated",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { Ok((failing.metric(terminated).await? >= 1.0).then_some(())) },
+    )
+    .await
+    .map_err(|err| anyhow::anyhow!("{err}; stderr:\n{}", failing.stderr()))?;
+
+    let advisory = tokio::time::timeout(Duration::from_secs(30), advisories.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no max-deliveries advisory from NATS"))?
+        .ok_or_else(|| anyhow::anyhow!("advisory subscription ended"))?;
+    let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload)?;
+    assert_eq!(advisory["stream_seq"], sequences["doomed-0"], "{advisory}");
+    assert_eq!(advisory["deliveries"], MAX_DELIVER, "{advisory}");
+    // The first delivery was handed back for another try; only the final one was given up.
+    let naked = r#"audit_consumer_events_total{outcome="naked",kind="structured"}"#;
+    assert_eq!(failing.metric(naked).await?, 1.0);
+    assert_eq!(failing.metric(terminated).await?, 1.0);
+    let stderr = failing.stderr();
+    assert!(
+        stderr.contains("final delivery")
+            && stderr.contains(&format!("stream_sequence={}", sequences["doomed-0"])),
+        "{stderr}"
+    );
     Ok(())
 }
 

@@ -12,10 +12,19 @@
 //! object, so a burst of advisories costs one or two reconciliations. The stream carries the
 //! AuditConsumer's name as object metadata because the controller takes a stream of objects
 //! with its stable API; a stream of references needs a kube-runtime feature marked unstable.
+//!
+//! A subscription can be refused: NATS then answers the `SUB` only with an asynchronous
+//! permissions violation, and no advisory ever arrives. The pool passes those refusals on; the
+//! registry marks the watch, wakes the AuditConsumer so that its status and a Warning Event
+//! say what permission to grant, and subscribes again now and then (a granted permission does
+//! not revive a refused subscription). A refusal stands until a later subscription has gone
+//! unanswered for [`ANSWER_WITHIN`]: the server's refusal follows a `SUB` within a round trip,
+//! and nothing ever confirms a subscription that was accepted.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    time::{Duration, Instant},
 };
 
 use async_nats::{Client, Statistics, Subscriber};
@@ -28,14 +37,25 @@ use kube::{
     runtime::reflector::ObjectRef,
 };
 use serde::Deserialize;
-use tokio::task::JoinHandle;
+use tokio::{sync::oneshot, task::JoinHandle};
 use tracing::{debug, warn};
 
 use super::Guarded;
 use crate::{
     crd::consumer::{AuditConsumer, AuditConsumerStatus},
     error::{Error, Result},
+    nats_pool::SubscriptionRefused,
 };
+
+/// Reason of the `MaxDeliveriesCounted` condition and of the Warning Event when NATS refused
+/// the subscription.
+pub const SUBSCRIPTION_DENIED: &str = "AdvisorySubscriptionDenied";
+/// How long after a `SUB` a refusal is still to be expected; ample for one round trip.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+/// How often a refused subscription is tried again: at the reconciliations (every
+/// `--requeue-interval`, or sooner when woken) at least this long after the last try. It
+/// bounds the retries when reconciliations come often; the refusal itself wakes one.
+pub const RETRY_REFUSED_AFTER: Duration = Duration::from_secs(10);
 
 /// The subject NATS publishes on when an event of `durable` on `stream` reaches max deliver.
 pub fn advisory_subject(stream: &str, durable: &str) -> String {
@@ -132,6 +152,67 @@ pub fn warning(new: u64, recorded: Recorded, max_deliver: i64, stream: &str) -> 
     )
 }
 
+/// The server's refusal of one of a watch's subscriptions.
+#[derive(Clone, Debug)]
+struct Refusal {
+    message: String,
+    received_at: Instant,
+}
+
+/// The refusal that still stands for a subscription sent at `subscribed_at`: one received
+/// since, or an earlier one while the new subscription may still be refused.
+fn standing(subscribed_at: Instant, refusal: Option<&Refusal>, now: Instant) -> Option<&Refusal> {
+    refusal.filter(|refusal| {
+        refusal.received_at >= subscribed_at
+            || now.saturating_duration_since(subscribed_at) < ANSWER_WITHIN
+    })
+}
+
+/// Whether the operator hears an AuditConsumer's advisories, as far as the server said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listening {
+    /// Subscribed to `subject`, and not refused.
+    Subscribed { subject: String },
+    /// The server refused the subscription to `subject`, in `message`.
+    Refused { subject: String, message: String },
+}
+
+/// Status, reason and message of the `MaxDeliveriesCounted` condition.
+pub fn counting_condition(listening: &Listening) -> (&'static str, &'static str, String) {
+    match listening {
+        Listening::Subscribed { subject } => (
+            "True",
+            "AdvisoriesSubscribed",
+            format!(
+                "counting the events that reach maxDeliver from NATS's advisories on {subject}"
+            ),
+        ),
+        Listening::Refused { subject, message } => (
+            "False",
+            SUBSCRIPTION_DENIED,
+            format!(
+                "NATS refused the operator's subscription to the max-deliveries advisories ({message}), \
+                 so events that reach maxDeliver are not counted in status.maxDeliveriesReached nor reported \
+                 in MaxDeliveriesReached Events; the consumer itself works. Grant the operator's NATS user \
+                 permission to subscribe to $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.> (or to {subject}); \
+                 the operator subscribes again at its next periodic check"
+            ),
+        ),
+    }
+}
+
+/// Whether `status` already reports a refused subscription: the Warning Event goes out when
+/// the condition turns False, not at every reconciliation while it stays so.
+pub fn refusal_reported(status: Option<&AuditConsumerStatus>) -> bool {
+    status.is_some_and(|status| {
+        status.conditions.iter().any(|c| {
+            c.type_ == super::status::MAX_DELIVERIES_COUNTED
+                && c.status == "False"
+                && c.reason == SUBSCRIPTION_DENIED
+        })
+    })
+}
+
 /// One AuditConsumer's subscription and counts.
 struct Watch {
     subject: String,
@@ -144,6 +225,18 @@ struct Watch {
     /// How much of `tally.count` is in a written status.
     reported: u64,
     written: Option<Recorded>,
+    /// When the current subscription was sent.
+    subscribed_at: Instant,
+    /// The latest refusal of one of this watch's subscriptions.
+    refusal: Option<Refusal>,
+    /// The AuditConsumer to wake.
+    advised: Advised,
+}
+
+impl Watch {
+    fn standing_refusal(&self, now: Instant) -> Option<&Refusal> {
+        standing(self.subscribed_at, self.refusal.as_ref(), now)
+    }
 }
 
 impl Drop for Watch {
@@ -155,25 +248,46 @@ impl Drop for Watch {
 /// Names the AuditConsumer an advisory was about.
 pub type Advised = PartialObjectMeta<AuditConsumer>;
 
+type Watches = Mutex<HashMap<ObjectRef<Guarded>, Watch>>;
+
 /// The subscriptions of every AuditConsumer with a `maxDeliver`, keyed by namespace/name.
 pub struct MaxDeliveries {
-    watches: Mutex<HashMap<ObjectRef<Guarded>, Watch>>,
+    watches: Arc<Watches>,
     wake: UnboundedSender<Advised>,
+    /// Marks the watches whose subscriptions the servers refuse.
+    refusals: JoinHandle<()>,
+}
+
+impl Drop for MaxDeliveries {
+    fn drop(&mut self) {
+        self.refusals.abort();
+    }
 }
 
 impl MaxDeliveries {
-    /// The registry, and the stream of AuditConsumers to reconcile because advisories arrived.
-    pub fn new() -> (Self, impl Stream<Item = Advised> + Send + 'static) {
+    /// The registry, taking note of `refusals`, and the stream of AuditConsumers to reconcile
+    /// because advisories or refusals arrived.
+    pub fn new(
+        refusals: impl Stream<Item = SubscriptionRefused> + Send + 'static,
+    ) -> (Self, impl Stream<Item = Advised> + Send + 'static) {
         let (wake, woken) = unbounded();
+        let watches = Arc::<Watches>::default();
+        let refusals = tokio::spawn(mark_refusals(
+            refusals,
+            Arc::downgrade(&watches),
+            wake.clone(),
+        ));
         let registry = Self {
-            watches: Mutex::default(),
+            watches,
             wake,
+            refusals,
         };
         (registry, woken)
     }
 
     /// Makes sure `key` listens to `subject` on `client`'s connection: subscribes unless a
-    /// subscription exists there whose task still runs. Counts carry over a re-subscription.
+    /// subscription exists there whose task still runs and that was not refused lately.
+    /// Counts, and a refusal until a new subscription proves it stale, carry over.
     pub async fn watch(
         &self,
         key: &ObjectRef<Guarded>,
@@ -181,25 +295,63 @@ impl MaxDeliveries {
         subject: String,
     ) -> Result<()> {
         let connection = client.statistics();
-        let tally = {
-            let watches = self.lock();
-            match watches.get(key) {
-                Some(watch)
-                    if watch.subject == subject
-                        && Arc::ptr_eq(&watch.connection, &connection)
-                        && !watch.task.is_finished() =>
-                {
-                    return Ok(());
-                }
-                Some(watch) => watch.tally.clone(),
-                None => Arc::default(),
+        let now = Instant::now();
+        let advised = ObjectMeta {
+            name: Some(key.name.clone()),
+            namespace: key.namespace.clone(),
+            ..ObjectMeta::default()
+        }
+        .into_request_partial();
+        let (handover, subscribed) = oneshot::channel();
+        let retrying = {
+            let mut watches = self.lock();
+            let previous = watches.get(key);
+            if let Some(watch) = previous
+                && watch.subject == subject
+                && Arc::ptr_eq(&watch.connection, &connection)
+                && !watch.task.is_finished()
+                && !watch.standing_refusal(now).is_some_and(|_| {
+                    now.saturating_duration_since(watch.subscribed_at) >= RETRY_REFUSED_AFTER
+                })
+            {
+                return Ok(());
             }
+            let refusal = previous.and_then(|watch| {
+                watch
+                    .standing_refusal(now)
+                    .filter(|_| watch.subject == subject)
+                    .cloned()
+            });
+            let tally = previous.map_or_else(Arc::default, |watch| watch.tally.clone());
+            let watch = Watch {
+                subject: subject.clone(),
+                connection,
+                task: tokio::spawn(count(
+                    subscribed,
+                    tally.clone(),
+                    self.wake.clone(),
+                    advised.clone(),
+                )),
+                tally,
+                reported: previous.map_or(0, |watch| watch.reported),
+                written: previous.and_then(|watch| watch.written),
+                subscribed_at: now,
+                refusal,
+                advised: advised.clone(),
+            };
+            let retrying = watch.refusal.is_some();
+            // Registered before the `SUB` goes out, so that a refusal, however quick, finds
+            // it. This drops the previous watch, whose subscription ends.
+            watches.insert(key.clone(), watch);
+            retrying
         };
         let failed = |e: &dyn std::fmt::Display| {
             Error::JetStreamRequest(format!(
                 "cannot subscribe to the max-deliveries advisories ({subject}): {e}"
             ))
         };
+        // On failure the counting task ends without a subscription, which the next
+        // reconciliation sees and subscribes again.
         let subscriber = client
             .subscribe(subject.clone())
             .await
@@ -207,28 +359,32 @@ impl MaxDeliveries {
         // Out on the wire before the reconciliation reports the consumer ready, rather than
         // whenever the connection's writer gets to it.
         client.flush().await.map_err(|e| failed(&e))?;
+        let _ = handover.send(subscriber);
         debug!(%subject, object = %key, "listening for max-deliveries advisories");
-        let advised = ObjectMeta {
-            name: Some(key.name.clone()),
-            namespace: key.namespace.clone(),
-            ..ObjectMeta::default()
+        if retrying {
+            // Look again once the server had time to refuse this try, so that a granted
+            // permission shows without waiting for the next periodic check.
+            let wake = self.wake.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ANSWER_WITHIN).await;
+                let _ = wake.unbounded_send(advised);
+            });
         }
-        .into_request_partial();
-        let task = tokio::spawn(count(subscriber, tally.clone(), self.wake.clone(), advised));
-        let mut watches = self.lock();
-        let previous = watches.remove(key);
-        watches.insert(
-            key.clone(),
-            Watch {
-                subject,
-                connection,
-                task,
-                tally,
-                reported: previous.as_ref().map_or(0, |w| w.reported),
-                written: previous.as_ref().and_then(|w| w.written),
-            },
-        );
         Ok(())
+    }
+
+    /// Whether `key`'s advisories are heard; `None` without a subscription.
+    pub fn listening(&self, key: &ObjectRef<Guarded>) -> Option<Listening> {
+        let watches = self.lock();
+        let watch = watches.get(key)?;
+        let subject = watch.subject.clone();
+        Some(match watch.standing_refusal(Instant::now()) {
+            Some(refusal) => Listening::Refused {
+                subject,
+                message: refusal.message.clone(),
+            },
+            None => Listening::Subscribed { subject },
+        })
     }
 
     /// Stops listening for `key` (its `maxDeliver` was removed, or it is being deleted).
@@ -266,13 +422,47 @@ impl MaxDeliveries {
     }
 }
 
-/// Counts advisories until the subscription ends (its connection closed).
+/// Marks the watches whose subscription a server refused, and wakes their AuditConsumers.
+async fn mark_refusals(
+    refusals: impl Stream<Item = SubscriptionRefused>,
+    watches: Weak<Watches>,
+    wake: UnboundedSender<Advised>,
+) {
+    let mut refusals = std::pin::pin!(refusals);
+    while let Some(refusal) = refusals.next().await {
+        let Some(watches) = watches.upgrade() else {
+            return;
+        };
+        let mut watches = lock(&watches);
+        let refused = watches.iter_mut().filter(|(_, watch)| {
+            watch.subject == refusal.subject && Arc::ptr_eq(&watch.connection, &refusal.connection)
+        });
+        for (key, watch) in refused {
+            // Every retry is refused again until the permission is granted: say it once.
+            if watch.standing_refusal(Instant::now()).is_none() {
+                warn!(object = %key, subject = %refusal.subject, message = %refusal.message, "NATS refused the subscription to the max-deliveries advisories");
+            } else {
+                debug!(object = %key, subject = %refusal.subject, "NATS refused the subscription to the max-deliveries advisories again");
+            }
+            watch.refusal = Some(Refusal {
+                message: refusal.message.clone(),
+                received_at: Instant::now(),
+            });
+            let _ = wake.unbounded_send(watch.advised.clone());
+        }
+    }
+}
+
+/// Counts advisories once subscribed, until the subscription ends (its connection closed).
 async fn count(
-    mut subscriber: Subscriber,
+    subscribed: oneshot::Receiver<Subscriber>,
     tally: Arc<Mutex<Tally>>,
     wake: UnboundedSender<Advised>,
     advised: Advised,
 ) {
+    let Ok(mut subscriber) = subscribed.await else {
+        return;
+    };
     let key = format!(
         "{}/{}",
         advised.metadata.namespace.as_deref().unwrap_or_default(),
@@ -430,5 +620,53 @@ mod tests {
         ] {
             assert!(text.contains(part), "{part:?} missing from {text}");
         }
+    }
+
+    #[test]
+    fn a_refusal_stands_until_a_later_subscription_goes_unanswered() {
+        let subscribed = Instant::now();
+        let later = |seconds: u64| subscribed + Duration::from_secs(seconds);
+        let refusal = |received_at| Refusal {
+            message: "Permissions Violation".into(),
+            received_at,
+        };
+        let answer = refusal(later(0));
+        assert!(
+            standing(subscribed, Some(&answer), later(3600)).is_some(),
+            "a refusal of the current subscription stands however old"
+        );
+        let earlier = refusal(subscribed - Duration::from_secs(60));
+        assert!(
+            standing(subscribed, Some(&earlier), later(1)).is_some(),
+            "the new subscription may still be refused"
+        );
+        assert!(
+            standing(subscribed, Some(&earlier), subscribed + ANSWER_WITHIN).is_none(),
+            "no refusal of the new subscription came: the permission was granted"
+        );
+        assert!(standing(subscribed, None, later(1)).is_none());
+    }
+
+    #[test]
+    fn a_refusal_says_which_permission_to_grant_and_that_the_consumer_works() {
+        let subject = advisory_subject("ORDERS", "reader");
+        let (status, reason, message) = counting_condition(&Listening::Refused {
+            subject: subject.clone(),
+            message: format!("Permissions Violation for Subscription to \"{subject}\""),
+        });
+        assert_eq!((status, reason), ("False", "AdvisorySubscriptionDenied"));
+        for part in [
+            "Permissions Violation for Subscription",
+            "subscribe to $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
+            "not counted in status.maxDeliveriesReached",
+            "the consumer itself works",
+        ] {
+            assert!(message.contains(part), "{part:?} missing from {message}");
+        }
+        let (status, reason, message) = counting_condition(&Listening::Subscribed {
+            subject: subject.clone(),
+        });
+        assert_eq!((status, reason), ("True", "AdvisoriesSubscribed"));
+        assert!(message.contains(&subject), "{message}");
     }
 }

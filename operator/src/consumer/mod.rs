@@ -6,7 +6,8 @@
 //! Besides AuditConsumers it watches the objects it owns (a deleted or hand-edited Deployment
 //! is put back at once), the AuditStreams (a stream turning Ready requeues its consumers) and
 //! Secrets (a rotated credential rolls the pods that mount it). An AuditConsumer with a
-//! `maxDeliver` is also woken by NATS's advisories about events that reached it.
+//! `maxDeliver` is also woken by NATS's advisories about events that reached it, and by the
+//! server refusing the operator's subscription to them.
 
 pub mod apply;
 pub mod build;
@@ -44,8 +45,8 @@ use tracing::{info, warn};
 use self::{
     apply::{Change, Deletion},
     build::{WorkloadInputs, nats_consumer, workload_name},
-    max_deliveries::MaxDeliveries,
-    status::{Report, Stage},
+    max_deliveries::{Listening, MaxDeliveries},
+    status::{Advisories, Report, Stage},
 };
 use crate::{
     ControllerHooks,
@@ -107,7 +108,7 @@ pub async fn run(
 
     let by_stream = consumer_store.clone();
     let by_secret = consumer_store;
-    let (max_deliveries, advised) = MaxDeliveries::new();
+    let (max_deliveries, advised) = MaxDeliveries::new(pool.subscription_refusals());
     let reconnected = crate::triggers::reconnected::<AuditConsumer>(&pool);
     let context = Arc::new(Context {
         client: client.clone(),
@@ -350,21 +351,30 @@ fn jetstream_of(
 
 async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
     let result = pipeline(consumer, ctx).await;
+    let key = object_ref(consumer);
+    let advisories = match consumer.spec.max_deliver {
+        None => Advisories::NotWanted,
+        Some(_) => ctx
+            .max_deliveries
+            .listening(&key)
+            .map_or(Advisories::Unknown, Advisories::Known),
+    };
     let report = match &result {
         Ok(done) => Report {
             stream_name: Some(done.stream_name.clone()),
             consumer: Some(&done.info),
             workload: Some(&done.deployment),
             failure: None,
+            advisories: advisories.clone(),
         },
         Err((stage, stream_name, error)) => Report {
             stream_name: stream_name.clone(),
             failure: Some((*stage, error)),
+            advisories: advisories.clone(),
             ..Report::default()
         },
     };
     let mut status = status::desired_status(consumer, &report, &Time(Timestamp::now()));
-    let key = object_ref(consumer);
     let unreported = ctx.max_deliveries.unreported(&key);
     let recorded = unreported.map(|u| max_deliveries::fold_into(&mut status, &u));
     // The Events go out even when the status write fails, so that failure cannot hide them.
@@ -375,6 +385,21 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
     };
     let reference = consumer.object_ref(&());
     let durable = consumer.durable_name();
+    if let Advisories::Known(refused @ Listening::Refused { .. }) = &advisories
+        && !max_deliveries::refusal_reported(consumer.status.as_ref())
+    {
+        let (_, reason, note) = max_deliveries::counting_condition(refused);
+        warn!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason, "{note}");
+        report::publish(
+            &ctx.recorder,
+            &reference,
+            EventType::Warning,
+            reason,
+            "Apply",
+            note,
+        )
+        .await;
+    }
     if let (Some(unreported), Some(recorded)) = (unreported, recorded) {
         ctx.max_deliveries.reported(&key, &unreported, recorded);
         if unreported.new.count > 0 {

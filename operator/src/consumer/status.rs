@@ -1,6 +1,7 @@
 //! Pipeline step 5 (pure): the status an AuditConsumer should have after a reconciliation:
-//! kstatus conditions, one detail condition per stage (stream, consumer, workload), replicas
-//! for the scale subresource, and the durable consumer's live state. The caller writes it only
+//! kstatus conditions, one detail condition per stage (stream, consumer, workload) and, with a
+//! `maxDeliver`, whether the operator hears NATS's max-deliveries advisories; replicas for the
+//! scale subresource, and the durable consumer's live state. The caller writes it only
 //! when it differs from the current status, and unchanged conditions keep their timestamps.
 
 use async_nats::jetstream::consumer::Info;
@@ -9,7 +10,10 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
 
-use super::build::selector_string;
+use super::{
+    build::selector_string,
+    max_deliveries::{Listening, counting_condition},
+};
 use crate::{
     conditions::{self, Outcome, Phase},
     crd::consumer::{AuditConsumer, AuditConsumerStatus},
@@ -19,6 +23,22 @@ use crate::{
 pub const STREAM_READY: &str = "StreamReady";
 pub const CONSUMER_READY: &str = "ConsumerReady";
 pub const WORKLOAD_AVAILABLE: &str = "WorkloadAvailable";
+/// Whether events that reach `maxDeliver` are counted. Not part of `Ready`: without it the
+/// consumer and its pods work all the same; only the operator's count of the events NATS gave
+/// up on is blind, which this condition and a Warning Event say, with what to grant.
+pub const MAX_DELIVERIES_COUNTED: &str = "MaxDeliveriesCounted";
+
+/// What a reconciliation knows of the max-deliveries advisories.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Advisories {
+    /// No `maxDeliver`: nothing to listen for, and no condition.
+    NotWanted,
+    /// Not known this time (not subscribed yet): the condition stays as it was.
+    #[default]
+    Unknown,
+    /// What the subscription's server said.
+    Known(Listening),
+}
 
 /// The pipeline stage a reconciliation reached or failed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +59,7 @@ pub struct Report<'a> {
     pub workload: Option<&'a Deployment>,
     /// Where and why the reconciliation stopped, if it did.
     pub failure: Option<(Stage, &'a Error)>,
+    pub advisories: Advisories,
 }
 
 pub fn desired_status(
@@ -117,7 +138,7 @@ pub fn desired_status(
     let others: Vec<Condition> = previous
         .conditions
         .iter()
-        .filter(|c| !DETAILS.contains(&c.type_.as_str()))
+        .filter(|c| !DETAILS.contains(&c.type_.as_str()) && c.type_ != MAX_DELIVERIES_COUNTED)
         .cloned()
         .collect();
     let mut conditions = conditions::kstatus(&others, generation, &outcome, now);
@@ -133,6 +154,28 @@ pub fn desired_status(
             generation,
             now,
         ));
+    }
+    match &report.advisories {
+        Advisories::NotWanted => {}
+        Advisories::Unknown => conditions.extend(
+            previous
+                .conditions
+                .iter()
+                .find(|c| c.type_ == MAX_DELIVERIES_COUNTED)
+                .cloned(),
+        ),
+        Advisories::Known(listening) => {
+            let (status, reason, message) = counting_condition(listening);
+            conditions.push(detail_condition(
+                &previous.conditions,
+                MAX_DELIVERIES_COUNTED,
+                status,
+                reason.to_owned(),
+                message,
+                generation,
+                now,
+            ));
+        }
     }
 
     let mut status = AuditConsumerStatus {
@@ -280,6 +323,7 @@ mod tests {
             consumer: Some(&info),
             workload: Some(&workload),
             failure: None,
+            advisories: Advisories::NotWanted,
         };
         let status = desired_status(&consumer(MINIMAL), &report, &at(1));
         assert_eq!(find(&status, READY).reason, "WorkloadProgressing");
@@ -295,9 +339,64 @@ mod tests {
             consumer: Some(&info),
             workload: Some(&workload),
             failure: None,
+            advisories: Advisories::NotWanted,
         };
         let status = desired_status(&consumer(MINIMAL), &report, &at(1));
         assert_eq!(find(&status, READY).reason, "WorkloadProgressing");
+    }
+
+    #[test]
+    fn a_refused_advisory_subscription_shows_without_touching_ready() {
+        let info = info(0, 0);
+        let workload = deployment(1);
+        let subject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.orders_audit.orders_reader";
+        let report = |advisories| Report {
+            stream_name: Some("orders_audit".into()),
+            consumer: Some(&info),
+            workload: Some(&workload),
+            failure: None,
+            advisories,
+        };
+        let refused = Advisories::Known(Listening::Refused {
+            subject: subject.into(),
+            message: format!("Permissions Violation for Subscription to \"{subject}\""),
+        });
+        let mut resource = consumer(MINIMAL);
+        let status = desired_status(&resource, &report(refused.clone()), &at(1));
+        assert_eq!(find(&status, READY).status, "True");
+        let counted = find(&status, MAX_DELIVERIES_COUNTED);
+        assert_eq!(
+            (counted.status.as_str(), counted.reason.as_str()),
+            ("False", "AdvisorySubscriptionDenied")
+        );
+        resource.status = Some(status);
+
+        let unknown = desired_status(&resource, &report(Advisories::Unknown), &at(2));
+        assert_eq!(Some(&unknown), resource.status.as_ref(), "kept as it was");
+        let again = desired_status(&resource, &report(refused), &at(3));
+        assert_eq!(
+            Some(&again),
+            resource.status.as_ref(),
+            "no change, no write"
+        );
+
+        let granted = Advisories::Known(Listening::Subscribed {
+            subject: subject.into(),
+        });
+        let status = desired_status(&resource, &report(granted), &at(4));
+        let counted = find(&status, MAX_DELIVERIES_COUNTED);
+        assert_eq!(counted.status, "True");
+        assert_eq!(counted.last_transition_time, at(4));
+        resource.status = Some(status);
+
+        let removed = desired_status(&resource, &report(Advisories::NotWanted), &at(5));
+        assert!(
+            removed
+                .conditions
+                .iter()
+                .all(|c| c.type_ != MAX_DELIVERIES_COUNTED),
+            "maxDeliver was removed: {removed:?}"
+        );
     }
 
     fn find<'a>(status: &'a AuditConsumerStatus, type_: &str) -> &'a Condition {
@@ -313,6 +412,7 @@ mod tests {
             consumer: Some(&info),
             workload: Some(&workload),
             failure: None,
+            advisories: Advisories::NotWanted,
         };
         let status = desired_status(&consumer(MINIMAL), &report, &at(1));
         assert_eq!(find(&status, READY).status, "True");
@@ -336,6 +436,7 @@ mod tests {
             consumer: Some(&info),
             workload: Some(&workload),
             failure: None,
+            advisories: Advisories::NotWanted,
         };
         let status = desired_status(&consumer(MINIMAL), &report, &at(1));
         assert_eq!(find(&status, READY).status, "False");
@@ -370,6 +471,7 @@ mod tests {
             consumer: Some(&info),
             workload: Some(&workload),
             failure: None,
+            advisories: Advisories::NotWanted,
         };
         let mut resource = consumer(MINIMAL);
         resource.status = Some(desired_status(&resource, &report, &at(1)));
@@ -386,6 +488,7 @@ mod tests {
             consumer: Some(&info),
             workload: Some(&workload),
             failure: None,
+            advisories: Advisories::NotWanted,
         };
         let mut resource = consumer(MINIMAL);
         resource.status = Some(desired_status(&resource, &ok, &at(1)));

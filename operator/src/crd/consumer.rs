@@ -159,7 +159,9 @@ pub struct AuditConsumerSpec {
     /// (the default): an audit event must not be dropped after failed writes. Events that
     /// reach a limit stay in the stream but are no longer delivered; the operator counts them
     /// in `status.maxDeliveriesReached` and reports them in a `MaxDeliveriesReached` Warning
-    /// Event.
+    /// Event, from NATS's advisories, which its NATS user needs permission to subscribe to
+    /// (`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>`; the condition `MaxDeliveriesCounted`
+    /// says whether it has).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_deliver: Option<i64>,
@@ -380,7 +382,10 @@ pub struct AuditConsumerStatus {
 
     /// `Ready`, `Reconciling` and `Stalled` (kstatus), and the details: `StreamReady` (the
     /// AuditStream is Ready), `ConsumerReady` (the durable consumer exists on NATS as
-    /// declared) and `WorkloadAvailable` (every desired pod is ready).
+    /// declared) and `WorkloadAvailable` (every desired pod is ready). With `maxDeliver`, also
+    /// `MaxDeliveriesCounted`: whether the operator hears NATS's max-deliveries advisories
+    /// (False with reason `AdvisorySubscriptionDenied` when NATS refuses its subscription;
+    /// not part of `Ready`, as the consumer works all the same).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -25,6 +25,16 @@ pub async fn create_stream_and_consumer(
     consumer_name: &str,
     ack_wait: Duration,
 ) -> anyhow::Result<()> {
+    create_stream_and_limited_consumer(js, consumer_name, ack_wait, 0).await
+}
+
+/// [`create_stream_and_consumer`] with a `max_deliver` limit (0 for none).
+pub async fn create_stream_and_limited_consumer(
+    js: &jetstream::Context,
+    consumer_name: &str,
+    ack_wait: Duration,
+    max_deliver: i64,
+) -> anyhow::Result<()> {
     let stream = js
         .get_or_create_stream(stream::Config {
             name: STREAM.into(),
@@ -37,6 +47,7 @@ pub async fn create_stream_and_consumer(
             durable_name: Some(consumer_name.into()),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait,
+            max_deliver,
             ..Default::default()
         })
         .await?;
