@@ -57,6 +57,16 @@ crds: ## Regenerate crds/ and the Helm chart's copy from the Rust types.
 	mkdir -p deploy/helm/audit-operator/crds
 	$(CARGO) run --quiet --locked --bin audit-operator -- crd --output-dir deploy/helm/audit-operator/crds
 
+.PHONY: argocd-cm
+argocd-cm: ## Regenerate deploy/argocd/argocd-cm.yaml from deploy/argocd/health.lua.
+	bash hack/argocd-cm.sh > deploy/argocd/argocd-cm.yaml
+
+.PHONY: health-fixtures
+health-fixtures: ## Recapture tests/fixtures/health/ (status objects the operator writes) on the test servers.
+	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	$(CARGO) build --workspace --bins --locked; \
+	AUDIT_TESTENV_BIN="$$bin_dir" AUDIT_UPDATE_FIXTURES=1 $(CARGO) test --locked -p audit-tests --test deploy_health the_fixtures_are_what_the_operator_writes
+
 .PHONY: bench-consumer
 bench-consumer: ## Consumer benchmarks (criterion + throughput against a real nats-server).
 	bash hack/bench-consumer.sh

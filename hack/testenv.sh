@@ -3,10 +3,13 @@
 # - the binaries (nats-server, etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 #   kubelet, kube-proxy, kubectl, helm), built from the Go module proxy at the versions pinned
 #   in hack/testenv.versions into a cache outside the repository keyed by version;
+# - the deployment checkers, built the same way into the same directory: promtool (alerting
+#   rules), kube-score (manifest lint) and hack/kstatus (Flux's kstatus verdict on an object);
 # - from Debian packages, installed when missing: the real node's container runtime
-#   (containerd, runc, the CNI plugins, podman, iptables, conntrack) and shellcheck. That
-#   needs root; without it the script says what is missing and goes on, and only the tests
-#   and the demo that run real containers are affected (they say so).
+#   (containerd, runc, the CNI plugins, podman, iptables, conntrack), shellcheck, and lua5.1
+#   (Argo CD's health checks run in a Lua 5.1 VM). That needs root; without it the script
+#   says what is missing and goes on, and only the tests that need them are affected (they
+#   say so).
 #
 # A rerun with a warm cache costs no build. Every binary is built into a temporary
 # directory and moved into place only when the build succeeded, so an interrupted or failed
@@ -35,11 +38,15 @@ export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -trimpath" CGO_ENABLED=0
 
 log() { echo "testenv: $*" >&2; }
 
-# install_binary NAME BUILD_COMMAND: runs BUILD_COMMAND with the target path as its last
-# argument in a private temporary directory, then publishes the result atomically.
+# install_binary NAME BUILD_COMMAND [VERSION]: runs BUILD_COMMAND with the target path as its
+# last argument in a private temporary directory, then publishes the result atomically.
+# A VERSION is for binaries outside the directory's key (the checkers): it is recorded
+# beside the binary, written last, and a binary recorded with another version is rebuilt,
+# so adding or bumping a checker rebuilds only that checker.
 install_binary() {
-  local name=$1 build=$2
-  if [[ -x "$bin_dir/$name" ]]; then
+  local name=$1 build=$2 version=${3:-}
+  local stamp="$bin_dir/.$name.version"
+  if [[ -x "$bin_dir/$name" ]] && { [[ -z $version ]] || [[ $(cat "$stamp" 2>/dev/null) == "$version" ]]; }; then
     log "$name: cached"
     return
   fi
@@ -58,6 +65,10 @@ install_binary() {
   fi
   mv -f "$scratch/$name" "$bin_dir/$name.partial"
   mv -f "$bin_dir/$name.partial" "$bin_dir/$name"
+  if [[ -n $version ]]; then
+    echo "$version" >"$stamp.partial"
+    mv -f "$stamp.partial" "$stamp"
+  fi
   rm -rf "$scratch"
   trap - EXIT
   log "$name: built in $((SECONDS - started))s"
@@ -71,6 +82,26 @@ build_nats_server() {
 build_helm() {
   GOBIN="$PWD/gobin" go install "helm.sh/helm/v3/cmd/helm@${HELM}"
   mv gobin/helm "$1"
+}
+
+build_promtool() {
+  GOBIN="$PWD/gobin" go install "github.com/prometheus/prometheus/cmd/promtool@${PROMTOOL}"
+  mv gobin/promtool "$1"
+}
+
+build_kube_score() {
+  GOBIN="$PWD/gobin" go install "github.com/zegl/kube-score/cmd/kube-score@${KUBE_SCORE}"
+  mv gobin/kube-score "$1"
+}
+
+# The project's own small program on Flux's kstatus library: a throwaway module requires the
+# library at its pinned version, and -mod=mod resolves the program's other imports to the
+# versions that library's go.mod selects, never to whatever is newest.
+build_kstatus() {
+  go mod init testenv.local/kstatus
+  cp "$here/kstatus/main.go" .
+  go get "github.com/fluxcd/cli-utils@${FLUX_CLI_UTILS}"
+  go build -mod=mod -o "$1" .
 }
 
 # etcd's server module carries replace directives, so `go install` refuses it; a throwaway
@@ -118,8 +149,8 @@ build_kubernetes_command() {
   go build -ldflags "$(kubernetes_ldflags)" -o "$2" "k8s.io/kubernetes/cmd/$1"
 }
 
-# The real node's runtime and the shell linter come from Debian: these commands, and the
-# package of each.
+# The real node's runtime, the shell linter and the Lua interpreter come from Debian: these
+# commands, and the package of each.
 declare -A debian_packages=(
   [containerd]=containerd
   [runc]=runc
@@ -128,6 +159,7 @@ declare -A debian_packages=(
   [iptables]=iptables
   [conntrack]=conntrack
   [shellcheck]=shellcheck
+  [lua5.1]=lua5.1
 )
 
 install_debian_packages() {
@@ -158,6 +190,10 @@ for command in "${kubernetes_commands[@]}"; do
   install_binary "$command" "build_kubernetes_command $command"
 done
 install_binary helm build_helm
+install_binary promtool build_promtool "$PROMTOOL"
+install_binary kube-score build_kube_score "$KUBE_SCORE"
+# The program's source is part of its version: an edit rebuilds it.
+install_binary kstatus build_kstatus "${FLUX_CLI_UTILS}-$(cksum <"$here/kstatus/main.go" | cut -d' ' -f1)"
 install_debian_packages
 
 echo "$bin_dir"
