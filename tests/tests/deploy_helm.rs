@@ -4,7 +4,6 @@
 //! annotated, with the reason, on the objects themselves), and an upgrade from the previous
 //! chart layout that follows the README: CRDs first, then `helm upgrade`.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use audit_tests::kube_env::ControlPlane;
@@ -13,9 +12,10 @@ use audit_tests::tools;
 
 const CHART: &str = "deploy/helm/audit-operator";
 const KUBERNETES_VERSION: &str = "1.36.3";
-/// The last commit with the chart layout before monitoring and the values schema: what an
-/// existing installation runs.
-const PREVIOUS_CHART_COMMIT: &str = "a3a91d9";
+/// The chart as released before monitoring and the values schema (0.1.0, commit a3a91d9):
+/// what an existing installation runs. A copy in the repository, so that the test does not
+/// depend on the clone's history (CI may clone shallow).
+const PREVIOUS_CHART: &str = "tests/fixtures/previous-chart/audit-operator";
 
 fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> String {
     tools::run(tool, args, stdin).unwrap_or_else(|e| panic!("{e:#}"))
@@ -164,30 +164,6 @@ fn kube_score_finds_nothing_in_the_chart_and_the_overlays() {
     }
 }
 
-/// Extracts `deploy/helm/audit-operator` as of `commit` into `into` with git itself.
-fn extract_chart(commit: &str, into: &Path) {
-    let archive = Command::new("git")
-        .args(["archive", "--format=tar", commit, CHART])
-        .current_dir(workspace_root())
-        .output()
-        .expect("running git archive");
-    assert!(
-        archive.status.success(),
-        "git archive {commit} failed (a shallow clone lacks it):\n{}",
-        String::from_utf8_lossy(&archive.stderr)
-    );
-    let mut tar = Command::new("tar")
-        .args(["-x", "-C"])
-        .arg(into)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("running tar");
-    std::io::Write::write_all(tar.stdin.as_mut().expect("stdin is piped"), &archive.stdout)
-        .expect("unpacking the chart");
-    drop(tar.stdin.take());
-    assert!(tar.wait().expect("waiting for tar").success());
-}
-
 /// `kubectl diff --server-side` of `manifests` against the cluster: whether anything differs.
 fn differs(manifests: &str) -> bool {
     let output = tools::output(
@@ -208,10 +184,7 @@ fn differs(manifests: &str) -> bool {
 
 #[tokio::test]
 async fn an_installation_of_the_previous_chart_upgrades_as_documented() -> anyhow::Result<()> {
-    let previous = tempfile::tempdir()?;
-    extract_chart(PREVIOUS_CHART_COMMIT, previous.path());
-    let previous_chart = previous.path().join(CHART);
-    let previous_chart = previous_chart.to_str().expect("a UTF-8 path");
+    let previous_chart = PREVIOUS_CHART;
     let namespace = ControlPlane::shared().create_namespace("upgrade").await?;
 
     run(
