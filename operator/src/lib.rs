@@ -40,8 +40,8 @@ pub struct Telemetry {
 /// How a run of the operator ended other than by the shutdown signal.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("lost the leader Lease {0}; stopping so that only the new leader writes")]
-    LeadershipLost(String),
+    #[error("lost the leader Lease {lease} ({why}); stopping so that only the new leader writes")]
+    LeadershipLost { lease: String, why: leader::Loss },
 }
 
 /// Runs every controller until `shutdown` completes, or, with leader election, from the
@@ -61,21 +61,27 @@ pub async fn run(
     // A standby is healthy and able to take over: ready, so that a rolling update of the
     // operator can proceed while another replica leads.
     telemetry.readiness.set_ready(true);
-    tokio::select! {
-        () = leader::acquire(client.clone(), &lease) => {}
+    let renewed_at = tokio::select! {
+        renewed_at = leader::acquire(client.clone(), &lease) => renewed_at,
         () = shutdown.clone() => return Ok(()),
-    }
+    };
     telemetry.metrics.set_leader(true);
     telemetry.readiness.set_ready(false);
     // On losing the Lease the controllers are dropped at once rather than shut down
     // gracefully: a graceful shutdown waits for in-flight reconciliations, which could still
-    // be writing after a standby has taken over.
+    // be writing after a standby has taken over. Dropping them aborts their tasks, and the
+    // binary exits right after. A graceful shutdown, once every reconciliation is done,
+    // releases the Lease for a standby to take at once.
     tokio::select! {
-        () = run_controllers(client.clone(), options, telemetry.clone(), shutdown) => Ok(()),
-        () = leader::hold_until_lost(client, lease.clone()) => {
+        () = run_controllers(client.clone(), options, telemetry.clone(), shutdown) => {
+            leader::release(client, &lease).await;
+            telemetry.metrics.set_leader(false);
+            Ok(())
+        }
+        why = leader::hold_until_lost(client.clone(), &lease, renewed_at) => {
             telemetry.metrics.set_leader(false);
             telemetry.readiness.set_ready(false);
-            Err(RunError::LeadershipLost(lease.name))
+            Err(RunError::LeadershipLost { lease: lease.name, why })
         }
     }
 }
