@@ -1,9 +1,9 @@
 //! The operator's HTTP listener: `/livez`, `/readyz` and `/metrics` for probes and scrapers.
 //!
 //! Liveness says only that the process and its runtime answer: an unreachable NATS server or
-//! API server must not turn into a restart loop. Readiness turns true once every controller's
-//! watch has delivered its first list, standbys included, so a rolling update of the operator
-//! waits for a replica that could take over at once.
+//! API server must not turn into a restart loop. Readiness turns true once every watch has
+//! delivered its first list, standbys included (they watch too), so a rolling update of the
+//! operator waits for a replica that could take over at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

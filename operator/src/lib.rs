@@ -1,8 +1,8 @@
 //! audit-operator: runs NATS JetStream audit streams and the consumers that drain them as
 //! Kubernetes custom resources.
 //!
-//! [`run`] starts every controller on a given `kube::Client`, so the binary and the
-//! integration tests run exactly the same code.
+//! [`run`] starts the watches and, while this replica leads, every controller on a given
+//! `kube::Client`, so the binary and the integration tests run exactly the same code.
 
 pub mod backoff;
 pub mod cli;
@@ -21,10 +21,13 @@ pub mod options;
 pub mod report;
 pub mod stream;
 pub mod triggers;
+pub mod watches;
 
 use std::sync::Arc;
 
 use kube::runtime::events::{Recorder, Reporter};
+
+use crate::watches::Watches;
 
 pub use options::Options;
 
@@ -41,12 +44,14 @@ pub struct Telemetry {
 /// How a run of the operator ended other than by the shutdown signal.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("lost the leader Lease {0}; stopping so that only the new leader writes")]
-    LeadershipLost(String),
+    #[error("lost the leader Lease {lease} ({why}); stopping so that only the new leader writes")]
+    LeadershipLost { lease: String, why: leader::Loss },
 }
 
-/// Runs every controller until `shutdown` completes, or, with leader election, from the
-/// moment this replica holds the Lease until `shutdown` or until the Lease is lost.
+/// Runs the operator until `shutdown` completes: the watches from the start, the controllers
+/// while this replica leads (always, without leader election). Readiness turns true once every
+/// watch has synced, leader or standby: a standby is as ready to take over as the leader is
+/// to lead. With leader election, a lost Lease ends the run at once with an error.
 pub async fn run(
     client: kube::Client,
     options: Options,
@@ -54,74 +59,68 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), RunError> {
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let Some(lease) = options.leader_election.clone() else {
+    let (watches, watching) = Watches::start(&client, options.namespace.as_deref());
+    let serve = async {
+        tokio::select! {
+            () = watches.synced() => {}
+            () = shutdown.clone() => return Ok(()),
+        }
+        tracing::info!("every watch has synced; ready");
+        telemetry.readiness.set_ready(true);
+        let result = lead(&client, &options, &telemetry, &watches, shutdown).await;
+        telemetry.readiness.set_ready(false);
+        result
+    };
+    tokio::select! {
+        result = serve => result,
+        () = watching => Ok(()),
+    }
+}
+
+/// Runs the controllers while this replica may write: at once without leader election,
+/// otherwise from the moment it holds the Lease until `shutdown` or until the Lease is lost.
+async fn lead(
+    client: &kube::Client,
+    options: &Options,
+    telemetry: &Telemetry,
+    watches: &Watches,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) -> Result<(), RunError> {
+    let Some(lease) = &options.leader_election else {
         telemetry.metrics.set_leader(true);
-        run_controllers(client, options, telemetry, shutdown).await;
+        run_controllers(client, options, telemetry, watches, shutdown).await;
         return Ok(());
     };
-    // A standby is healthy and able to take over: ready, so that a rolling update of the
-    // operator can proceed while another replica leads.
-    telemetry.readiness.set_ready(true);
-    tokio::select! {
-        () = leader::acquire(client.clone(), &lease) => {}
+    let renewed_at = tokio::select! {
+        renewed_at = leader::acquire(client.clone(), lease) => renewed_at,
         () = shutdown.clone() => return Ok(()),
-    }
+    };
     telemetry.metrics.set_leader(true);
-    telemetry.readiness.set_ready(false);
     // On losing the Lease the controllers are dropped at once rather than shut down
     // gracefully: a graceful shutdown waits for in-flight reconciliations, which could still
-    // be writing after a standby has taken over.
+    // be writing after a standby has taken over. Dropping them aborts their tasks, and the
+    // binary exits right after.
     tokio::select! {
-        () = run_controllers(client.clone(), options, telemetry.clone(), shutdown) => Ok(()),
-        () = leader::hold_until_lost(client, lease.clone()) => {
+        () = run_controllers(client, options, telemetry, watches, shutdown) => {
+            leader::release(client.clone(), lease).await;
             telemetry.metrics.set_leader(false);
-            telemetry.readiness.set_ready(false);
-            Err(RunError::LeadershipLost(lease.name))
+            Ok(())
+        }
+        why = leader::hold_until_lost(client.clone(), lease, renewed_at) => {
+            telemetry.metrics.set_leader(false);
+            Err(RunError::LeadershipLost { lease: lease.name.clone(), why })
         }
     }
 }
 
-/// What each controller gets from the operator around it: where to count its reconciliations,
-/// and whom to tell once its watch has delivered the first full list.
-pub struct ControllerHooks {
-    pub metrics: Arc<metrics::Metrics>,
-    synced: tokio::sync::oneshot::Sender<()>,
-}
-
-impl ControllerHooks {
-    /// Reports the controller synced once `store` holds the first complete list.
-    pub fn report_synced_when_ready<K>(self, store: kube::runtime::reflector::Store<K>)
-    where
-        K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
-        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-    {
-        tokio::spawn(async move {
-            // The store's readiness signal wakes only the latest of several waiters, and the
-            // controller itself waits on it too; polling again after a short timeout sees the
-            // value once it is set instead of sleeping forever.
-            loop {
-                let wait = store.wait_until_ready();
-                match tokio::time::timeout(std::time::Duration::from_millis(250), wait).await {
-                    Ok(Ok(())) => {
-                        let _ = self.synced.send(());
-                        return;
-                    }
-                    Ok(Err(_writer_dropped)) => return,
-                    Err(_timed_out) => {}
-                }
-            }
-        });
-    }
-}
-
 /// Runs both controllers until `shutdown`. They share one NATS connection pool, so a stream
-/// and the consumers reading it use one connection. Readiness turns true once both watches
-/// have synced.
+/// and the consumers reading it use one connection; it lives as long as this leadership term.
 async fn run_controllers(
-    client: kube::Client,
-    options: Options,
-    telemetry: Telemetry,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    client: &kube::Client,
+    options: &Options,
+    telemetry: &Telemetry,
+    watches: &Watches,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let pool = Arc::new(nats_pool::NatsPool::new(options.nats_timeout));
     let recorder = Recorder::new(
@@ -131,38 +130,24 @@ async fn run_controllers(
             instance: options.instance.clone(),
         },
     );
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let (stream_synced, stream_synced_rx) = tokio::sync::oneshot::channel();
-    let (consumer_synced, consumer_synced_rx) = tokio::sync::oneshot::channel();
-    let readiness = telemetry.readiness.clone();
-    let report_ready = tokio::spawn(async move {
-        if stream_synced_rx.await.is_ok() && consumer_synced_rx.await.is_ok() {
-            tracing::info!("every watch has synced; ready");
-            readiness.set_ready(true);
-        }
-    });
-    let hooks = |synced| ControllerHooks {
-        metrics: telemetry.metrics.clone(),
-        synced,
-    };
     tokio::join!(
         stream::run(
             client.clone(),
             options.clone(),
             pool.clone(),
             recorder.clone(),
-            hooks(stream_synced),
+            telemetry.metrics.clone(),
+            watches,
             shutdown.clone()
         ),
         consumer::run(
-            client,
-            options,
+            client.clone(),
+            options.clone(),
             pool,
             recorder,
-            hooks(consumer_synced),
+            telemetry.metrics.clone(),
+            watches,
             shutdown
         ),
     );
-    report_ready.abort();
-    telemetry.readiness.set_ready(false);
 }

@@ -53,8 +53,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         telemetry.readiness.clone(),
         telemetry.metrics.clone(),
     ));
-    audit_operator::run(client, args.options(), telemetry, shutdown_signal()).await?;
-    Ok(())
+    match audit_operator::run(client, args.options(), telemetry, shutdown_signal()).await {
+        Ok(()) => Ok(()),
+        Err(lost @ audit_operator::RunError::LeadershipLost { .. }) => {
+            tracing::error!(error = %lost, "exiting");
+            // At once, not through the runtime's shutdown, which waits for blocking tasks and
+            // lets aborted ones run to their next await: nothing of this process may still
+            // write once a standby takes over. The restarted container rejoins as a standby.
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Completes on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.

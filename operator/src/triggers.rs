@@ -7,6 +7,9 @@
 //! when a user changed it (spec: the generation; deletion also bumps the generation) or its
 //! finalizers changed; the periodic requeue refreshes the live state.
 //!
+//! The filters run in the watches ([`crate::watches`]), which outlive leadership terms, so
+//! that they remember every object while standing by too.
+//!
 //! Besides watches, a NATS connection coming back after an outage wakes the resources using
 //! it, so that they recover within moments rather than at the end of their retry backoff.
 
@@ -14,50 +17,18 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use futures::{Stream, StreamExt};
 use kube::{
-    Api, Resource,
+    Resource,
     api::{ObjectMeta, PartialObjectMetaExt},
-    core::DeserializeGuard,
-    runtime::{
-        Predicate, PredicateConfig, WatchStreamExt,
-        predicates::{self},
-        reflector::{self, Store},
-        watcher,
-    },
+    core::{DeserializeGuard, PartialObjectMeta},
+    runtime::{Predicate, predicates, watcher},
 };
-use serde::de::DeserializeOwned;
-
-use k8s_openapi::api::core::v1::Secret;
-use kube::core::PartialObjectMeta;
 
 use crate::{crd::stream::AuditStream, nats_pool::NatsPool};
 
-/// The primary resource's cache and the stream of its objects that should be reconciled.
-pub fn spec_changes<K>(
-    api: Api<K>,
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let trigger = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().any_semantic()),
-    )
-    .applied_objects()
-    .predicate_filter(
-        predicates::generation.combine(predicates::finalizers),
-        PredicateConfig::default(),
-    );
-    (reader, trigger)
+/// What a user changes of a primary resource: its spec (the generation; a deletion bumps it
+/// too) or its finalizers; not its status, which the operator writes.
+pub fn user_changes<K: Resource>() -> impl Predicate<K> {
+    predicates::generation.combine(predicates::finalizers)
 }
 
 /// An AuditStream matters to the consumers reading it when its spec or its readiness changes,
@@ -78,30 +49,6 @@ pub fn stream_generation_and_readiness(stream: &DeserializeGuard<AuditStream>) -
     let mut hasher = DefaultHasher::new();
     (generation, ready).hash(&mut hasher);
     Some(hasher.finish())
-}
-
-/// Changes of Secrets, as metadata only: a change is all the controllers need to know (they
-/// read a referenced Secret when they reconcile), so no Secret's data is held in the
-/// operator's memory for watching's sake.
-pub fn secret_changes(
-    client: &kube::Client,
-    namespace: Option<&str>,
-) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
-    // An Api of PartialObjectMeta makes metadata-only list and watch requests.
-    let api: Api<PartialObjectMeta<Secret>> = match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
-    watcher(api, watcher::Config::default()).touched_objects()
-}
-
-/// AuditStreams, filtered to the changes their consumers care about.
-pub fn stream_readiness_changes(
-    api: Api<DeserializeGuard<AuditStream>>,
-) -> impl Stream<Item = Result<DeserializeGuard<AuditStream>, watcher::Error>> + Send + 'static {
-    watcher(api, watcher::Config::default().any_semantic())
-        .touched_objects()
-        .predicate_filter(stream_generation_and_readiness, PredicateConfig::default())
 }
 
 /// The resources of kind `K` whose pooled NATS connection has just reconnected. They come as

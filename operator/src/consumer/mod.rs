@@ -18,12 +18,10 @@ pub mod validate;
 
 use std::sync::Arc;
 
-use futures::{StreamExt, future};
+use futures::StreamExt;
 use k8s_openapi::{
     api::{
-        apps::v1::Deployment,
-        core::v1::{Secret, ServiceAccount},
-        networking::v1::NetworkPolicy,
+        apps::v1::Deployment, core::v1::Secret, networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -33,11 +31,10 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Action,
         events::{EventType, Recorder},
-        reflector::{self, ObjectRef, Store},
-        watcher,
+        reflector::{ObjectRef, Store},
     },
 };
 use tracing::{info, warn};
@@ -49,7 +46,6 @@ use self::{
     status::{Advisories, Report, Stage},
 };
 use crate::{
-    ControllerHooks,
     backoff::Retries,
     crd::{
         consumer::{AuditConsumer, ConsumerDeletionPolicy},
@@ -62,6 +58,7 @@ use crate::{
     options::Options,
     report,
     stream::dereference::{ResolvedConnection, dereference as resolve_connection},
+    watches::Watches,
 };
 
 /// Finalizer that keeps an AuditConsumer until its durable consumer was deleted or retained.
@@ -81,57 +78,43 @@ pub struct Context {
     max_deliveries: MaxDeliveries,
 }
 
-/// Runs the AuditConsumer controller until `shutdown` completes.
+/// Runs the AuditConsumer controller, fed by `watches`, until `shutdown` completes. It starts
+/// with a pass over every AuditConsumer in the cache: what changed while this replica stood
+/// by reached the cache, but no controller.
 pub async fn run(
     client: Client,
     options: Options,
     pool: Arc<NatsPool>,
     recorder: Recorder,
-    hooks: ControllerHooks,
+    metrics: Arc<Metrics>,
+    watches: &Watches,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let consumers: Api<Guarded> = scoped(&client, &options);
-    let watch = || watcher::Config::default().any_semantic();
-    let (consumer_store, trigger) = crate::triggers::spec_changes(consumers);
-    let controller = Controller::for_stream(trigger, consumer_store.clone());
-    let metrics = hooks.metrics.clone();
-    hooks.report_synced_when_ready(consumer_store.clone());
-
-    // The Secret mapper asks which stream uses a Secret: a cache of AuditStreams answers it.
-    let (stream_store, stream_writer) = reflector::store::<GuardedStream>();
-    let stream_cache = reflector::reflector(
-        stream_writer,
-        watcher(scoped::<GuardedStream>(&client, &options), watch()),
-    )
-    .applied_objects()
-    .for_each(|_| future::ready(()));
-
-    let by_stream = consumer_store.clone();
-    let by_secret = consumer_store;
+    let by_stream = watches.consumers.clone();
+    let by_secret = watches.consumers.clone();
+    let streams = watches.streams.clone();
     let (max_deliveries, advised) = MaxDeliveries::new(pool.subscription_refusals());
     let reconnected = crate::triggers::reconnected::<AuditConsumer>(&pool);
     let context = Arc::new(Context {
-        client: client.clone(),
+        client,
         metrics,
         recorder,
         pool,
         retries: Retries::new(options.retry),
-        options: options.clone(),
+        options,
         max_deliveries,
     });
-    let controller = controller
-        .owns(scoped::<Deployment>(&client, &options), watch())
-        .owns(scoped::<ServiceAccount>(&client, &options), watch())
-        .owns(scoped::<PodDisruptionBudget>(&client, &options), watch())
-        .owns(scoped::<NetworkPolicy>(&client, &options), watch())
-        .watches_stream(
-            crate::triggers::stream_readiness_changes(scoped::<GuardedStream>(&client, &options)),
-            move |stream| consumers_of_stream(&by_stream, &stream.name_any(), stream.namespace()),
-        )
-        .watches_stream(
-            crate::triggers::secret_changes(&client, options.namespace.as_deref()),
-            move |secret| consumers_using_secret(&by_secret, &stream_store, &secret),
-        )
+    Controller::for_stream(watches.consumer_changes.listen(), watches.consumers.clone())
+        .owns_stream(watches.deployments.listen())
+        .owns_stream(watches.service_accounts.listen())
+        .owns_stream(watches.disruption_budgets.listen())
+        .owns_stream(watches.network_policies.listen())
+        .watches_stream(watches.stream_readiness_changes.listen(), move |stream| {
+            consumers_of_stream(&by_stream, &stream.name_any(), stream.namespace())
+        })
+        .watches_stream(watches.secret_changes.listen(), move |secret| {
+            consumers_using_secret(&by_secret, &streams, &secret)
+        })
         .watches_stream(advised.map(Ok), |advised| {
             Some(
                 ObjectRef::new(&advised.name_any())
@@ -144,24 +127,11 @@ pub async fn run(
                     .within(&consumer.namespace().unwrap_or_default()),
             )
         })
+        .reconcile_all_on(futures::stream::once(std::future::ready(())))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
-        .for_each(|outcome| async move { report::log_outcome(outcome) });
-    // The cache of streams only serves the controller: it ends when the controller does.
-    tokio::select! {
-        () = controller => {}
-        () = stream_cache => {}
-    }
-}
-
-fn scoped<K>(client: &Client, options: &Options) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
-{
-    match &options.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
+        .for_each(|outcome| async move { report::log_outcome(outcome) })
+        .await;
 }
 
 /// The AuditConsumers in `namespace` that read AuditStream `stream`.

@@ -29,7 +29,6 @@ use tracing::{info, warn};
 
 use self::apply::{Change, Deletion};
 use crate::{
-    ControllerHooks,
     backoff::Retries,
     crd::stream::{AuditStream, DeletionPolicy},
     error::{Error, Result},
@@ -38,6 +37,7 @@ use crate::{
     nats_pool::{NatsPool, PoolUser},
     options::Options,
     report,
+    watches::Watches,
 };
 
 /// Finalizer that keeps an AuditStream until its stream was deleted or retained.
@@ -58,24 +58,19 @@ pub struct Context {
     metrics: Arc<Metrics>,
 }
 
-/// Runs the AuditStream controller until `shutdown` completes.
+/// Runs the AuditStream controller, fed by `watches`, until `shutdown` completes. It starts
+/// with a pass over every AuditStream in the cache: what changed while this replica stood by
+/// reached the cache, but no controller.
 pub async fn run(
     client: Client,
     options: Options,
     pool: Arc<NatsPool>,
     recorder: Recorder,
-    hooks: ControllerHooks,
+    metrics: Arc<Metrics>,
+    watches: &Watches,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let streams: Api<Guarded> = match &options.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let secret_changes = crate::triggers::secret_changes(&client, options.namespace.as_deref());
-    let (store, trigger) = crate::triggers::spec_changes(streams);
-    let controller = Controller::for_stream(trigger, store.clone());
-    let metrics = hooks.metrics.clone();
-    hooks.report_synced_when_ready(store.clone());
+    let store = watches.streams.clone();
     let reconnected = crate::triggers::reconnected::<AuditStream>(&pool);
     let context = Arc::new(Context {
         client,
@@ -86,13 +81,14 @@ pub async fn run(
         options,
         store: store.clone(),
     });
-    controller
-        .watches_stream(secret_changes, move |secret| {
+    Controller::for_stream(watches.stream_changes.listen(), store.clone())
+        .watches_stream(watches.secret_changes.listen(), move |secret| {
             streams_using_secret(&store, &secret)
         })
         .watches_stream(reconnected, |stream| {
             Some(ObjectRef::new(&stream.name_any()).within(&stream.namespace().unwrap_or_default()))
         })
+        .reconcile_all_on(futures::stream::once(std::future::ready(())))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|outcome| async move { report::log_outcome(outcome) })
