@@ -44,7 +44,7 @@ chaos: ## The long chaos soak on the real node (100,000 events, every fault 3 ti
 	$(CARGO) build --workspace --bins --locked; \
 	AUDIT_TESTENV_BIN="$$bin_dir" AUDIT_IMAGES_DIR="$$images_dir" \
 	AUDIT_CHAOS_EVENTS=$${AUDIT_CHAOS_EVENTS:-100000} AUDIT_CHAOS_RATE=$${AUDIT_CHAOS_RATE:-200} \
-	AUDIT_CHAOS_ROUNDS=$${AUDIT_CHAOS_ROUNDS:-3} AUDIT_CHAOS_REPORT=$${AUDIT_CHAOS_REPORT:-target/chaos-report.md} \
+	AUDIT_CHAOS_ROUNDS=$${AUDIT_CHAOS_ROUNDS:-3} AUDIT_CHAOS_REPORT=$${AUDIT_CHAOS_REPORT:-$(CURDIR)/target/chaos-report.md} \
 	$(CARGO) test --locked -p audit-tests --test node_chaos -- --nocapture
 
 .PHONY: testnode-clean
