@@ -285,8 +285,17 @@ fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
 /// Writes `nanos` since the epoch as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC). Hand-written
 /// because it runs once per event and a general formatter costs more than the whole line.
 fn write_rfc3339(out: &mut Vec<u8>, nanos: i128) {
-    let seconds = nanos.div_euclid(1_000_000_000) as i64;
-    let fraction = nanos.rem_euclid(1_000_000_000) as u32;
+    // 64-bit nanoseconds reach from 1677 to 2262; only times beyond need 128-bit division.
+    let (seconds, fraction) = match i64::try_from(nanos) {
+        Ok(nanos) => (
+            nanos.div_euclid(1_000_000_000),
+            nanos.rem_euclid(1_000_000_000) as u32,
+        ),
+        Err(_) => (
+            nanos.div_euclid(1_000_000_000) as i64,
+            nanos.rem_euclid(1_000_000_000) as u32,
+        ),
+    };
     let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400) as u32;
     let (year, month, day) = civil_from_days(days);
@@ -309,10 +318,23 @@ fn write_rfc3339(out: &mut Vec<u8>, nanos: i128) {
     out.extend_from_slice(&digits);
 }
 
+/// Fills `slot` with the low decimal digits of `value`, zero-padded, two digits per step.
+#[inline(always)]
 fn put_digits(slot: &mut [u8], mut value: u32) {
-    for digit in slot.iter_mut().rev() {
-        *digit = b'0' + (value % 10) as u8;
-        value /= 10;
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+                                2021222324252627282930313233343536373839\
+                                4041424344454647484950515253545556575859\
+                                6061626364656667686970717273747576777879\
+                                8081828384858687888990919293949596979899";
+    let mut end = slot.len();
+    while end >= 2 {
+        let pair = (value % 100) as usize * 2;
+        slot[end - 2..end].copy_from_slice(&PAIRS[pair..pair + 2]);
+        value /= 100;
+        end -= 2;
+    }
+    if end == 1 {
+        slot[0] = b'0' + (value % 10) as u8;
     }
 }
 
@@ -383,6 +405,44 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "1970-01-01T00:00:00.000000000Z2000-02-29T00:00:00.000000001Z1969-12-31T23:59:59.999999999Z"
         );
+    }
+
+    #[test]
+    fn timestamps_agree_with_the_time_crate_inside_and_beyond_64_bits() {
+        let utc = |year, month, day, time| {
+            time::OffsetDateTime::new_utc(
+                time::Date::from_calendar_date(year, month, day).unwrap(),
+                time,
+            )
+            .unix_timestamp_nanos()
+        };
+        let min = utc(0, time::Month::January, 1, time::Time::MIDNIGHT);
+        let max = utc(
+            9999,
+            time::Month::December,
+            31,
+            time::Time::from_hms_nano(23, 59, 59, 999_999_999).unwrap(),
+        );
+        let mut rng = fastrand::Rng::with_seed(41);
+        let samples = (0..20_000).map(|_| rng.i128(min..=max));
+        let edges = [i64::MIN, -1, 0, 1, i64::MAX].map(i128::from);
+        let beyond = [i128::from(i64::MIN) - 1, i128::from(i64::MAX) + 1, min, max];
+        for nanos in samples.chain(edges).chain(beyond) {
+            let mut out = Vec::new();
+            write_rfc3339(&mut out, nanos);
+            let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+            let expected = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.nanosecond()
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{nanos}");
+        }
     }
 
     #[test]
