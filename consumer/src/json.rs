@@ -39,6 +39,14 @@ pub struct JsonScanner {
 /// The payload is not a JSON object this scanner accepts; it will be logged as raw text.
 struct Invalid;
 
+/// A string literal copied into the compact output.
+struct Literal {
+    /// Its contents, without the quotes, still escaped.
+    contents: Range<usize>,
+    /// Whether the contents hold a backslash escape, so that they differ from their decoded form.
+    has_escapes: bool,
+}
+
 impl JsonScanner {
     pub fn new() -> Self {
         Self::default()
@@ -149,13 +157,13 @@ impl Cursor<'_> {
             self.skip_whitespace();
             let value_start = self.out.len();
             self.value(depth)?;
-            if !self.redact.is_empty() && self.key_is_redacted(key.clone()) {
+            if !self.redact.is_empty() && self.key_is_redacted(&key) {
                 self.out.truncate(value_start);
                 self.out.extend_from_slice(REDACTED);
             }
             if top_level {
                 self.members.push(Member {
-                    key,
+                    key: key.contents,
                     value: value_start..self.out.len(),
                 });
             }
@@ -189,28 +197,32 @@ impl Cursor<'_> {
         }
     }
 
-    /// Copies a string literal; returns the range of its contents (without quotes) in `out`.
-    fn string(&mut self) -> Result<Range<usize>, Invalid> {
+    /// Copies a string literal; returns where its contents (without quotes) lie in `out`.
+    fn string(&mut self) -> Result<Literal, Invalid> {
         self.expect(b'"')?;
         let contents_start = self.out.len();
-        let mut run_start = self.pos;
+        let mut has_escapes = false;
         loop {
+            self.pos += escape::copy_plain_run(self.out, &self.input[self.pos..]);
             let byte = *self.input.get(self.pos).ok_or(Invalid)?;
-            if !escape::is_special(byte) {
-                self.pos += 1;
-                continue;
-            }
             match byte {
                 b'"' => {
-                    self.out.extend_from_slice(&self.input[run_start..self.pos]);
                     let contents = contents_start..self.out.len();
                     self.expect(b'"')?;
-                    return Ok(contents);
+                    return Ok(Literal {
+                        contents,
+                        has_escapes,
+                    });
                 }
-                b'\\' => self.pos += self.escape_sequence_len()?,
+                b'\\' => {
+                    let len = self.escape_sequence_len()?;
+                    self.out
+                        .extend_from_slice(&self.input[self.pos..self.pos + len]);
+                    self.pos += len;
+                    has_escapes = true;
+                }
                 0x00..=0x1f => return Err(Invalid),
                 _ if escape::needs_escape_at(self.input, self.pos) => {
-                    self.out.extend_from_slice(&self.input[run_start..self.pos]);
                     let len = match byte {
                         0x7f => 1,
                         0xc2 => 2,
@@ -218,9 +230,11 @@ impl Cursor<'_> {
                     };
                     escape::write_escaped(self.out, &self.input[self.pos..self.pos + len]);
                     self.pos += len;
-                    run_start = self.pos;
                 }
-                _ => self.pos += 1,
+                _ => {
+                    self.out.push(byte);
+                    self.pos += 1;
+                }
             }
         }
     }
@@ -306,13 +320,12 @@ impl Cursor<'_> {
         }
     }
 
-    fn key_is_redacted(&self, key: Range<usize>) -> bool {
-        let escaped = &self.out[key.clone()];
-        if !escaped.contains(&b'\\') {
-            return self.redact.matches(escaped);
+    fn key_is_redacted(&self, key: &Literal) -> bool {
+        if !key.has_escapes {
+            return self.redact.matches(&self.out[key.contents.clone()]);
         }
         // Rare: a key spelled with escapes (`"pass\u0077ord"`) must not slip past redaction.
-        let quoted = &self.out[key.start - 1..key.end + 1];
+        let quoted = &self.out[key.contents.start - 1..key.contents.end + 1];
         serde_json::from_slice::<String>(quoted)
             .map(|decoded| self.redact.matches(decoded.as_bytes()))
             .unwrap_or(true)
@@ -414,6 +427,49 @@ mod tests {
     fn terminal_controls_inside_strings_are_escaped() {
         let compact = scan("{\"a\":\"x\u{7f}\u{9b}31m\u{2028}\"}", &[]).unwrap();
         assert_eq!(compact, r#"{"a":"x\u007f\u009b31m\u2028"}"#);
+    }
+
+    #[test]
+    fn strings_of_every_character_class_round_trip_and_come_out_safe() {
+        let mut alphabet: Vec<char> = ('\0'..='\u{7ff}').collect();
+        alphabet.extend('\u{2000}'..='\u{203f}');
+        alphabet.extend(['\u{fffd}', '\u{1f600}', '\u{4e2d}']);
+        let mut rng = fastrand::Rng::with_seed(43);
+        let mut scanner = JsonScanner::new();
+        for round in 0..20_000 {
+            let text: String = (0..rng.usize(..40))
+                .map(|_| match rng.u8(..3) {
+                    0 => alphabet[rng.usize(..alphabet.len())],
+                    _ => char::from(rng.u8(0x20..0x7f)),
+                })
+                .collect();
+            // serde_json writes non-ASCII as it is; every other round spells it as `\u` escapes.
+            let mut literal = serde_json::to_string(&text).unwrap();
+            if round % 2 == 1 {
+                literal = literal
+                    .chars()
+                    .map(|c| match u32::from(c) {
+                        0x80..=0xffff => format!("\\u{:04x}", u32::from(c)),
+                        _ => c.to_string(),
+                    })
+                    .collect();
+            }
+            let input = format!("{{{literal}:[{literal}],\"k\":{literal}}}");
+            assert!(
+                scanner.scan_object(input.as_bytes(), &RedactKeys::default()),
+                "{input}"
+            );
+            let compact = std::str::from_utf8(scanner.compact()).unwrap();
+            let reparsed: serde_json::Value = serde_json::from_str(compact).unwrap();
+            assert_eq!(
+                reparsed,
+                serde_json::from_str::<serde_json::Value>(&input).unwrap()
+            );
+            assert!(
+                !compact.contains(|c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')),
+                "{compact:?}"
+            );
+        }
     }
 
     #[test]
