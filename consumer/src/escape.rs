@@ -66,6 +66,36 @@ pub fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
     }
 }
 
+/// The same output as [`write_escaped`], one byte at a time: faster for text whose special
+/// bytes are a few bytes apart, as the quotes of a JSON object are. Only plain bytes, `"` and
+/// `\\` are handled here; at any other special byte the rest goes to [`write_escaped`].
+pub fn write_escaped_dense(out: &mut Vec<u8>, text: &[u8]) {
+    let start = out.len();
+    // What is handled here at most doubles in length; the excess is cut off below.
+    out.resize(start + 2 * text.len(), 0);
+    let buffer = &mut out[start..];
+    let mut len = 0;
+    for (index, &byte) in text.iter().enumerate() {
+        match CLASS[byte as usize] {
+            Class::Plain => {
+                buffer[len] = byte;
+                len += 1;
+            }
+            Class::Escape if byte == b'"' || byte == b'\\' => {
+                buffer[len] = b'\\';
+                buffer[len + 1] = byte;
+                len += 2;
+            }
+            _ => {
+                out.truncate(start + len);
+                write_escaped(out, &text[index..]);
+                return;
+            }
+        }
+    }
+    out.truncate(start + len);
+}
+
 /// Appends the run of bytes at the start of `text` that the escaper copies as they are (class
 /// [`Class::Plain`]) and returns its length; the run is found eight bytes at a time.
 #[inline]
@@ -228,6 +258,9 @@ mod tests {
     fn escaped(text: &str) -> String {
         let mut out = b"before".to_vec();
         write_escaped(&mut out, text.as_bytes());
+        let mut dense = b"before".to_vec();
+        write_escaped_dense(&mut dense, text.as_bytes());
+        assert_eq!(out, dense, "both escapers agree on {text:?}");
         String::from_utf8(out.split_off(6)).unwrap()
     }
 

@@ -1,7 +1,7 @@
 //! Word-at-a-time searches for the first byte of a class ("SIMD within a register").
 //!
-//! The escaper and the JSON scanner walk runs of ordinary bytes looking for the few that need
-//! attention. Testing eight bytes per step with plain `u64` arithmetic costs less than a table
+//! The escaper, the JSON scanner and the text format's bare-value check walk runs of ordinary
+//! bytes looking for the few that need attention. Testing eight bytes per step with plain `u64` arithmetic costs less than a table
 //! lookup and a branch per byte, needs no `unsafe` and works on any target.
 //!
 //! A class is described by a function from eight bytes (one little-endian word, byte `i` in
