@@ -99,8 +99,20 @@ pub fn write_escaped_dense(out: &mut Vec<u8>, text: &[u8]) {
 /// Appends the run of bytes at the start of `text` that the escaper copies as they are (class
 /// [`Class::Plain`]) and returns its length; the run is found eight bytes at a time.
 #[inline]
-pub(crate) fn copy_plain_run(out: &mut Vec<u8>, text: &[u8]) -> usize {
-    swar::copy_run(out, text, special_lanes)
+fn copy_plain_run(out: &mut Vec<u8>, text: &[u8]) -> usize {
+    swar::copy_run(out, text, special_candidates, is_special)
+}
+
+/// The length of the run of bytes at the start of `text` that the escaper would copy as they
+/// are; for the JSON scanner, which checks strings and copies them later.
+#[inline]
+pub(crate) fn plain_prefix_len(text: &[u8]) -> usize {
+    swar::run_len(text, special_candidates, is_special)
+}
+
+#[inline(always)]
+fn is_special(byte: u8) -> bool {
+    CLASS[byte as usize] != Class::Plain
 }
 
 /// Writes the escaped form of the sequence that starts `text` (with a byte that is not
@@ -141,17 +153,15 @@ fn write_special(out: &mut Vec<u8>, text: &[u8]) -> usize {
     }
 }
 
-/// The lanes of `word` whose byte is not [`Class::Plain`]: below 0x20, `"`, `\\`, DEL, and the
-/// lead bytes 0xC2 and 0xE2 (the only non-ASCII bytes whose low seven bits, with 0x20 set,
-/// are 0x62).
+/// The lanes of `word` whose byte may not be [`Class::Plain`]: exactly the ASCII bytes below
+/// 0x20, `"`, `\\` and DEL, and every non-ASCII byte (of which only the lead bytes 0xC2 and
+/// 0xE2 are special, settled by the table). Plain ASCII text runs at a word per step.
 #[inline(always)]
-fn special_lanes(word: u64) -> u64 {
+fn special_candidates(word: u64) -> u64 {
     let low7 = swar::low7(word);
-    let ascii_special =
-        !(swar::low7_ge(low7, 0x20) & swar::low7_ne(low7, b'"') & swar::low7_ne(low7, b'\\'))
-            | swar::low7_ge(low7, 0x7f);
-    let lead_special = !swar::low7_ne(low7 | swar::splat(0x20), 0x62);
-    (!word & ascii_special | word & lead_special) & swar::HIGH
+    let ascii_plain =
+        swar::low7_ge(low7, 0x20) & swar::low7_ne(low7, b'"') & swar::low7_ne(low7, b'\\');
+    (word | swar::low7_ge(low7, 0x7f) | !ascii_plain) & swar::HIGH
 }
 
 /// Reports whether `byte` at `index` starts a sequence the escaper would rewrite; used by the
@@ -266,12 +276,16 @@ mod tests {
 
     #[test]
     fn plain_runs_end_exactly_where_the_byte_table_says() {
+        let special = |byte: u8| CLASS[byte as usize] != Class::Plain;
         for byte in 0..=255u8 {
-            let lanes = special_lanes(u64::from_le_bytes([byte; 8]));
-            let special = CLASS[byte as usize] != Class::Plain;
-            assert_eq!(lanes, if special { swar::HIGH } else { 0 }, "{byte:#04x}");
+            let flagged = special_candidates(u64::from_le_bytes([byte; 8])) == swar::HIGH;
+            assert!(flagged || !special(byte), "{byte:#04x} is special");
+            assert!(
+                !flagged || special(byte) || byte >= 0x80,
+                "{byte:#04x} is plain ASCII"
+            );
         }
-        swar::tests::agrees_with(special_lanes, |byte| CLASS[byte as usize] != Class::Plain);
+        swar::tests::agrees_with(special_candidates, special, special);
     }
 
     #[test]

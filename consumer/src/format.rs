@@ -248,7 +248,7 @@ fn not_bare_lanes(word: u64) -> u64 {
 /// Appends the longest prefix of `bytes` that may go unquoted and returns its length.
 #[inline]
 fn copy_bare(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
-    swar::copy_run(out, bytes, not_bare_lanes)
+    swar::copy_run(out, bytes, not_bare_lanes, |_| true)
 }
 
 /// Writes UTF-8 `bytes` bare when that is unambiguous, quoted and escaped otherwise.
@@ -628,6 +628,12 @@ mod tests {
         alphabet.extend('\u{2000}'..='\u{203f}');
         alphabet.extend(['\u{fffd}', '\u{1f600}', '\u{4e2d}']);
         alphabet
+    }
+
+    #[test]
+    fn bare_runs_end_exactly_where_the_byte_wise_rule_says() {
+        let bare = |byte: u8| matches!(byte, 0x21..=0x7e) && !matches!(byte, b'"' | b'=' | b'\\');
+        swar::tests::agrees_with(not_bare_lanes, |_| true, |byte| !bare(byte));
     }
 
     #[test]
