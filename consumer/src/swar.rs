@@ -123,27 +123,28 @@ fn first_confirmed(mut hits: u64, word: [u8; 8], confirm: impl Fn(u8) -> bool) -
 /// The first eight bytes of `bytes` as a word, or all of them padded with zero bytes, and how
 /// many were taken.
 #[inline(always)]
-fn load(bytes: &[u8]) -> (u64, usize) {
+pub(crate) fn load(bytes: &[u8]) -> (u64, usize) {
     if let Some(word) = bytes.first_chunk::<8>() {
         return (u64::from_le_bytes(*word), 8);
     }
-    let mut word = [0; 8];
-    for (lane, &byte) in word.iter_mut().zip(bytes) {
-        *lane = byte;
+    // Shifted in byte by byte: copying a slice of unknown length would call `memcpy`.
+    let mut word = 0;
+    for (lane, &byte) in bytes.iter().enumerate() {
+        word |= u64::from(byte) << (8 * lane);
     }
-    (u64::from_le_bytes(word), bytes.len())
+    (word, bytes.len())
 }
 
 /// The high bits of lanes `0..len` (`len` at most 8): masks off the padding of a word from
 /// [`load`], whose zero bytes may belong to the class.
 #[inline(always)]
-fn lanes_below(len: usize) -> u64 {
+pub(crate) fn lanes_below(len: usize) -> u64 {
     HIGH & u64::MAX.checked_shr(64 - 8 * len as u32).unwrap_or(0)
 }
 
 /// The lane of the lowest set high bit in `hits` (which is not zero).
 #[inline(always)]
-fn first_lane(hits: u64) -> usize {
+pub(crate) fn first_lane(hits: u64) -> usize {
     (hits.trailing_zeros() / 8) as usize
 }
 
