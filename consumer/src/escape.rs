@@ -73,7 +73,7 @@ pub fn write_escaped(out: &mut Vec<u8>, text: &[u8]) {
 /// the rest of the word, stored again one byte further on. Non-ASCII bytes that are plain stay
 /// where the first store put them. At any other special byte the rest goes to
 /// [`write_escaped`].
-pub fn write_escaped_dense(out: &mut Vec<u8>, text: &[u8]) {
+pub(crate) fn write_escaped_dense(out: &mut Vec<u8>, text: &[u8]) {
     let start = out.len();
     // Handled here, the text at most doubles; the whole-word stores reach at most 8 bytes
     // further. The excess is cut off below.
