@@ -7,22 +7,6 @@
 use crate::json::JsonScanner;
 use crate::redact::RedactKeys;
 
-/// Top-level attributes that the text format lifts into their own fields: the old service's
-/// `id`, `type`, `source`, `data` and timestamp, and the CloudEvents 1.0 context attributes.
-pub const RECOGNISED_ATTRIBUTES: &[&str] = &[
-    "specversion",
-    "id",
-    "type",
-    "source",
-    "subject",
-    "time",
-    "timestamp",
-    "datacontenttype",
-    "dataschema",
-    "data",
-    "data_base64",
-];
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Structured,

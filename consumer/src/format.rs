@@ -12,10 +12,11 @@ use async_nats::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::escape::{write_escaped, write_quoted};
-use crate::event::{self, Event, Kind, RECOGNISED_ATTRIBUTES};
+use crate::escape::{write_escaped, write_escaped_dense, write_quoted};
+use crate::event::{self, Event, Kind};
 use crate::json::JsonScanner;
 use crate::redact::RedactKeys;
+use crate::swar;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -191,16 +192,9 @@ impl LineRenderer {
         let compact = self.scanner.compact();
         self.extra.clear();
         for member in self.scanner.members() {
-            let key = &compact[member.key.clone()];
-            let value = &compact[member.value.clone()];
-            if let Some(name) = RECOGNISED_ATTRIBUTES
-                .iter()
-                .find(|name| name.as_bytes() == key)
-            {
-                out.extend_from_slice(b" event.");
-                out.extend_from_slice(name.as_bytes());
-                out.push(b'=');
-                write_text_json_value(out, value);
+            if let Some(field) = recognised_field(&compact[member.key.clone()]) {
+                out.extend_from_slice(field);
+                write_text_json_value(out, &compact[member.value.clone()]);
             } else {
                 self.extra
                     .push(if self.extra.is_empty() { b'{' } else { b',' });
@@ -211,31 +205,70 @@ impl LineRenderer {
         if !self.extra.is_empty() {
             self.extra.push(b'}');
             out.extend_from_slice(b" event.extra=");
-            write_text_value(out, &self.extra);
+            write_text_json_value(out, &self.extra);
         }
     }
 }
 
-/// Bytes that may appear in an unquoted text value: printable ASCII except the characters that
-/// delimit or quote (`"`, `=`, `\`). Anything else, including every non-ASCII byte, is quoted.
+/// The text field of a top-level attribute that the text format lifts out of the event: the
+/// old service's `id`, `type`, `source`, `data` and timestamp, and the CloudEvents 1.0 context
+/// attributes. `key` is the key as the scanner copied it, still escaped: a key spelled
+/// `"\u0069d"` is not `id`.
+fn recognised_field(key: &[u8]) -> Option<&'static [u8]> {
+    Some(match key {
+        b"specversion" => b" event.specversion=",
+        b"id" => b" event.id=",
+        b"type" => b" event.type=",
+        b"source" => b" event.source=",
+        b"subject" => b" event.subject=",
+        b"time" => b" event.time=",
+        b"timestamp" => b" event.timestamp=",
+        b"datacontenttype" => b" event.datacontenttype=",
+        b"dataschema" => b" event.dataschema=",
+        b"data" => b" event.data=",
+        b"data_base64" => b" event.data_base64=",
+        _ => return None,
+    })
+}
+
+/// The lanes of `word` whose byte may not appear in an unquoted text value: anything but
+/// printable ASCII, and the characters that delimit or quote (`"`, `=`, `\`). Every
+/// non-ASCII byte is therefore quoted.
+#[inline(always)]
+fn not_bare_lanes(word: u64) -> u64 {
+    let low7 = swar::low7(word);
+    let bare_ascii = swar::low7_ge(low7, 0x21)
+        & !swar::low7_ge(low7, 0x7f)
+        & swar::low7_ne(low7, b'"')
+        & swar::low7_ne(low7, b'=')
+        & swar::low7_ne(low7, b'\\');
+    (word | !bare_ascii) & swar::HIGH
+}
+
+/// Appends the longest prefix of `bytes` that may go unquoted and returns its length.
 #[inline]
-fn is_bare_text(bytes: &[u8]) -> bool {
-    !bytes.is_empty()
-        && bytes
-            .iter()
-            .all(|&byte| matches!(byte, 0x21..=0x7e) && !matches!(byte, b'"' | b'=' | b'\\'))
+fn copy_bare(out: &mut Vec<u8>, bytes: &[u8]) -> usize {
+    swar::copy_run(out, bytes, not_bare_lanes, |_| true)
 }
 
 /// Writes UTF-8 `bytes` bare when that is unambiguous, quoted and escaped otherwise.
 #[inline]
 fn write_text_value(out: &mut Vec<u8>, bytes: &[u8]) {
-    if is_bare_text(bytes) {
-        out.extend_from_slice(bytes);
-    } else {
-        out.push(b'"');
-        write_escaped(out, bytes);
-        out.push(b'"');
+    write_text_value_with(out, bytes, write_escaped);
+}
+
+/// Writes `bytes` as [`write_text_value`] does, escaping with `escape`. The bare prefix copied
+/// first is plain for the escaper too, so only the rest is escaped.
+#[inline(always)]
+fn write_text_value_with(out: &mut Vec<u8>, bytes: &[u8], escape: fn(&mut Vec<u8>, &[u8])) {
+    let start = out.len();
+    let bare = copy_bare(out, bytes);
+    if bare == bytes.len() && !bytes.is_empty() {
+        return;
     }
+    out.insert(start, b'"');
+    escape(out, &bytes[bare..]);
+    out.push(b'"');
 }
 
 /// Writes a compact JSON value from the scanner: a string whose contents need no quoting goes
@@ -243,13 +276,14 @@ fn write_text_value(out: &mut Vec<u8>, bytes: &[u8]) {
 /// objects and arrays are quoted as text.
 fn write_text_json_value(out: &mut Vec<u8>, value: &[u8]) {
     if let [b'"', contents @ .., b'"'] = value {
-        if is_bare_text(contents) {
-            out.extend_from_slice(contents);
-        } else {
+        let start = out.len();
+        if copy_bare(out, contents) != contents.len() || contents.is_empty() {
+            out.truncate(start);
             out.extend_from_slice(value);
         }
     } else {
-        write_text_value(out, value);
+        // Objects and arrays have a quote every few bytes: the byte-wise escaper is faster.
+        write_text_value_with(out, value, write_escaped_dense);
     }
 }
 
@@ -285,8 +319,17 @@ fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
 /// Writes `nanos` since the epoch as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC). Hand-written
 /// because it runs once per event and a general formatter costs more than the whole line.
 fn write_rfc3339(out: &mut Vec<u8>, nanos: i128) {
-    let seconds = nanos.div_euclid(1_000_000_000) as i64;
-    let fraction = nanos.rem_euclid(1_000_000_000) as u32;
+    // 64-bit nanoseconds reach from 1677 to 2262; only times beyond need 128-bit division.
+    let (seconds, fraction) = match i64::try_from(nanos) {
+        Ok(nanos) => (
+            nanos.div_euclid(1_000_000_000),
+            nanos.rem_euclid(1_000_000_000) as u32,
+        ),
+        Err(_) => (
+            nanos.div_euclid(1_000_000_000) as i64,
+            nanos.rem_euclid(1_000_000_000) as u32,
+        ),
+    };
     let days = seconds.div_euclid(86_400);
     let second_of_day = seconds.rem_euclid(86_400) as u32;
     let (year, month, day) = civil_from_days(days);
@@ -309,10 +352,23 @@ fn write_rfc3339(out: &mut Vec<u8>, nanos: i128) {
     out.extend_from_slice(&digits);
 }
 
+/// Fills `slot` with the low decimal digits of `value`, zero-padded, two digits per step.
+#[inline(always)]
 fn put_digits(slot: &mut [u8], mut value: u32) {
-    for digit in slot.iter_mut().rev() {
-        *digit = b'0' + (value % 10) as u8;
-        value /= 10;
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+                                2021222324252627282930313233343536373839\
+                                4041424344454647484950515253545556575859\
+                                6061626364656667686970717273747576777879\
+                                8081828384858687888990919293949596979899";
+    let mut end = slot.len();
+    while end >= 2 {
+        let pair = (value % 100) as usize * 2;
+        slot[end - 2..end].copy_from_slice(&PAIRS[pair..pair + 2]);
+        value /= 100;
+        end -= 2;
+    }
+    if end == 1 {
+        slot[0] = b'0' + (value % 10) as u8;
     }
 }
 
@@ -383,6 +439,44 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "1970-01-01T00:00:00.000000000Z2000-02-29T00:00:00.000000001Z1969-12-31T23:59:59.999999999Z"
         );
+    }
+
+    #[test]
+    fn timestamps_agree_with_the_time_crate_inside_and_beyond_64_bits() {
+        let utc = |year, month, day, time| {
+            time::OffsetDateTime::new_utc(
+                time::Date::from_calendar_date(year, month, day).unwrap(),
+                time,
+            )
+            .unix_timestamp_nanos()
+        };
+        let min = utc(0, time::Month::January, 1, time::Time::MIDNIGHT);
+        let max = utc(
+            9999,
+            time::Month::December,
+            31,
+            time::Time::from_hms_nano(23, 59, 59, 999_999_999).unwrap(),
+        );
+        let mut rng = fastrand::Rng::with_seed(41);
+        let samples = (0..20_000).map(|_| rng.i128(min..=max));
+        let edges = [i64::MIN, -1, 0, 1, i64::MAX].map(i128::from);
+        let beyond = [i128::from(i64::MIN) - 1, i128::from(i64::MAX) + 1, min, max];
+        for nanos in samples.chain(edges).chain(beyond) {
+            let mut out = Vec::new();
+            write_rfc3339(&mut out, nanos);
+            let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+            let expected = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.nanosecond()
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{nanos}");
+        }
     }
 
     #[test]
@@ -480,6 +574,220 @@ mod tests {
             assert!(!line.contains("s3cr3t"), "{line}");
             assert!(line.contains("[REDACTED]"), "{line}");
             assert!(line.contains("m-1"), "other headers are kept: {line}");
+        }
+    }
+
+    #[test]
+    fn recognised_attributes_are_the_ones_the_readme_lists() {
+        let listed = "specversion id type source subject time timestamp datacontenttype \
+                      dataschema data data_base64";
+        for name in listed.split_whitespace() {
+            assert_eq!(
+                recognised_field(name.as_bytes()),
+                Some(format!(" event.{name}=").as_bytes()),
+            );
+        }
+        for other in [
+            "",
+            "ID",
+            "ids",
+            "dat",
+            "extra",
+            "data_base",
+            "\\u0069d",
+            "kind",
+        ] {
+            assert_eq!(recognised_field(other.as_bytes()), None, "{other}");
+        }
+    }
+
+    /// The text value rule, one byte at a time: bare when every byte is printable ASCII other
+    /// than `"`, `=` and `\\`, and the value is not empty; quoted and escaped otherwise.
+    fn reference_text_value(bytes: &[u8]) -> Vec<u8> {
+        let bare = |&byte: &u8| matches!(byte, 0x21..=0x7e) && !matches!(byte, b'"' | b'=' | b'\\');
+        if !bytes.is_empty() && bytes.iter().all(bare) {
+            return bytes.to_vec();
+        }
+        let mut out = b"\"".to_vec();
+        write_escaped(&mut out, bytes);
+        out.push(b'"');
+        out
+    }
+
+    fn random_text(rng: &mut fastrand::Rng, alphabet: &[char]) -> String {
+        (0..rng.usize(..40))
+            .map(|_| match rng.u8(..4) {
+                0 => alphabet[rng.usize(..alphabet.len())],
+                _ => char::from(rng.u8(0x20..0x7f)),
+            })
+            .collect()
+    }
+
+    fn text_alphabet() -> Vec<char> {
+        let mut alphabet: Vec<char> = ('\0'..='\u{7ff}').collect();
+        alphabet.extend('\u{2000}'..='\u{203f}');
+        alphabet.extend(['\u{fffd}', '\u{1f600}', '\u{4e2d}']);
+        alphabet
+    }
+
+    #[test]
+    fn bare_runs_end_exactly_where_the_byte_wise_rule_says() {
+        let bare = |byte: u8| matches!(byte, 0x21..=0x7e) && !matches!(byte, b'"' | b'=' | b'\\');
+        swar::tests::agrees_with(not_bare_lanes, |_| true, |byte| !bare(byte));
+    }
+
+    #[test]
+    fn text_values_agree_with_the_byte_wise_rule() {
+        let alphabet = text_alphabet();
+        let check = |text: &str| {
+            let mut out = b"x=".to_vec();
+            write_text_value(&mut out, text.as_bytes());
+            assert_eq!(out[2..], reference_text_value(text.as_bytes()), "{text:?}");
+            let line = String::from_utf8(out).unwrap();
+            assert!(!line.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']));
+        };
+        for &c in &alphabet {
+            check(&format!("{c}"));
+            check(&format!("abcdefgh{c}ij"));
+            check(&format!("abc{c}{c}"));
+        }
+        let mut rng = fastrand::Rng::with_seed(31);
+        for _ in 0..50_000 {
+            check(&random_text(&mut rng, &alphabet));
+        }
+    }
+
+    #[test]
+    fn text_json_values_agree_with_the_byte_wise_rule() {
+        let reference = |value: &[u8]| match value {
+            [b'"', contents @ .., b'"'] if reference_text_value(contents) == contents => {
+                contents.to_vec()
+            }
+            [b'"', .., b'"'] => value.to_vec(),
+            _ => reference_text_value(value),
+        };
+        let alphabet = text_alphabet();
+        let mut rng = fastrand::Rng::with_seed(37);
+        let mut scanner = JsonScanner::new();
+        for _ in 0..20_000 {
+            let text = random_text(&mut rng, &alphabet);
+            let object = serde_json::json!({
+                "s": text,
+                "o": {"k": text, "n": [1, -2.5, true, null]},
+                "e": {},
+                "n": rng.i64(..),
+            });
+            assert!(scanner.scan_object(object.to_string().as_bytes(), &RedactKeys::default()));
+            let compact = scanner.compact();
+            for member in scanner.members() {
+                let value = &compact[member.value.clone()];
+                let mut out = Vec::new();
+                write_text_json_value(&mut out, value);
+                assert_eq!(out, reference(value), "{}", String::from_utf8_lossy(value));
+            }
+        }
+    }
+
+    /// Splits a text line into its `key=value` fields, decoding quoted values; panics on
+    /// anything else, such as a stray space, quote or line break.
+    fn parse_text_line(line: &str) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        let mut rest = line.strip_suffix('\n').expect("ends with a newline");
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once('=').expect("key=value");
+            assert!(!key.contains([' ', '"', '\\']), "key {key:?} in {line:?}");
+            let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+                let mut escaped = false;
+                let end = quoted
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        let closes = c == '"' && !escaped;
+                        escaped = c == '\\' && !escaped;
+                        closes
+                    })
+                    .expect("closing quote")
+                    .0
+                    + 2;
+                let value: String = serde_json::from_str(&after[..end]).expect("a JSON string");
+                (value, &after[end..])
+            } else {
+                let end = after.find(' ').unwrap_or(after.len());
+                assert!(!after[..end].contains(['"', '=', '\\']), "bare {after:?}");
+                (after[..end].to_owned(), &after[end..])
+            };
+            fields.push((key.to_owned(), value));
+            rest = after.strip_prefix(' ').unwrap_or(after);
+            assert!(!rest.starts_with(' '), "double space in {line:?}");
+        }
+        fields
+    }
+
+    #[test]
+    fn text_lines_parse_back_to_the_event_they_came_from() {
+        let alphabet = text_alphabet();
+        let mut rng = fastrand::Rng::with_seed(47);
+        let mut renderer = LineRenderer::new(Format::Text, RedactKeys::default());
+        for _ in 0..5_000 {
+            let mut text = || random_text(&mut rng, &alphabet);
+            let event = serde_json::json!({
+                "id": text(),
+                text(): text(),
+                "data": {text(): [text(), 1.5, null]},
+                "time": text(),
+                "n": 7,
+            });
+            let payload = event.to_string();
+            let mut out = Vec::new();
+            renderer.render(&meta(None), payload.as_bytes(), &mut out);
+            let line = String::from_utf8(out).unwrap();
+            assert_eq!(line.matches('\n').count(), 1);
+            assert!(
+                !line.contains(|c: char| c.is_control() && c != '\n'),
+                "{line:?}"
+            );
+            assert!(!line.contains(['\u{2028}', '\u{2029}']), "{line:?}");
+
+            let fields = parse_text_line(&line);
+            let keys: Vec<&str> = fields.iter().map(|(key, _)| key.as_str()).collect();
+            assert_eq!(
+                keys[..9],
+                [
+                    "kind",
+                    "subject",
+                    "stream",
+                    "consumer",
+                    "stream_seq",
+                    "consumer_seq",
+                    "delivered",
+                    "pending",
+                    "published"
+                ]
+            );
+            let object = event.as_object().unwrap();
+            let mut extra = serde_json::Map::new();
+            let mut lifted = Vec::new();
+            for (key, value) in object {
+                match recognised_field(key.as_bytes()) {
+                    Some(_) => lifted.push((format!("event.{key}"), value.clone())),
+                    None => drop(extra.insert(key.clone(), value.clone())),
+                }
+            }
+            if !extra.is_empty() {
+                lifted.push(("event.extra".to_owned(), serde_json::Value::Object(extra)));
+            }
+            let event_fields = &fields[9..];
+            assert_eq!(event_fields.len(), lifted.len(), "{line:?}");
+            for ((key, value), (expected_key, expected)) in event_fields.iter().zip(&lifted) {
+                assert_eq!(key, expected_key, "{line:?}");
+                match expected {
+                    serde_json::Value::String(string) => assert_eq!(value, string, "{line:?}"),
+                    other => assert_eq!(
+                        &serde_json::from_str::<serde_json::Value>(value).unwrap(),
+                        other,
+                        "{line:?}"
+                    ),
+                }
+            }
         }
     }
 

@@ -7,6 +7,10 @@
 //! build a tree or decode strings only for us to encode them again; this scanner allocates
 //! nothing once its buffers have grown to the working size.
 //!
+//! The copy is lazy: validated input is copied in one piece whenever the copy must differ from
+//! it (at whitespace, a rewritten character or a redacted value) and at the end, so an event
+//! that is already compact costs one `memcpy`, not one push per token.
+//!
 //! String contents stay in their escaped form, but the characters that `escape` rewrites (DEL,
 //! C1 controls, U+2028/9) are rewritten here as well, so the compact copy is safe to embed in a
 //! line as it is. Lone UTF-16 surrogates in `\u` escapes are rejected, because many consumers of
@@ -39,6 +43,16 @@ pub struct JsonScanner {
 /// The payload is not a JSON object this scanner accepts; it will be logged as raw text.
 struct Invalid;
 
+/// A string literal of the input.
+struct Literal {
+    /// Where its contents (without the quotes, still escaped) lie in the compact copy.
+    contents: Range<usize>,
+    /// Where its contents lie in the input.
+    input: Range<usize>,
+    /// Whether the contents hold a backslash escape, so that they differ from their decoded form.
+    has_escapes: bool,
+}
+
 impl JsonScanner {
     pub fn new() -> Self {
         Self::default()
@@ -53,6 +67,7 @@ impl JsonScanner {
         let mut cursor = Cursor {
             input,
             pos: 0,
+            copied: 0,
             out: &mut self.compact,
             members: &mut self.members,
             redact,
@@ -72,6 +87,9 @@ impl JsonScanner {
 struct Cursor<'a> {
     input: &'a [u8],
     pos: usize,
+    /// The input before this position is in `out` already (or deliberately left out); the
+    /// input from here to `pos` is valid and goes to `out` as it is at the next [`Self::sync`].
+    copied: usize,
     out: &'a mut Vec<u8>,
     members: &'a mut Vec<Member>,
     redact: &'a RedactKeys,
@@ -87,10 +105,25 @@ impl Cursor<'_> {
         self.object(1, true)?;
         self.skip_whitespace();
         if self.pos == self.input.len() {
+            self.sync();
             Ok(())
         } else {
             Err(Invalid)
         }
+    }
+
+    /// Where the input at `pos` lands in the compact copy.
+    #[inline]
+    fn out_pos(&self) -> usize {
+        self.out.len() + (self.pos - self.copied)
+    }
+
+    /// Copies the pending input, up to `pos`.
+    #[inline]
+    fn sync(&mut self) {
+        self.out
+            .extend_from_slice(&self.input[self.copied..self.pos]);
+        self.copied = self.pos;
     }
 
     #[inline]
@@ -100,8 +133,12 @@ impl Cursor<'_> {
 
     #[inline]
     fn skip_whitespace(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
-            self.pos += 1;
+        if let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.sync();
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+                self.pos += 1;
+            }
+            self.copied = self.pos;
         }
     }
 
@@ -109,7 +146,6 @@ impl Cursor<'_> {
     fn expect(&mut self, byte: u8) -> Result<(), Invalid> {
         if self.peek() == Some(byte) {
             self.pos += 1;
-            self.out.push(byte);
             Ok(())
         } else {
             Err(Invalid)
@@ -147,16 +183,17 @@ impl Cursor<'_> {
             self.skip_whitespace();
             self.expect(b':')?;
             self.skip_whitespace();
-            let value_start = self.out.len();
+            let value_start = self.out_pos();
             self.value(depth)?;
-            if !self.redact.is_empty() && self.key_is_redacted(key.clone()) {
+            if !self.redact.is_empty() && self.key_is_redacted(&key) {
+                self.sync();
                 self.out.truncate(value_start);
                 self.out.extend_from_slice(REDACTED);
             }
             if top_level {
                 self.members.push(Member {
-                    key,
-                    value: value_start..self.out.len(),
+                    key: key.contents,
+                    value: value_start..self.out_pos(),
                 });
             }
             self.skip_whitespace();
@@ -189,36 +226,41 @@ impl Cursor<'_> {
         }
     }
 
-    /// Copies a string literal; returns the range of its contents (without quotes) in `out`.
-    fn string(&mut self) -> Result<Range<usize>, Invalid> {
+    /// Validates a string literal and rewrites what the escaper would.
+    #[inline(always)]
+    fn string(&mut self) -> Result<Literal, Invalid> {
         self.expect(b'"')?;
-        let contents_start = self.out.len();
-        let mut run_start = self.pos;
+        let contents_start = self.out_pos();
+        let input_start = self.pos;
+        let mut has_escapes = false;
         loop {
+            self.pos += escape::plain_prefix_len(&self.input[self.pos..]);
             let byte = *self.input.get(self.pos).ok_or(Invalid)?;
-            if !escape::is_special(byte) {
-                self.pos += 1;
-                continue;
-            }
             match byte {
                 b'"' => {
-                    self.out.extend_from_slice(&self.input[run_start..self.pos]);
-                    let contents = contents_start..self.out.len();
-                    self.expect(b'"')?;
-                    return Ok(contents);
+                    let literal = Literal {
+                        contents: contents_start..self.out_pos(),
+                        input: input_start..self.pos,
+                        has_escapes,
+                    };
+                    self.pos += 1;
+                    return Ok(literal);
                 }
-                b'\\' => self.pos += self.escape_sequence_len()?,
+                b'\\' => {
+                    self.pos += self.escape_sequence_len()?;
+                    has_escapes = true;
+                }
                 0x00..=0x1f => return Err(Invalid),
                 _ if escape::needs_escape_at(self.input, self.pos) => {
-                    self.out.extend_from_slice(&self.input[run_start..self.pos]);
                     let len = match byte {
                         0x7f => 1,
                         0xc2 => 2,
                         _ => 3,
                     };
+                    self.sync();
                     escape::write_escaped(self.out, &self.input[self.pos..self.pos + len]);
                     self.pos += len;
-                    run_start = self.pos;
+                    self.copied = self.pos;
                 }
                 _ => self.pos += 1,
             }
@@ -255,7 +297,6 @@ impl Cursor<'_> {
     }
 
     fn number(&mut self) -> Result<(), Invalid> {
-        let start = self.pos;
         if self.peek() == Some(b'-') {
             self.pos += 1;
         }
@@ -275,7 +316,6 @@ impl Cursor<'_> {
             }
             self.required_digits()?;
         }
-        self.out.extend_from_slice(&self.input[start..self.pos]);
         Ok(())
     }
 
@@ -299,20 +339,18 @@ impl Cursor<'_> {
     fn literal(&mut self, word: &[u8]) -> Result<(), Invalid> {
         if self.input[self.pos..].starts_with(word) {
             self.pos += word.len();
-            self.out.extend_from_slice(word);
             Ok(())
         } else {
             Err(Invalid)
         }
     }
 
-    fn key_is_redacted(&self, key: Range<usize>) -> bool {
-        let escaped = &self.out[key.clone()];
-        if !escaped.contains(&b'\\') {
-            return self.redact.matches(escaped);
+    fn key_is_redacted(&self, key: &Literal) -> bool {
+        if !key.has_escapes {
+            return self.redact.matches(&self.input[key.input.clone()]);
         }
         // Rare: a key spelled with escapes (`"pass\u0077ord"`) must not slip past redaction.
-        let quoted = &self.out[key.start - 1..key.end + 1];
+        let quoted = &self.input[key.input.start - 1..key.input.end + 1];
         serde_json::from_slice::<String>(quoted)
             .map(|decoded| self.redact.matches(decoded.as_bytes()))
             .unwrap_or(true)
@@ -417,6 +455,49 @@ mod tests {
     }
 
     #[test]
+    fn strings_of_every_character_class_round_trip_and_come_out_safe() {
+        let mut alphabet: Vec<char> = ('\0'..='\u{7ff}').collect();
+        alphabet.extend('\u{2000}'..='\u{203f}');
+        alphabet.extend(['\u{fffd}', '\u{1f600}', '\u{4e2d}']);
+        let mut rng = fastrand::Rng::with_seed(43);
+        let mut scanner = JsonScanner::new();
+        for round in 0..20_000 {
+            let text: String = (0..rng.usize(..40))
+                .map(|_| match rng.u8(..3) {
+                    0 => alphabet[rng.usize(..alphabet.len())],
+                    _ => char::from(rng.u8(0x20..0x7f)),
+                })
+                .collect();
+            // serde_json writes non-ASCII as it is; every other round spells it as `\u` escapes.
+            let mut literal = serde_json::to_string(&text).unwrap();
+            if round % 2 == 1 {
+                literal = literal
+                    .chars()
+                    .map(|c| match u32::from(c) {
+                        0x80..=0xffff => format!("\\u{:04x}", u32::from(c)),
+                        _ => c.to_string(),
+                    })
+                    .collect();
+            }
+            let input = format!("{{{literal}:[{literal}],\"k\":{literal}}}");
+            assert!(
+                scanner.scan_object(input.as_bytes(), &RedactKeys::default()),
+                "{input}"
+            );
+            let compact = std::str::from_utf8(scanner.compact()).unwrap();
+            let reparsed: serde_json::Value = serde_json::from_str(compact).unwrap();
+            assert_eq!(
+                reparsed,
+                serde_json::from_str::<serde_json::Value>(&input).unwrap()
+            );
+            assert!(
+                !compact.contains(|c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')),
+                "{compact:?}"
+            );
+        }
+    }
+
+    #[test]
     fn depth_is_limited() {
         let ok = format!(
             "{}{}",
@@ -447,6 +528,108 @@ mod tests {
             scan(r#"{"pass\u0077ord":"secret"}"#, &["password"]).unwrap(),
             r#"{"pass\u0077ord":"[REDACTED]"}"#
         );
+    }
+
+    /// `value` with the values of the named keys replaced, at any depth.
+    fn redacted(value: &serde_json::Value, keys: &[&str]) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(object) => object
+                .iter()
+                .map(|(key, value)| {
+                    let value = if keys.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+                        serde_json::Value::from("[REDACTED]")
+                    } else {
+                        redacted(value, keys)
+                    };
+                    (key.clone(), value)
+                })
+                .collect(),
+            serde_json::Value::Array(items) => {
+                items.iter().map(|item| redacted(item, keys)).collect()
+            }
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn pretty_printed_random_objects_compact_to_the_redacted_value() {
+        let keys = ["password", "Token", "id", "x\u{7f}", "\u{2028}", "a b"];
+        let strings = [
+            "",
+            "v",
+            " spaced out ",
+            "tab\there",
+            "del\u{7f}",
+            "c1\u{85}",
+            "ls\u{2028}.",
+        ];
+        let mut rng = fastrand::Rng::with_seed(53);
+        fn random_value(
+            rng: &mut fastrand::Rng,
+            keys: &[&str],
+            strings: &[&str],
+            depth: u32,
+        ) -> serde_json::Value {
+            match rng.u8(..if depth > 3 { 3 } else { 5 }) {
+                0 => serde_json::Value::from(strings[rng.usize(..strings.len())]),
+                1 => serde_json::Value::from(rng.i32(..)),
+                2 => serde_json::Value::Null,
+                3 => (0..rng.usize(..4))
+                    .map(|_| random_value(rng, keys, strings, depth + 1))
+                    .collect(),
+                _ => (0..rng.usize(..4))
+                    .map(|_| {
+                        let key = keys[rng.usize(..keys.len())].to_owned();
+                        (key, random_value(rng, keys, strings, depth + 1))
+                    })
+                    .collect(),
+            }
+        }
+        let redact = ["password", "token"];
+        let mut scanner = JsonScanner::new();
+        for _ in 0..5_000 {
+            let object: serde_json::Map<String, serde_json::Value> = (0..rng.usize(..5))
+                .map(|_| {
+                    let key = keys[rng.usize(..keys.len())].to_owned();
+                    (key, random_value(&mut rng, &keys, &strings, 0))
+                })
+                .collect();
+            let value = serde_json::Value::Object(object);
+            let input = serde_json::to_string_pretty(&value).unwrap();
+            assert!(scanner.scan_object(input.as_bytes(), &RedactKeys::new(redact)));
+            let compact = std::str::from_utf8(scanner.compact()).unwrap();
+            let expected = redacted(&value, &redact);
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(compact).unwrap(),
+                expected
+            );
+            assert!(
+                !compact.contains(['\n', '\u{7f}', '\u{85}', '\u{2028}']),
+                "{compact:?}"
+            );
+            assert!(
+                !compact.contains(": ") && !compact.contains(", "),
+                "{compact:?}"
+            );
+            let members: Vec<(String, serde_json::Value)> = scanner
+                .members()
+                .iter()
+                .map(|member| {
+                    let key = &compact[member.key.start - 1..member.key.end + 1];
+                    (
+                        serde_json::from_str(key).unwrap(),
+                        serde_json::from_str(&compact[member.value.clone()]).unwrap(),
+                    )
+                })
+                .collect();
+            let expected: Vec<(String, serde_json::Value)> = expected
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            assert_eq!(members, expected, "{input}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod monitor;
 pub mod redact;
 pub mod shutdown;
 pub mod sink;
+mod swar;
 pub mod worker;
 
 use std::os::fd::AsFd;

@@ -3,7 +3,8 @@
 //! Matching is ASCII case-insensitive (`Password`, `PASSWORD` and `password` all match), because
 //! producers disagree on case and a secret that slips through because of it is worse than a
 //! harmless field that gets hidden. The JSON scanner asks this set about every key it sees, so the
-//! check is a length compare followed by a byte compare, with no allocation.
+//! check is one bit test of the key's length (most keys have no candidate of their length),
+//! then a byte compare, with no allocation.
 
 /// What replaces a redacted value; a JSON string so the event stays valid JSON.
 pub const REDACTED: &[u8] = b"\"[REDACTED]\"";
@@ -11,6 +12,8 @@ pub const REDACTED: &[u8] = b"\"[REDACTED]\"";
 #[derive(Clone, Debug, Default)]
 pub struct RedactKeys {
     keys: Vec<Box<[u8]>>,
+    /// Bit `n` is set when some key is `n` bytes long (bit 63: 63 bytes or longer).
+    lengths: u64,
 }
 
 impl RedactKeys {
@@ -27,7 +30,8 @@ impl RedactKeys {
                 keys.push(lowered.into_boxed_slice());
             }
         }
-        Self { keys }
+        let lengths = keys.iter().fold(0, |bits, key| bits | length_bit(key));
+        Self { keys, lengths }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -37,10 +41,16 @@ impl RedactKeys {
     /// True when `key` (the decoded object key) names a value to redact.
     #[inline]
     pub fn matches(&self, key: &[u8]) -> bool {
-        self.keys
-            .iter()
-            .any(|candidate| candidate.len() == key.len() && candidate.eq_ignore_ascii_case(key))
+        self.lengths & length_bit(key) != 0
+            && self.keys.iter().any(|candidate| {
+                candidate.len() == key.len() && candidate.eq_ignore_ascii_case(key)
+            })
     }
+}
+
+#[inline]
+fn length_bit(key: &[u8]) -> u64 {
+    1 << key.len().min(63)
 }
 
 #[cfg(test)]
@@ -55,6 +65,17 @@ mod tests {
         assert!(keys.matches(b"token"));
         assert!(!keys.matches(b"passwords"));
         assert!(!keys.matches(b""));
+    }
+
+    #[test]
+    fn long_keys_are_compared_in_full() {
+        let long = "k".repeat(70);
+        let keys = RedactKeys::new([long.as_str(), &"x".repeat(63)]);
+        assert!(keys.matches(long.to_uppercase().as_bytes()));
+        assert!(keys.matches("X".repeat(63).as_bytes()));
+        assert!(!keys.matches("k".repeat(69).as_bytes()));
+        assert!(!keys.matches("k".repeat(71).as_bytes()));
+        assert!(!keys.matches("x".repeat(64).as_bytes()));
     }
 
     #[test]
