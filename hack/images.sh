@@ -65,6 +65,22 @@ exec 9>/run/lock/audit-operator-images.lock
 flock 9
 rm -rf "${work_dir:?}/"*
 
+# require_free_space DIR GIB WHAT: stops with a clear message when DIR's file system has less
+# than GIB GiB free. A full disk otherwise surfaces as an unrelated-looking failure deep in
+# mmdebstrap, podman or the linker.
+require_free_space() {
+  local dir=$1 need_gib=$2 what=$3 avail_kib
+  mkdir -p "$dir"
+  avail_kib=$(df --output=avail -k "$dir" | tail -n 1)
+  if ((avail_kib < need_gib * 1024 * 1024)); then
+    die "$dir has $((avail_kib / 1024)) MiB free; $what needs about $need_gib GiB. Free some space (podman image prune, cargo clean) and rerun"
+  fi
+}
+# A cold build: the builder base and its scratch archive (1 GiB each), the build stage and
+# podman's build cache holding the release target directory (1-2 GiB).
+require_free_space /var/lib/containers 4 "a cold image build"
+require_free_space "$cache_root" 1 "the image archives"
+
 toolchain=$(rustc --print sysroot)
 rust_release=$(rustc -vV | sed -n 's/^release: //p')
 dockerfile_rust=$(sed -n 's/^ARG RUST_VERSION=//p' "$workspace/Dockerfile")
@@ -120,8 +136,11 @@ ensure_base() {
   log "$name: built in $((SECONDS - started))s"
 }
 
-build_runtime_base() { bash "$recipes/runtime-base.sh" "$recipes/debian.sources" "$2" "$1"; }
-build_builder_base() { bash "$recipes/builder-base.sh" "$recipes/debian.sources" "$toolchain" "$1"; }
+# The recipes run in a process group of their own: when mmdebstrap fails (a full disk, a
+# package it cannot fetch) it sends SIGHUP to its whole process group, which would otherwise
+# be the caller's (make, CI) and end it with status 129 before this script says what failed.
+build_runtime_base() { setsid --wait bash "$recipes/runtime-base.sh" "$recipes/debian.sources" "$2" "$1"; }
+build_builder_base() { setsid --wait bash "$recipes/builder-base.sh" "$recipes/debian.sources" "$toolchain" "$1"; }
 
 runtime_key=$(cat "$recipes/runtime-base.sh" "$recipes/debian.sources" | sha256sum | cut -d' ' -f1)
 builder_key=$({ cat "$recipes/builder-base.sh" "$recipes/cargo-config.toml" "$recipes/debian.sources"; rustc -vV; } | sha256sum | cut -d' ' -f1)
@@ -176,8 +195,14 @@ build_target() {
     --build-arg "RUNTIME_IMAGE=$runtime_base" \
     --target "$1" --file "$workspace/Dockerfile" "$workspace"
 }
+# The build stage gets a name of its own so that the image of the previous build becomes
+# dangling when it is replaced, and the prune below removes it: each changed source tree
+# otherwise leaves a 1 GiB stage image behind, and a day of builds fills the disk. The
+# compiled crates survive in the build's cache mount, so the next build stays incremental.
+build_target build localhost/audit-build:dev
 build_target operator "$operator_image"
 build_target consumer "$consumer_image"
+podman image prune --force >/dev/null
 
 # save_archive NAME FILE: saves NAME as an OCI archive, unless FILE already holds that image.
 save_archive() {

@@ -38,6 +38,21 @@ export GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -trimpath" CGO_ENABLED=0
 
 log() { echo "testenv: $*" >&2; }
 
+# A full disk otherwise shows up later as a confusing failure (a linker error, mmdebstrap
+# ending its process group, an etcd that will not start); say it first. A cold `make test`
+# writes about 8 GiB (the Go builds here, the workspace's target directory, the images).
+warn_when_disk_is_short() {
+  local dir avail_kib
+  for dir in "$cache_root" "$here/.."; do
+    mkdir -p "$dir"
+    avail_kib=$(df --output=avail -k "$dir" | tail -n 1)
+    if ((avail_kib < 8 * 1024 * 1024)); then
+      log "warning: $(cd "$dir" && pwd) has only $((avail_kib / 1024)) MiB free; a cold make test needs about 8 GiB"
+    fi
+  done
+}
+warn_when_disk_is_short
+
 # install_binary NAME BUILD_COMMAND [VERSION]: runs BUILD_COMMAND with the target path as its
 # last argument in a private temporary directory, then publishes the result atomically.
 # A VERSION is for binaries outside the directory's key (the checkers): it is recorded
