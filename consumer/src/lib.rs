@@ -3,6 +3,8 @@
 //!
 //! `run` wires the parts together; `main.rs` only parses arguments and sets up diagnostics.
 
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod bind;
 pub mod config;

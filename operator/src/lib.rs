@@ -4,6 +4,8 @@
 //! [`run`] starts the watches and, while this replica leads, every controller on a given
 //! `kube::Client`, so the binary and the integration tests run exactly the same code.
 
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod cli;
 pub mod conditions;
