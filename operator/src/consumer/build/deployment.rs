@@ -25,7 +25,10 @@ use k8s_openapi::{
 };
 
 use super::{WorkloadInputs, labels, metadata, selector_labels, workload_name};
-use crate::crd::consumer::{AuditConsumer, LogFormat};
+use crate::crd::{
+    connection::AuthSecret,
+    consumer::{AuditConsumer, LogFormat},
+};
 
 /// Name of the consumer container.
 pub const CONTAINER_NAME: &str = "audit-consumer";
@@ -255,14 +258,16 @@ fn topology_spread(consumer: &AuditConsumer) -> Vec<TopologySpreadConstraint> {
 /// One read-only Secret volume per referenced Secret use, and the flags naming the files.
 fn secret_files(inputs: &WorkloadInputs<'_>) -> (Vec<Volume>, Vec<VolumeMount>, Vec<String>) {
     let mut files = SecretFiles::default();
-    if let Some(auth) = &inputs.connection.auth {
-        if let Some(r) = &auth.creds_secret_ref {
+    match inputs.connection.auth_secret() {
+        Some(AuthSecret::Creds(r)) => {
             let path = files.add("creds", &r.name, &[(&r.key, "user.creds")]);
             files.args.push(format!("--creds-file={}", path[0]));
-        } else if let Some(r) = &auth.nkey_secret_ref {
+        }
+        Some(AuthSecret::NKey(r)) => {
             let path = files.add("nkey", &r.name, &[(&r.key, "seed.nk")]);
             files.args.push(format!("--nkey-seed-file={}", path[0]));
-        } else if let Some(r) = &auth.user_password_secret_ref {
+        }
+        Some(AuthSecret::UserPassword(r)) => {
             // The user name comes from the Secret too, and stays a file like the password:
             // pod arguments are readable by anyone who can read the Deployment.
             let path = files.add(
@@ -272,10 +277,14 @@ fn secret_files(inputs: &WorkloadInputs<'_>) -> (Vec<Volume>, Vec<VolumeMount>, 
             );
             files.args.push(format!("--user-file={}", path[0]));
             files.args.push(format!("--password-file={}", path[1]));
-        } else if let Some(r) = &auth.token_secret_ref {
+        }
+        Some(AuthSecret::Token(r)) => {
             let path = files.add("token", &r.name, &[(&r.key, "token")]);
             files.args.push(format!("--token-file={}", path[0]));
         }
+        // Anonymous; an auth block with no single reference never gets this far (resolving
+        // the connection refuses it).
+        None => {}
     }
     if let Some(tls) = &inputs.connection.tls {
         if let Some(r) = &tls.ca_secret_ref {
