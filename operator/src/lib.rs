@@ -9,16 +9,15 @@
 pub mod backoff;
 pub mod cli;
 pub mod conditions;
+pub mod connection;
 pub mod consumer;
 pub mod crd;
-pub mod creds;
 pub mod duration;
 pub mod error;
 pub mod finalizer;
 pub mod health;
 pub mod leader;
 pub mod metrics;
-pub mod nats_pool;
 pub mod options;
 pub mod report;
 pub mod stream;
@@ -124,7 +123,7 @@ async fn run_controllers(
     watches: &Watches,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    let pool = Arc::new(nats_pool::NatsPool::new(options.nats_timeout));
+    let pool = Arc::new(connection::NatsPool::new(options.nats_timeout));
     let recorder = Recorder::new(
         client.clone(),
         Reporter {

@@ -1,15 +1,15 @@
 //! Pipeline step 1 (I/O): read the referenced AuditStream, insist that it is Ready, and read
-//! the Secrets of its connection (with the AuditStream controller's own Secret reader, so both
-//! controllers resolve a connection identically and share its pooled NATS client).
+//! the Secrets of its connection (as the AuditStream controller does, through
+//! [`crate::connection`], so both resolve it identically and share its pooled NATS client).
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use crate::{
     conditions::READY,
+    connection::{self, ResolvedConnection},
     crd::{consumer::AuditConsumer, stream::AuditStream},
     error::{Error, Result},
-    stream::dereference::{ResolvedConnection, dereference as resolve_connection},
 };
 
 /// What an AuditConsumer references, resolved.
@@ -43,7 +43,7 @@ pub async fn dereference(
 ) -> Result<Referenced> {
     let stream = referenced_stream(consumer, streams).await?;
     ready(&stream)?;
-    let connection = resolve_connection(secrets, &stream.spec.connection).await?;
+    let connection = connection::dereference(secrets, &stream.spec.connection).await?;
     Ok(Referenced {
         stream_name: stream.stream_name(),
         stream,

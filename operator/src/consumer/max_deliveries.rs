@@ -42,9 +42,9 @@ use tracing::{debug, warn};
 
 use super::Guarded;
 use crate::{
+    connection::SubscriptionRefused,
     crd::consumer::{AuditConsumer, AuditConsumerStatus},
     error::{Error, Result},
-    nats_pool::SubscriptionRefused,
 };
 
 /// Reason of the `MaxDeliveriesCounted` condition and of the Warning Event when NATS refused

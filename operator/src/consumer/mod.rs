@@ -47,6 +47,7 @@ use self::{
 };
 use crate::{
     backoff::Retries,
+    connection::{self, ForCleanup, NatsPool, PoolUser, ResolvedConnection},
     crd::{
         consumer::{AuditConsumer, ConsumerDeletionPolicy},
         stream::AuditStream,
@@ -54,10 +55,8 @@ use crate::{
     error::{Error, Result},
     finalizer::{Event as FinalizerEvent, finalizer},
     metrics::Metrics,
-    nats_pool::{NatsPool, PoolUser},
     options::Options,
     report,
-    stream::dereference::{ResolvedConnection, dereference as resolve_connection},
     watches::Watches,
 };
 
@@ -245,20 +244,19 @@ async fn pipeline(
 
     let valid = validate::validate(consumer).map_err(at(Stage::Consumer))?;
     let desired = nats_consumer::desired_config(consumer, &valid);
-    let client = ctx
+    let nats = ctx
         .pool
-        .client(&PoolUser::of(consumer), &referenced.connection)
+        .jetstream(&PoolUser::of(consumer), &referenced.connection)
         .await
         .map_err(at(Stage::Consumer))?;
-    let js = jetstream_of(client.clone(), &referenced.connection);
-    let (change, info) = apply::apply_consumer(&js, &stream_name, &desired)
+    let (change, info) = apply::apply_consumer(&nats.context, &stream_name, &desired)
         .await
         .map_err(at(Stage::Consumer))?;
     // Listen once the durable exists: NATS advises only while someone listens.
     if valid.max_deliver > 0 {
         let subject = max_deliveries::advisory_subject(&stream_name, &valid.durable_name);
         ctx.max_deliveries
-            .watch(&object_ref(consumer), &client, subject)
+            .watch(&object_ref(consumer), &nats.client, subject)
             .await
             .map_err(at(Stage::Consumer))?;
     } else {
@@ -307,16 +305,6 @@ async fn apply_workload(
         None => apply::remove_owned::<NetworkPolicy>(client, &namespace, &name, &uid).await?,
     }
     Ok(deployment)
-}
-
-fn jetstream_of(
-    client: async_nats::Client,
-    connection: &ResolvedConnection,
-) -> async_nats::jetstream::Context {
-    match &connection.js_domain {
-        Some(domain) => async_nats::jetstream::with_domain(client, domain),
-        None => async_nats::jetstream::new(client),
-    }
 }
 
 async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
@@ -547,11 +535,11 @@ async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<Remov
             return Ok(Removal::LeftOnNats { stream, why });
         }
     };
-    let client = ctx
+    let js = ctx
         .pool
-        .client(&PoolUser::of(consumer), &connection)
-        .await?;
-    let js = jetstream_of(client, &connection);
+        .jetstream(&PoolUser::of(consumer), &connection)
+        .await?
+        .context;
     let owner = nats_consumer::owner_of(consumer);
     let (reason, note) = match apply::delete_consumer(&js, &stream_name, &durable, &owner).await? {
         Deletion::Deleted => (
@@ -590,12 +578,12 @@ enum Whereabouts {
 /// AuditStream is gone; otherwise the Secret's error stands, and the deletion waits.
 async fn whereabouts(consumer: &AuditConsumer, ctx: &Context) -> Result<Whereabouts> {
     let namespace = consumer.namespace().unwrap_or_default();
-    let remembered = ctx.pool.last_connected(&PoolUser::of(consumer));
     let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
     let stream = match dereference::referenced_stream(consumer, &streams).await {
         Ok(stream) => stream,
         Err(Error::StreamNotFound { name }) => {
             let last_stream_name = consumer.status.as_ref().and_then(|s| s.stream_name.clone());
+            let remembered = ctx.pool.last_connected(&PoolUser::of(consumer));
             return Ok(match (last_stream_name, remembered) {
                 (Some(stream), Some(connection)) => Whereabouts::Reachable { stream, connection },
                 (stream, _) => Whereabouts::Unreachable {
@@ -610,23 +598,25 @@ async fn whereabouts(consumer: &AuditConsumer, ctx: &Context) -> Result<Whereabo
     };
     let stream_name = stream.stream_name();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let error = match resolve_connection(&secrets, &stream.spec.connection).await {
-        Ok(connection) => {
+    let user = PoolUser::of(consumer);
+    let error = match connection::for_cleanup(&secrets, &stream.spec.connection, &ctx.pool, &user)
+        .await?
+    {
+        ForCleanup::Current(connection) => {
             return Ok(Whereabouts::Reachable {
                 stream: stream_name,
                 connection,
             });
         }
-        Err(error) if error.is_unusable_secret() => error,
-        Err(error) => return Err(error),
+        ForCleanup::LastUsed { connection, why } => {
+            info!(consumer = %consumer.durable_name(), %namespace, error = %why, "deleting with the credentials last connected with");
+            return Ok(Whereabouts::Reachable {
+                stream: stream_name,
+                connection,
+            });
+        }
+        ForCleanup::Unusable(error) => error,
     };
-    if let Some(connection) = remembered {
-        info!(consumer = %consumer.durable_name(), %namespace, %error, "deleting with the credentials last connected with");
-        return Ok(Whereabouts::Reachable {
-            stream: stream_name,
-            connection,
-        });
-    }
     let why = if stream.metadata.deletion_timestamp.is_some() {
         format!(
             "AuditStream {} is being deleted and its credentials are unusable ({error})",

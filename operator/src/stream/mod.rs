@@ -4,7 +4,6 @@
 
 pub mod apply;
 pub mod build;
-pub mod dereference;
 pub mod drift;
 pub mod status;
 pub mod validate;
@@ -30,11 +29,11 @@ use tracing::{info, warn};
 use self::apply::{Change, Deletion};
 use crate::{
     backoff::Retries,
+    connection::{self, ForCleanup, NatsPool, PoolUser},
     crd::stream::{AuditStream, DeletionPolicy},
     error::{Error, Result},
     finalizer::{Event as FinalizerEvent, finalizer},
     metrics::Metrics,
-    nats_pool::{NatsPool, PoolUser},
     options::Options,
     report,
     watches::Watches,
@@ -156,7 +155,7 @@ fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Acti
 async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::Applied> {
     let namespace = stream.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let connection = match dereference::dereference(&secrets, &stream.spec.connection).await {
+    let connection = match connection::dereference(&secrets, &stream.spec.connection).await {
         Ok(connection) => connection,
         Err(error) => {
             let instance = ctx.options.instance.as_deref();
@@ -167,7 +166,11 @@ async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::App
     };
     let valid = validate::validate(stream)?;
     let desired = build::desired_config(stream, &valid);
-    let js = jetstream_context(ctx, stream, &connection).await?;
+    let js = ctx
+        .pool
+        .jetstream(&PoolUser::of(stream), &connection)
+        .await?
+        .context;
     let owner_exists = |owner: &str| {
         owner
             .split_once('/')
@@ -181,18 +184,6 @@ async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::App
         owner_exists,
     )
     .await
-}
-
-async fn jetstream_context(
-    ctx: &Context,
-    stream: &AuditStream,
-    connection: &dereference::ResolvedConnection,
-) -> Result<async_nats::jetstream::Context> {
-    let client = ctx.pool.client(&PoolUser::of(stream), connection).await?;
-    Ok(match &connection.js_domain {
-        Some(domain) => async_nats::jetstream::with_domain(client, domain),
-        None => async_nats::jetstream::new(client),
-    })
 }
 
 async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
@@ -374,29 +365,29 @@ async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
 async fn delete_from_nats(stream: &AuditStream, ctx: &Context) -> Result<Option<Deletion>> {
     let namespace = stream.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let connection = match dereference::dereference(&secrets, &stream.spec.connection).await {
-        Ok(connection) => connection,
-        Err(error) if error.is_unusable_secret() => {
-            match ctx.pool.last_connected(&PoolUser::of(stream)) {
-                Some(remembered) => {
-                    info!(stream = %stream.stream_name(), %namespace, %error, "deleting with the credentials last connected with");
-                    remembered
-                }
-                None if report::namespace_is_terminating(
-                    &ctx.client,
-                    stream,
-                    ctx.options.instance.as_deref(),
-                )
-                .await? =>
-                {
-                    return Ok(None);
-                }
-                None => return Err(error),
-            }
+    let user = PoolUser::of(stream);
+    let connection = match connection::for_cleanup(
+        &secrets,
+        &stream.spec.connection,
+        &ctx.pool,
+        &user,
+    )
+    .await?
+    {
+        ForCleanup::Current(connection) => connection,
+        ForCleanup::LastUsed { connection, why } => {
+            info!(stream = %stream.stream_name(), %namespace, error = %why, "deleting with the credentials last connected with");
+            connection
         }
-        Err(error) => return Err(error),
+        ForCleanup::Unusable(error) => {
+            let instance = ctx.options.instance.as_deref();
+            if report::namespace_is_terminating(&ctx.client, stream, instance).await? {
+                return Ok(None);
+            }
+            return Err(error);
+        }
     };
-    let js = jetstream_context(ctx, stream, &connection).await?;
+    let js = ctx.pool.jetstream(&user, &connection).await?.context;
     apply::delete(&js, &stream.stream_name(), &build::owner_of(stream))
         .await
         .map(Some)

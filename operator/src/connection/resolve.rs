@@ -1,5 +1,6 @@
-//! Pipeline step 1 (I/O): read the Secrets a connection references and pull out the material
-//! the NATS client needs. The extraction itself ([`resolve`]) is pure and unit-tested.
+//! A connection's material: [`dereference`] (I/O) reads the Secrets a `connection` references
+//! and [`resolve`] (pure, unit-tested) pulls out what the NATS client needs. Both controllers'
+//! pipelines start here (dereference), and the consumer pods mount the same Secrets.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -97,7 +98,7 @@ pub fn ensure_credentials_current(
     let Some(Credentials::Creds(creds)) = &resolved.credentials else {
         return Ok(());
     };
-    let expiry = crate::creds::user_jwt_expiry(creds).map_err(Error::CredsInvalid)?;
+    let expiry = super::creds::user_jwt_expiry(creds).map_err(Error::CredsInvalid)?;
     match expiry {
         Some(expiry) if expiry <= now.as_second() => Err(Error::CredsExpired {
             secret: connection
