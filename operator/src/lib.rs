@@ -19,6 +19,7 @@ pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod options;
+pub mod ownership;
 pub mod report;
 pub mod stream;
 pub mod triggers;

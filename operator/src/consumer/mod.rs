@@ -40,7 +40,7 @@ use kube::{
 use tracing::{info, warn};
 
 use self::{
-    apply::{Change, Deletion},
+    apply::Change,
     build::{WorkloadInputs, nats_consumer, workload_name},
     max_deliveries::{Listening, MaxDeliveries},
     status::{Advisories, Report, Stage},
@@ -56,6 +56,7 @@ use crate::{
     finalizer::{Event as FinalizerEvent, finalizer},
     metrics::Metrics,
     options::Options,
+    ownership::{self, Deletion},
     report,
     watches::Watches,
 };
@@ -540,24 +541,23 @@ async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<Remov
         .jetstream(&PoolUser::of(consumer), &connection)
         .await?
         .context;
-    let owner = nats_consumer::owner_of(consumer);
-    let (reason, note) = match apply::delete_consumer(&js, &stream_name, &durable, &owner).await? {
-        Deletion::Deleted => (
-            "Deleted",
-            format!("deleted durable consumer {durable} from stream {stream_name}"),
-        ),
-        Deletion::Absent => (
-            "Deleted",
-            format!("durable consumer {durable} was already gone from stream {stream_name}"),
-        ),
-        Deletion::NotOurs => (
-            "NotDeleted",
-            format!(
-                "durable consumer {durable} on stream {stream_name} is not managed by this resource; left it on NATS"
-            ),
+    let owner = ownership::owner_of(consumer);
+    let deletion = apply::delete_consumer(&js, &stream_name, &durable, &owner).await?;
+    let note = match deletion {
+        Deletion::Deleted => {
+            format!("deleted durable consumer {durable} from stream {stream_name}")
+        }
+        Deletion::Absent => {
+            format!("durable consumer {durable} was already gone from stream {stream_name}")
+        }
+        Deletion::NotOurs => format!(
+            "durable consumer {durable} on stream {stream_name} is not managed by this resource; left it on NATS"
         ),
     };
-    Ok(Removal::Done { reason, note })
+    Ok(Removal::Done {
+        reason: deletion.reason(),
+        note,
+    })
 }
 
 /// Where a durable consumer to delete is, as far as the operator can tell.

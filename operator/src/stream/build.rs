@@ -8,20 +8,10 @@ use std::collections::HashMap;
 use async_nats::jetstream::stream::{self, Config};
 
 use super::validate::ValidStream;
-use crate::crd::stream::{AuditStream, Compression, Discard, Retention, Storage};
-
-/// Stream metadata key naming the AuditStream (`namespace/name`) that manages the stream. A
-/// stream without it, or naming another resource, is adopted only when the spec allows it.
-pub const OWNER_KEY: &str = "audit.eventsaudit.io/owner";
-
-/// The owner marker value for `stream`.
-pub fn owner_of(stream: &AuditStream) -> String {
-    format!(
-        "{}/{}",
-        stream.metadata.namespace.as_deref().unwrap_or_default(),
-        stream.metadata.name.as_deref().unwrap_or_default()
-    )
-}
+use crate::{
+    crd::stream::{AuditStream, Compression, Discard, Retention, Storage},
+    ownership::{OWNER_KEY, owner_of},
+};
 
 pub fn desired_config(stream: &AuditStream, valid: &ValidStream) -> Config {
     let spec = &stream.spec;

@@ -26,7 +26,7 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use self::apply::{Change, Deletion};
+use self::apply::Change;
 use crate::{
     backoff::Retries,
     connection::{self, ForCleanup, NatsPool, PoolUser},
@@ -35,6 +35,7 @@ use crate::{
     finalizer::{Event as FinalizerEvent, finalizer},
     metrics::Metrics,
     options::Options,
+    ownership::{self, Deletion},
     report,
     watches::Watches,
 };
@@ -179,7 +180,7 @@ async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::App
     apply::apply(
         &js,
         &desired,
-        &build::owner_of(stream),
+        &ownership::owner_of(stream),
         stream.spec.adopt,
         owner_exists,
     )
@@ -308,20 +309,16 @@ async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
             format!("deletionPolicy is Retain: stream {name} and its data stay on NATS"),
         ),
         DeletionPolicy::Delete => match delete_from_nats(stream, ctx).await {
-            Ok(Some(Deletion::Deleted)) => (
-                "Deleted",
-                format!("deleted stream {name} and its data from NATS"),
-            ),
-            Ok(Some(Deletion::Absent)) => (
-                "Deleted",
-                format!("stream {name} was already gone from NATS"),
-            ),
-            Ok(Some(Deletion::NotOurs)) => (
-                "NotDeleted",
-                format!(
-                    "stream {name} was not created or adopted by this resource; left it on NATS"
-                ),
-            ),
+            Ok(Some(deletion)) => {
+                let note = match deletion {
+                    Deletion::Deleted => format!("deleted stream {name} and its data from NATS"),
+                    Deletion::Absent => format!("stream {name} was already gone from NATS"),
+                    Deletion::NotOurs => format!(
+                        "stream {name} was not created or adopted by this resource; left it on NATS"
+                    ),
+                };
+                (deletion.reason(), note)
+            }
             Ok(None) => {
                 // Holding the resource would hold its namespace forever: the credentials
                 // cannot come back into a namespace being deleted. No Event either: the
@@ -388,7 +385,7 @@ async fn delete_from_nats(stream: &AuditStream, ctx: &Context) -> Result<Option<
         }
     };
     let js = ctx.pool.jetstream(&user, &connection).await?.context;
-    apply::delete(&js, &stream.stream_name(), &build::owner_of(stream))
+    apply::delete(&js, &stream.stream_name(), &ownership::owner_of(stream))
         .await
         .map(Some)
 }

@@ -10,19 +10,8 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, ReplayPolicy, pu
 use crate::{
     consumer::validate::{Start, ValidConsumer},
     crd::consumer::{AuditConsumer, DeliverPolicy as SpecDeliverPolicy},
+    ownership::{OWNER_KEY, owner_of},
 };
-
-/// The metadata key marking what the operator made; the same mark as on streams.
-pub use crate::stream::build::OWNER_KEY;
-
-/// The owner marker value for `consumer`.
-pub fn owner_of(consumer: &AuditConsumer) -> String {
-    format!(
-        "{}/{}",
-        consumer.metadata.namespace.as_deref().unwrap_or_default(),
-        consumer.metadata.name.as_deref().unwrap_or_default()
-    )
-}
 
 pub fn desired_config(consumer: &AuditConsumer, valid: &ValidConsumer) -> Config {
     let spec = &consumer.spec;
