@@ -42,7 +42,7 @@ pub fn stream_generation_and_readiness(stream: &DeserializeGuard<AuditStream>) -
             status
                 .conditions
                 .iter()
-                .find(|condition| condition.type_ == "Ready")
+                .find(|condition| condition.type_ == crate::conditions::READY)
                 .map(|condition| (condition.status.clone(), status.observed_generation))
         })
     });

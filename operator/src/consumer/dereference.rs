@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use crate::{
-    conditions::READY,
+    conditions::{READY, Status},
     connection::{self, ResolvedConnection},
     crd::{consumer::AuditConsumer, stream::AuditStream},
     error::{Error, Result},
@@ -77,12 +77,12 @@ pub fn ready(stream: &AuditStream) -> Result<()> {
     let ready = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
     match ready {
         Some(condition)
-            if condition.status == "True"
+            if Status::True.of(condition)
                 && status.and_then(|s| s.observed_generation) == stream.metadata.generation =>
         {
             Ok(())
         }
-        Some(condition) if condition.status != "True" => Err(Error::StreamNotReady {
+        Some(condition) if !Status::True.of(condition) => Err(Error::StreamNotReady {
             name,
             reason: format!("{}: {}", condition.reason, condition.message),
         }),

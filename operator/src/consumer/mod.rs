@@ -43,7 +43,7 @@ use self::{
     apply::Change,
     build::{WorkloadInputs, nats_consumer, workload_name},
     max_deliveries::{Listening, MaxDeliveries},
-    status::{Advisories, Report, Stage},
+    status::{Advisories, Failure, Report, Stage},
 };
 use crate::{
     backoff::Retries,
@@ -221,10 +221,7 @@ struct Reconciled {
 }
 
 /// The pipeline; a failure says at which stage it stopped, for the detail conditions.
-async fn pipeline(
-    consumer: &AuditConsumer,
-    ctx: &Context,
-) -> Result<Reconciled, (Stage, Option<String>, Error)> {
+async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled, Failure> {
     let namespace = consumer.namespace().unwrap_or_default();
     let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -234,13 +231,21 @@ async fn pipeline(
             let instance = ctx.options.instance.as_deref();
             let error =
                 report::unless_namespace_terminating(&ctx.client, consumer, instance, error).await;
-            return Err((Stage::Stream, None, error));
+            return Err(Failure {
+                stage: Stage::Stream,
+                stream_name: None,
+                error,
+            });
         }
     };
     let stream_name = referenced.stream_name.clone();
     let at = |stage: Stage| {
         let stream_name = stream_name.clone();
-        move |e: Error| (stage, Some(stream_name), e)
+        move |error: Error| Failure {
+            stage,
+            stream_name: Some(stream_name),
+            error,
+        }
     };
 
     let valid = validate::validate(consumer).map_err(at(Stage::Consumer))?;
@@ -326,9 +331,9 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
             failure: None,
             advisories: advisories.clone(),
         },
-        Err((stage, stream_name, error)) => Report {
-            stream_name: stream_name.clone(),
-            failure: Some((*stage, error)),
+        Err(failure) => Report {
+            stream_name: failure.stream_name.clone(),
+            failure: Some(failure),
             advisories: advisories.clone(),
             ..Report::default()
         },
@@ -347,7 +352,8 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
     if let Advisories::Known(refused @ Listening::Refused { .. }) = &advisories
         && !max_deliveries::refusal_reported(consumer.status.as_ref())
     {
-        let (_, reason, note) = max_deliveries::counting_condition(refused);
+        let condition = max_deliveries::counting_condition(refused);
+        let (reason, note) = (condition.reason.as_str(), condition.message);
         warn!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason, "{note}");
         report::publish(
             &ctx.recorder,
@@ -430,13 +436,16 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
             status_written?;
             Ok(Action::requeue(ctx.options.requeue_interval))
         }
-        Err((_, _, Error::StreamNotReady { name, reason })) => {
+        Err(Failure {
+            error: Error::StreamNotReady { name, reason },
+            ..
+        }) => {
             // Not a failure of this resource: the stream's watch requeues it once Ready.
             info!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), stream = %name, %reason, "waiting for the AuditStream");
             status_written?;
             Ok(Action::requeue(ctx.options.requeue_interval))
         }
-        Err((_, _, error)) => {
+        Err(Failure { error, .. }) => {
             warn!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason = error.reason(), %error, "consumer not ready");
             report::publish(
                 &ctx.recorder,

@@ -275,7 +275,7 @@ fn change_event(
             if previous.is_some_and(|s| {
                 crate::conditions::held_at_generation(
                     &s.conditions,
-                    "Ready",
+                    crate::conditions::READY,
                     s.observed_generation,
                     stream.metadata.generation,
                 )
