@@ -11,6 +11,7 @@ pub mod cli;
 pub mod conditions;
 pub mod connection;
 pub mod consumer;
+pub mod controller;
 pub mod crd;
 pub mod duration;
 pub mod error;
@@ -124,32 +125,21 @@ async fn run_controllers(
     watches: &Watches,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    let pool = Arc::new(connection::NatsPool::new(options.nats_timeout));
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: CONTROLLER_NAME.to_owned(),
-            instance: options.instance.clone(),
-        },
-    );
+    let shared = controller::Shared {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: CONTROLLER_NAME.to_owned(),
+                instance: options.instance.clone(),
+            },
+        ),
+        pool: Arc::new(connection::NatsPool::new(options.nats_timeout)),
+        options: options.clone(),
+        metrics: telemetry.metrics.clone(),
+    };
     tokio::join!(
-        stream::run(
-            client.clone(),
-            options.clone(),
-            pool.clone(),
-            recorder.clone(),
-            telemetry.metrics.clone(),
-            watches,
-            shutdown.clone()
-        ),
-        consumer::run(
-            client.clone(),
-            options.clone(),
-            pool,
-            recorder,
-            telemetry.metrics.clone(),
-            watches,
-            shutdown
-        ),
+        stream::run(shared.clone(), watches, shutdown.clone()),
+        consumer::run(shared, watches, shutdown),
     );
 }

@@ -28,12 +28,12 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         Controller,
         controller::Action,
-        events::{EventType, Recorder},
+        events::EventType,
         reflector::{ObjectRef, Store},
     },
 };
@@ -46,16 +46,13 @@ use self::{
     status::{Advisories, Failure, Report, Stage},
 };
 use crate::{
-    backoff::Retries,
-    connection::{self, ForCleanup, NatsPool, PoolUser, ResolvedConnection},
+    connection::{self, ForCleanup, PoolUser, ResolvedConnection},
+    controller::{self, Reconciler, Shared},
     crd::{
         consumer::{AuditConsumer, ConsumerDeletionPolicy},
         stream::AuditStream,
     },
     error::{Error, Result},
-    finalizer::{Event as FinalizerEvent, finalizer},
-    metrics::Metrics,
-    options::Options,
     ownership::{self, Deletion},
     report,
     watches::Watches,
@@ -67,71 +64,64 @@ pub const FINALIZER: &str = "audit.eventsaudit.io/consumer-cleanup";
 type Guarded = DeserializeGuard<AuditConsumer>;
 type GuardedStream = DeserializeGuard<AuditStream>;
 
-/// What every reconciliation shares.
-pub struct Context {
-    client: Client,
-    recorder: Recorder,
-    pool: Arc<NatsPool>,
-    options: Options,
-    retries: Retries<ObjectRef<Guarded>>,
-    metrics: Arc<Metrics>,
+/// What the AuditConsumer controller keeps beyond the shared context.
+pub struct Consumers {
+    /// The subscriptions to the max-deliveries advisories, and their counts.
     max_deliveries: MaxDeliveries,
 }
 
-/// Runs the AuditConsumer controller, fed by `watches`, until `shutdown` completes. It starts
-/// with a pass over every AuditConsumer in the cache: what changed while this replica stood
-/// by reached the cache, but no controller.
+type Context = controller::Context<Consumers>;
+
+impl Reconciler for Consumers {
+    type Resource = AuditConsumer;
+    const FINALIZER: &'static str = FINALIZER;
+
+    async fn apply(ctx: &Context, consumer: &AuditConsumer) -> Result<Action> {
+        apply_consumer(consumer, ctx).await
+    }
+
+    async fn cleanup(ctx: &Context, consumer: &AuditConsumer) -> Result<Action> {
+        cleanup(consumer, ctx).await
+    }
+}
+
+/// Runs the AuditConsumer controller, fed by `watches`, until `shutdown` completes.
 pub async fn run(
-    client: Client,
-    options: Options,
-    pool: Arc<NatsPool>,
-    recorder: Recorder,
-    metrics: Arc<Metrics>,
+    shared: Shared,
     watches: &Watches,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let by_stream = watches.consumers.clone();
     let by_secret = watches.consumers.clone();
     let streams = watches.streams.clone();
-    let (max_deliveries, advised) = MaxDeliveries::new(pool.subscription_refusals());
-    let reconnected = crate::triggers::reconnected::<AuditConsumer>(&pool);
-    let context = Arc::new(Context {
-        client,
-        metrics,
-        recorder,
-        pool,
-        retries: Retries::new(options.retry),
-        options,
-        max_deliveries,
-    });
-    Controller::for_stream(watches.consumer_changes.listen(), watches.consumers.clone())
-        .owns_stream(watches.deployments.listen())
-        .owns_stream(watches.service_accounts.listen())
-        .owns_stream(watches.disruption_budgets.listen())
-        .owns_stream(watches.network_policies.listen())
-        .watches_stream(watches.stream_readiness_changes.listen(), move |stream| {
-            consumers_of_stream(&by_stream, &stream.name_any(), stream.namespace())
-        })
-        .watches_stream(watches.secret_changes.listen(), move |secret| {
-            consumers_using_secret(&by_secret, &streams, &secret)
-        })
-        .watches_stream(advised.map(Ok), |advised| {
-            Some(
-                ObjectRef::new(&advised.name_any())
-                    .within(&advised.namespace().unwrap_or_default()),
-            )
-        })
-        .watches_stream(reconnected, |consumer| {
-            Some(
-                ObjectRef::new(&consumer.name_any())
-                    .within(&consumer.namespace().unwrap_or_default()),
-            )
-        })
-        .reconcile_all_on(futures::stream::once(std::future::ready(())))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|outcome| async move { report::log_outcome(outcome) })
-        .await;
+    let (max_deliveries, advised) = MaxDeliveries::new(shared.pool.subscription_refusals());
+    let reconnected = crate::triggers::reconnected::<AuditConsumer>(&shared.pool);
+    let ctx = Arc::new(Context::new(shared, Consumers { max_deliveries }));
+    let controller =
+        Controller::for_stream(watches.consumer_changes.listen(), watches.consumers.clone())
+            .owns_stream(watches.deployments.listen())
+            .owns_stream(watches.service_accounts.listen())
+            .owns_stream(watches.disruption_budgets.listen())
+            .owns_stream(watches.network_policies.listen())
+            .watches_stream(watches.stream_readiness_changes.listen(), move |stream| {
+                consumers_of_stream(&by_stream, &stream.name_any(), stream.namespace())
+            })
+            .watches_stream(watches.secret_changes.listen(), move |secret| {
+                consumers_using_secret(&by_secret, &streams, &secret)
+            })
+            .watches_stream(advised.map(Ok), |advised| {
+                Some(
+                    ObjectRef::new(&advised.name_any())
+                        .within(&advised.namespace().unwrap_or_default()),
+                )
+            })
+            .watches_stream(reconnected, |consumer| {
+                Some(
+                    ObjectRef::new(&consumer.name_any())
+                        .within(&consumer.namespace().unwrap_or_default()),
+                )
+            });
+    controller::run(controller, ctx, shutdown).await;
 }
 
 /// The AuditConsumers in `namespace` that read AuditStream `stream`.
@@ -165,46 +155,6 @@ fn consumers_using_secret(
         .filter(|s| s.spec.connection.secret_names().any(|n| n == name))
         .flat_map(|s| consumers_of_stream(consumers, &s.name_any(), namespace.clone()))
         .collect()
-}
-
-async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
-    let started = std::time::Instant::now();
-    let result = reconcile_consumer(&guarded, &ctx).await;
-    ctx.metrics.record_reconcile(
-        "AuditConsumer",
-        started.elapsed(),
-        result.as_ref().err().map(Error::reason),
-    );
-    result
-}
-
-async fn reconcile_consumer(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<Action> {
-    let Some(consumer) = report::readable(guarded, &ctx.recorder).await else {
-        return Ok(Action::await_change());
-    };
-    let api: Api<AuditConsumer> = Api::namespaced(
-        ctx.client.clone(),
-        &consumer.namespace().unwrap_or_default(),
-    );
-    let result = finalizer(&api, FINALIZER, consumer, |event| async {
-        match event {
-            FinalizerEvent::Apply(consumer) => apply_consumer(&consumer, ctx).await,
-            FinalizerEvent::Cleanup(consumer) => cleanup(&consumer, ctx).await,
-        }
-    })
-    .await;
-    if result.is_ok() {
-        ctx.retries.reset(&ObjectRef::from_obj(guarded.as_ref()));
-    }
-    result
-}
-
-fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx
-        .retries
-        .next_delay(ObjectRef::from_obj(guarded.as_ref()));
-    info!(name = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default(), %error, retry_in = ?delay, "will retry");
-    Action::requeue(delay)
 }
 
 /// The controller's reference to `consumer`.
@@ -261,12 +211,13 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
     // Listen once the durable exists: NATS advises only while someone listens.
     if valid.max_deliver > 0 {
         let subject = max_deliveries::advisory_subject(&stream_name, &valid.durable_name);
-        ctx.max_deliveries
+        ctx.state
+            .max_deliveries
             .watch(&object_ref(consumer), &nats.client, subject)
             .await
             .map_err(at(Stage::Consumer))?;
     } else {
-        ctx.max_deliveries.forget(&object_ref(consumer));
+        ctx.state.max_deliveries.forget(&object_ref(consumer));
     }
 
     let inputs = WorkloadInputs {
@@ -319,6 +270,7 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
     let advisories = match consumer.spec.max_deliver {
         None => Advisories::NotWanted,
         Some(_) => ctx
+            .state
             .max_deliveries
             .listening(&key)
             .map_or(Advisories::Unknown, Advisories::Known),
@@ -339,7 +291,7 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
         },
     };
     let mut status = status::desired_status(consumer, &report, &Time(Timestamp::now()));
-    let unreported = ctx.max_deliveries.unreported(&key);
+    let unreported = ctx.state.max_deliveries.unreported(&key);
     let recorded = unreported.map(|u| max_deliveries::fold_into(&mut status, &u));
     // The Events go out even when the status write fails, so that failure cannot hide them.
     let status_written = if consumer.status.as_ref() != Some(&status) {
@@ -366,7 +318,9 @@ async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Actio
         .await;
     }
     if let (Some(unreported), Some(recorded)) = (unreported, recorded) {
-        ctx.max_deliveries.reported(&key, &unreported, recorded);
+        ctx.state
+            .max_deliveries
+            .reported(&key, &unreported, recorded);
         if unreported.new.count > 0 {
             ctx.metrics.record_max_deliveries(
                 &consumer.namespace().unwrap_or_default(),
@@ -516,7 +470,7 @@ async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
 
 /// Forgets what the operator held for a deleted AuditConsumer.
 fn release(consumer: &AuditConsumer, ctx: &Context) -> Action {
-    ctx.max_deliveries.forget(&object_ref(consumer));
+    ctx.state.max_deliveries.forget(&object_ref(consumer));
     ctx.pool.release(&PoolUser::of(consumer));
     Action::await_change()
 }

@@ -10,17 +10,16 @@ pub mod validate;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::{
     api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         Controller,
         controller::Action,
-        events::{EventType, Recorder},
+        events::EventType,
         reflector::{ObjectRef, Store},
     },
 };
@@ -28,13 +27,10 @@ use tracing::{info, warn};
 
 use self::apply::Change;
 use crate::{
-    backoff::Retries,
-    connection::{self, ForCleanup, NatsPool, PoolUser},
+    connection::{self, ForCleanup, PoolUser},
+    controller::{self, Reconciler, Shared},
     crd::stream::{AuditStream, DeletionPolicy},
-    error::{Error, Result},
-    finalizer::{Event as FinalizerEvent, finalizer},
-    metrics::Metrics,
-    options::Options,
+    error::Result,
     ownership::{self, Deletion},
     report,
     watches::Watches,
@@ -45,54 +41,50 @@ pub const FINALIZER: &str = "audit.eventsaudit.io/stream-cleanup";
 
 type Guarded = DeserializeGuard<AuditStream>;
 
-/// What every reconciliation shares.
-pub struct Context {
-    client: Client,
-    recorder: Recorder,
-    pool: Arc<NatsPool>,
-    options: Options,
+/// What the AuditStream controller keeps beyond the shared context.
+pub struct Streams {
     /// The controller's cache of AuditStreams: answers "which streams use this Secret" and
     /// "does the owner named on a stream still exist" without API calls.
     store: Store<Guarded>,
-    retries: Retries<ObjectRef<Guarded>>,
-    metrics: Arc<Metrics>,
 }
 
-/// Runs the AuditStream controller, fed by `watches`, until `shutdown` completes. It starts
-/// with a pass over every AuditStream in the cache: what changed while this replica stood by
-/// reached the cache, but no controller.
+type Context = controller::Context<Streams>;
+
+impl Reconciler for Streams {
+    type Resource = AuditStream;
+    const FINALIZER: &'static str = FINALIZER;
+
+    async fn apply(ctx: &Context, stream: &AuditStream) -> Result<Action> {
+        apply_stream(stream, ctx).await
+    }
+
+    async fn cleanup(ctx: &Context, stream: &AuditStream) -> Result<Action> {
+        cleanup(stream, ctx).await
+    }
+}
+
+/// Runs the AuditStream controller, fed by `watches`, until `shutdown` completes.
 pub async fn run(
-    client: Client,
-    options: Options,
-    pool: Arc<NatsPool>,
-    recorder: Recorder,
-    metrics: Arc<Metrics>,
+    shared: Shared,
     watches: &Watches,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let store = watches.streams.clone();
-    let reconnected = crate::triggers::reconnected::<AuditStream>(&pool);
-    let context = Arc::new(Context {
-        client,
-        metrics,
-        recorder,
-        pool,
-        retries: Retries::new(options.retry),
-        options,
-        store: store.clone(),
-    });
-    Controller::for_stream(watches.stream_changes.listen(), store.clone())
+    let reconnected = crate::triggers::reconnected::<AuditStream>(&shared.pool);
+    let ctx = Arc::new(Context::new(
+        shared,
+        Streams {
+            store: store.clone(),
+        },
+    ));
+    let controller = Controller::for_stream(watches.stream_changes.listen(), store.clone())
         .watches_stream(watches.secret_changes.listen(), move |secret| {
             streams_using_secret(&store, &secret)
         })
         .watches_stream(reconnected, |stream| {
             Some(ObjectRef::new(&stream.name_any()).within(&stream.namespace().unwrap_or_default()))
-        })
-        .reconcile_all_on(futures::stream::once(std::future::ready(())))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|outcome| async move { report::log_outcome(outcome) })
-        .await;
+        });
+    controller::run(controller, ctx, shutdown).await;
 }
 
 /// The AuditStreams in the Secret's namespace whose connection reads it.
@@ -112,44 +104,6 @@ fn streams_using_secret(
             ObjectRef::new(&stream.name_any()).within(&stream.namespace().unwrap_or_default())
         })
         .collect()
-}
-
-async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
-    let started = std::time::Instant::now();
-    let result = reconcile_stream(&guarded, &ctx).await;
-    ctx.metrics.record_reconcile(
-        "AuditStream",
-        started.elapsed(),
-        result.as_ref().err().map(Error::reason),
-    );
-    result
-}
-
-async fn reconcile_stream(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<Action> {
-    let Some(stream) = report::readable(guarded, &ctx.recorder).await else {
-        return Ok(Action::await_change());
-    };
-    let namespace = stream.namespace().unwrap_or_default();
-    let api: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, stream, |event| async {
-        match event {
-            FinalizerEvent::Apply(stream) => apply_stream(&stream, ctx).await,
-            FinalizerEvent::Cleanup(stream) => cleanup(&stream, ctx).await,
-        }
-    })
-    .await;
-    if result.is_ok() {
-        ctx.retries.reset(&ObjectRef::from_obj(guarded.as_ref()));
-    }
-    result
-}
-
-fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx
-        .retries
-        .next_delay(ObjectRef::from_obj(guarded.as_ref()));
-    info!(name = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default(), %error, retry_in = ?delay, "will retry");
-    Action::requeue(delay)
 }
 
 /// The pipeline up to NATS: Secrets, validation, desired config, and the stream on the server.
@@ -173,9 +127,12 @@ async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::App
         .await?
         .context;
     let owner_exists = |owner: &str| {
-        owner
-            .split_once('/')
-            .is_some_and(|(ns, name)| ctx.store.get(&ObjectRef::new(name).within(ns)).is_some())
+        owner.split_once('/').is_some_and(|(ns, name)| {
+            ctx.state
+                .store
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some()
+        })
     };
     apply::apply(
         &js,
