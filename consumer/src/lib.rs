@@ -13,6 +13,7 @@ pub mod delivery_limit;
 pub mod error;
 pub mod escape;
 pub mod event;
+pub mod flag;
 pub mod format;
 pub mod health;
 pub mod json;
