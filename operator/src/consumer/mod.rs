@@ -41,9 +41,10 @@ use tracing::{info, warn};
 
 use self::{
     apply::Change,
-    build::{WorkloadInputs, nats_consumer, workload_name},
+    build::{nats_consumer, workload_name},
     max_deliveries::{Listening, MaxDeliveries},
     status::{Advisories, Failure, Report, Stage},
+    validate::ValidConsumer,
 };
 use crate::{
     connection::{self, ForCleanup, PoolUser, ResolvedConnection},
@@ -198,8 +199,9 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
         }
     };
 
-    let valid = validate::validate(consumer).map_err(at(Stage::Consumer))?;
-    let desired = nats_consumer::desired_config(consumer, &valid);
+    let valid = validate::validate(consumer, &referenced, &ctx.options.consumer_image)
+        .map_err(at(Stage::Consumer))?;
+    let desired = nats_consumer::desired_config(&valid);
     let nats = ctx
         .pool
         .jetstream(&PoolUser::of(consumer), &referenced.connection)
@@ -220,15 +222,7 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
         ctx.state.max_deliveries.forget(&object_ref(consumer));
     }
 
-    let inputs = WorkloadInputs {
-        valid: &valid,
-        stream_name: &stream_name,
-        connection: &referenced.stream.spec.connection,
-        client_cert_has_ca: referenced.client_cert_has_ca(),
-        secret_versions: &referenced.connection.secret_versions,
-        default_image: &ctx.options.consumer_image,
-    };
-    let deployment = apply_workload(consumer, &inputs, ctx)
+    let deployment = apply_workload(consumer, &valid, ctx)
         .await
         .map_err(at(Stage::Workload))?;
     Ok(Reconciled {
@@ -243,21 +237,20 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
 /// asks for; returns the Deployment as the server has it (with its status).
 async fn apply_workload(
     consumer: &AuditConsumer,
-    inputs: &WorkloadInputs<'_>,
+    valid: &ValidConsumer,
     ctx: &Context,
 ) -> Result<Deployment> {
     let client = &ctx.client;
     let uid = consumer.uid().unwrap_or_default();
     let namespace = consumer.namespace().unwrap_or_default();
-    let name = workload_name(consumer);
-    apply::apply_owned(client, &build::service_account::build(consumer), &uid).await?;
-    let deployment =
-        apply::apply_owned(client, &build::deployment::build(consumer, inputs), &uid).await?;
-    match build::pdb::build(consumer) {
+    let name = workload_name(&valid.name);
+    apply::apply_owned(client, &build::service_account::build(valid), &uid).await?;
+    let deployment = apply::apply_owned(client, &build::deployment::build(valid), &uid).await?;
+    match build::pdb::build(valid) {
         Some(pdb) => drop(apply::apply_owned(client, &pdb, &uid).await?),
         None => apply::remove_owned::<PodDisruptionBudget>(client, &namespace, &name, &uid).await?,
     }
-    match build::network_policy::build(consumer, inputs) {
+    match build::network_policy::build(valid) {
         Some(policy) => drop(apply::apply_owned(client, &policy, &uid).await?),
         None => apply::remove_owned::<NetworkPolicy>(client, &namespace, &name, &uid).await?,
     }
@@ -491,8 +484,13 @@ async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<Remov
     let uid = consumer.uid().unwrap_or_default();
     // Pods reading a deleted consumer would exit with an error until garbage collection
     // removes them; remove their Deployment first.
-    apply::remove_owned::<Deployment>(&ctx.client, &namespace, &workload_name(consumer), &uid)
-        .await?;
+    apply::remove_owned::<Deployment>(
+        &ctx.client,
+        &namespace,
+        &workload_name(&consumer.name_any()),
+        &uid,
+    )
+    .await?;
     let (stream_name, connection) = match whereabouts(consumer, ctx).await? {
         Whereabouts::Reachable { stream, connection } => (stream, connection),
         Whereabouts::Unreachable { stream, why } => {

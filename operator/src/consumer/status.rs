@@ -9,6 +9,7 @@ use k8s_openapi::{
     api::apps::v1::{Deployment, DeploymentStatus},
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
+use kube::ResourceExt;
 
 use super::{
     build::selector_string,
@@ -185,7 +186,7 @@ pub fn desired_status(
         conditions,
         stream_name: report.stream_name.clone().or(previous.stream_name.clone()),
         consumer_name: Some(durable),
-        selector: Some(selector_string(consumer)),
+        selector: Some(selector_string(&consumer.name_any())),
         ..previous
     };
     if let Some(workload) = report.workload.and_then(|d| d.status.as_ref()) {
@@ -232,7 +233,7 @@ fn workload_condition(consumer: &AuditConsumer, deployment: &Deployment) -> Valu
             PROGRESS_DEADLINE_EXCEEDED,
             format!(
                 "{ready} of {desired} pod(s) ready and the rollout stopped progressing: see the pods' events and logs (kubectl describe pods -l {})",
-                selector_string(consumer)
+                selector_string(&consumer.name_any())
             ),
         )
     } else {

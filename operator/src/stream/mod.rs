@@ -120,7 +120,7 @@ async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::App
         }
     };
     let valid = validate::validate(stream)?;
-    let desired = build::desired_config(stream, &valid);
+    let desired = build::desired_config(&valid);
     let js = ctx
         .pool
         .jetstream(&PoolUser::of(stream), &connection)
@@ -134,14 +134,7 @@ async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::App
                 .is_some()
         })
     };
-    apply::apply(
-        &js,
-        &desired,
-        &ownership::owner_of(stream),
-        stream.spec.adopt,
-        owner_exists,
-    )
-    .await
+    apply::apply(&js, &desired, &valid.mark, stream.spec.adopt, owner_exists).await
 }
 
 async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
