@@ -4,12 +4,7 @@
 //! retyped in `config` fails the build or the tests below, not a pod at run time. Only the
 //! options the operator sets are here; everything else keeps its default.
 
-use std::{
-    fmt::{self, Write as _},
-    net::SocketAddr,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::ValueEnum as _;
 
@@ -65,7 +60,8 @@ impl Flag {
         }
     }
 
-    /// The value as `Args` parses it: lists comma-separated, durations in units.
+    /// The value as `Args` parses it: lists comma-separated, durations as humantime writes
+    /// them.
     fn value(&self) -> String {
         match self {
             Flag::NatsUrl(list) | Flag::RedactKeys(list) => list.join(","),
@@ -80,7 +76,10 @@ impl Flag {
             Flag::JsDomain(text) | Flag::Stream(text) | Flag::Consumer(text) => text.clone(),
             Flag::Batch(count) => count.to_string(),
             Flag::MaxBytes(bytes) => bytes.to_string(),
-            Flag::Expires(duration) | Flag::Heartbeat(duration) => units(*duration),
+            // In the syntax the consumer parses durations with.
+            Flag::Expires(duration) | Flag::Heartbeat(duration) => {
+                humantime::format_duration(*duration).to_string()
+            }
             Flag::Format(format) => format
                 .to_possible_value()
                 .expect("every format has a name")
@@ -96,32 +95,6 @@ impl fmt::Display for Flag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "--{}={}", self.name(), self.value())
     }
-}
-
-/// A duration in whole units without spaces, largest first (`30s`, `1m30s`, `1s500ms`), as
-/// both humantime (the consumer) and the operator's API read it.
-fn units(duration: Duration) -> String {
-    const UNITS: [(&str, u128); 6] = [
-        ("h", 3_600_000_000_000),
-        ("m", 60_000_000_000),
-        ("s", 1_000_000_000),
-        ("ms", 1_000_000),
-        ("us", 1_000),
-        ("ns", 1),
-    ];
-    let mut rest = duration.as_nanos();
-    if rest == 0 {
-        return "0s".to_owned();
-    }
-    let mut text = String::new();
-    for (unit, nanos) in UNITS {
-        let count = rest / nanos;
-        if count > 0 {
-            let _ = write!(text, "{count}{unit}");
-            rest %= nanos;
-        }
-    }
-    text
 }
 
 #[cfg(test)]
@@ -219,12 +192,9 @@ mod tests {
     }
 
     #[test]
-    fn durations_are_written_in_units_largest_first() {
-        assert_eq!(units(Duration::from_secs(30)), "30s");
-        assert_eq!(units(Duration::from_secs(60)), "1m");
-        assert_eq!(units(Duration::from_secs(90)), "1m30s");
-        assert_eq!(units(Duration::from_millis(1500)), "1s500ms");
-        assert_eq!(units(Duration::from_secs(7200)), "2h");
-        assert_eq!(units(Duration::ZERO), "0s");
+    fn whole_seconds_and_minutes_are_written_as_a_person_would() {
+        let written = |duration| Flag::Expires(duration).to_string();
+        assert_eq!(written(Duration::from_secs(30)), "--expires=30s");
+        assert_eq!(written(Duration::from_secs(300)), "--expires=5m");
     }
 }
