@@ -3,6 +3,10 @@
 //!
 //! [`run`] starts the watches and, while this replica leads, every controller on a given
 //! `kube::Client`, so the binary and the integration tests run exactly the same code.
+//!
+//! Both controllers ([`stream`], [`consumer`]) run in one shell ([`controller`]) through the
+//! pipeline dereference -> validate -> build -> apply -> status, and reach NATS through
+//! [`connection`]; the README's Architecture section maps every module.
 
 #![forbid(unsafe_code)]
 
