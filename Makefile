@@ -57,6 +57,11 @@ crds: ## Regenerate crds/ and the Helm chart's copy from the Rust types.
 	mkdir -p deploy/helm/audit-operator/crds
 	$(CARGO) run --quiet --locked --bin audit-operator -- crd --output-dir deploy/helm/audit-operator/crds
 
+.PHONY: kustomize-base
+kustomize-base: ## Regenerate the Kustomize base and production budget from the Helm chart (tests/src/manifests.rs).
+	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	AUDIT_TESTENV_BIN="$$bin_dir" AUDIT_UPDATE_FIXTURES=1 $(CARGO) test --locked -p audit-tests --test deploy_manifests the_kustomize_base_is_generated_from_the_chart
+
 .PHONY: argocd-cm
 argocd-cm: ## Regenerate deploy/argocd/argocd-cm.yaml from deploy/argocd/health.lua.
 	bash hack/argocd-cm.sh > deploy/argocd/argocd-cm.yaml

@@ -1,7 +1,8 @@
 //! Command-line and environment configuration.
 //!
 //! Every option is a long flag with an `AUDIT_CONSUMER_<NAME>` environment variable; the
-//! operator generates pods from exactly these names. Secrets are only ever paths to files (a
+//! operator writes its pods' command lines with [`crate::flag::Flag`], which is tested to parse
+//! back here. Secrets are only ever paths to files (a
 //! mounted Secret): a value on the command line or in the environment is visible in the pod
 //! spec and in `/proc`.
 

@@ -3,6 +3,8 @@
 //!
 //! `run` wires the parts together; `main.rs` only parses arguments and sets up diagnostics.
 
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod bind;
 pub mod config;
@@ -11,6 +13,7 @@ pub mod delivery_limit;
 pub mod error;
 pub mod escape;
 pub mod event;
+pub mod flag;
 pub mod format;
 pub mod health;
 pub mod json;

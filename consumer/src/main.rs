@@ -1,5 +1,7 @@
 //! The audit-consumer binary: arguments, diagnostics on standard error, exit status.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -1,13 +1,62 @@
 //! kstatus conditions (`Ready`, `Reconciling`, `Stalled`) computed from the outcome of one
-//! reconciliation. Pure: the caller supplies the clock, and a condition whose status did not
-//! change keeps its `lastTransitionTime`, so an unchanged outcome yields an identical list and
-//! no status write.
+//! reconciliation, and any other condition from its typed [`Value`]. Pure: the caller supplies
+//! the clock, and a condition whose status did not change keeps its `lastTransitionTime`, so an
+//! unchanged outcome yields an identical list and no status write.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::error::Error;
 
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
+
+/// The status of a condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    Unknown,
+}
+
+impl Status {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
+            Status::Unknown => "Unknown",
+        }
+    }
+
+    /// Whether `condition` has this status.
+    pub fn of(self, condition: &Condition) -> bool {
+        condition.status == self.as_str()
+    }
+}
+
+/// What a reconciliation decides about one condition; [`condition`] adds the bookkeeping
+/// (type, generation, transition time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Value {
+    pub status: Status,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Value {
+    pub fn new(status: Status, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// False for `error`: its reason, and its message, which says what to do.
+    pub fn failed(error: &Error) -> Self {
+        Self::new(Status::False, error.reason(), error.to_string())
+    }
+}
 
 /// Where a resource stands after a reconciliation, in kstatus terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +78,22 @@ pub struct Outcome {
     pub message: String,
 }
 
+impl Outcome {
+    /// The outcome of a reconciliation that failed with `error`: `Stalled` when a user has to
+    /// act, otherwise `Reconciling` (the operator retries by itself).
+    pub fn failed(error: &Error) -> Self {
+        Self {
+            phase: if error.needs_user_action() {
+                Phase::Stalled
+            } else {
+                Phase::Reconciling
+            },
+            reason: error.reason().into(),
+            message: error.to_string(),
+        }
+    }
+}
+
 /// Whether the status shows `condition_type` True for the object's current `generation`: the
 /// spec of this generation had been applied. A change found afterwards was made behind the
 /// operator's back (drift), not by the user, whose edits move the generation. A status whose
@@ -44,7 +109,7 @@ pub fn held_at_generation(
         && observed_generation == generation
         && conditions
             .iter()
-            .any(|c| c.type_ == condition_type && c.status == "True")
+            .any(|c| c.type_ == condition_type && Status::True.of(c))
 }
 
 /// The three kstatus conditions for `outcome`, carrying over `lastTransitionTime` from
@@ -58,9 +123,9 @@ pub fn kstatus(
 ) -> Vec<Condition> {
     let status_of = |phase: Phase| {
         if outcome.phase == phase {
-            "True"
+            Status::True
         } else {
-            "False"
+            Status::False
         }
     };
     let desired = [
@@ -74,20 +139,33 @@ pub fn kstatus(
         .cloned()
         .collect();
     for (type_, status) in desired {
-        let last_transition_time = previous
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-        conditions.push(Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason: outcome.reason.clone(),
-            message: outcome.message.clone(),
-            observed_generation: generation,
-            last_transition_time,
-        });
+        let value = Value::new(status, &outcome.reason, &outcome.message);
+        conditions.push(condition(previous, type_, value, generation, now));
     }
     conditions
+}
+
+/// The condition `type_` with `value`, for `generation`. It keeps the `lastTransitionTime` of
+/// its namesake in `previous` while its status stays the same.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    value: Value,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && value.status.of(c))
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: value.status.as_str().to_owned(),
+        reason: value.reason,
+        message: value.message,
+        observed_generation: generation,
+        last_transition_time,
+    }
 }
 
 #[cfg(test)]

@@ -3,21 +3,28 @@
 //!
 //! [`run`] starts the watches and, while this replica leads, every controller on a given
 //! `kube::Client`, so the binary and the integration tests run exactly the same code.
+//!
+//! Both controllers ([`stream`], [`consumer`]) run in one shell ([`controller`]) through the
+//! pipeline dereference -> validate -> build -> apply -> status, and reach NATS through
+//! [`connection`]; the README's Architecture section maps every module.
+
+#![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod cli;
 pub mod conditions;
+pub mod connection;
 pub mod consumer;
+pub mod controller;
 pub mod crd;
-pub mod creds;
 pub mod duration;
 pub mod error;
 pub mod finalizer;
 pub mod health;
 pub mod leader;
 pub mod metrics;
-pub mod nats_pool;
 pub mod options;
+pub mod ownership;
 pub mod report;
 pub mod stream;
 pub mod triggers;
@@ -122,32 +129,21 @@ async fn run_controllers(
     watches: &Watches,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    let pool = Arc::new(nats_pool::NatsPool::new(options.nats_timeout));
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: CONTROLLER_NAME.to_owned(),
-            instance: options.instance.clone(),
-        },
-    );
+    let shared = controller::Shared {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: CONTROLLER_NAME.to_owned(),
+                instance: options.instance.clone(),
+            },
+        ),
+        pool: Arc::new(connection::NatsPool::new(options.nats_timeout)),
+        options: options.clone(),
+        metrics: telemetry.metrics.clone(),
+    };
     tokio::join!(
-        stream::run(
-            client.clone(),
-            options.clone(),
-            pool.clone(),
-            recorder.clone(),
-            telemetry.metrics.clone(),
-            watches,
-            shutdown.clone()
-        ),
-        consumer::run(
-            client.clone(),
-            options.clone(),
-            pool,
-            recorder,
-            telemetry.metrics.clone(),
-            watches,
-            shutdown
-        ),
+        stream::run(shared.clone(), watches, shutdown.clone()),
+        consumer::run(shared, watches, shutdown),
     );
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the operator: reconciliations by kind and outcome, their duration,
 //! failures by reason, whether this replica leads, and what a deletion had to leave on NATS.
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
-    kind: &'static str,
+    kind: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,7 +40,7 @@ struct DurableLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
-    kind: &'static str,
+    kind: Cow<'static, str>,
     reason: String,
 }
 
@@ -117,8 +117,14 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Records one finished reconciliation of `kind`; `failure` is the reason when it failed.
-    pub fn record_reconcile(&self, kind: &'static str, took: Duration, failure: Option<&str>) {
-        let labels = KindLabels { kind };
+    pub fn record_reconcile(
+        &self,
+        kind: impl Into<Cow<'static, str>>,
+        took: Duration,
+        failure: Option<&str>,
+    ) {
+        let kind = kind.into();
+        let labels = KindLabels { kind: kind.clone() };
         self.reconciliations.get_or_create(&labels).inc();
         self.duration
             .get_or_create(&labels)

@@ -56,15 +56,77 @@ where
     Ok(())
 }
 
-/// Publishes an Event; a failure to do so is logged, never fatal to the reconciliation.
+/// Writes `desired` as `object`'s status unless `current` (the status read) already is that,
+/// so that a reconciliation that changed nothing writes nothing.
+pub async fn apply_status_if_changed<K, S>(
+    client: &Client,
+    object: &K,
+    current: Option<&S>,
+    desired: &S,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: PartialEq + Serialize,
+{
+    if current == Some(desired) {
+        return Ok(());
+    }
+    apply_status(client, object, desired).await
+}
+
+/// What an Event says: its type, reason (CamelCase) and note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl Notice {
+    pub fn normal(reason: &'static str, note: impl Into<String>) -> Self {
+        Self {
+            type_: EventType::Normal,
+            reason,
+            note: note.into(),
+        }
+    }
+
+    pub fn warning(reason: &'static str, note: impl Into<String>) -> Self {
+        Self {
+            type_: EventType::Warning,
+            reason,
+            note: note.into(),
+        }
+    }
+}
+
+/// The Warning about a deletion of `what` (`stream`, `durable consumer`) that failed: the
+/// error, and how to let the resource go without it.
+pub fn deletion_failed(error: &Error, what: &str) -> Notice {
+    Notice::warning(
+        error.reason(),
+        format!(
+            "{error}; to let the resource go without deleting the {what}, set deletionPolicy: Retain"
+        ),
+    )
+}
+
+/// Publishes `notice` about `action` (`Apply`, `Delete`, ...) as an Event; a failure to do so
+/// is logged, never fatal to the reconciliation.
 pub async fn publish(
     recorder: &Recorder,
     reference: &ObjectReference,
-    type_: EventType,
-    reason: &str,
     action: &str,
-    note: String,
+    notice: Notice,
 ) {
+    let Notice {
+        type_,
+        reason,
+        note,
+    } = notice;
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -198,10 +260,8 @@ where
             publish(
                 recorder,
                 &guarded.object_ref(&()),
-                EventType::Warning,
-                "InvalidObject",
                 "Reconcile",
-                invalid.error.clone(),
+                Notice::warning("InvalidObject", invalid.error.clone()),
             )
             .await;
             None

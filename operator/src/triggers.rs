@@ -23,7 +23,7 @@ use kube::{
     runtime::{Predicate, predicates, watcher},
 };
 
-use crate::{crd::stream::AuditStream, nats_pool::NatsPool};
+use crate::{connection::NatsPool, crd::stream::AuditStream};
 
 /// What a user changes of a primary resource: its spec (the generation; a deletion bumps it
 /// too) or its finalizers; not its status, which the operator writes.
@@ -42,7 +42,7 @@ pub fn stream_generation_and_readiness(stream: &DeserializeGuard<AuditStream>) -
             status
                 .conditions
                 .iter()
-                .find(|condition| condition.type_ == "Ready")
+                .find(|condition| condition.type_ == crate::conditions::READY)
                 .map(|condition| (condition.status.clone(), status.observed_generation))
         })
     });

@@ -93,120 +93,23 @@ impl ControlPlane {
         control_plane
     }
 
+    /// Starts etcd, kube-apiserver and kube-controller-manager in a new directory, each once
+    /// the one before it is ready.
     async fn start(placement: Placement) -> anyhow::Result<ControlPlane> {
         let dir = tempfile::Builder::new().prefix("audit-kube-").tempdir()?;
         let path = |name: &str| dir.path().join(name);
-        let layout = node::layout();
-
-        let ca = TestCa::new("audit-tests-ca")?;
-        let serving = ca.server(
-            "kube-apiserver",
-            &[
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-            &[layout.node_ip.into(), layout.kubernetes_service_ip.into()],
-        )?;
-        // The API server's identity towards kubelets (logs, exec, port-forward).
-        let kubelet_client =
-            ca.client_in_group("kube-apiserver-kubelet-client", "system:masters")?;
-        std::fs::write(path("kubelet-client.crt"), &kubelet_client.cert_pem)?;
-        std::fs::write(path("kubelet-client.key"), &kubelet_client.key_pem)?;
-        let (sa_private, sa_public) = service_account_key()?;
-        std::fs::write(path("ca.crt"), ca.cert_pem())?;
-        std::fs::write(path("apiserver.crt"), &serving.cert_pem)?;
-        std::fs::write(path("apiserver.key"), &serving.key_pem)?;
-        std::fs::write(path("sa.key"), &sa_private)?;
-        std::fs::write(path("sa.pub"), &sa_public)?;
-        std::fs::write(
-            path("tokens.csv"),
-            format!("{ADMIN_TOKEN},audit-tests-admin,1000,\"system:masters\"\n"),
-        )?;
-
-        let mut processes = Vec::new();
-
-        let etcd_port = free_port();
-        let etcd_peer_port = free_port();
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let etcd_peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
-        let mut etcd = Command::new(testenv_bin("etcd"));
-        etcd.arg("--name=default")
-            .arg(format!("--data-dir={}", path("etcd").display()))
-            .arg(format!("--listen-client-urls={etcd_url}"))
-            .arg(format!("--advertise-client-urls={etcd_url}"))
-            .arg(format!("--listen-peer-urls={etcd_peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={etcd_peer_url}"))
-            .arg(format!("--initial-cluster=default={etcd_peer_url}"))
-            .arg("--unsafe-no-fsync=true")
-            .arg("--log-level=warn");
-        processes.push(ServerProcess::spawn("etcd", etcd, &path("etcd.log"))?);
-        wait::until(
-            "etcd to report healthy",
-            READY_TIMEOUT,
-            Duration::from_millis(100),
-            || async { Ok(etcd_healthy(etcd_port).await.then_some(())) },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:#}\netcd log:\n{}", processes[0].log_tail(30)))?;
+        let ca = write_certificates(dir.path())?;
+        let etcd = start_etcd(dir.path()).await?;
 
         let api_port = free_port();
         let listen_ip = match placement {
             Placement::Loopback => std::net::Ipv4Addr::LOCALHOST,
-            Placement::Node => layout.node_ip,
+            Placement::Node => node::layout().node_ip,
         };
         let api_url = format!("https://{listen_ip}:{api_port}");
         std::fs::write(path("audit-policy.yaml"), AUDIT_POLICY)?;
-        let mut apiserver_args = vec![
-            format!("--etcd-servers={etcd_url}"),
-            format!("--cert-dir={}", path("apiserver-certs").display()),
-            format!("--tls-cert-file={}", path("apiserver.crt").display()),
-            format!("--tls-private-key-file={}", path("apiserver.key").display()),
-            format!("--secure-port={api_port}"),
-            format!("--bind-address={listen_ip}"),
-            format!("--advertise-address={listen_ip}"),
-            format!("--service-cluster-ip-range={}", layout.service_cidr),
-            "--allow-privileged=true".to_owned(),
-            "--authorization-mode=Node,RBAC".to_owned(),
-            "--enable-admission-plugins=NodeRestriction".to_owned(),
-            format!(
-                "--kubelet-client-certificate={}",
-                path("kubelet-client.crt").display()
-            ),
-            format!(
-                "--kubelet-client-key={}",
-                path("kubelet-client.key").display()
-            ),
-            // The node's name does not resolve; its InternalIP is the address to dial.
-            "--kubelet-preferred-address-types=InternalIP".to_owned(),
-            format!("--token-auth-file={}", path("tokens.csv").display()),
-            format!("--client-ca-file={}", path("ca.crt").display()),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
-            format!("--service-account-key-file={}", path("sa.pub").display()),
-            format!(
-                "--service-account-signing-key-file={}",
-                path("sa.key").display()
-            ),
-            // Who listed and watched what, for tests of the operator's API traffic.
-            format!(
-                "--audit-policy-file={}",
-                path("audit-policy.yaml").display()
-            ),
-            format!("--audit-log-path={}", path("audit.log").display()),
-            "--enable-priority-and-fairness=false".to_owned(),
-            "--v=0".to_owned(),
-        ];
-        if placement == Placement::Loopback {
-            // The lease reconciler would publish 127.0.0.1 as the `kubernetes` Service's
-            // endpoint, which the API rejects as a loopback address, every few seconds. On
-            // the node it publishes the node's address, which pods reach.
-            apiserver_args.push("--endpoint-reconciler-type=none".to_owned());
-        }
-        processes.push(spawn_apiserver(
-            &apiserver_args,
-            &path("kube-apiserver.log"),
-        )?);
+        let apiserver_args = apiserver_args(dir.path(), placement, &etcd.url, listen_ip, api_port);
+        let apiserver = spawn_apiserver(&apiserver_args, &path("kube-apiserver.log"))?;
 
         let kubeconfig_path = path("admin.kubeconfig");
         std::fs::write(
@@ -220,50 +123,53 @@ impl ControlPlane {
             ca_pem: ca.cert_pem(),
             ca,
             apiserver_args,
-            processes: Mutex::new(processes),
+            processes: Mutex::new(vec![etcd.process, apiserver]),
             dir: Mutex::new(None),
         };
         control_plane.wait_api_ready().await?;
-        let admin = control_plane.admin_client().await?;
+        control_plane.start_controller_manager(dir.path()).await?;
+        *control_plane
+            .dir
+            .lock()
+            .expect("no panic while holding the dir") = Some(dir);
+        Ok(control_plane)
+    }
 
+    /// Starts kube-controller-manager with the controllers the tests rely on, and waits until
+    /// it works: its service-account controller has filled in the `default` namespace.
+    async fn start_controller_manager(&self, dir: &Path) -> anyhow::Result<()> {
         let mut controller_manager = Command::new(testenv_bin("kube-controller-manager"));
         controller_manager
-            .arg(format!(
-                "--kubeconfig={}",
-                control_plane.kubeconfig_path.display()
-            ))
+            .arg(format!("--kubeconfig={}", self.kubeconfig_path.display()))
             .arg("--leader-elect=false")
             .arg("--bind-address=127.0.0.1")
             .arg("--secure-port=0")
             .arg("--use-service-account-credentials=false")
             .arg(format!(
                 "--service-account-private-key-file={}",
-                path("sa.key").display()
+                dir.join("sa.key").display()
             ))
-            .arg(format!("--root-ca-file={}", path("ca.crt").display()))
-            .arg(format!("--controllers={}", controllers(placement)))
+            .arg(format!("--root-ca-file={}", dir.join("ca.crt").display()))
+            .arg(format!("--controllers={}", controllers(self.placement)))
             .arg("--concurrent-gc-syncs=5")
             .arg("--v=0");
-        control_plane
-            .processes
+        self.processes
             .lock()
             .expect("no panic while holding the process list")
             .push(ServerProcess::spawn(
                 "kube-controller-manager",
                 controller_manager,
-                &path("kube-controller-manager.log"),
+                &dir.join("kube-controller-manager.log"),
             )?);
-
-        // The controller manager is working once its service-account controller has filled
-        // in the `default` namespace.
-        let service_accounts: Api<ServiceAccount> = Api::namespaced(admin, "default");
+        let service_accounts: Api<ServiceAccount> =
+            Api::namespaced(self.admin_client().await?, "default");
         let working = wait::until(
             "kube-controller-manager to create the default ServiceAccount",
             READY_TIMEOUT,
             Duration::from_millis(250),
             || {
                 let service_accounts = service_accounts.clone();
-                let processes = &control_plane.processes;
+                let processes = &self.processes;
                 async move {
                     ensure_all_running(processes)?;
                     Ok(service_accounts.get_opt("default").await?.map(|_| ()))
@@ -271,18 +177,12 @@ impl ControlPlane {
             },
         )
         .await;
-        if let Err(e) = working {
-            anyhow::bail!(
+        working.map_err(|e| {
+            anyhow::anyhow!(
                 "{e:#}\nkube-controller-manager log:\n{}",
-                control_plane.log_tail("kube-controller-manager")
-            );
-        }
-
-        *control_plane
-            .dir
-            .lock()
-            .expect("no panic while holding the dir") = Some(dir);
-        Ok(control_plane)
+                self.log_tail("kube-controller-manager")
+            )
+        })
     }
 
     async fn wait_api_ready(&self) -> anyhow::Result<()> {
@@ -503,6 +403,126 @@ extern "C" fn stop_shared_control_plane() {
     if let Some(control_plane) = SHARED.get() {
         control_plane.stop();
     }
+}
+
+/// Writes the cluster's certificates and keys into `dir`: a CA, the API server's serving
+/// certificate (for its names and the node's and the `kubernetes` Service's addresses), its
+/// client certificate towards kubelets, the service-account key pair and the admin token.
+fn write_certificates(dir: &Path) -> anyhow::Result<TestCa> {
+    let layout = node::layout();
+    let ca = TestCa::new("audit-tests-ca")?;
+    let serving = ca.server(
+        "kube-apiserver",
+        &[
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ],
+        &[layout.node_ip.into(), layout.kubernetes_service_ip.into()],
+    )?;
+    // The API server's identity towards kubelets (logs, exec, port-forward).
+    let kubelet_client = ca.client_in_group("kube-apiserver-kubelet-client", "system:masters")?;
+    let (sa_private, sa_public) = service_account_key()?;
+    for (name, content) in [
+        ("kubelet-client.crt", kubelet_client.cert_pem.as_str()),
+        ("kubelet-client.key", kubelet_client.key_pem.as_str()),
+        ("ca.crt", ca.cert_pem().as_str()),
+        ("apiserver.crt", serving.cert_pem.as_str()),
+        ("apiserver.key", serving.key_pem.as_str()),
+        ("sa.key", sa_private.as_str()),
+        ("sa.pub", sa_public.as_str()),
+    ] {
+        std::fs::write(dir.join(name), content)?;
+    }
+    std::fs::write(
+        dir.join("tokens.csv"),
+        format!("{ADMIN_TOKEN},audit-tests-admin,1000,\"system:masters\"\n"),
+    )?;
+    Ok(ca)
+}
+
+/// A running etcd and its client URL.
+struct Etcd {
+    process: ServerProcess,
+    url: String,
+}
+
+/// Starts etcd with its data in `dir`, and waits until it reports healthy.
+async fn start_etcd(dir: &Path) -> anyhow::Result<Etcd> {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let mut etcd = Command::new(testenv_bin("etcd"));
+    etcd.arg("--name=default")
+        .arg(format!("--data-dir={}", dir.join("etcd").display()))
+        .arg(format!("--listen-client-urls={url}"))
+        .arg(format!("--advertise-client-urls={url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=default={peer_url}"))
+        .arg("--unsafe-no-fsync=true")
+        .arg("--log-level=warn");
+    let process = ServerProcess::spawn("etcd", etcd, &dir.join("etcd.log"))?;
+    wait::until(
+        "etcd to report healthy",
+        READY_TIMEOUT,
+        Duration::from_millis(100),
+        || async { Ok(etcd_healthy(port).await.then_some(())) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\netcd log:\n{}", process.log_tail(30)))?;
+    Ok(Etcd { process, url })
+}
+
+/// kube-apiserver's flags: storage in etcd at `etcd_url`, files from `dir`, listening on
+/// `listen_ip:port`; token and certificate authentication, Node and RBAC authorization, and
+/// an audit log of lists and watches.
+fn apiserver_args(
+    dir: &Path,
+    placement: Placement,
+    etcd_url: &str,
+    listen_ip: std::net::Ipv4Addr,
+    port: u16,
+) -> Vec<String> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mut args = vec![
+        format!("--etcd-servers={etcd_url}"),
+        format!("--cert-dir={}", path("apiserver-certs")),
+        format!("--tls-cert-file={}", path("apiserver.crt")),
+        format!("--tls-private-key-file={}", path("apiserver.key")),
+        format!("--secure-port={port}"),
+        format!("--bind-address={listen_ip}"),
+        format!("--advertise-address={listen_ip}"),
+        format!("--service-cluster-ip-range={}", node::layout().service_cidr),
+        "--allow-privileged=true".to_owned(),
+        "--authorization-mode=Node,RBAC".to_owned(),
+        "--enable-admission-plugins=NodeRestriction".to_owned(),
+        format!(
+            "--kubelet-client-certificate={}",
+            path("kubelet-client.crt")
+        ),
+        format!("--kubelet-client-key={}", path("kubelet-client.key")),
+        // The node's name does not resolve; its InternalIP is the address to dial.
+        "--kubelet-preferred-address-types=InternalIP".to_owned(),
+        format!("--token-auth-file={}", path("tokens.csv")),
+        format!("--client-ca-file={}", path("ca.crt")),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
+        format!("--service-account-key-file={}", path("sa.pub")),
+        format!("--service-account-signing-key-file={}", path("sa.key")),
+        // Who listed and watched what, for tests of the operator's API traffic.
+        format!("--audit-policy-file={}", path("audit-policy.yaml")),
+        format!("--audit-log-path={}", path("audit.log")),
+        "--enable-priority-and-fairness=false".to_owned(),
+        "--v=0".to_owned(),
+    ];
+    if placement == Placement::Loopback {
+        // The lease reconciler would publish 127.0.0.1 as the `kubernetes` Service's
+        // endpoint, which the API rejects as a loopback address, every few seconds. On
+        // the node it publishes the node's address, which pods reach.
+        args.push("--endpoint-reconciler-type=none".to_owned());
+    }
+    args
 }
 
 /// The controllers of kube-controller-manager: what the tests rely on, and no more.

@@ -12,12 +12,14 @@
 //! - [`kubelet`] is a small local kubelet: it registers a Node, binds a namespace's pods to
 //!   it and runs their containers as local processes, reporting their real status.
 //! - [`process`] guarantees that no server outlives the test that started it.
+//! - [`manifests`] generates the Kustomize base from the Helm chart.
 
 pub mod certs;
 pub mod http;
 pub mod images;
 pub mod kube_env;
 pub mod kubelet;
+pub mod manifests;
 pub mod nats;
 pub mod nats_accounts;
 pub mod node;

@@ -8,6 +8,8 @@
 //! and rewrites them with `AUDIT_UPDATE_FIXTURES=1` (`make health-fixtures`). Each fixture's
 //! expected verdicts are in `verdicts.yaml`, the table the README's GitOps section documents.
 
+mod operator_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,12 +18,12 @@ use std::time::Duration;
 use audit_tests::kube_env::ControlPlane;
 use audit_tests::kubelet::Kubelet;
 use audit_tests::nats::NatsServer;
-use audit_tests::operator::{OperatorProcess, install_crds};
+use audit_tests::operator::OperatorProcess;
 use audit_tests::testenv::{cargo_bin, testenv_bin, workspace_root};
 use audit_tests::{tools, wait};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DynamicObject, PostParams};
+use operator_support::{AUDIT_CONSUMER, AUDIT_STREAM, create_token_secret};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -327,13 +329,6 @@ async fn the_argocd_cm_patch_is_current_and_merges_into_argocd_cm() -> anyhow::R
     Ok(())
 }
 
-fn resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", kind),
-        plural,
-    )
-}
-
 /// The fixtures' world: a namespace, a nats-server requiring a token, the token's Secret.
 struct Capture {
     namespace: String,
@@ -345,36 +340,15 @@ struct Capture {
 }
 
 impl Capture {
-    async fn apply(
-        api: &Api<DynamicObject>,
-        kind: &str,
-        name: &str,
-        spec: Value,
-    ) -> anyhow::Result<()> {
-        let object = json!({
-            "apiVersion": "audit.eventsaudit.io/v1alpha1",
-            "kind": kind,
-            "metadata": { "name": name },
-            "spec": spec,
-        });
-        api.patch(
-            name,
-            &PatchParams::apply("health-fixtures").force(),
-            &Patch::Apply(&object),
-        )
-        .await?;
-        Ok(())
-    }
-
     async fn apply_stream(
         &self,
         name: &str,
         servers: &[String],
         secret: &str,
     ) -> anyhow::Result<()> {
-        Self::apply(
+        operator_support::apply(
             &self.streams,
-            "AuditStream",
+            AUDIT_STREAM,
             name,
             json!({
                 "connection": {
@@ -385,17 +359,19 @@ impl Capture {
                 "storage": "Memory",
             }),
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     async fn apply_consumer(&self, name: &str, stream: &str) -> anyhow::Result<()> {
-        Self::apply(
+        operator_support::apply(
             &self.consumers,
-            "AuditConsumer",
+            AUDIT_CONSUMER,
             name,
             json!({ "streamRef": { "name": stream } }),
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Waits until the Ready condition of `name` has `reason` and a message for which `settled`
@@ -472,32 +448,13 @@ impl Capture {
 /// compares each object with its committed fixture.
 #[tokio::test]
 async fn the_fixtures_are_what_the_operator_writes() -> anyhow::Result<()> {
-    let control_plane = ControlPlane::shared();
-    let client = control_plane.admin_client().await?;
-    install_crds(&client).await?;
-    let namespace = control_plane.create_namespace("health").await?;
+    let (client, namespace) = operator_support::namespace("health", &[]).await?;
     let nats =
         NatsServer::start_with_config(&format!("authorization {{ token: \"{TOKEN}\" }}")).await?;
-    Api::<Secret>::namespaced(client.clone(), &namespace)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": "nats-token" },
-                "stringData": { "token": TOKEN },
-            }))?,
-        )
-        .await?;
+    create_token_secret(&client, &namespace, "nats-token", TOKEN).await?;
     let mut capture = Capture {
-        streams: Api::namespaced_with(
-            client.clone(),
-            &namespace,
-            &resource("AuditStream", "auditstreams"),
-        ),
-        consumers: Api::namespaced_with(
-            client.clone(),
-            &namespace,
-            &resource("AuditConsumer", "auditconsumers"),
-        ),
+        streams: operator_support::api(&client, &namespace, AUDIT_STREAM),
+        consumers: operator_support::api(&client, &namespace, AUDIT_CONSUMER),
         client: client.clone(),
         namespace: namespace.clone(),
         nats,
@@ -611,9 +568,9 @@ async fn the_fixtures_are_what_the_operator_writes() -> anyhow::Result<()> {
     // A spec change the operator has not seen: with no operator running, the status stays
     // at the previous generation.
     operator.stop();
-    Capture::apply(
+    operator_support::apply(
         &streams,
-        "AuditStream",
+        AUDIT_STREAM,
         "orders",
         json!({
             "connection": {
@@ -626,9 +583,9 @@ async fn the_fixtures_are_what_the_operator_writes() -> anyhow::Result<()> {
         }),
     )
     .await?;
-    Capture::apply(
+    operator_support::apply(
         &consumers,
-        "AuditConsumer",
+        AUDIT_CONSUMER,
         "reader",
         json!({ "streamRef": { "name": "orders" }, "format": "Text" }),
     )

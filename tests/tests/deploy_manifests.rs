@@ -6,7 +6,7 @@
 use std::process::Output;
 
 use audit_tests::kube_env::ControlPlane;
-use audit_tests::tools;
+use audit_tests::{manifests, tools};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -172,7 +172,7 @@ async fn helm_chart_installs_without_drift_and_runs_restricted() -> anyhow::Resu
     );
 
     assert_pod_template_passes_restricted(&rendered_deployment(&rendered)).await?;
-    // The chart and the Kustomize base are written separately; their rights must not drift.
+    // The Kustomize base is generated from the chart; its rights are the chart's.
     let kustomized = run("kubectl", &["kustomize", "deploy/kustomize/base"], None);
     assert_eq!(
         rules_of(&rendered, "ClusterRole"),
@@ -215,5 +215,24 @@ async fn kustomize_overlays_apply_without_drift_and_run_restricted() -> anyhow::
         "system:serviceaccount:audit-system:audit-operator",
         "some-tenant-namespace",
     );
+    Ok(())
+}
+
+/// The Kustomize manifests are the chart rendered (tests/src/manifests.rs): what the committed
+/// files say must be what the chart says. `make kustomize-base` rewrites them
+/// (`AUDIT_UPDATE_FIXTURES=1`).
+#[test]
+fn the_kustomize_base_is_generated_from_the_chart() -> anyhow::Result<()> {
+    let generated = manifests::generated()?;
+    if std::env::var_os("AUDIT_UPDATE_FIXTURES").is_some() {
+        return manifests::write(&generated);
+    }
+    for (path, content) in &generated {
+        assert!(
+            manifests::committed(path)? == *content,
+            "{}/{path} differs from the chart it is generated from: run `make kustomize-base`",
+            manifests::KUSTOMIZE_DIR
+        );
+    }
     Ok(())
 }

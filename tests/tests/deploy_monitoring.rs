@@ -4,6 +4,8 @@
 //! Grafana dashboard (deploy/grafana/audit-operator.json) query is one the real
 //! `audit-operator` and `audit-consumer` binaries export on `/metrics`.
 
+mod operator_support;
+
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
@@ -17,8 +19,8 @@ use audit_tests::process::ServerProcess;
 use audit_tests::testenv::{cargo_bin, testenv_bin, workspace_root};
 use audit_tests::{tools, wait};
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::DynamicObject;
+use operator_support::{AUDIT_CONSUMER, AUDIT_STREAM};
 use serde_json::{Value, json};
 
 const CHART: &str = "deploy/helm/audit-operator";
@@ -278,40 +280,6 @@ async fn scrape(port: u16) -> anyhow::Result<String> {
     .await
 }
 
-fn audit_api(
-    client: &kube::Client,
-    namespace: &str,
-    kind: &str,
-    plural: &str,
-) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", kind),
-        plural,
-    );
-    Api::namespaced_with(client.clone(), namespace, &resource)
-}
-
-async fn apply(
-    api: &Api<DynamicObject>,
-    kind: &str,
-    name: &str,
-    spec: Value,
-) -> anyhow::Result<()> {
-    let object = json!({
-        "apiVersion": "audit.eventsaudit.io/v1alpha1",
-        "kind": kind,
-        "metadata": { "name": name },
-        "spec": spec,
-    });
-    api.patch(
-        name,
-        &PatchParams::apply("monitoring-tests").force(),
-        &Patch::Apply(&object),
-    )
-    .await?;
-    Ok(())
-}
-
 /// Drives the operator through what its metrics count (a reconciliation, a failing one, an
 /// event NATS gives up on), so that every family it exports carries a sample, and returns its
 /// `/metrics`. A family without a sample does not appear in the exposition at all.
@@ -328,11 +296,11 @@ async fn operator_metrics_after_a_real_run(nats: &NatsServer) -> anyhow::Result<
     ])?;
     let with_log =
         |e: anyhow::Error| anyhow::anyhow!("{e:#}\noperator log:\n{}", operator.log_tail());
-    let streams = audit_api(&client, &namespace, "AuditStream", "auditstreams");
-    let consumers = audit_api(&client, &namespace, "AuditConsumer", "auditconsumers");
-    apply(
+    let streams = operator_support::api(&client, &namespace, AUDIT_STREAM);
+    let consumers = operator_support::api(&client, &namespace, AUDIT_CONSUMER);
+    operator_support::apply(
         &streams,
-        "AuditStream",
+        AUDIT_STREAM,
         "orders",
         json!({
             "connection": { "servers": [nats.url()] },
@@ -343,9 +311,9 @@ async fn operator_metrics_after_a_real_run(nats: &NatsServer) -> anyhow::Result<
     )
     .await?;
     // A Secret that does not exist: a failing reconciliation.
-    apply(
+    operator_support::apply(
         &streams,
-        "AuditStream",
+        AUDIT_STREAM,
         "locked",
         json!({
             "connection": {
@@ -356,9 +324,9 @@ async fn operator_metrics_after_a_real_run(nats: &NatsServer) -> anyhow::Result<
         }),
     )
     .await?;
-    apply(
+    operator_support::apply(
         &consumers,
-        "AuditConsumer",
+        AUDIT_CONSUMER,
         "reader",
         json!({ "streamRef": { "name": "orders" }, "maxDeliver": 1, "ackWait": "1s" }),
     )

@@ -18,6 +18,8 @@
 //! schedule; printed, so that a failing run can be replayed), `AUDIT_CHAOS_REPORT` (a file
 //! to write the figures to).
 
+mod operator_support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -33,8 +35,9 @@ use audit_tests::wait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::core::DynamicObject;
+use operator_support::{AUDIT_CONSUMER, AUDIT_STREAM, RESTRICTED};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -135,13 +138,6 @@ struct Soak {
     rollouts: u32,
 }
 
-fn resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", kind),
-        plural,
-    )
-}
-
 /// A consumer output line: its event id, delivery count and stream sequence.
 fn audit_event(line: &str) -> Option<anyhow::Result<(String, u64, u64)>> {
     let value: Value = serde_json::from_str(line).ok()?;
@@ -178,7 +174,7 @@ impl Soak {
         let node = Node::shared();
         let control_plane = ControlPlane::shared();
         let client = control_plane.admin_client().await?;
-        let restricted = [("pod-security.kubernetes.io/enforce", "restricted")];
+        let restricted = [RESTRICTED];
         let operator_namespace = control_plane
             .create_namespace_labelled("audit-system", &restricted)
             .await?;
@@ -189,16 +185,8 @@ impl Soak {
             .await?;
         let nats = NatsCluster::start_on(node.ip(), 3).await?;
         let js = jetstream::new(nats.client().await?);
-        let streams = Api::namespaced_with(
-            client.clone(),
-            &namespace,
-            &resource("AuditStream", "auditstreams"),
-        );
-        let consumers = Api::namespaced_with(
-            client.clone(),
-            &namespace,
-            &resource("AuditConsumer", "auditconsumers"),
-        );
+        let streams = operator_support::api(&client, &namespace, AUDIT_STREAM);
+        let consumers = operator_support::api(&client, &namespace, AUDIT_CONSUMER);
         let logs = node.tail_logs(&namespace);
         let soak = Self {
             node,
@@ -221,31 +209,10 @@ impl Soak {
         Ok(soak)
     }
 
-    async fn apply(
-        api: &Api<DynamicObject>,
-        kind: &str,
-        name: &str,
-        spec: Value,
-    ) -> anyhow::Result<()> {
-        let object = json!({
-            "apiVersion": "audit.eventsaudit.io/v1alpha1",
-            "kind": kind,
-            "metadata": { "name": name },
-            "spec": spec,
-        });
-        api.patch(
-            name,
-            &PatchParams::apply("chaos").force(),
-            &Patch::Apply(&object),
-        )
-        .await?;
-        Ok(())
-    }
-
     async fn apply_stream(&self) -> anyhow::Result<()> {
-        Self::apply(
+        operator_support::apply(
             &self.streams,
-            "AuditStream",
+            AUDIT_STREAM,
             "events",
             json!({
                 "connection": { "servers": self.nats.urls() },
@@ -256,13 +223,14 @@ impl Soak {
                 "deletionPolicy": "Delete",
             }),
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     async fn apply_consumer(&self, replicas: u32) -> anyhow::Result<()> {
-        Self::apply(
+        operator_support::apply(
             &self.consumers,
-            "AuditConsumer",
+            AUDIT_CONSUMER,
             CONSUMER,
             json!({
                 "streamRef": { "name": "events" },
@@ -274,7 +242,8 @@ impl Soak {
                 "pod": { "annotations": { "chaos/rollout": self.rollouts.to_string() } },
             }),
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Ready for the current generation, with `replicas` ready pods, and the operator's two

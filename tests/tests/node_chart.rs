@@ -3,6 +3,8 @@
 //! its pods turn Ready through their real probes; one holds the Lease and reconciles, and
 //! deleting that pod hands leadership to the other.
 
+mod operator_support;
+
 use std::time::Duration;
 
 use audit_tests::kube_env::ControlPlane;
@@ -12,40 +14,21 @@ use audit_tests::operator::ChartRelease;
 use audit_tests::wait;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
+use operator_support::{AUDIT_STREAM, is_ready, lease_holder};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(250);
-const LEASE: &str = "audit-operator-leader";
 
-fn streams(client: kube::Client, namespace: &str) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", "AuditStream"),
-        "auditstreams",
-    );
-    Api::namespaced_with(client, namespace, &resource)
-}
-
+/// An AuditStream `name` on `nats_url`, capturing `<name>.>`, deleted from NATS with it.
 async fn apply_stream(api: &Api<DynamicObject>, name: &str, nats_url: &str) -> anyhow::Result<()> {
-    let stream = json!({
-        "apiVersion": "audit.eventsaudit.io/v1alpha1",
-        "kind": "AuditStream",
-        "metadata": { "name": name },
-        "spec": {
-            "connection": { "servers": [nats_url] },
-            "subjects": [format!("{name}.>")],
-            "deletionPolicy": "Delete",
-        }
+    let spec = json!({
+        "connection": { "servers": [nats_url] },
+        "subjects": [format!("{name}.>")],
+        "deletionPolicy": "Delete",
     });
-    api.patch(
-        name,
-        &PatchParams::apply("audit-tests").force(),
-        &Patch::Apply(&stream),
-    )
-    .await?;
+    operator_support::apply(api, AUDIT_STREAM, name, spec).await?;
     Ok(())
 }
 
@@ -55,24 +38,10 @@ async fn wait_stream_ready(
     release: &ChartRelease,
 ) -> anyhow::Result<()> {
     wait::until(&format!("AuditStream {name} Ready"), WAIT, POLL, || async {
-        let object = api.get(name).await?;
-        let ready = object.data["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        Ok(ready.then_some(()))
+        Ok(is_ready(&api.get(name).await?).then_some(()))
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", release.logs()))
-}
-
-async fn lease_holder(leases: &Api<Lease>) -> anyhow::Result<Option<String>> {
-    Ok(leases
-        .get_opt(LEASE)
-        .await?
-        .and_then(|lease| lease.spec)
-        .and_then(|spec| spec.holder_identity))
 }
 
 #[tokio::test]
@@ -133,7 +102,7 @@ async fn the_chart_runs_the_operator_in_cluster_and_leadership_follows_the_pods(
     // network.
     let nats = NatsServer::start_on(node.ip()).await?;
     let tenant = control_plane.create_namespace("tenant").await?;
-    let streams = streams(client.clone(), &tenant);
+    let streams = operator_support::api(&client, &tenant, AUDIT_STREAM);
     apply_stream(&streams, "first", &nats.url()).await?;
     wait_stream_ready(&streams, "first", &release).await?;
     let js = async_nats::jetstream::new(nats.client().await?);

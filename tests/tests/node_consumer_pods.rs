@@ -5,8 +5,9 @@
 //!
 //! The operator runs in-cluster, installed once per test binary from the Helm chart.
 
+mod operator_support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -16,46 +17,19 @@ use audit_tests::node::Node;
 use audit_tests::operator::ChartRelease;
 use audit_tests::pod_logs::PodLogs;
 use audit_tests::{tools, wait};
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, ListParams, PostParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::core::DynamicObject;
+use operator_support::{AUDIT_CONSUMER, RESTRICTED, create_token_secret};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(180);
 const POLL: Duration = Duration::from_millis(250);
 const TOKEN: &str = "real-node-token-52c1";
 
-/// The operator of this test binary, installed from the chart into `audit-system-*`.
+/// The operator of this test binary: one replica from the chart.
 fn operator() -> &'static ChartRelease {
-    static RELEASE: OnceLock<ChartRelease> = OnceLock::new();
-    RELEASE.get_or_init(|| {
-        Node::shared();
-        std::thread::spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(async {
-                    let namespace = ControlPlane::shared()
-                        .create_namespace_labelled(
-                            "audit-system",
-                            &[("pod-security.kubernetes.io/enforce", "restricted")],
-                        )
-                        .await?;
-                    ChartRelease::install(&namespace, 1, &["requeueInterval=5s"]).await
-                })
-        })
-        .join()
-        .expect("installing the chart does not panic")
-        .unwrap_or_else(|e| panic!("the operator chart did not install: {e:#}"))
-    })
-}
-
-fn resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", kind),
-        plural,
-    )
+    operator_support::chart_operator(1, &["requeueInterval=5s"])
 }
 
 /// One test's world: a namespace enforcing the `restricted` Pod Security level, a
@@ -76,34 +50,18 @@ impl Env {
         let control_plane = ControlPlane::shared();
         let client = control_plane.admin_client().await?;
         let namespace = control_plane
-            .create_namespace_labelled(
-                prefix,
-                &[("pod-security.kubernetes.io/enforce", "restricted")],
-            )
+            .create_namespace_labelled(prefix, &[RESTRICTED])
             .await?;
         let nats = NatsServer::start_on_with_config(
             node.ip(),
             &format!("authorization {{ token: \"{TOKEN}\" }}"),
         )
         .await?;
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-        secrets
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": { "name": "nats-token" },
-                    "stringData": { "token": TOKEN },
-                }))?,
-            )
-            .await?;
+        create_token_secret(&client, &namespace, "nats-token", TOKEN).await?;
         Ok(Self {
             node,
             operator,
-            consumers: Api::namespaced_with(
-                client.clone(),
-                &namespace,
-                &resource("AuditConsumer", "auditconsumers"),
-            ),
+            consumers: operator_support::api(&client, &namespace, AUDIT_CONSUMER),
             client,
             namespace,
             nats,

@@ -11,7 +11,8 @@
 
 use std::net::Ipv4Addr;
 use std::process::Command;
-use std::sync::OnceLock;
+mod operator_support;
+
 use std::time::Duration;
 
 use audit_tests::http;
@@ -23,10 +24,8 @@ use audit_tests::wait;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use operator_support::{AUDIT_STREAM, is_ready};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -52,31 +51,9 @@ const WATCHED: [&str; 7] = [
 /// The tests share the operator, and their failovers are timed to the second: one at a time.
 static ONE_FAILOVER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The operator of this test binary, installed from the chart with two replicas into
-/// `audit-system-*` (its RBAC is cluster-wide: one release per control plane).
+/// The operator of this test binary: two replicas from the chart.
 fn operator() -> &'static ChartRelease {
-    static RELEASE: OnceLock<ChartRelease> = OnceLock::new();
-    RELEASE.get_or_init(|| {
-        Node::shared();
-        std::thread::spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(async {
-                    let namespace = ControlPlane::shared()
-                        .create_namespace_labelled(
-                            "audit-system",
-                            &[("pod-security.kubernetes.io/enforce", "restricted")],
-                        )
-                        .await?;
-                    ChartRelease::install(&namespace, 2, &["requeueInterval=2s"]).await
-                })
-        })
-        .join()
-        .expect("installing the chart does not panic")
-        .unwrap_or_else(|e| panic!("the operator chart did not install: {e:#}"))
-    })
+    operator_support::chart_operator(2, &["requeueInterval=2s"])
 }
 
 /// The operator, a NATS server its pods reach, and an AuditStream in a namespace of this
@@ -111,7 +88,7 @@ impl Setup {
         let namespace = &release.namespace;
         let nats = NatsServer::start_on(node.ip()).await?;
         let tenant = control_plane.create_namespace("tenant").await?;
-        let streams = streams(client.clone(), &tenant);
+        let streams = operator_support::api(&client, &tenant, AUDIT_STREAM);
         let setup = Setup {
             control_plane,
             pods: Api::namespaced(client.clone(), namespace),
@@ -128,35 +105,18 @@ impl Setup {
     }
 
     async fn apply_stream(&self, name: &str) -> anyhow::Result<()> {
-        let stream = json!({
-            "apiVersion": "audit.eventsaudit.io/v1alpha1",
-            "kind": "AuditStream",
-            "metadata": { "name": name },
-            "spec": {
-                "connection": { "servers": [self.nats.url()] },
-                "subjects": [format!("{name}.>")],
-                "storage": "Memory",
-            }
+        let spec = json!({
+            "connection": { "servers": [self.nats.url()] },
+            "subjects": [format!("{name}.>")],
+            "storage": "Memory",
         });
-        self.streams
-            .patch(
-                name,
-                &PatchParams::apply("audit-tests").force(),
-                &Patch::Apply(&stream),
-            )
-            .await?;
+        operator_support::apply(&self.streams, AUDIT_STREAM, name, spec).await?;
         Ok(())
     }
 
     async fn wait_stream_ready(&self, name: &str) -> anyhow::Result<()> {
         wait::until(&format!("AuditStream {name} Ready"), WAIT, POLL, || async {
-            let object = self.streams.get(name).await?;
-            let ready = object.data["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            Ok(ready.then_some(()))
+            Ok(is_ready(&self.streams.get(name).await?).then_some(()))
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.release.logs()))
@@ -439,14 +399,6 @@ impl Setup {
         self.apply_stream("after-failover").await?;
         self.wait_stream_ready("after-failover").await
     }
-}
-
-fn streams(client: kube::Client, namespace: &str) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", "AuditStream"),
-        "auditstreams",
-    );
-    Api::namespaced_with(client, namespace, &resource)
 }
 
 /// Publishes to the stream every 100 ms, so that every reconciliation has a new message count

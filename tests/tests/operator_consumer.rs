@@ -3,12 +3,13 @@
 //! namespace. What the pods do once they run is tested on a real node
 //! (`node_consumer_pods.rs`).
 
+mod operator_support;
+
 use std::time::Duration;
 
 use async_nats::jetstream;
-use audit_tests::kube_env::ControlPlane;
 use audit_tests::nats::NatsServer;
-use audit_tests::operator::{OperatorProcess, install_crds};
+use audit_tests::operator::OperatorProcess;
 use audit_tests::wait;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
@@ -16,19 +17,14 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use operator_support::{
+    AUDIT_CONSUMER, AUDIT_STREAM, RESTRICTED, create_token_secret, events_about, occurrences,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(250);
 const TOKEN: &str = "pod-runner-token-7f3a";
-
-fn resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", kind),
-        plural,
-    )
-}
 
 /// One test's world: a namespace enforcing the `restricted` Pod Security level, a
 /// nats-server requiring a token, the token in a Secret, and an operator for the namespace.
@@ -52,40 +48,15 @@ impl Env {
         prefix: &str,
         operator_args: &[&str],
     ) -> anyhow::Result<Self> {
-        let control_plane = ControlPlane::shared();
-        let client = control_plane.admin_client().await?;
-        install_crds(&client).await?;
-        let namespace = control_plane
-            .create_namespace_labelled(
-                prefix,
-                &[("pod-security.kubernetes.io/enforce", "restricted")],
-            )
-            .await?;
+        let (client, namespace) = operator_support::namespace(prefix, &[RESTRICTED]).await?;
         let nats =
             NatsServer::start_with_config(&format!("authorization {{ token: \"{TOKEN}\" }}"))
                 .await?;
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-        secrets
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": { "name": "nats-token" },
-                    "stringData": { "token": TOKEN },
-                }))?,
-            )
-            .await?;
+        create_token_secret(&client, &namespace, "nats-token", TOKEN).await?;
         let operator = start_operator(&namespace, operator_args)?;
         Ok(Self {
-            streams: Api::namespaced_with(
-                client.clone(),
-                &namespace,
-                &resource("AuditStream", "auditstreams"),
-            ),
-            consumers: Api::namespaced_with(
-                client.clone(),
-                &namespace,
-                &resource("AuditConsumer", "auditconsumers"),
-            ),
+            streams: operator_support::api(&client, &namespace, AUDIT_STREAM),
+            consumers: operator_support::api(&client, &namespace, AUDIT_CONSUMER),
             client,
             namespace,
             nats,
@@ -102,19 +73,10 @@ impl Env {
         std::fs::read_to_string(self.operator.log_path()).unwrap_or_default()
     }
 
-    /// How often an Event `reason` was reported about `name`, counting the repetitions an
-    /// Event series folds into one object.
+    /// How often an Event `reason` was reported about `name`.
     async fn event_occurrences(&self, name: &str, reason: &str) -> anyhow::Result<i32> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        Ok(events
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .map(|e| e.series.map_or(1, |series| series.count))
-            .sum())
+        let events = events_about(&self.client, &self.namespace, name).await?;
+        Ok(occurrences(&events, reason))
     }
 
     /// Stops the operator and starts a new one: nothing it held in memory survives.
@@ -126,12 +88,7 @@ impl Env {
 
     /// The value of one sample of the operator's `/metrics`; 0 while it is absent.
     async fn operator_metric(&self, sample: &str) -> anyhow::Result<f64> {
-        let metrics = audit_tests::http::get(self.operator.health_port(), "/metrics").await?;
-        Ok(metrics
-            .body
-            .lines()
-            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(0.0))
+        operator_support::operator_metric(&self.operator, sample).await
     }
 
     /// Deletes this test's namespace and waits until it is gone: every finalizer in it ran.
@@ -163,31 +120,11 @@ impl Env {
         Ok(jetstream::new(client))
     }
 
-    async fn apply(
-        api: &Api<DynamicObject>,
-        kind: &str,
-        name: &str,
-        spec: Value,
-    ) -> Result<DynamicObject, kube::Error> {
-        let object = json!({
-            "apiVersion": "audit.eventsaudit.io/v1alpha1",
-            "kind": kind,
-            "metadata": { "name": name },
-            "spec": spec,
-        });
-        api.patch(
-            name,
-            &PatchParams::apply("consumer-tests").force(),
-            &Patch::Apply(&object),
-        )
-        .await
-    }
-
     /// The AuditStream `orders` on this test's server, authenticated by the token Secret.
     async fn apply_stream(&self) -> anyhow::Result<()> {
-        Self::apply(
+        operator_support::apply(
             &self.streams,
-            "AuditStream",
+            AUDIT_STREAM,
             "orders",
             json!({
                 "connection": {
@@ -209,7 +146,7 @@ impl Env {
         if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
             spec.extend(extra);
         }
-        Self::apply(&self.consumers, "AuditConsumer", name, spec).await
+        operator_support::apply(&self.consumers, AUDIT_CONSUMER, name, spec).await
     }
 
     async fn condition(&self, name: &str, type_: &str) -> anyhow::Result<Option<Value>> {

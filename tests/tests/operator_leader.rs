@@ -2,73 +2,28 @@
 //! ready and idle, and when the leader dies without a goodbye the standby takes the Lease
 //! and carries on. Also checks the operator's health and metrics endpoints.
 
+mod operator_support;
+
 use std::time::Duration;
 
 use audit_tests::http;
-use audit_tests::kube_env::ControlPlane;
 use audit_tests::nats::NatsServer;
-use audit_tests::operator::{OPERATOR_NAMESPACE, OperatorProcess, install_crds};
+use audit_tests::operator::{OPERATOR_NAMESPACE, OperatorProcess};
 use audit_tests::wait;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DynamicObject};
+use operator_support::{AUDIT_STREAM, lease_holder, wait_ready};
 use serde_json::json;
 
-const LEASE: &str = "audit-operator-leader";
-
-fn streams(client: kube::Client, namespace: &str) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "audit.eventsaudit.io",
-        "v1alpha1",
-        "AuditStream",
-    ));
-    Api::namespaced_with(client, namespace, &resource)
-}
-
+/// An AuditStream `name` on `nats_url`, capturing `<name>.>`.
 async fn apply_stream(api: &Api<DynamicObject>, name: &str, nats_url: &str) -> anyhow::Result<()> {
-    let object = json!({
-        "apiVersion": "audit.eventsaudit.io/v1alpha1",
-        "kind": "AuditStream",
-        "metadata": { "name": name },
-        "spec": {
-            "connection": { "servers": [nats_url] },
-            "subjects": [format!("{name}.>")],
-            "storage": "Memory",
-        }
+    let spec = json!({
+        "connection": { "servers": [nats_url] },
+        "subjects": [format!("{name}.>")],
+        "storage": "Memory",
     });
-    api.patch(
-        name,
-        &PatchParams::apply("leader-tests"),
-        &Patch::Apply(&object),
-    )
-    .await?;
+    operator_support::apply(api, AUDIT_STREAM, name, spec).await?;
     Ok(())
-}
-
-async fn wait_ready(api: &Api<DynamicObject>, name: &str, within: Duration) -> anyhow::Result<()> {
-    wait::until(
-        &format!("AuditStream {name} to be Ready"),
-        within,
-        Duration::from_millis(200),
-        || async {
-            let object = api.get(name).await?;
-            let ready = object.data["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            Ok(ready.then_some(()))
-        },
-    )
-    .await
-}
-
-async fn holder(leases: &Api<Lease>) -> anyhow::Result<Option<String>> {
-    Ok(leases
-        .get_opt(LEASE)
-        .await?
-        .and_then(|lease| lease.spec)
-        .and_then(|spec| spec.holder_identity))
 }
 
 async fn leader_gauge(operator: &OperatorProcess) -> anyhow::Result<String> {
@@ -88,10 +43,7 @@ async fn leader_gauge(operator: &OperatorProcess) -> anyhow::Result<String> {
 
 #[tokio::test]
 async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
-    let control_plane = ControlPlane::shared();
-    let client = control_plane.admin_client().await?;
-    install_crds(&client).await?;
-    let namespace = control_plane.create_namespace("leader").await?;
+    let (client, namespace) = operator_support::namespace("leader", &[]).await?;
     let nats = NatsServer::start().await?;
     let leader_args = |identity: &'static str| {
         [
@@ -119,7 +71,7 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
         "one replica to take the Lease",
         Duration::from_secs(30),
         Duration::from_millis(200),
-        || async { holder(&leases).await },
+        || async { lease_holder(&leases).await },
     )
     .await?;
     let (leader, standby) = if first_leader == "replica-a" {
@@ -160,7 +112,7 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
         "audit_operator_leader 0"
     );
 
-    let api = streams(client.clone(), &namespace);
+    let api = operator_support::api(&client, &namespace, AUDIT_STREAM);
     apply_stream(&api, "before", &nats.url()).await?;
     wait_ready(&api, "before", Duration::from_secs(30)).await?;
 
@@ -172,7 +124,7 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
         "the standby to take the Lease",
         Duration::from_secs(45),
         Duration::from_millis(250),
-        || async { Ok(holder(&leases).await?.filter(|h| *h != first_leader)) },
+        || async { Ok(lease_holder(&leases).await?.filter(|h| *h != first_leader)) },
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e:#}\nstandby log:\n{}", replicas[standby].log_tail()))?;

@@ -4,32 +4,24 @@
 //! A test binary of its own: it briefly loosens the CRD's schema on this binary's control
 //! plane, which would disturb tests running beside it.
 
+mod operator_support;
+
 use std::time::Duration;
 
-use audit_tests::kube_env::ControlPlane;
 use audit_tests::nats::NatsServer;
 use audit_tests::operator::{OperatorProcess, install_crds};
 use audit_tests::wait;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use operator_support::{AUDIT_STREAM, events_about, is_ready};
 use serde_json::json;
 
 const CRD: &str = "auditstreams.audit.eventsaudit.io";
 
 #[tokio::test]
 async fn a_malformed_stream_is_reported_and_the_others_still_reconcile() -> anyhow::Result<()> {
-    let control_plane = ControlPlane::shared();
-    let client = control_plane.admin_client().await?;
-    install_crds(&client).await?;
-    let namespace = control_plane.create_namespace("malformed").await?;
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "audit.eventsaudit.io",
-        "v1alpha1",
-        "AuditStream",
-    ));
-    let streams: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+    let (client, namespace) = operator_support::namespace("malformed", &[]).await?;
+    let streams = operator_support::api(&client, &namespace, AUDIT_STREAM);
 
     // Store an object the operator's types cannot read: with the schema loosened, as an
     // older CRD version might have allowed, and then put back.
@@ -114,27 +106,16 @@ async fn a_malformed_stream_is_reported_and_the_others_still_reconcile() -> anyh
         )
         .await?;
 
-    let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
     let result = wait::until(
         "the good stream Ready and an InvalidObject Event for the broken one",
         Duration::from_secs(60),
         Duration::from_millis(250),
         || async {
-            let good = streams.get("good").await?;
-            let ready = good.data["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            let reported = events
-                .list(&Default::default())
+            let ready = is_ready(&streams.get("good").await?);
+            let reported = events_about(&client, &namespace, "broken")
                 .await?
-                .items
                 .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("InvalidObject")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken")
-                });
+                .any(|e| e.reason.as_deref() == Some("InvalidObject"));
             Ok((ready && reported).then_some(()))
         },
     )

@@ -4,53 +4,25 @@
 //! play a sink that fails: they pull an event from the durable consumer and never acknowledge
 //! it.
 
+mod operator_support;
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
-use audit_tests::kube_env::ControlPlane;
 use audit_tests::nats::NatsServer;
-use audit_tests::operator::{OperatorProcess, install_crds};
+use audit_tests::operator::OperatorProcess;
 use audit_tests::wait;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DynamicObject, PostParams};
+use operator_support::{AUDIT_CONSUMER, AUDIT_STREAM, events_about};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
 /// What NATS publishes on when an event of the durable `reader` on `ORDERS` is given up.
 const ADVISORY_SUBJECT: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.ORDERS.reader";
-
-async fn apply(
-    api: &Api<DynamicObject>,
-    kind: &str,
-    name: &str,
-    spec: Value,
-) -> anyhow::Result<()> {
-    let object = json!({
-        "apiVersion": "audit.eventsaudit.io/v1alpha1",
-        "kind": kind,
-        "metadata": { "name": name },
-        "spec": spec,
-    });
-    api.patch(
-        name,
-        &PatchParams::apply("max-deliver-tests").force(),
-        &Patch::Apply(&object),
-    )
-    .await?;
-    Ok(())
-}
-
-fn api(client: &kube::Client, namespace: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", kind),
-        plural,
-    );
-    Api::namespaced_with(client.clone(), namespace, &resource)
-}
 
 /// Permissions of a NATS user who may use JetStream but not hear its advisories.
 const NO_ADVISORIES: &str = r#"{
@@ -91,10 +63,7 @@ impl Scenario {
         user: Option<(&str, &str)>,
         operator_args: &[&str],
     ) -> anyhow::Result<Self> {
-        let control_plane = ControlPlane::shared();
-        let client = control_plane.admin_client().await?;
-        install_crds(&client).await?;
-        let namespace = control_plane.create_namespace(namespace_prefix).await?;
+        let (client, namespace) = operator_support::namespace(namespace_prefix, &[]).await?;
         let mut args = vec![
             "--namespace",
             &namespace,
@@ -114,11 +83,11 @@ impl Scenario {
                 .await?;
             connection["auth"] = json!({ "userPasswordSecretRef": { "name": "nats-user" } });
         }
-        let streams = api(&client, &namespace, "AuditStream", "auditstreams");
-        let consumers = api(&client, &namespace, "AuditConsumer", "auditconsumers");
-        apply(
+        let streams = operator_support::api(&client, &namespace, AUDIT_STREAM);
+        let consumers = operator_support::api(&client, &namespace, AUDIT_CONSUMER);
+        operator_support::apply(
             &streams,
-            "AuditStream",
+            AUDIT_STREAM,
             "orders",
             json!({
                 "connection": connection,
@@ -128,9 +97,9 @@ impl Scenario {
             }),
         )
         .await?;
-        apply(
+        operator_support::apply(
             &consumers,
-            "AuditConsumer",
+            AUDIT_CONSUMER,
             "reader",
             json!({ "streamRef": { "name": "orders" }, "maxDeliver": 1, "ackWait": "1s" }),
         )
@@ -186,27 +155,17 @@ impl Scenario {
         occurrences: i32,
         nats: &NatsServer,
     ) -> anyhow::Result<Vec<Event>> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
         wait::until(
             &format!("{occurrences} {reason} Event occurrence(s)"),
             WAIT,
             POLL,
             || async {
-                let warnings: Vec<Event> = events
-                    .list(&Default::default())
+                let warnings: Vec<Event> = events_about(&self.client, &self.namespace, "reader")
                     .await?
-                    .items
                     .into_iter()
-                    .filter(|e| {
-                        e.reason.as_deref() == Some(reason)
-                            && e.regarding.as_ref().and_then(|r| r.name.as_deref())
-                                == Some("reader")
-                    })
+                    .filter(|e| e.reason.as_deref() == Some(reason))
                     .collect();
-                let recorded: i32 = warnings
-                    .iter()
-                    .map(|e| e.series.as_ref().map_or(1, |series| series.count))
-                    .sum();
+                let recorded = operator_support::occurrences(&warnings, reason);
                 Ok((recorded >= occurrences).then_some(warnings))
             },
         )

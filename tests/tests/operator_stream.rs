@@ -2,6 +2,8 @@
 //! control plane, a real nats-server, and the `audit-operator` binary run as a child process
 //! scoped to each test's namespace with short requeue and retry intervals.
 
+mod operator_support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -15,20 +17,13 @@ use audit_tests::wait;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use operator_support::{AUDIT_STREAM, condition, condition_status, events_about, occurrences};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
 const FINALIZER: &str = "audit.eventsaudit.io/stream-cleanup";
 const OWNER_KEY: &str = "audit.eventsaudit.io/owner";
-
-fn stream_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("audit.eventsaudit.io", "v1alpha1", "AuditStream"),
-        "auditstreams",
-    )
-}
 
 /// One test's world: a namespace, a nats-server and an operator watching that namespace.
 struct Env {
@@ -53,14 +48,11 @@ impl Env {
         nats: NatsServer,
         operator_args: &[&str],
     ) -> anyhow::Result<Self> {
-        let control_plane = ControlPlane::shared();
-        let client = control_plane.admin_client().await?;
-        install_crds(&client).await?;
-        let namespace = control_plane.create_namespace(prefix).await?;
+        let (client, namespace) = operator_support::namespace(prefix, &[]).await?;
         let mut args = vec!["--namespace", namespace.as_str()];
         args.extend_from_slice(operator_args);
         let operator = OperatorProcess::start(&args)?;
-        let streams = Api::namespaced_with(client.clone(), &namespace, &stream_resource());
+        let streams = operator_support::api(&client, &namespace, AUDIT_STREAM);
         Ok(Self {
             client,
             namespace,
@@ -76,19 +68,7 @@ impl Env {
 
     /// Server-side applies an AuditStream with `spec`, as a user's `kubectl apply` would.
     async fn apply(&self, name: &str, spec: Value) -> Result<DynamicObject, kube::Error> {
-        let object = json!({
-            "apiVersion": "audit.eventsaudit.io/v1alpha1",
-            "kind": "AuditStream",
-            "metadata": { "name": name },
-            "spec": spec,
-        });
-        self.streams
-            .patch(
-                name,
-                &PatchParams::apply("operator-tests").force(),
-                &Patch::Apply(&object),
-            )
-            .await
+        operator_support::apply(&self.streams, AUDIT_STREAM, name, spec).await
     }
 
     /// A spec reaching this test's nats-server, with `extra` fields merged in.
@@ -164,30 +144,14 @@ impl Env {
 
     /// Reasons of the Events about AuditStream `name`.
     async fn event_reasons(&self, name: &str) -> anyhow::Result<Vec<String>> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        Ok(events
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.reason)
-            .collect())
+        let events = events_about(&self.client, &self.namespace, name).await?;
+        Ok(events.into_iter().filter_map(|e| e.reason).collect())
     }
 
-    /// How often an Event `reason` was reported about AuditStream `name`, counting the
-    /// repetitions an Event series folds into one object.
+    /// How often an Event `reason` was reported about AuditStream `name`.
     async fn event_occurrences(&self, name: &str, reason: &str) -> anyhow::Result<i32> {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
-        Ok(events
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .map(|e| e.series.map_or(1, |series| series.count))
-            .sum())
+        let events = events_about(&self.client, &self.namespace, name).await?;
+        Ok(occurrences(&events, reason))
     }
 
     async fn wait_event(&mut self, name: &str, reason: &str) -> anyhow::Result<()> {
@@ -205,15 +169,9 @@ impl Env {
         std::fs::read_to_string(self.operator.log_path()).unwrap_or_default()
     }
 
-    /// The value of one sample of the operator's `/metrics`, e.g.
-    /// `audit_operator_reconciliations_total{kind="AuditStream"}`; 0 while it is absent.
+    /// The value of one sample of the operator's `/metrics`; 0 while it is absent.
     async fn operator_metric(&self, sample: &str) -> anyhow::Result<f64> {
-        let metrics = audit_tests::http::get(self.operator.health_port(), "/metrics").await?;
-        Ok(metrics
-            .body
-            .lines()
-            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(0.0))
+        operator_support::operator_metric(&self.operator, sample).await
     }
 
     /// The ids of every connection, open or closed, the operator has made to this test's
@@ -244,20 +202,6 @@ impl Env {
             )
         })
     }
-}
-
-fn condition<'a>(object: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
-    object.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
-fn condition_status(object: &DynamicObject, type_: &str) -> String {
-    condition(object, type_)
-        .and_then(|c| c["status"].as_str())
-        .unwrap_or("<absent>")
-        .to_owned()
 }
 
 /// A 422 rejection's message and how many problems it lists.

@@ -14,9 +14,12 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::build::nats_consumer::{OWNER_KEY, governed_differences};
-use crate::error::{Error, Result};
-use crate::report::FIELD_MANAGER;
+use super::build::nats_consumer::governed_differences;
+use crate::{
+    error::{Error, Result},
+    ownership::{Claim, Deletion, OWNER_KEY, claim},
+    report::FIELD_MANAGER,
+};
 
 /// What applying did to the durable consumer.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,7 +52,8 @@ pub async fn apply_consumer(
             })?;
         return Ok((Change::Created, created.cached_info().clone()));
     };
-    if current.config.metadata.get(OWNER_KEY) != desired.metadata.get(OWNER_KEY) {
+    let owner = desired.metadata.get(OWNER_KEY).map_or("", String::as_str);
+    if claim(&current.config.metadata, owner) != Claim::Ours {
         return Err(Error::ConsumerNotOurs {
             stream: stream.to_owned(),
             consumer: durable,
@@ -83,16 +87,6 @@ fn rejected(stream: &str, server: &jetstream::Error) -> Error {
     }
 }
 
-/// What deleting did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Deletion {
-    Deleted,
-    /// There was no such consumer (or no such stream).
-    Absent,
-    /// The consumer is not marked as this resource's; it was left alone.
-    NotOurs,
-}
-
 /// Deletes the durable consumer if it is `owner`'s.
 pub async fn delete_consumer(
     js: &jetstream::Context,
@@ -107,7 +101,7 @@ pub async fn delete_consumer(
     let Some(current) = consumer_info(&stream_handle, durable).await? else {
         return Ok(Deletion::Absent);
     };
-    if current.config.metadata.get(OWNER_KEY).map(String::as_str) != Some(owner) {
+    if claim(&current.config.metadata, owner) != Claim::Ours {
         return Ok(Deletion::NotOurs);
     }
     match stream_handle.delete_consumer(durable).await {

@@ -1,15 +1,15 @@
 //! Pipeline step 1 (I/O): read the referenced AuditStream, insist that it is Ready, and read
-//! the Secrets of its connection (with the AuditStream controller's own Secret reader, so both
-//! controllers resolve a connection identically and share its pooled NATS client).
+//! the Secrets of its connection (as the AuditStream controller does, through
+//! [`crate::connection`], so both resolve it identically and share its pooled NATS client).
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use crate::{
-    conditions::READY,
+    conditions::{READY, Status},
+    connection::{self, ResolvedConnection},
     crd::{consumer::AuditConsumer, stream::AuditStream},
     error::{Error, Result},
-    stream::dereference::{ResolvedConnection, dereference as resolve_connection},
 };
 
 /// What an AuditConsumer references, resolved.
@@ -43,7 +43,7 @@ pub async fn dereference(
 ) -> Result<Referenced> {
     let stream = referenced_stream(consumer, streams).await?;
     ready(&stream)?;
-    let connection = resolve_connection(secrets, &stream.spec.connection).await?;
+    let connection = connection::dereference(secrets, &stream.spec.connection).await?;
     Ok(Referenced {
         stream_name: stream.stream_name(),
         stream,
@@ -77,12 +77,12 @@ pub fn ready(stream: &AuditStream) -> Result<()> {
     let ready = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
     match ready {
         Some(condition)
-            if condition.status == "True"
+            if Status::True.of(condition)
                 && status.and_then(|s| s.observed_generation) == stream.metadata.generation =>
         {
             Ok(())
         }
-        Some(condition) if condition.status != "True" => Err(Error::StreamNotReady {
+        Some(condition) if !Status::True.of(condition) => Err(Error::StreamNotReady {
             name,
             reason: format!("{}: {}", condition.reason, condition.message),
         }),

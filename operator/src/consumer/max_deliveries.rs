@@ -42,9 +42,10 @@ use tracing::{debug, warn};
 
 use super::Guarded;
 use crate::{
+    conditions::{Status, Value},
+    connection::SubscriptionRefused,
     crd::consumer::{AuditConsumer, AuditConsumerStatus},
     error::{Error, Result},
-    nats_pool::SubscriptionRefused,
 };
 
 /// Reason of the `MaxDeliveriesCounted` condition and of the Warning Event when NATS refused
@@ -177,18 +178,18 @@ pub enum Listening {
     Refused { subject: String, message: String },
 }
 
-/// Status, reason and message of the `MaxDeliveriesCounted` condition.
-pub fn counting_condition(listening: &Listening) -> (&'static str, &'static str, String) {
+/// The `MaxDeliveriesCounted` condition.
+pub fn counting_condition(listening: &Listening) -> Value {
     match listening {
-        Listening::Subscribed { subject } => (
-            "True",
+        Listening::Subscribed { subject } => Value::new(
+            Status::True,
             "AdvisoriesSubscribed",
             format!(
                 "counting the events that reach maxDeliver from NATS's advisories on {subject}"
             ),
         ),
-        Listening::Refused { subject, message } => (
-            "False",
+        Listening::Refused { subject, message } => Value::new(
+            Status::False,
             SUBSCRIPTION_DENIED,
             format!(
                 "NATS refused the operator's subscription to the max-deliveries advisories ({message}), \
@@ -207,7 +208,7 @@ pub fn refusal_reported(status: Option<&AuditConsumerStatus>) -> bool {
     status.is_some_and(|status| {
         status.conditions.iter().any(|c| {
             c.type_ == super::status::MAX_DELIVERIES_COUNTED
-                && c.status == "False"
+                && Status::False.of(c)
                 && c.reason == SUBSCRIPTION_DENIED
         })
     })
@@ -650,11 +651,18 @@ mod tests {
     #[test]
     fn a_refusal_says_which_permission_to_grant_and_that_the_consumer_works() {
         let subject = advisory_subject("ORDERS", "reader");
-        let (status, reason, message) = counting_condition(&Listening::Refused {
+        let Value {
+            status,
+            reason,
+            message,
+        } = counting_condition(&Listening::Refused {
             subject: subject.clone(),
             message: format!("Permissions Violation for Subscription to \"{subject}\""),
         });
-        assert_eq!((status, reason), ("False", "AdvisorySubscriptionDenied"));
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "AdvisorySubscriptionDenied")
+        );
         for part in [
             "Permissions Violation for Subscription",
             "subscribe to $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
@@ -663,10 +671,17 @@ mod tests {
         ] {
             assert!(message.contains(part), "{part:?} missing from {message}");
         }
-        let (status, reason, message) = counting_condition(&Listening::Subscribed {
+        let Value {
+            status,
+            reason,
+            message,
+        } = counting_condition(&Listening::Subscribed {
             subject: subject.clone(),
         });
-        assert_eq!((status, reason), ("True", "AdvisoriesSubscribed"));
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "AdvisoriesSubscribed")
+        );
         assert!(message.contains(&subject), "{message}");
     }
 }

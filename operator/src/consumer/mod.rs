@@ -1,7 +1,8 @@
 //! The AuditConsumer controller: reconciles each AuditConsumer through the pipeline
-//! dereference (AuditStream, Secrets) -> validate -> build (durable consumer, workload
-//! objects) -> apply (NATS, server-side apply) -> status, and deletes the durable consumer
-//! per `deletionPolicy` behind a finalizer.
+//! [`dereference`] (AuditStream, Secrets) -> [`validate`] -> [`build`] (durable consumer,
+//! workload objects) -> [`apply`] (NATS, server-side apply) -> [`status`], run by
+//! `reconcile`, and deletes the durable consumer per `deletionPolicy` behind a finalizer
+//! (`cleanup`).
 //!
 //! Besides AuditConsumers it watches the objects it owns (a deleted or hand-edited Deployment
 //! is put back at once), the AuditStreams (a stream turning Ready requeues its consumers) and
@@ -11,53 +12,32 @@
 
 pub mod apply;
 pub mod build;
+mod cleanup;
 pub mod dereference;
 pub mod max_deliveries;
+mod reconcile;
 pub mod status;
 pub mod validate;
 
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::{
-    api::{
-        apps::v1::Deployment, core::v1::Secret, networking::v1::NetworkPolicy,
-        policy::v1::PodDisruptionBudget,
-    },
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::Timestamp,
-};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    ResourceExt,
     core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         Controller,
         controller::Action,
-        events::{EventType, Recorder},
         reflector::{ObjectRef, Store},
     },
 };
-use tracing::{info, warn};
 
-use self::{
-    apply::{Change, Deletion},
-    build::{WorkloadInputs, nats_consumer, workload_name},
-    max_deliveries::{Listening, MaxDeliveries},
-    status::{Advisories, Report, Stage},
-};
+use self::max_deliveries::MaxDeliveries;
 use crate::{
-    backoff::Retries,
-    crd::{
-        consumer::{AuditConsumer, ConsumerDeletionPolicy},
-        stream::AuditStream,
-    },
-    error::{Error, Result},
-    finalizer::{Event as FinalizerEvent, finalizer},
-    metrics::Metrics,
-    nats_pool::{NatsPool, PoolUser},
-    options::Options,
-    report,
-    stream::dereference::{ResolvedConnection, dereference as resolve_connection},
+    controller::{self, Reconciler, Shared},
+    crd::{consumer::AuditConsumer, stream::AuditStream},
+    error::Result,
     watches::Watches,
 };
 
@@ -67,71 +47,64 @@ pub const FINALIZER: &str = "audit.eventsaudit.io/consumer-cleanup";
 type Guarded = DeserializeGuard<AuditConsumer>;
 type GuardedStream = DeserializeGuard<AuditStream>;
 
-/// What every reconciliation shares.
-pub struct Context {
-    client: Client,
-    recorder: Recorder,
-    pool: Arc<NatsPool>,
-    options: Options,
-    retries: Retries<ObjectRef<Guarded>>,
-    metrics: Arc<Metrics>,
+/// What the AuditConsumer controller keeps beyond the shared context.
+pub struct Consumers {
+    /// The subscriptions to the max-deliveries advisories, and their counts.
     max_deliveries: MaxDeliveries,
 }
 
-/// Runs the AuditConsumer controller, fed by `watches`, until `shutdown` completes. It starts
-/// with a pass over every AuditConsumer in the cache: what changed while this replica stood
-/// by reached the cache, but no controller.
+type Context = controller::Context<Consumers>;
+
+impl Reconciler for Consumers {
+    type Resource = AuditConsumer;
+    const FINALIZER: &'static str = FINALIZER;
+
+    async fn apply(ctx: &Context, consumer: &AuditConsumer) -> Result<Action> {
+        reconcile::apply(consumer, ctx).await
+    }
+
+    async fn cleanup(ctx: &Context, consumer: &AuditConsumer) -> Result<Action> {
+        cleanup::cleanup(consumer, ctx).await
+    }
+}
+
+/// Runs the AuditConsumer controller, fed by `watches`, until `shutdown` completes.
 pub async fn run(
-    client: Client,
-    options: Options,
-    pool: Arc<NatsPool>,
-    recorder: Recorder,
-    metrics: Arc<Metrics>,
+    shared: Shared,
     watches: &Watches,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let by_stream = watches.consumers.clone();
     let by_secret = watches.consumers.clone();
     let streams = watches.streams.clone();
-    let (max_deliveries, advised) = MaxDeliveries::new(pool.subscription_refusals());
-    let reconnected = crate::triggers::reconnected::<AuditConsumer>(&pool);
-    let context = Arc::new(Context {
-        client,
-        metrics,
-        recorder,
-        pool,
-        retries: Retries::new(options.retry),
-        options,
-        max_deliveries,
-    });
-    Controller::for_stream(watches.consumer_changes.listen(), watches.consumers.clone())
-        .owns_stream(watches.deployments.listen())
-        .owns_stream(watches.service_accounts.listen())
-        .owns_stream(watches.disruption_budgets.listen())
-        .owns_stream(watches.network_policies.listen())
-        .watches_stream(watches.stream_readiness_changes.listen(), move |stream| {
-            consumers_of_stream(&by_stream, &stream.name_any(), stream.namespace())
-        })
-        .watches_stream(watches.secret_changes.listen(), move |secret| {
-            consumers_using_secret(&by_secret, &streams, &secret)
-        })
-        .watches_stream(advised.map(Ok), |advised| {
-            Some(
-                ObjectRef::new(&advised.name_any())
-                    .within(&advised.namespace().unwrap_or_default()),
-            )
-        })
-        .watches_stream(reconnected, |consumer| {
-            Some(
-                ObjectRef::new(&consumer.name_any())
-                    .within(&consumer.namespace().unwrap_or_default()),
-            )
-        })
-        .reconcile_all_on(futures::stream::once(std::future::ready(())))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|outcome| async move { report::log_outcome(outcome) })
-        .await;
+    let (max_deliveries, advised) = MaxDeliveries::new(shared.pool.subscription_refusals());
+    let reconnected = crate::triggers::reconnected::<AuditConsumer>(&shared.pool);
+    let ctx = Arc::new(Context::new(shared, Consumers { max_deliveries }));
+    let controller =
+        Controller::for_stream(watches.consumer_changes.listen(), watches.consumers.clone())
+            .owns_stream(watches.deployments.listen())
+            .owns_stream(watches.service_accounts.listen())
+            .owns_stream(watches.disruption_budgets.listen())
+            .owns_stream(watches.network_policies.listen())
+            .watches_stream(watches.stream_readiness_changes.listen(), move |stream| {
+                consumers_of_stream(&by_stream, &stream.name_any(), stream.namespace())
+            })
+            .watches_stream(watches.secret_changes.listen(), move |secret| {
+                consumers_using_secret(&by_secret, &streams, &secret)
+            })
+            .watches_stream(advised.map(Ok), |advised| {
+                Some(
+                    ObjectRef::new(&advised.name_any())
+                        .within(&advised.namespace().unwrap_or_default()),
+                )
+            })
+            .watches_stream(reconnected, |consumer| {
+                Some(
+                    ObjectRef::new(&consumer.name_any())
+                        .within(&consumer.namespace().unwrap_or_default()),
+                )
+            });
+    controller::run(controller, ctx, shutdown).await;
 }
 
 /// The AuditConsumers in `namespace` that read AuditStream `stream`.
@@ -167,484 +140,7 @@ fn consumers_using_secret(
         .collect()
 }
 
-async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
-    let started = std::time::Instant::now();
-    let result = reconcile_consumer(&guarded, &ctx).await;
-    ctx.metrics.record_reconcile(
-        "AuditConsumer",
-        started.elapsed(),
-        result.as_ref().err().map(Error::reason),
-    );
-    result
-}
-
-async fn reconcile_consumer(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<Action> {
-    let Some(consumer) = report::readable(guarded, &ctx.recorder).await else {
-        return Ok(Action::await_change());
-    };
-    let api: Api<AuditConsumer> = Api::namespaced(
-        ctx.client.clone(),
-        &consumer.namespace().unwrap_or_default(),
-    );
-    let result = finalizer(&api, FINALIZER, consumer, |event| async {
-        match event {
-            FinalizerEvent::Apply(consumer) => apply_consumer(&consumer, ctx).await,
-            FinalizerEvent::Cleanup(consumer) => cleanup(&consumer, ctx).await,
-        }
-    })
-    .await;
-    if result.is_ok() {
-        ctx.retries.reset(&ObjectRef::from_obj(guarded.as_ref()));
-    }
-    result
-}
-
-fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx
-        .retries
-        .next_delay(ObjectRef::from_obj(guarded.as_ref()));
-    info!(name = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default(), %error, retry_in = ?delay, "will retry");
-    Action::requeue(delay)
-}
-
 /// The controller's reference to `consumer`.
 fn object_ref(consumer: &AuditConsumer) -> ObjectRef<Guarded> {
     ObjectRef::new(&consumer.name_any()).within(&consumer.namespace().unwrap_or_default())
-}
-
-/// What a successful pass produced.
-struct Reconciled {
-    stream_name: String,
-    change: Change,
-    info: async_nats::jetstream::consumer::Info,
-    deployment: Deployment,
-}
-
-/// The pipeline; a failure says at which stage it stopped, for the detail conditions.
-async fn pipeline(
-    consumer: &AuditConsumer,
-    ctx: &Context,
-) -> Result<Reconciled, (Stage, Option<String>, Error)> {
-    let namespace = consumer.namespace().unwrap_or_default();
-    let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let referenced = match dereference::dereference(consumer, &streams, &secrets).await {
-        Ok(referenced) => referenced,
-        Err(error) => {
-            let instance = ctx.options.instance.as_deref();
-            let error =
-                report::unless_namespace_terminating(&ctx.client, consumer, instance, error).await;
-            return Err((Stage::Stream, None, error));
-        }
-    };
-    let stream_name = referenced.stream_name.clone();
-    let at = |stage: Stage| {
-        let stream_name = stream_name.clone();
-        move |e: Error| (stage, Some(stream_name), e)
-    };
-
-    let valid = validate::validate(consumer).map_err(at(Stage::Consumer))?;
-    let desired = nats_consumer::desired_config(consumer, &valid);
-    let client = ctx
-        .pool
-        .client(&PoolUser::of(consumer), &referenced.connection)
-        .await
-        .map_err(at(Stage::Consumer))?;
-    let js = jetstream_of(client.clone(), &referenced.connection);
-    let (change, info) = apply::apply_consumer(&js, &stream_name, &desired)
-        .await
-        .map_err(at(Stage::Consumer))?;
-    // Listen once the durable exists: NATS advises only while someone listens.
-    if valid.max_deliver > 0 {
-        let subject = max_deliveries::advisory_subject(&stream_name, &valid.durable_name);
-        ctx.max_deliveries
-            .watch(&object_ref(consumer), &client, subject)
-            .await
-            .map_err(at(Stage::Consumer))?;
-    } else {
-        ctx.max_deliveries.forget(&object_ref(consumer));
-    }
-
-    let inputs = WorkloadInputs {
-        valid: &valid,
-        stream_name: &stream_name,
-        connection: &referenced.stream.spec.connection,
-        client_cert_has_ca: referenced.client_cert_has_ca(),
-        secret_versions: &referenced.connection.secret_versions,
-        default_image: &ctx.options.consumer_image,
-    };
-    let deployment = apply_workload(consumer, &inputs, ctx)
-        .await
-        .map_err(at(Stage::Workload))?;
-    Ok(Reconciled {
-        stream_name,
-        change,
-        info,
-        deployment,
-    })
-}
-
-/// Applies every workload object the spec asks for and removes the optional ones it no longer
-/// asks for; returns the Deployment as the server has it (with its status).
-async fn apply_workload(
-    consumer: &AuditConsumer,
-    inputs: &WorkloadInputs<'_>,
-    ctx: &Context,
-) -> Result<Deployment> {
-    let client = &ctx.client;
-    let uid = consumer.uid().unwrap_or_default();
-    let namespace = consumer.namespace().unwrap_or_default();
-    let name = workload_name(consumer);
-    apply::apply_owned(client, &build::service_account::build(consumer), &uid).await?;
-    let deployment =
-        apply::apply_owned(client, &build::deployment::build(consumer, inputs), &uid).await?;
-    match build::pdb::build(consumer) {
-        Some(pdb) => drop(apply::apply_owned(client, &pdb, &uid).await?),
-        None => apply::remove_owned::<PodDisruptionBudget>(client, &namespace, &name, &uid).await?,
-    }
-    match build::network_policy::build(consumer, inputs) {
-        Some(policy) => drop(apply::apply_owned(client, &policy, &uid).await?),
-        None => apply::remove_owned::<NetworkPolicy>(client, &namespace, &name, &uid).await?,
-    }
-    Ok(deployment)
-}
-
-fn jetstream_of(
-    client: async_nats::Client,
-    connection: &ResolvedConnection,
-) -> async_nats::jetstream::Context {
-    match &connection.js_domain {
-        Some(domain) => async_nats::jetstream::with_domain(client, domain),
-        None => async_nats::jetstream::new(client),
-    }
-}
-
-async fn apply_consumer(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
-    let result = pipeline(consumer, ctx).await;
-    let key = object_ref(consumer);
-    let advisories = match consumer.spec.max_deliver {
-        None => Advisories::NotWanted,
-        Some(_) => ctx
-            .max_deliveries
-            .listening(&key)
-            .map_or(Advisories::Unknown, Advisories::Known),
-    };
-    let report = match &result {
-        Ok(done) => Report {
-            stream_name: Some(done.stream_name.clone()),
-            consumer: Some(&done.info),
-            workload: Some(&done.deployment),
-            failure: None,
-            advisories: advisories.clone(),
-        },
-        Err((stage, stream_name, error)) => Report {
-            stream_name: stream_name.clone(),
-            failure: Some((*stage, error)),
-            advisories: advisories.clone(),
-            ..Report::default()
-        },
-    };
-    let mut status = status::desired_status(consumer, &report, &Time(Timestamp::now()));
-    let unreported = ctx.max_deliveries.unreported(&key);
-    let recorded = unreported.map(|u| max_deliveries::fold_into(&mut status, &u));
-    // The Events go out even when the status write fails, so that failure cannot hide them.
-    let status_written = if consumer.status.as_ref() != Some(&status) {
-        report::apply_status(&ctx.client, consumer, &status).await
-    } else {
-        Ok(())
-    };
-    let reference = consumer.object_ref(&());
-    let durable = consumer.durable_name();
-    if let Advisories::Known(refused @ Listening::Refused { .. }) = &advisories
-        && !max_deliveries::refusal_reported(consumer.status.as_ref())
-    {
-        let (_, reason, note) = max_deliveries::counting_condition(refused);
-        warn!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason, "{note}");
-        report::publish(
-            &ctx.recorder,
-            &reference,
-            EventType::Warning,
-            reason,
-            "Apply",
-            note,
-        )
-        .await;
-    }
-    if let (Some(unreported), Some(recorded)) = (unreported, recorded) {
-        ctx.max_deliveries.reported(&key, &unreported, recorded);
-        if unreported.new.count > 0 {
-            ctx.metrics.record_max_deliveries(
-                &consumer.namespace().unwrap_or_default(),
-                &consumer.name_any(),
-                unreported.new.count,
-            );
-            let stream = status.stream_name.as_deref().unwrap_or_default();
-            let max_deliver = consumer.spec.max_deliver.unwrap_or_default();
-            let note = max_deliveries::warning(unreported.new.count, recorded, max_deliver, stream);
-            warn!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason = "MaxDeliveriesReached", "{note}");
-            report::publish(
-                &ctx.recorder,
-                &reference,
-                EventType::Warning,
-                "MaxDeliveriesReached",
-                "Apply",
-                note,
-            )
-            .await;
-        }
-    }
-    match result {
-        Ok(done) => {
-            let note = match &done.change {
-                Change::Unchanged => None,
-                Change::Created => Some((
-                    "Created",
-                    format!(
-                        "created durable consumer {durable} on stream {}",
-                        done.stream_name
-                    ),
-                )),
-                // Drift only when this generation's durable consumer had been in place;
-                // otherwise it is the user's spec change being applied.
-                Change::Updated(fields)
-                    if consumer.status.as_ref().is_some_and(|s| {
-                        crate::conditions::held_at_generation(
-                            &s.conditions,
-                            status::CONSUMER_READY,
-                            s.observed_generation,
-                            consumer.metadata.generation,
-                        )
-                    }) =>
-                {
-                    Some((
-                        "DriftCorrected",
-                        format!(
-                            "durable consumer {durable} was changed outside the operator; restored {}",
-                            fields.join(", ")
-                        ),
-                    ))
-                }
-                Change::Updated(fields) => Some((
-                    "Updated",
-                    format!("updated durable consumer {durable}: {}", fields.join(", ")),
-                )),
-            };
-            if let Some((reason, note)) = note {
-                info!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason, "{note}");
-                let type_ = if reason == "DriftCorrected" {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                };
-                report::publish(&ctx.recorder, &reference, type_, reason, "Apply", note).await;
-            }
-            status_written?;
-            Ok(Action::requeue(ctx.options.requeue_interval))
-        }
-        Err((_, _, Error::StreamNotReady { name, reason })) => {
-            // Not a failure of this resource: the stream's watch requeues it once Ready.
-            info!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), stream = %name, %reason, "waiting for the AuditStream");
-            status_written?;
-            Ok(Action::requeue(ctx.options.requeue_interval))
-        }
-        Err((_, _, error)) => {
-            warn!(consumer = %durable, namespace = consumer.namespace().unwrap_or_default(), reason = error.reason(), %error, "consumer not ready");
-            report::publish(
-                &ctx.recorder,
-                &reference,
-                EventType::Warning,
-                error.reason(),
-                "Apply",
-                error.to_string(),
-            )
-            .await;
-            Err(error)
-        }
-    }
-}
-
-async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
-    let reference = consumer.object_ref(&());
-    let durable = consumer.durable_name();
-    let namespace = consumer.namespace().unwrap_or_default();
-    let (reason, note) = match consumer.spec.deletion_policy {
-        ConsumerDeletionPolicy::Retain => (
-            "Retained",
-            format!("deletionPolicy is Retain: durable consumer {durable} stays on NATS"),
-        ),
-        ConsumerDeletionPolicy::Delete => match delete_durable(consumer, ctx).await {
-            Ok(Removal::Done { reason, note }) => (reason, note),
-            Ok(Removal::LeftOnNats { stream, why }) => {
-                let note = format!(
-                    "{why}: durable consumer {durable} on stream {stream} is left on NATS (deletionPolicy Delete not carried out); if the stream still exists there, delete the consumer by hand"
-                );
-                warn!(consumer = %durable, %namespace, %stream, "{note}");
-                ctx.metrics.record_consumer_left_on_nats(
-                    &namespace,
-                    &consumer.name_any(),
-                    &stream,
-                    &durable,
-                );
-                report::publish(
-                    &ctx.recorder,
-                    &reference,
-                    EventType::Warning,
-                    "NotDeleted",
-                    "Delete",
-                    note,
-                )
-                .await;
-                return Ok(release(consumer, ctx));
-            }
-            Err(error) => {
-                warn!(consumer = %durable, %namespace, %error, "cannot delete the durable consumer; set deletionPolicy: Retain to let the resource go without deleting it");
-                report::publish(&ctx.recorder, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the durable consumer, set deletionPolicy: Retain")).await;
-                return Err(error);
-            }
-        },
-    };
-    info!(consumer = %durable, %namespace, reason, "{note}");
-    report::publish(
-        &ctx.recorder,
-        &reference,
-        EventType::Normal,
-        reason,
-        "Delete",
-        note,
-    )
-    .await;
-    Ok(release(consumer, ctx))
-}
-
-/// Forgets what the operator held for a deleted AuditConsumer.
-fn release(consumer: &AuditConsumer, ctx: &Context) -> Action {
-    ctx.max_deliveries.forget(&object_ref(consumer));
-    ctx.pool.release(&PoolUser::of(consumer));
-    Action::await_change()
-}
-
-/// How the deletion of a durable consumer ended.
-enum Removal {
-    /// Deleted, already gone, or not this resource's: the Event's reason and note.
-    Done { reason: &'static str, note: String },
-    /// Nothing can reach the durable consumer any more, and waiting would not change that:
-    /// `why`, and the `stream` it is on.
-    LeftOnNats { stream: String, why: String },
-}
-
-/// Stops the pods, then deletes the durable consumer if it is this resource's.
-async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<Removal> {
-    let durable = consumer.durable_name();
-    let namespace = consumer.namespace().unwrap_or_default();
-    let uid = consumer.uid().unwrap_or_default();
-    // Pods reading a deleted consumer would exit with an error until garbage collection
-    // removes them; remove their Deployment first.
-    apply::remove_owned::<Deployment>(&ctx.client, &namespace, &workload_name(consumer), &uid)
-        .await?;
-    let (stream_name, connection) = match whereabouts(consumer, ctx).await? {
-        Whereabouts::Reachable { stream, connection } => (stream, connection),
-        Whereabouts::Unreachable { stream, why } => {
-            return Ok(Removal::LeftOnNats { stream, why });
-        }
-    };
-    let client = ctx
-        .pool
-        .client(&PoolUser::of(consumer), &connection)
-        .await?;
-    let js = jetstream_of(client, &connection);
-    let owner = nats_consumer::owner_of(consumer);
-    let (reason, note) = match apply::delete_consumer(&js, &stream_name, &durable, &owner).await? {
-        Deletion::Deleted => (
-            "Deleted",
-            format!("deleted durable consumer {durable} from stream {stream_name}"),
-        ),
-        Deletion::Absent => (
-            "Deleted",
-            format!("durable consumer {durable} was already gone from stream {stream_name}"),
-        ),
-        Deletion::NotOurs => (
-            "NotDeleted",
-            format!(
-                "durable consumer {durable} on stream {stream_name} is not managed by this resource; left it on NATS"
-            ),
-        ),
-    };
-    Ok(Removal::Done { reason, note })
-}
-
-/// Where a durable consumer to delete is, as far as the operator can tell.
-enum Whereabouts {
-    /// On `stream`, reachable through `connection`.
-    Reachable {
-        stream: String,
-        connection: ResolvedConnection,
-    },
-    /// On `stream`, but nothing can reach it any more and waiting would not change that.
-    Unreachable { stream: String, why: String },
-}
-
-/// The durable consumer's stream and the connection to it: the AuditStream's, with the
-/// credentials from its Secrets or, when those are gone or unusable, the ones this resource
-/// last connected with. Without either, it is unreachable once the AuditStream or the
-/// namespace is being deleted (no Secret can come back into a terminating namespace) or the
-/// AuditStream is gone; otherwise the Secret's error stands, and the deletion waits.
-async fn whereabouts(consumer: &AuditConsumer, ctx: &Context) -> Result<Whereabouts> {
-    let namespace = consumer.namespace().unwrap_or_default();
-    let remembered = ctx.pool.last_connected(&PoolUser::of(consumer));
-    let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
-    let stream = match dereference::referenced_stream(consumer, &streams).await {
-        Ok(stream) => stream,
-        Err(Error::StreamNotFound { name }) => {
-            let last_stream_name = consumer.status.as_ref().and_then(|s| s.stream_name.clone());
-            return Ok(match (last_stream_name, remembered) {
-                (Some(stream), Some(connection)) => Whereabouts::Reachable { stream, connection },
-                (stream, _) => Whereabouts::Unreachable {
-                    stream: stream.unwrap_or_else(|| name.clone()),
-                    why: format!(
-                        "AuditStream {name} is gone, so its connection to NATS is unknown"
-                    ),
-                },
-            });
-        }
-        Err(error) => return Err(error),
-    };
-    let stream_name = stream.stream_name();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let error = match resolve_connection(&secrets, &stream.spec.connection).await {
-        Ok(connection) => {
-            return Ok(Whereabouts::Reachable {
-                stream: stream_name,
-                connection,
-            });
-        }
-        Err(error) if error.is_unusable_secret() => error,
-        Err(error) => return Err(error),
-    };
-    if let Some(connection) = remembered {
-        info!(consumer = %consumer.durable_name(), %namespace, %error, "deleting with the credentials last connected with");
-        return Ok(Whereabouts::Reachable {
-            stream: stream_name,
-            connection,
-        });
-    }
-    let why = if stream.metadata.deletion_timestamp.is_some() {
-        format!(
-            "AuditStream {} is being deleted and its credentials are unusable ({error})",
-            stream.name_any()
-        )
-    } else if report::namespace_is_terminating(
-        &ctx.client,
-        consumer,
-        ctx.options.instance.as_deref(),
-    )
-    .await?
-    {
-        "the namespace is being deleted and the credentials for NATS were deleted first".to_owned()
-    } else {
-        return Err(error);
-    };
-    Ok(Whereabouts::Unreachable {
-        stream: stream_name,
-        why,
-    })
 }

@@ -9,13 +9,14 @@ use k8s_openapi::{
     api::apps::v1::{Deployment, DeploymentStatus},
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
+use kube::ResourceExt;
 
 use super::{
     build::selector_string,
     max_deliveries::{Listening, counting_condition},
 };
 use crate::{
-    conditions::{self, Outcome, Phase},
+    conditions::{self, Outcome, Phase, Status, Value},
     crd::consumer::{AuditConsumer, AuditConsumerStatus},
     error::Error,
 };
@@ -27,6 +28,13 @@ pub const WORKLOAD_AVAILABLE: &str = "WorkloadAvailable";
 /// consumer and its pods work all the same; only the operator's count of the events NATS gave
 /// up on is blind, which this condition and a Warning Event say, with what to grant.
 pub const MAX_DELIVERIES_COUNTED: &str = "MaxDeliveriesCounted";
+/// Reason of `Ready` when every stage is.
+pub const READY_REASON: &str = "Ready";
+/// Reason of a stage's condition while an earlier stage is not ready.
+const WAITING: &str = "Waiting";
+/// The Deployment controller's reason for a rollout that stopped progressing; the consumer
+/// then needs a user's attention (`Stalled`).
+const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 
 /// What a reconciliation knows of the max-deliveries advisories.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,6 +56,15 @@ pub enum Stage {
     Workload,
 }
 
+/// Where a reconciliation stopped, and why.
+#[derive(Debug)]
+pub struct Failure {
+    pub stage: Stage,
+    /// The stream's name on NATS, when the AuditStream was read before the failure.
+    pub stream_name: Option<String>,
+    pub error: Error,
+}
+
 /// What one reconciliation observed.
 #[derive(Debug, Default)]
 pub struct Report<'a> {
@@ -58,7 +75,7 @@ pub struct Report<'a> {
     /// The Deployment as applied (its generation tells whether its status is current).
     pub workload: Option<&'a Deployment>,
     /// Where and why the reconciliation stopped, if it did.
-    pub failure: Option<(Stage, &'a Error)>,
+    pub failure: Option<&'a Failure>,
     pub advisories: Advisories,
 }
 
@@ -73,62 +90,57 @@ pub fn desired_status(
     let stream_ref = &consumer.spec.stream_ref.name;
     let durable = consumer.durable_name();
 
-    let failed_at = report.failure.map(|(stage, _)| stage);
-    let detail = |stage: Stage, ok: (&str, String)| -> (&'static str, String, String) {
-        match (failed_at, report.failure) {
-            (Some(at), Some((_, error))) if at == stage => {
-                ("False", error.reason().to_owned(), error.to_string())
-            }
-            (Some(at), _) if at < stage => (
-                "Unknown",
-                "Waiting".to_owned(),
-                "an earlier stage is not ready".to_owned(),
-            ),
-            _ => ("True", ok.0.to_owned(), ok.1),
+    // A stage's condition: False where the reconciliation failed, Unknown after that, and
+    // `ready` before.
+    let detail = |stage: Stage, ready: Value| match report.failure {
+        Some(failure) if failure.stage == stage => Value::failed(&failure.error),
+        Some(failure) if failure.stage < stage => {
+            Value::new(Status::Unknown, WAITING, "an earlier stage is not ready")
         }
+        _ => ready,
     };
     let stream = detail(
         Stage::Stream,
-        ("StreamReady", format!("AuditStream {stream_ref} is Ready")),
+        Value::new(
+            Status::True,
+            STREAM_READY,
+            format!("AuditStream {stream_ref} is Ready"),
+        ),
     );
     let durable_detail = detail(
         Stage::Consumer,
-        (
-            "ConsumerReady",
+        Value::new(
+            Status::True,
+            CONSUMER_READY,
             format!("durable consumer {durable} exists on NATS as declared"),
         ),
     );
-    let workload = match (failed_at, report.workload) {
+    let workload = match (report.failure, report.workload) {
         (None, Some(deployment)) => workload_condition(consumer, deployment),
-        _ => detail(Stage::Workload, ("WorkloadAvailable", String::new())),
+        _ => detail(
+            Stage::Workload,
+            Value::new(Status::True, WORKLOAD_AVAILABLE, ""),
+        ),
     };
 
     let outcome = match report.failure {
-        Some((_, error)) => Outcome {
-            phase: if error.needs_user_action() {
-                Phase::Stalled
-            } else {
-                Phase::Reconciling
-            },
-            reason: error.reason().into(),
-            message: error.to_string(),
-        },
-        None if workload.0 == "True" => Outcome {
+        Some(failure) => Outcome::failed(&failure.error),
+        None if workload.status == Status::True => Outcome {
             phase: Phase::Ready,
-            reason: "Ready".into(),
+            reason: READY_REASON.into(),
             message: format!(
                 "consuming stream {} as {durable} with {desired_replicas} ready pod(s)",
                 report.stream_name.as_deref().unwrap_or(stream_ref)
             ),
         },
         None => Outcome {
-            phase: if workload.1 == "ProgressDeadlineExceeded" {
+            phase: if workload.reason == PROGRESS_DEADLINE_EXCEEDED {
                 Phase::Stalled
             } else {
                 Phase::Reconciling
             },
-            reason: workload.1.clone(),
-            message: workload.2.clone(),
+            reason: workload.reason.clone(),
+            message: workload.message.clone(),
         },
     };
 
@@ -142,15 +154,11 @@ pub fn desired_status(
         .cloned()
         .collect();
     let mut conditions = conditions::kstatus(&others, generation, &outcome, now);
-    for (type_, (status, reason, message)) in
-        DETAILS.into_iter().zip([stream, durable_detail, workload])
-    {
-        conditions.push(detail_condition(
+    for (type_, value) in DETAILS.into_iter().zip([stream, durable_detail, workload]) {
+        conditions.push(conditions::condition(
             &previous.conditions,
             type_,
-            status,
-            reason,
-            message,
+            value,
             generation,
             now,
         ));
@@ -164,18 +172,13 @@ pub fn desired_status(
                 .find(|c| c.type_ == MAX_DELIVERIES_COUNTED)
                 .cloned(),
         ),
-        Advisories::Known(listening) => {
-            let (status, reason, message) = counting_condition(listening);
-            conditions.push(detail_condition(
-                &previous.conditions,
-                MAX_DELIVERIES_COUNTED,
-                status,
-                reason.to_owned(),
-                message,
-                generation,
-                now,
-            ));
-        }
+        Advisories::Known(listening) => conditions.push(conditions::condition(
+            &previous.conditions,
+            MAX_DELIVERIES_COUNTED,
+            counting_condition(listening),
+            generation,
+            now,
+        )),
     }
 
     let mut status = AuditConsumerStatus {
@@ -183,7 +186,7 @@ pub fn desired_status(
         conditions,
         stream_name: report.stream_name.clone().or(previous.stream_name.clone()),
         consumer_name: Some(durable),
-        selector: Some(selector_string(consumer)),
+        selector: Some(selector_string(&consumer.name_any())),
         ..previous
     };
     if let Some(workload) = report.workload.and_then(|d| d.status.as_ref()) {
@@ -204,10 +207,7 @@ pub fn desired_status(
 /// old pod left, and the status describing the Deployment's current generation. Right after a
 /// spec change the Deployment's status still describes the previous template, which must not
 /// read as a finished rollout.
-fn workload_condition(
-    consumer: &AuditConsumer,
-    deployment: &Deployment,
-) -> (&'static str, String, String) {
+fn workload_condition(consumer: &AuditConsumer, deployment: &Deployment) -> Value {
     let default_status = DeploymentStatus::default();
     let status = deployment.status.as_ref().unwrap_or(&default_status);
     let desired = consumer.spec.replicas;
@@ -219,53 +219,29 @@ fn workload_condition(
     let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
         c.type_ == "Progressing"
             && c.status == "False"
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            && c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED)
     });
     if current && ready >= desired && updated >= desired && total <= updated {
-        (
-            "True",
-            "WorkloadAvailable".into(),
+        Value::new(
+            Status::True,
+            WORKLOAD_AVAILABLE,
             format!("{ready} of {desired} pod(s) ready"),
         )
     } else if deadline_exceeded {
-        (
-            "False",
-            "ProgressDeadlineExceeded".into(),
+        Value::new(
+            Status::False,
+            PROGRESS_DEADLINE_EXCEEDED,
             format!(
                 "{ready} of {desired} pod(s) ready and the rollout stopped progressing: see the pods' events and logs (kubectl describe pods -l {})",
-                selector_string(consumer)
+                selector_string(&consumer.name_any())
             ),
         )
     } else {
-        (
-            "False",
-            "WorkloadProgressing".into(),
+        Value::new(
+            Status::False,
+            "WorkloadProgressing",
             format!("{ready} of {desired} pod(s) ready, {updated} up to date"),
         )
-    }
-}
-
-/// A condition that keeps its `lastTransitionTime` while its status stays the same.
-fn detail_condition(
-    previous: &[Condition],
-    type_: &str,
-    status: &str,
-    reason: String,
-    message: String,
-    generation: Option<i64>,
-    now: &Time,
-) -> Condition {
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason,
-        message,
-        observed_generation: generation,
-        last_transition_time,
     }
 }
 
@@ -447,11 +423,15 @@ mod tests {
 
     #[test]
     fn missing_stream_stalls_and_later_stages_wait() {
-        let error = Error::StreamNotFound {
-            name: "orders".into(),
+        let failure = Failure {
+            stage: Stage::Stream,
+            stream_name: None,
+            error: Error::StreamNotFound {
+                name: "orders".into(),
+            },
         };
         let report = Report {
-            failure: Some((Stage::Stream, &error)),
+            failure: Some(&failure),
             ..Report::default()
         };
         let status = desired_status(&consumer(MINIMAL), &report, &at(1));
@@ -492,10 +472,14 @@ mod tests {
         };
         let mut resource = consumer(MINIMAL);
         resource.status = Some(desired_status(&resource, &ok, &at(1)));
-        let error = Error::JetStreamRequest("timed out".into());
+        let failure = Failure {
+            stage: Stage::Consumer,
+            stream_name: Some("orders_audit".into()),
+            error: Error::JetStreamRequest("timed out".into()),
+        };
         let failed = Report {
             stream_name: Some("orders_audit".into()),
-            failure: Some((Stage::Consumer, &error)),
+            failure: Some(&failure),
             ..Report::default()
         };
         let status = desired_status(&resource, &failed, &at(2));

@@ -1,32 +1,73 @@
-//! Pipeline step 2 (pure): checks the schema cannot express and turns the spec's strings into
-//! typed values. The apiserver already enforced the schema and the CEL rules; this step guards
-//! against objects written under an older CRD and computes values derived from several fields.
+//! Pipeline step 2 (pure): checks the schema cannot express, and the one value every builder
+//! reads (as Stackable's `ValidatedCluster`): the spec's strings turned into typed values,
+//! defaults and derived values settled, and what was read from the referenced AuditStream.
+//! The apiserver already enforced the schema and the CEL rules; this step guards against
+//! objects written under an older CRD and computes values derived from several fields.
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::Timestamp;
+use audit_consumer::format::Format;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp};
+use kube::{Resource, ResourceExt};
 
+use super::dereference::Referenced;
 use crate::{
-    crd::consumer::{AuditConsumer, DeliverPolicy},
+    crd::{
+        connection::NatsConnection,
+        consumer::{AuditConsumer, DeliverPolicy, LogFormat, NetworkPolicySettings, PodSettings},
+    },
     duration,
     error::{Error, Result},
+    ownership::owner_of,
 };
 
 /// Label values (the resource name is one) are limited to 63 characters.
 const MAX_NAME_LENGTH: usize = 63;
 
-/// An AuditConsumer spec known to be acceptable, with its derived values.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An AuditConsumer known to be acceptable, with everything the builders need: they read
+/// this, never the raw spec.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ValidConsumer {
+    /// The AuditConsumer's name, after which its workload objects are named and labelled.
+    pub name: String,
+    pub namespace: Option<String>,
+    /// The AuditConsumer as the controlling owner of its workload objects.
+    pub owner: Option<OwnerReference>,
+    /// The mark of the durable consumer on NATS.
+    pub mark: String,
+
+    /// The durable consumer on NATS.
     pub durable_name: String,
+    pub description: Option<String>,
+    pub filter_subjects: Vec<String>,
     pub start: Start,
     pub ack_wait: Duration,
     pub backoff: Vec<Duration>,
     /// `-1` when unlimited.
     pub max_deliver: i64,
     pub max_ack_pending: i64,
+
+    /// The pods: how many, what they run, and how they pull and write.
+    pub replicas: i32,
+    pub image: String,
+    pub batch: u32,
+    pub max_bytes: Option<usize>,
     pub expires: Duration,
     pub heartbeat: Option<Duration>,
+    pub format: Format,
+    pub redact_keys: Vec<String>,
+    pub pod: PodSettings,
+    pub network_policy: Option<NetworkPolicySettings>,
+
+    /// The stream the consumer reads, and how its pods reach NATS.
+    pub stream_name: String,
+    /// The referenced AuditStream's connection, whose Secrets the pods mount.
+    pub connection: NatsConnection,
+    /// Whether the client certificate Secret also holds the CA (`ca.crt`) and no CA Secret is
+    /// named: the pods then verify the server with it, as the operator does.
+    pub client_cert_has_ca: bool,
+    /// `namespace/name@resourceVersion` of every Secret the pods mount.
+    pub secret_versions: Vec<String>,
 }
 
 /// Where the consumer starts, with the start value parsed.
@@ -38,7 +79,13 @@ pub enum Start {
     Time(String),
 }
 
-pub fn validate(consumer: &AuditConsumer) -> Result<ValidConsumer> {
+/// Validates `consumer`, which reads the dereferenced `referenced`; pods without an image of
+/// their own run `default_image`.
+pub fn validate(
+    consumer: &AuditConsumer,
+    referenced: &Referenced,
+    default_image: &str,
+) -> Result<ValidConsumer> {
     let spec = &consumer.spec;
     let name = consumer.metadata.name.as_deref().unwrap_or_default();
     if name.len() > MAX_NAME_LENGTH {
@@ -120,8 +167,26 @@ pub fn validate(consumer: &AuditConsumer) -> Result<ValidConsumer> {
     let max_ack_pending = spec.max_ack_pending.unwrap_or_else(|| {
         (2 * i64::from(spec.replicas.max(1)) * i64::from(spec.batch.max(1))).max(1)
     });
+    let positive = |field: &str, value: i64| {
+        usize::try_from(value)
+            .ok()
+            .filter(|value| *value > 0)
+            .ok_or_else(|| Error::InvalidSpec(format!("spec.{field} must be at least 1")))
+    };
+    let batch = u32::try_from(positive("batch", spec.batch.into())?)
+        .map_err(|_| Error::InvalidSpec("spec.batch is too large".into()))?;
+    let max_bytes = spec
+        .max_bytes
+        .map(|bytes| positive("maxBytes", bytes))
+        .transpose()?;
     Ok(ValidConsumer {
+        name: consumer.name_any(),
+        namespace: consumer.namespace(),
+        owner: consumer.controller_owner_ref(&()),
+        mark: owner_of(consumer),
         durable_name,
+        description: spec.description.clone(),
+        filter_subjects: spec.filter_subjects.clone(),
         start,
         // NATS uses the first backoff delay as the ack wait; stating it keeps the desired
         // configuration equal to what the server reports.
@@ -129,8 +194,26 @@ pub fn validate(consumer: &AuditConsumer) -> Result<ValidConsumer> {
         backoff,
         max_deliver,
         max_ack_pending,
+        replicas: spec.replicas,
+        image: spec
+            .image
+            .clone()
+            .unwrap_or_else(|| default_image.to_owned()),
+        batch,
+        max_bytes,
         expires,
         heartbeat,
+        format: match spec.format {
+            LogFormat::Json => Format::Json,
+            LogFormat::Text => Format::Text,
+        },
+        redact_keys: spec.redact_keys.clone(),
+        pod: spec.pod.clone(),
+        network_policy: spec.network_policy.clone().filter(|policy| policy.enabled),
+        stream_name: referenced.stream_name.clone(),
+        connection: referenced.stream.spec.connection.clone(),
+        client_cert_has_ca: referenced.client_cert_has_ca(),
+        secret_versions: referenced.connection.secret_versions.clone(),
     })
 }
 
@@ -150,9 +233,52 @@ pub(crate) mod tests {
 
     pub(crate) const MINIMAL: &str = "streamRef: {name: orders}\n";
 
+    /// A connection with credentials, a CA, two servers and a JetStream domain.
+    pub(crate) const CONNECTION: &str = "servers: [nats://nats-a.nats:4222, tls://nats-b.nats:7422]\nauth: {credsSecretRef: {name: nats-creds, key: user.creds}}\ntls: {caSecretRef: {name: nats-ca, key: ca.pem}}\njsDomain: hub\n";
+
+    /// The image of pods whose spec names none.
+    pub(crate) const DEFAULT_IMAGE: &str = "ghcr.io/eventsaudit/audit-consumer:0.1.0";
+
+    /// The AuditStream `orders` (stream `orders_audit` on NATS) with `connection`, as the
+    /// dereference step reads it: its Secrets at fixed versions.
+    pub(crate) fn referenced(connection: &str) -> Referenced {
+        let spec = format!(
+            "name: orders_audit\nsubjects: [audit.>]\nconnection:\n{}",
+            connection
+                .lines()
+                .map(|line| format!("  {line}\n"))
+                .collect::<String>()
+        );
+        let mut stream =
+            crate::crd::AuditStream::new("orders", serde_yaml::from_str(&spec).unwrap());
+        stream.metadata.namespace = Some("shop".into());
+        let spec = &stream.spec.connection;
+        Referenced {
+            stream_name: stream.stream_name(),
+            connection: crate::connection::ResolvedConnection {
+                servers: spec.servers.clone(),
+                credentials: None,
+                tls: None,
+                js_domain: spec.js_domain.clone(),
+                secret_versions: vec!["shop/nats-ca@4".into(), "shop/nats-creds@12".into()],
+            },
+            stream,
+        }
+    }
+
+    /// Validates the AuditConsumer with `spec`, reading a stream with `connection`.
+    pub(crate) fn valid_with(spec: &str, connection: &str) -> Result<ValidConsumer> {
+        validate(&consumer(spec), &referenced(connection), DEFAULT_IMAGE)
+    }
+
+    /// The valid AuditConsumer with `spec`, reading a stream with [`CONNECTION`].
+    pub(crate) fn validated(spec: &str) -> ValidConsumer {
+        valid_with(spec, CONNECTION).unwrap()
+    }
+
     #[test]
     fn defaults_are_safe_for_an_audit_trail() {
-        let valid = validate(&consumer(MINIMAL)).unwrap();
+        let valid = validated(MINIMAL);
         assert_eq!(valid.durable_name, "orders_reader");
         assert_eq!(valid.start, Start::Policy(DeliverPolicy::All));
         assert_eq!(valid.ack_wait, Duration::from_secs(30));
@@ -164,47 +290,44 @@ pub(crate) mod tests {
 
     #[test]
     fn max_ack_pending_follows_replicas_and_batch() {
-        let valid = validate(&consumer(&format!("{MINIMAL}replicas: 3\nbatch: 50\n"))).unwrap();
+        let valid = validated(&format!("{MINIMAL}replicas: 3\nbatch: 50\n"));
         assert_eq!(valid.max_ack_pending, 300);
-        let valid = validate(&consumer(&format!("{MINIMAL}maxAckPending: 7\n"))).unwrap();
+        let valid = validated(&format!("{MINIMAL}maxAckPending: 7\n"));
         assert_eq!(valid.max_ack_pending, 7);
     }
 
     #[test]
     fn backoff_sets_the_ack_wait_and_bounds_max_deliver() {
-        let valid = validate(&consumer(&format!(
-            "{MINIMAL}backoff: [5s, 1m]\nmaxDeliver: 4\n"
-        )))
-        .unwrap();
+        let valid = validated(&format!("{MINIMAL}backoff: [5s, 1m]\nmaxDeliver: 4\n"));
         assert_eq!(valid.ack_wait, Duration::from_secs(5));
         assert_eq!(
             valid.backoff,
             [Duration::from_secs(5), Duration::from_secs(60)]
         );
-        let err = validate(&consumer(&format!(
-            "{MINIMAL}backoff: [5s, 1m, 5m]\nmaxDeliver: 2\n"
-        )))
+        let err = valid_with(
+            &format!("{MINIMAL}backoff: [5s, 1m, 5m]\nmaxDeliver: 2\n"),
+            CONNECTION,
+        )
         .unwrap_err();
         assert!(err.to_string().contains("maxDeliver"), "{err}");
     }
 
     #[test]
     fn start_values_go_with_their_policy() {
-        let valid = validate(&consumer(&format!(
+        let valid = validated(&format!(
             "{MINIMAL}deliverPolicy: ByStartSequence\nstartSequence: 42\n"
-        )))
-        .unwrap();
+        ));
         assert_eq!(valid.start, Start::Sequence(42));
-        let valid = validate(&consumer(&format!(
+        let valid = validated(&format!(
             "{MINIMAL}deliverPolicy: ByStartTime\nstartTime: '2026-11-22T00:00:00Z'\n"
-        )))
-        .unwrap();
+        ));
         assert_eq!(valid.start, Start::Time("2026-11-22T00:00:00Z".into()));
-        assert!(validate(&consumer(&format!("{MINIMAL}startSequence: 3\n"))).is_err());
+        assert!(valid_with(&format!("{MINIMAL}startSequence: 3\n"), CONNECTION).is_err());
         assert!(
-            validate(&consumer(&format!(
-                "{MINIMAL}deliverPolicy: ByStartTime\nstartTime: yesterday\n"
-            )))
+            valid_with(
+                &format!("{MINIMAL}deliverPolicy: ByStartTime\nstartTime: yesterday\n"),
+                CONNECTION
+            )
             .is_err()
         );
     }
@@ -212,9 +335,15 @@ pub(crate) mod tests {
     #[test]
     fn heartbeat_fits_into_the_expiry() {
         // Without a heartbeat, a short expiry is fine: the consumer's default adapts to it.
-        let short = validate(&consumer(&format!("{MINIMAL}expires: 2s\n"))).unwrap();
+        let short = validated(&format!("{MINIMAL}expires: 2s\n"));
         assert_eq!(short.heartbeat, None);
-        assert!(validate(&consumer(&format!("{MINIMAL}expires: 2s\nheartbeat: 2s\n"))).is_err());
+        assert!(
+            valid_with(
+                &format!("{MINIMAL}expires: 2s\nheartbeat: 2s\n"),
+                CONNECTION
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -223,7 +352,7 @@ pub(crate) mod tests {
         long.metadata.name = Some("x".repeat(64));
         long.spec.durable_name = Some("short".into());
         assert!(
-            matches!(validate(&long), Err(Error::InvalidSpec(m)) if m.contains("shorter name"))
+            matches!(validate(&long, &referenced(CONNECTION), DEFAULT_IMAGE), Err(Error::InvalidSpec(m)) if m.contains("shorter name"))
         );
     }
 }

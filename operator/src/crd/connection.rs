@@ -126,26 +126,87 @@ pub struct SecretRef {
     pub name: String,
 }
 
+/// The one Secret reference a [`NatsAuth`] sets, and so the kind of credentials it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthSecret<'a> {
+    Creds(&'a SecretKeyRef),
+    NKey(&'a SecretKeyRef),
+    UserPassword(&'a UserPasswordSecretRef),
+    Token(&'a SecretKeyRef),
+}
+
+impl<'a> AuthSecret<'a> {
+    /// The name of the Secret holding the credentials.
+    pub fn secret_name(self) -> &'a str {
+        match self {
+            AuthSecret::Creds(r) | AuthSecret::NKey(r) | AuthSecret::Token(r) => &r.name,
+            AuthSecret::UserPassword(r) => &r.name,
+        }
+    }
+}
+
+impl NatsAuth {
+    /// The Secret reference this sets, when it sets exactly one, as the schema requires; `None`
+    /// for an object stored under an older CRD that sets none or several.
+    pub fn secret(&self) -> Option<AuthSecret<'_>> {
+        match (
+            &self.creds_secret_ref,
+            &self.nkey_secret_ref,
+            &self.user_password_secret_ref,
+            &self.token_secret_ref,
+        ) {
+            (Some(r), None, None, None) => Some(AuthSecret::Creds(r)),
+            (None, Some(r), None, None) => Some(AuthSecret::NKey(r)),
+            (None, None, Some(r), None) => Some(AuthSecret::UserPassword(r)),
+            (None, None, None, Some(r)) => Some(AuthSecret::Token(r)),
+            _ => None,
+        }
+    }
+}
+
 impl NatsConnection {
     /// Names of every Secret this connection reads, so a change to one of them can be mapped
     /// back to the resources that use it.
     pub fn secret_names(&self) -> impl Iterator<Item = &str> {
-        let auth = self.auth.iter().flat_map(|auth| {
-            [
-                auth.creds_secret_ref.as_ref().map(|r| r.name.as_str()),
-                auth.nkey_secret_ref.as_ref().map(|r| r.name.as_str()),
-                auth.user_password_secret_ref
-                    .as_ref()
-                    .map(|r| r.name.as_str()),
-                auth.token_secret_ref.as_ref().map(|r| r.name.as_str()),
-            ]
-        });
+        let auth = self
+            .auth
+            .as_ref()
+            .and_then(NatsAuth::secret)
+            .map(AuthSecret::secret_name);
         let tls = self.tls.iter().flat_map(|tls| {
             [
                 tls.ca_secret_ref.as_ref().map(|r| r.name.as_str()),
                 tls.client_cert_secret_ref.as_ref().map(|r| r.name.as_str()),
             ]
         });
-        auth.chain(tls).flatten()
+        auth.into_iter().chain(tls.flatten())
+    }
+
+    /// The credentials Secret reference, when `auth` sets exactly one.
+    pub fn auth_secret(&self) -> Option<AuthSecret<'_>> {
+        self.auth.as_ref().and_then(NatsAuth::secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(yaml: &str) -> NatsAuth {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn exactly_one_reference_names_the_kind_of_credentials() {
+        let token = auth("tokenSecretRef: {name: t, key: token}");
+        assert!(matches!(token.secret(), Some(AuthSecret::Token(r)) if r.name == "t"));
+        let basic = auth("userPasswordSecretRef: {name: b}");
+        assert_eq!(
+            basic.secret().map(|s| s.secret_name().to_owned()),
+            Some("b".into())
+        );
+        assert_eq!(auth("{}").secret(), None, "none");
+        let two = auth("tokenSecretRef: {name: t, key: k}\nnkeySecretRef: {name: n, key: k}");
+        assert_eq!(two.secret(), None, "several");
     }
 }

@@ -446,14 +446,6 @@ impl AuditConsumer {
     /// The durable consumer's name on NATS: the spec's, or one derived from the resource's
     /// name (unique per namespace and immutable).
     pub fn durable_name(&self) -> String {
-        match &self.spec.durable_name {
-            Some(name) => name.clone(),
-            None => self
-                .metadata
-                .name
-                .as_deref()
-                .unwrap_or_default()
-                .replace('.', "_"),
-        }
+        super::nats_name(self.spec.durable_name.as_deref(), &self.metadata)
     }
 }

@@ -5,7 +5,7 @@ pub mod consumer;
 pub mod stream;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
+use kube::{CustomResourceExt, api::ObjectMeta};
 
 pub use connection::NatsConnection;
 pub use consumer::{AuditConsumer, AuditConsumerSpec, AuditConsumerStatus};
@@ -13,6 +13,20 @@ pub use stream::{AuditStream, AuditStreamSpec, AuditStreamStatus};
 
 /// API group of every kind the operator serves.
 pub const GROUP: &str = "audit.eventsaudit.io";
+
+/// The name on NATS of what a resource declares (a stream, a durable consumer): the one its
+/// spec gives, or the resource's name with `.` (which NATS names may not hold) as `_`.
+/// Kubernetes keeps the resource's name unique per namespace and immutable, and so is this.
+pub fn nats_name(given: Option<&str>, metadata: &ObjectMeta) -> String {
+    match given {
+        Some(name) => name.to_owned(),
+        None => metadata
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .replace('.', "_"),
+    }
+}
 
 /// Every CRD the operator serves, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {

@@ -298,14 +298,6 @@ impl AuditStream {
     /// The stream's name on NATS: the spec's, or one derived from the resource's name (which
     /// Kubernetes keeps unique per namespace and immutable).
     pub fn stream_name(&self) -> String {
-        match &self.spec.name {
-            Some(name) => name.clone(),
-            None => self
-                .metadata
-                .name
-                .as_deref()
-                .unwrap_or_default()
-                .replace('.', "_"),
-        }
+        super::nats_name(self.spec.name.as_deref(), &self.metadata)
     }
 }

@@ -7,11 +7,11 @@ use async_nats::jetstream::{
     stream::{Config, Info},
 };
 
-use super::{
-    build::OWNER_KEY,
-    drift::{Difference, differences, overlay},
+use super::drift::{Difference, differences, overlay};
+use crate::{
+    error::{Error, Result},
+    ownership::{Claim, Deletion, claim},
 };
-use crate::error::{Error, Result};
 
 /// What applying did to the stream.
 #[derive(Debug, PartialEq)]
@@ -29,22 +29,6 @@ pub enum Change {
 pub struct Applied {
     pub change: Change,
     pub info: Info,
-}
-
-/// Who may manage an existing stream, judged from its owner marker.
-pub enum Claim<'a> {
-    Ours,
-    Unclaimed,
-    /// Marked by another AuditStream (`namespace/name`).
-    Other(&'a str),
-}
-
-pub fn claim<'a>(config: &'a Config, owner: &str) -> Claim<'a> {
-    match config.metadata.get(OWNER_KEY) {
-        Some(marker) if marker == owner => Claim::Ours,
-        Some(marker) => Claim::Other(marker),
-        None => Claim::Unclaimed,
-    }
 }
 
 /// Creates or updates the stream. `owner` is this resource's marker; `owner_exists` says
@@ -67,7 +51,7 @@ pub async fn apply(
             info: stream.cached_info().clone(),
         });
     };
-    let adopting = match claim(&current.config, owner) {
+    let adopting = match claim(&current.config.metadata, owner) {
         Claim::Ours => false,
         Claim::Other(other) if owner_exists(other) => {
             return Err(Error::StreamOwnedByOther {
@@ -101,22 +85,12 @@ pub async fn apply(
     Ok(Applied { change, info })
 }
 
-/// What deleting did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Deletion {
-    Deleted,
-    /// There was no stream of that name.
-    Absent,
-    /// The stream is not marked as this resource's; it was left alone.
-    NotOurs,
-}
-
 /// Deletes the stream if it is this resource's.
 pub async fn delete(js: &jetstream::Context, name: &str, owner: &str) -> Result<Deletion> {
     let Some(current) = current_info(js, name).await? else {
         return Ok(Deletion::Absent);
     };
-    if !matches!(claim(&current.config, owner), Claim::Ours) {
+    if !matches!(claim(&current.config.metadata, owner), Claim::Ours) {
         return Ok(Deletion::NotOurs);
     }
     match js.delete_stream(name).await {

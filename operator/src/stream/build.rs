@@ -1,4 +1,5 @@
-//! Pipeline step 3 (pure): the stream configuration NATS should have for an AuditStream.
+//! Pipeline step 3 (pure): the stream configuration NATS should have for an AuditStream, from
+//! the [`ValidStream`] alone.
 //!
 //! Every field the spec governs is set explicitly, unlimited values included, so that an
 //! out-of-band change to any of them shows up as drift (see [`super::drift`]).
@@ -8,66 +9,53 @@ use std::collections::HashMap;
 use async_nats::jetstream::stream::{self, Config};
 
 use super::validate::ValidStream;
-use crate::crd::stream::{AuditStream, Compression, Discard, Retention, Storage};
+use crate::{
+    crd::stream::{Compression, Discard, Retention, Storage},
+    ownership::OWNER_KEY,
+};
 
-/// Stream metadata key naming the AuditStream (`namespace/name`) that manages the stream. A
-/// stream without it, or naming another resource, is adopted only when the spec allows it.
-pub const OWNER_KEY: &str = "audit.eventsaudit.io/owner";
-
-/// The owner marker value for `stream`.
-pub fn owner_of(stream: &AuditStream) -> String {
-    format!(
-        "{}/{}",
-        stream.metadata.namespace.as_deref().unwrap_or_default(),
-        stream.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
-pub fn desired_config(stream: &AuditStream, valid: &ValidStream) -> Config {
-    let spec = &stream.spec;
-    let unlimited = |value: Option<i64>| value.unwrap_or(-1);
-    let mut metadata: HashMap<String, String> = spec
+pub fn desired_config(valid: &ValidStream) -> Config {
+    let mut metadata: HashMap<String, String> = valid
         .metadata
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    metadata.insert(OWNER_KEY.to_owned(), owner_of(stream));
+    metadata.insert(OWNER_KEY.to_owned(), valid.mark.clone());
     Config {
         name: valid.name.clone(),
-        subjects: spec.subjects.clone(),
-        retention: match spec.retention {
+        subjects: valid.subjects.clone(),
+        retention: match valid.retention {
             Retention::Limits => stream::RetentionPolicy::Limits,
             Retention::Interest => stream::RetentionPolicy::Interest,
             Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
         },
-        storage: match spec.storage {
+        storage: match valid.storage {
             Storage::File => stream::StorageType::File,
             Storage::Memory => stream::StorageType::Memory,
         },
-        // The schema bounds replicas to 1..=5.
-        num_replicas: usize::try_from(spec.replicas).unwrap_or(1),
+        num_replicas: valid.replicas,
         max_age: valid.max_age,
-        max_bytes: unlimited(spec.max_bytes),
-        max_messages: unlimited(spec.max_messages),
-        max_messages_per_subject: unlimited(spec.max_messages_per_subject),
-        max_message_size: spec.max_message_size.unwrap_or(-1),
-        discard: match spec.discard {
+        max_bytes: valid.max_bytes,
+        max_messages: valid.max_messages,
+        max_messages_per_subject: valid.max_messages_per_subject,
+        max_message_size: valid.max_message_size,
+        discard: match valid.discard {
             Discard::Old => stream::DiscardPolicy::Old,
             Discard::New => stream::DiscardPolicy::New,
         },
         duplicate_window: valid.duplicate_window,
-        compression: Some(match spec.compression {
+        compression: Some(match valid.compression {
             Compression::None => stream::Compression::None,
             Compression::S2 => stream::Compression::S2,
         }),
-        description: spec.description.clone(),
-        placement: spec.placement.as_ref().map(|p| stream::Placement {
+        description: valid.description.clone(),
+        placement: valid.placement.as_ref().map(|p| stream::Placement {
             cluster: p.cluster.clone(),
             tags: p.tags.clone(),
         }),
         metadata,
-        deny_delete: spec.deny_delete,
-        deny_purge: spec.deny_purge,
+        deny_delete: valid.deny_delete,
+        deny_purge: valid.deny_purge,
         ..Config::default()
     }
 }
@@ -80,8 +68,7 @@ mod tests {
     use crate::stream::validate::{tests::stream, validate};
 
     fn build(spec_yaml: &str) -> Config {
-        let stream = stream(spec_yaml);
-        desired_config(&stream, &validate(&stream).unwrap())
+        desired_config(&validate(&stream(spec_yaml)).unwrap())
     }
 
     #[test]

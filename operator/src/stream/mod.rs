@@ -1,42 +1,34 @@
 //! The AuditStream controller: reconciles each AuditStream through the pipeline
-//! dereference -> validate -> build -> apply -> status, and handles deletion per
-//! `deletionPolicy` behind a finalizer.
+//! dereference ([`crate::connection`]) -> [`validate`] -> [`build`] -> [`apply`] (with
+//! [`drift`]) -> [`status`], run by `reconcile`, and handles deletion per `deletionPolicy`
+//! behind a finalizer (`cleanup`). It wakes for a user's change of an AuditStream, a change of
+//! a Secret one reads, and its NATS connection coming back.
 
 pub mod apply;
 pub mod build;
-pub mod dereference;
+mod cleanup;
 pub mod drift;
+mod reconcile;
 pub mod status;
 pub mod validate;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-use k8s_openapi::{
-    api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
-};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    ResourceExt,
     core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         Controller,
         controller::Action,
-        events::{EventType, Recorder},
         reflector::{ObjectRef, Store},
     },
 };
-use tracing::{info, warn};
 
-use self::apply::{Change, Deletion};
 use crate::{
-    backoff::Retries,
-    crd::stream::{AuditStream, DeletionPolicy},
-    error::{Error, Result},
-    finalizer::{Event as FinalizerEvent, finalizer},
-    metrics::Metrics,
-    nats_pool::{NatsPool, PoolUser},
-    options::Options,
-    report,
+    controller::{self, Reconciler, Shared},
+    crd::stream::AuditStream,
+    error::Result,
     watches::Watches,
 };
 
@@ -45,54 +37,50 @@ pub const FINALIZER: &str = "audit.eventsaudit.io/stream-cleanup";
 
 type Guarded = DeserializeGuard<AuditStream>;
 
-/// What every reconciliation shares.
-pub struct Context {
-    client: Client,
-    recorder: Recorder,
-    pool: Arc<NatsPool>,
-    options: Options,
+/// What the AuditStream controller keeps beyond the shared context.
+pub struct Streams {
     /// The controller's cache of AuditStreams: answers "which streams use this Secret" and
     /// "does the owner named on a stream still exist" without API calls.
     store: Store<Guarded>,
-    retries: Retries<ObjectRef<Guarded>>,
-    metrics: Arc<Metrics>,
 }
 
-/// Runs the AuditStream controller, fed by `watches`, until `shutdown` completes. It starts
-/// with a pass over every AuditStream in the cache: what changed while this replica stood by
-/// reached the cache, but no controller.
+type Context = controller::Context<Streams>;
+
+impl Reconciler for Streams {
+    type Resource = AuditStream;
+    const FINALIZER: &'static str = FINALIZER;
+
+    async fn apply(ctx: &Context, stream: &AuditStream) -> Result<Action> {
+        reconcile::apply(stream, ctx).await
+    }
+
+    async fn cleanup(ctx: &Context, stream: &AuditStream) -> Result<Action> {
+        cleanup::cleanup(stream, ctx).await
+    }
+}
+
+/// Runs the AuditStream controller, fed by `watches`, until `shutdown` completes.
 pub async fn run(
-    client: Client,
-    options: Options,
-    pool: Arc<NatsPool>,
-    recorder: Recorder,
-    metrics: Arc<Metrics>,
+    shared: Shared,
     watches: &Watches,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let store = watches.streams.clone();
-    let reconnected = crate::triggers::reconnected::<AuditStream>(&pool);
-    let context = Arc::new(Context {
-        client,
-        metrics,
-        recorder,
-        pool,
-        retries: Retries::new(options.retry),
-        options,
-        store: store.clone(),
-    });
-    Controller::for_stream(watches.stream_changes.listen(), store.clone())
+    let reconnected = crate::triggers::reconnected::<AuditStream>(&shared.pool);
+    let ctx = Arc::new(Context::new(
+        shared,
+        Streams {
+            store: store.clone(),
+        },
+    ));
+    let controller = Controller::for_stream(watches.stream_changes.listen(), store.clone())
         .watches_stream(watches.secret_changes.listen(), move |secret| {
             streams_using_secret(&store, &secret)
         })
         .watches_stream(reconnected, |stream| {
             Some(ObjectRef::new(&stream.name_any()).within(&stream.namespace().unwrap_or_default()))
-        })
-        .reconcile_all_on(futures::stream::once(std::future::ready(())))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|outcome| async move { report::log_outcome(outcome) })
-        .await;
+        });
+    controller::run(controller, ctx, shutdown).await;
 }
 
 /// The AuditStreams in the Secret's namespace whose connection reads it.
@@ -112,292 +100,4 @@ fn streams_using_secret(
             ObjectRef::new(&stream.name_any()).within(&stream.namespace().unwrap_or_default())
         })
         .collect()
-}
-
-async fn reconcile(guarded: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
-    let started = std::time::Instant::now();
-    let result = reconcile_stream(&guarded, &ctx).await;
-    ctx.metrics.record_reconcile(
-        "AuditStream",
-        started.elapsed(),
-        result.as_ref().err().map(Error::reason),
-    );
-    result
-}
-
-async fn reconcile_stream(guarded: &Arc<Guarded>, ctx: &Arc<Context>) -> Result<Action> {
-    let Some(stream) = report::readable(guarded, &ctx.recorder).await else {
-        return Ok(Action::await_change());
-    };
-    let namespace = stream.namespace().unwrap_or_default();
-    let api: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, stream, |event| async {
-        match event {
-            FinalizerEvent::Apply(stream) => apply_stream(&stream, ctx).await,
-            FinalizerEvent::Cleanup(stream) => cleanup(&stream, ctx).await,
-        }
-    })
-    .await;
-    if result.is_ok() {
-        ctx.retries.reset(&ObjectRef::from_obj(guarded.as_ref()));
-    }
-    result
-}
-
-fn error_policy(guarded: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx
-        .retries
-        .next_delay(ObjectRef::from_obj(guarded.as_ref()));
-    info!(name = %guarded.name_any(), namespace = guarded.namespace().unwrap_or_default(), %error, retry_in = ?delay, "will retry");
-    Action::requeue(delay)
-}
-
-/// The pipeline up to NATS: Secrets, validation, desired config, and the stream on the server.
-async fn ensure_stream(stream: &AuditStream, ctx: &Context) -> Result<apply::Applied> {
-    let namespace = stream.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let connection = match dereference::dereference(&secrets, &stream.spec.connection).await {
-        Ok(connection) => connection,
-        Err(error) => {
-            let instance = ctx.options.instance.as_deref();
-            return Err(
-                report::unless_namespace_terminating(&ctx.client, stream, instance, error).await,
-            );
-        }
-    };
-    let valid = validate::validate(stream)?;
-    let desired = build::desired_config(stream, &valid);
-    let js = jetstream_context(ctx, stream, &connection).await?;
-    let owner_exists = |owner: &str| {
-        owner
-            .split_once('/')
-            .is_some_and(|(ns, name)| ctx.store.get(&ObjectRef::new(name).within(ns)).is_some())
-    };
-    apply::apply(
-        &js,
-        &desired,
-        &build::owner_of(stream),
-        stream.spec.adopt,
-        owner_exists,
-    )
-    .await
-}
-
-async fn jetstream_context(
-    ctx: &Context,
-    stream: &AuditStream,
-    connection: &dereference::ResolvedConnection,
-) -> Result<async_nats::jetstream::Context> {
-    let client = ctx.pool.client(&PoolUser::of(stream), connection).await?;
-    Ok(match &connection.js_domain {
-        Some(domain) => async_nats::jetstream::with_domain(client, domain),
-        None => async_nats::jetstream::new(client),
-    })
-}
-
-async fn apply_stream(stream: &AuditStream, ctx: &Context) -> Result<Action> {
-    let result = ensure_stream(stream, ctx).await;
-    let now = Time(Timestamp::now());
-    let status = status::desired_status(
-        stream,
-        result.as_ref().map(|applied| &applied.info.state),
-        &now,
-    );
-    // The Events go out even when the status write fails, so that failure cannot hide them.
-    let status_written = if stream.status.as_ref() != Some(&status) {
-        report::apply_status(&ctx.client, stream, &status).await
-    } else {
-        Ok(())
-    };
-    let reference = stream.object_ref(&());
-    let name = stream.stream_name();
-    match &result {
-        Ok(applied) => {
-            if let Some((type_, reason, note)) = change_event(stream, &name, &applied.change) {
-                info!(stream = %name, namespace = stream.namespace().unwrap_or_default(), reason, "{note}");
-                report::publish(&ctx.recorder, &reference, type_, reason, "Apply", note).await;
-            }
-        }
-        Err(error) => {
-            warn!(stream = %name, namespace = stream.namespace().unwrap_or_default(), reason = error.reason(), %error, "stream not ready");
-            report::publish(
-                &ctx.recorder,
-                &reference,
-                EventType::Warning,
-                error.reason(),
-                "Apply",
-                error.to_string(),
-            )
-            .await;
-        }
-    }
-    let action = result.map(|_| Action::requeue(ctx.options.requeue_interval))?;
-    status_written?;
-    Ok(action)
-}
-
-/// The event for a change, if it deserves one. An update is drift when the current generation
-/// had already been applied (Ready at it); otherwise it is the user's spec change. A stream created after one had been observed was lost. Both of those are
-/// Warnings: something other than the operator touched an audit trail.
-fn change_event(
-    stream: &AuditStream,
-    name: &str,
-    change: &Change,
-) -> Option<(EventType, &'static str, String)> {
-    let previous = stream.status.as_ref();
-    let listed = |differences: &[drift::Difference]| {
-        differences
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match change {
-        Change::Unchanged => None,
-        Change::Created if previous.and_then(|s| s.last_seq).is_some() => Some((
-            EventType::Warning,
-            "Recreated",
-            format!(
-                "stream {name} was missing on NATS (deleted out of band, or a memory stream lost in a restart); recreated it"
-            ),
-        )),
-        Change::Created => Some((
-            EventType::Normal,
-            "Created",
-            format!("created stream {name} on NATS"),
-        )),
-        Change::Adopted(differences) if differences.is_empty() => Some((
-            EventType::Normal,
-            "Adopted",
-            format!("adopted existing stream {name}"),
-        )),
-        Change::Adopted(differences) => Some((
-            EventType::Normal,
-            "Adopted",
-            format!(
-                "adopted existing stream {name}; changed {}",
-                listed(differences)
-            ),
-        )),
-        Change::Updated(differences)
-            if previous.is_some_and(|s| {
-                crate::conditions::held_at_generation(
-                    &s.conditions,
-                    "Ready",
-                    s.observed_generation,
-                    stream.metadata.generation,
-                )
-            }) =>
-        {
-            Some((
-                EventType::Warning,
-                "DriftCorrected",
-                format!(
-                    "stream {name} was changed outside the operator; restored {}",
-                    listed(differences)
-                ),
-            ))
-        }
-        Change::Updated(differences) => Some((
-            EventType::Normal,
-            "Updated",
-            format!("updated stream {name}: {}", listed(differences)),
-        )),
-    }
-}
-
-async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
-    let reference = stream.object_ref(&());
-    let name = stream.stream_name();
-    let namespace = stream.namespace().unwrap_or_default();
-    let user = PoolUser::of(stream);
-    let (reason, note) = match stream.spec.deletion_policy {
-        DeletionPolicy::Retain => (
-            "Retained",
-            format!("deletionPolicy is Retain: stream {name} and its data stay on NATS"),
-        ),
-        DeletionPolicy::Delete => match delete_from_nats(stream, ctx).await {
-            Ok(Some(Deletion::Deleted)) => (
-                "Deleted",
-                format!("deleted stream {name} and its data from NATS"),
-            ),
-            Ok(Some(Deletion::Absent)) => (
-                "Deleted",
-                format!("stream {name} was already gone from NATS"),
-            ),
-            Ok(Some(Deletion::NotOurs)) => (
-                "NotDeleted",
-                format!(
-                    "stream {name} was not created or adopted by this resource; left it on NATS"
-                ),
-            ),
-            Ok(None) => {
-                // Holding the resource would hold its namespace forever: the credentials
-                // cannot come back into a namespace being deleted. No Event either: the
-                // namespace accepts none. The log line and the metric say what remains.
-                warn!(
-                    stream = %name,
-                    %namespace,
-                    resource = %stream.name_any(),
-                    "the namespace is being deleted and the credentials for NATS were deleted first: stream {name} is left on NATS (deletionPolicy Delete not carried out); delete it there by hand if it should go"
-                );
-                ctx.metrics
-                    .record_stream_left_on_nats(&namespace, &stream.name_any(), &name);
-                ctx.pool.release(&user);
-                return Ok(Action::await_change());
-            }
-            Err(error) => {
-                warn!(stream = %name, %namespace, %error, "cannot delete stream; set deletionPolicy: Retain to let the resource go without deleting it");
-                report::publish(&ctx.recorder, &reference, EventType::Warning, error.reason(), "Delete", format!("{error}; to let the resource go without deleting the stream, set deletionPolicy: Retain")).await;
-                return Err(error);
-            }
-        },
-    };
-    info!(stream = %name, %namespace, reason, "{note}");
-    report::publish(
-        &ctx.recorder,
-        &reference,
-        EventType::Normal,
-        reason,
-        "Delete",
-        note,
-    )
-    .await;
-    ctx.pool.release(&user);
-    Ok(Action::await_change())
-}
-
-/// Deletes the stream from NATS if it is this resource's. The credentials come from the
-/// Secrets or, when those are gone or unusable, from the connection this resource last used.
-/// `None` when neither is there and the namespace is being deleted, so that the Secrets cannot
-/// come back.
-async fn delete_from_nats(stream: &AuditStream, ctx: &Context) -> Result<Option<Deletion>> {
-    let namespace = stream.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let connection = match dereference::dereference(&secrets, &stream.spec.connection).await {
-        Ok(connection) => connection,
-        Err(error) if error.is_unusable_secret() => {
-            match ctx.pool.last_connected(&PoolUser::of(stream)) {
-                Some(remembered) => {
-                    info!(stream = %stream.stream_name(), %namespace, %error, "deleting with the credentials last connected with");
-                    remembered
-                }
-                None if report::namespace_is_terminating(
-                    &ctx.client,
-                    stream,
-                    ctx.options.instance.as_deref(),
-                )
-                .await? =>
-                {
-                    return Ok(None);
-                }
-                None => return Err(error),
-            }
-        }
-        Err(error) => return Err(error),
-    };
-    let js = jetstream_context(ctx, stream, &connection).await?;
-    apply::delete(&js, &stream.stream_name(), &build::owner_of(stream))
-        .await
-        .map(Some)
 }

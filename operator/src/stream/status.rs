@@ -10,6 +10,9 @@ use crate::{
     error::Error,
 };
 
+/// Reason of `Ready` when the stream exists as declared.
+pub const READY_REASON: &str = "StreamReady";
+
 /// The status for `stream` after a reconciliation that left the stream in `live` state, or
 /// failed with `failure`. Live figures from an earlier observation are kept on failure: they
 /// are labelled "as last observed".
@@ -23,18 +26,10 @@ pub fn desired_status(
     let outcome = match result {
         Ok(_) => Outcome {
             phase: Phase::Ready,
-            reason: "StreamReady".into(),
+            reason: READY_REASON.into(),
             message: format!("stream {name} exists on NATS as declared"),
         },
-        Err(error) => Outcome {
-            phase: if error.needs_user_action() {
-                Phase::Stalled
-            } else {
-                Phase::Reconciling
-            },
-            reason: error.reason().into(),
-            message: error.to_string(),
-        },
+        Err(error) => Outcome::failed(error),
     };
     let generation = stream.metadata.generation;
     let mut status = AuditStreamStatus {

@@ -1,13 +1,15 @@
-//! Pipeline step 2 (pure): checks the schema cannot express and turns the spec's strings into
-//! typed values. The apiserver already enforced the schema; this step guards against objects
-//! written under an older CRD and computes values that depend on several fields.
+//! Pipeline step 2 (pure): checks the schema cannot express, and the one value the builder
+//! reads: the spec's strings turned into typed values, unlimited values and defaults settled.
+//! The apiserver already enforced the schema; this step guards against objects written under
+//! an older CRD and computes values that depend on several fields.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use crate::{
-    crd::stream::AuditStream,
+    crd::stream::{AuditStream, Compression, Discard, Placement, Retention, Storage},
     duration,
     error::{Error, Result},
+    ownership::owner_of,
 };
 
 /// NATS's default duplicate window when the spec sets none.
@@ -15,13 +17,33 @@ const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// NATS rejects a shorter duplicate window.
 const MIN_DUPLICATE_WINDOW: Duration = Duration::from_millis(100);
 
-/// An AuditStream spec known to be acceptable, with its derived values.
+/// An AuditStream known to be acceptable: everything the builder needs, never the raw spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidStream {
+    /// The stream's name on NATS.
     pub name: String,
+    /// The AuditStream's mark on the stream.
+    pub mark: String,
+    pub subjects: Vec<String>,
+    pub retention: Retention,
+    pub storage: Storage,
+    pub replicas: usize,
     /// Zero means unlimited.
     pub max_age: Duration,
+    /// `-1` means unlimited, for this and the other limits.
+    pub max_bytes: i64,
+    pub max_messages: i64,
+    pub max_messages_per_subject: i64,
+    pub max_message_size: i32,
+    pub discard: Discard,
     pub duplicate_window: Duration,
+    pub compression: Compression,
+    pub description: Option<String>,
+    pub placement: Option<Placement>,
+    /// The user's metadata, without the mark.
+    pub metadata: BTreeMap<String, String>,
+    pub deny_delete: bool,
+    pub deny_purge: bool,
 }
 
 pub fn validate(stream: &AuditStream) -> Result<ValidStream> {
@@ -76,10 +98,28 @@ pub fn validate(stream: &AuditStream) -> Result<ValidStream> {
         None if !max_age.is_zero() => DEFAULT_DUPLICATE_WINDOW.min(max_age),
         None => DEFAULT_DUPLICATE_WINDOW,
     };
+    let unlimited = |value: Option<i64>| value.unwrap_or(-1);
     Ok(ValidStream {
         name,
+        mark: owner_of(stream),
+        subjects: spec.subjects.clone(),
+        retention: spec.retention,
+        storage: spec.storage,
+        // The schema bounds replicas to 1..=5.
+        replicas: usize::try_from(spec.replicas).unwrap_or(1),
         max_age,
+        max_bytes: unlimited(spec.max_bytes),
+        max_messages: unlimited(spec.max_messages),
+        max_messages_per_subject: unlimited(spec.max_messages_per_subject),
+        max_message_size: spec.max_message_size.unwrap_or(-1),
+        discard: spec.discard,
         duplicate_window,
+        compression: spec.compression,
+        description: spec.description.clone(),
+        placement: spec.placement.clone(),
+        metadata: spec.metadata.clone(),
+        deny_delete: spec.deny_delete,
+        deny_purge: spec.deny_purge,
     })
 }
 

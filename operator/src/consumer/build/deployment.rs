@@ -2,12 +2,16 @@
 //! *restricted* profile, configured by flags only, with NATS credentials and TLS material
 //! mounted read-only from the referenced Secrets as files.
 //!
+//! The flags are the consumer's own option types ([`Flag`]), so the operator and the
+//! consumer cannot disagree on a name or a value's syntax.
+//!
 //! A change of the spec changes the pod template (flags, image, scheduling) and so rolls the
 //! pods; a rotated Secret does too, through the Secret versions recorded in a template
 //! annotation (versions, never contents).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
+use audit_consumer::flag::Flag;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
@@ -24,15 +28,15 @@ use k8s_openapi::{
     },
 };
 
-use super::{WorkloadInputs, labels, metadata, selector_labels, workload_name};
-use crate::crd::consumer::{AuditConsumer, LogFormat};
+use super::{labels, metadata, selector_labels, workload_name};
+use crate::{consumer::validate::ValidConsumer, crd::connection::AuthSecret};
 
 /// Name of the consumer container.
 pub const CONTAINER_NAME: &str = "audit-consumer";
 /// Where the consumer image installs the binary (see the Dockerfile).
 pub const COMMAND: &str = "/usr/local/bin/audit-consumer";
 /// Port of `/livez`, `/readyz` and `/metrics`.
-pub const HEALTH_PORT: i32 = 8080;
+pub const HEALTH_PORT: u16 = 8080;
 pub const HEALTH_PORT_NAME: &str = "metrics";
 /// Template annotation holding the versions of the mounted Secrets.
 pub const SECRET_VERSIONS_ANNOTATION: &str = "audit.eventsaudit.io/secret-versions";
@@ -45,38 +49,101 @@ const SECRET_FILE_MODE: i32 = 0o440;
 /// Time the consumer gets beyond one pull expiry to write, ack and drain in-flight events.
 const DRAIN_MARGIN: Duration = Duration::from_secs(30);
 
-pub fn build(consumer: &AuditConsumer, inputs: &WorkloadInputs<'_>) -> Deployment {
-    let spec = &consumer.spec;
-    let (volumes, mounts, secret_args) = secret_files(inputs);
-    let mut args = vec![
-        format!("--nats-url={}", inputs.connection.servers.join(",")),
-        format!("--stream={}", inputs.stream_name),
-        format!("--consumer={}", inputs.valid.durable_name),
-        format!(
-            "--format={}",
-            match spec.format {
-                LogFormat::Json => "json",
-                LogFormat::Text => "text",
-            }
-        ),
-        format!("--health-listen=0.0.0.0:{HEALTH_PORT}"),
-        format!("--batch={}", spec.batch),
-        format!("--expires={}", spec.expires),
-    ];
-    if let Some(max_bytes) = spec.max_bytes {
-        args.push(format!("--max-bytes={max_bytes}"));
+pub fn build(valid: &ValidConsumer) -> Deployment {
+    Deployment {
+        metadata: metadata(valid),
+        spec: Some(DeploymentSpec {
+            replicas: Some(valid.replicas),
+            selector: own_pods(valid),
+            // A new pod must be ready before an old one goes: the ready count never drops
+            // below the desired one during a rollout.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            revision_history_limit: Some(5),
+            template: pod_template(valid),
+            ..DeploymentSpec::default()
+        }),
+        status: None,
     }
-    if let Some(heartbeat) = &spec.heartbeat {
-        args.push(format!("--heartbeat={heartbeat}"));
-    }
-    if !spec.redact_keys.is_empty() {
-        args.push(format!("--redact-keys={}", spec.redact_keys.join(",")));
-    }
-    if let Some(domain) = &inputs.connection.js_domain {
-        args.push(format!("--js-domain={domain}"));
-    }
-    args.extend(secret_args);
+}
 
+/// The consumer's command line: what to read and how, then the files of its credentials.
+pub fn flags(valid: &ValidConsumer, secret_flags: Vec<Flag>) -> Vec<Flag> {
+    let mut flags = vec![
+        Flag::NatsUrl(valid.connection.servers.clone()),
+        Flag::Stream(valid.stream_name.clone()),
+        Flag::Consumer(valid.durable_name.clone()),
+        Flag::Format(valid.format),
+        Flag::HealthListen(SocketAddr::from(([0, 0, 0, 0], HEALTH_PORT))),
+        Flag::Batch(valid.batch),
+        Flag::Expires(valid.expires),
+    ];
+    flags.extend(valid.max_bytes.map(Flag::MaxBytes));
+    flags.extend(valid.heartbeat.map(Flag::Heartbeat));
+    if !valid.redact_keys.is_empty() {
+        flags.push(Flag::RedactKeys(valid.redact_keys.clone()));
+    }
+    flags.extend(valid.connection.js_domain.clone().map(Flag::JsDomain));
+    flags.extend(secret_flags);
+    flags
+}
+
+fn pod_template(valid: &ValidConsumer) -> PodTemplateSpec {
+    let files = secret_files(valid);
+    let mut pod_labels = valid.pod.labels.clone();
+    pod_labels.extend(labels(&valid.name));
+    let mut annotations = valid.pod.annotations.clone();
+    annotations.insert(
+        "kubectl.kubernetes.io/default-container".to_owned(),
+        CONTAINER_NAME.to_owned(),
+    );
+    if !valid.secret_versions.is_empty() {
+        annotations.insert(
+            SECRET_VERSIONS_ANNOTATION.to_owned(),
+            valid.secret_versions.join(","),
+        );
+    }
+    let args = flags(valid, files.flags)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container(valid, args, files.mounts)],
+            service_account_name: Some(workload_name(&valid.name)),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUN_AS),
+                run_as_group: Some(RUN_AS),
+                fs_group: Some(RUN_AS),
+                seccomp_profile: Some(runtime_default()),
+                ..PodSecurityContext::default()
+            }),
+            termination_grace_period_seconds: Some(grace_period(valid.expires)),
+            volumes: non_empty(&files.volumes),
+            node_selector: non_empty_map(&valid.pod.node_selector),
+            tolerations: non_empty(&valid.pod.tolerations),
+            affinity: valid.pod.affinity.clone(),
+            topology_spread_constraints: Some(topology_spread(valid)),
+            priority_class_name: valid.pod.priority_class_name.clone(),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn container(valid: &ValidConsumer, args: Vec<String>, mounts: Vec<VolumeMount>) -> Container {
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -88,18 +155,14 @@ pub fn build(consumer: &AuditConsumer, inputs: &WorkloadInputs<'_>) -> Deploymen
         failure_threshold: Some(failures),
         ..Probe::default()
     };
-    let container = Container {
+    Container {
         name: CONTAINER_NAME.to_owned(),
-        image: Some(
-            spec.image
-                .clone()
-                .unwrap_or_else(|| inputs.default_image.to_owned()),
-        ),
+        image: Some(valid.image.clone()),
         command: Some(vec![COMMAND.to_owned()]),
         args: Some(args),
         ports: Some(vec![ContainerPort {
             name: Some(HEALTH_PORT_NAME.to_owned()),
-            container_port: HEALTH_PORT,
+            container_port: HEALTH_PORT.into(),
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
@@ -107,7 +170,13 @@ pub fn build(consumer: &AuditConsumer, inputs: &WorkloadInputs<'_>) -> Deploymen
         startup_probe: Some(probe("/livez", 2, 30)),
         liveness_probe: Some(probe("/livez", 10, 3)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
-        resources: Some(spec.pod.resources.clone().unwrap_or_else(default_resources)),
+        resources: Some(
+            valid
+                .pod
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
@@ -122,77 +191,9 @@ pub fn build(consumer: &AuditConsumer, inputs: &WorkloadInputs<'_>) -> Deploymen
             seccomp_profile: Some(runtime_default()),
             ..SecurityContext::default()
         }),
-        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        volume_mounts: non_empty(&mounts),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
-    };
-
-    let mut pod_labels = spec.pod.labels.clone();
-    pod_labels.extend(labels(consumer));
-    let mut pod_annotations = spec.pod.annotations.clone();
-    pod_annotations.insert(
-        "kubectl.kubernetes.io/default-container".to_owned(),
-        CONTAINER_NAME.to_owned(),
-    );
-    if !inputs.secret_versions.is_empty() {
-        pod_annotations.insert(
-            SECRET_VERSIONS_ANNOTATION.to_owned(),
-            inputs.secret_versions.join(","),
-        );
-    }
-
-    let pod = PodSpec {
-        containers: vec![container],
-        service_account_name: Some(workload_name(consumer)),
-        automount_service_account_token: Some(false),
-        enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(runtime_default()),
-            ..PodSecurityContext::default()
-        }),
-        termination_grace_period_seconds: Some(grace_period(inputs.valid.expires)),
-        volumes: (!volumes.is_empty()).then_some(volumes),
-        node_selector: non_empty_map(&spec.pod.node_selector),
-        tolerations: non_empty(&spec.pod.tolerations),
-        affinity: spec.pod.affinity.clone(),
-        topology_spread_constraints: Some(topology_spread(consumer)),
-        priority_class_name: spec.pod.priority_class_name.clone(),
-        ..PodSpec::default()
-    };
-
-    Deployment {
-        metadata: metadata(consumer),
-        spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(consumer)),
-                ..LabelSelector::default()
-            },
-            // A new pod must be ready before an old one goes: the ready count never drops
-            // below the desired one during a rollout.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(1)),
-                    max_unavailable: Some(IntOrString::Int(0)),
-                }),
-            }),
-            revision_history_limit: Some(5),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(pod_annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod),
-            },
-            ..DeploymentSpec::default()
-        }),
-        status: None,
     }
 }
 
@@ -223,20 +224,24 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
+/// The selector of this consumer's pods.
+fn own_pods(valid: &ValidConsumer) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(&valid.name)),
+        ..LabelSelector::default()
+    }
+}
+
 /// The user's constraints, each selecting this consumer's pods unless it says otherwise; by
 /// default, pods prefer distinct nodes.
-fn topology_spread(consumer: &AuditConsumer) -> Vec<TopologySpreadConstraint> {
-    let own_pods = || LabelSelector {
-        match_labels: Some(selector_labels(consumer)),
-        ..LabelSelector::default()
-    };
-    let given = &consumer.spec.pod.topology_spread_constraints;
+fn topology_spread(valid: &ValidConsumer) -> Vec<TopologySpreadConstraint> {
+    let given = &valid.pod.topology_spread_constraints;
     if given.is_empty() {
         return vec![TopologySpreadConstraint {
             max_skew: 1,
             topology_key: "kubernetes.io/hostname".to_owned(),
             when_unsatisfiable: "ScheduleAnyway".to_owned(),
-            label_selector: Some(own_pods()),
+            label_selector: Some(own_pods(valid)),
             ..TopologySpreadConstraint::default()
         }];
     }
@@ -246,72 +251,87 @@ fn topology_spread(consumer: &AuditConsumer) -> Vec<TopologySpreadConstraint> {
             label_selector: constraint
                 .label_selector
                 .clone()
-                .or_else(|| Some(own_pods())),
+                .or_else(|| Some(own_pods(valid))),
             ..constraint.clone()
         })
         .collect()
 }
 
 /// One read-only Secret volume per referenced Secret use, and the flags naming the files.
-fn secret_files(inputs: &WorkloadInputs<'_>) -> (Vec<Volume>, Vec<VolumeMount>, Vec<String>) {
+fn secret_files(valid: &ValidConsumer) -> SecretFiles {
     let mut files = SecretFiles::default();
-    if let Some(auth) = &inputs.connection.auth {
-        if let Some(r) = &auth.creds_secret_ref {
-            let path = files.add("creds", &r.name, &[(&r.key, "user.creds")]);
-            files.args.push(format!("--creds-file={}", path[0]));
-        } else if let Some(r) = &auth.nkey_secret_ref {
-            let path = files.add("nkey", &r.name, &[(&r.key, "seed.nk")]);
-            files.args.push(format!("--nkey-seed-file={}", path[0]));
-        } else if let Some(r) = &auth.user_password_secret_ref {
+    match valid.connection.auth_secret() {
+        Some(AuthSecret::Creds(r)) => {
+            let [path] = files.add("creds", &r.name, [(&r.key, "user.creds")]);
+            files.flags.push(Flag::CredsFile(path));
+        }
+        Some(AuthSecret::NKey(r)) => {
+            let [path] = files.add("nkey", &r.name, [(&r.key, "seed.nk")]);
+            files.flags.push(Flag::NkeySeedFile(path));
+        }
+        Some(AuthSecret::UserPassword(r)) => {
             // The user name comes from the Secret too, and stays a file like the password:
             // pod arguments are readable by anyone who can read the Deployment.
-            let path = files.add(
+            let [user, password] = files.add(
                 "password",
                 &r.name,
-                &[(&r.username_key, "username"), (&r.password_key, "password")],
+                [(&r.username_key, "username"), (&r.password_key, "password")],
             );
-            files.args.push(format!("--user-file={}", path[0]));
-            files.args.push(format!("--password-file={}", path[1]));
-        } else if let Some(r) = &auth.token_secret_ref {
-            let path = files.add("token", &r.name, &[(&r.key, "token")]);
-            files.args.push(format!("--token-file={}", path[0]));
+            files.flags.push(Flag::UserFile(user));
+            files.flags.push(Flag::PasswordFile(password));
         }
+        Some(AuthSecret::Token(r)) => {
+            let [path] = files.add("token", &r.name, [(&r.key, "token")]);
+            files.flags.push(Flag::TokenFile(path));
+        }
+        // Anonymous; an auth block with no single reference never gets this far (resolving
+        // the connection refuses it).
+        None => {}
     }
-    if let Some(tls) = &inputs.connection.tls {
+    if let Some(tls) = &valid.connection.tls {
         if let Some(r) = &tls.ca_secret_ref {
-            let path = files.add("tls-ca", &r.name, &[(&r.key, "ca.crt")]);
-            files.args.push(format!("--tls-ca-file={}", path[0]));
+            let [path] = files.add("tls-ca", &r.name, [(&r.key, "ca.crt")]);
+            files.flags.push(Flag::TlsCaFile(path));
         }
         if let Some(r) = &tls.client_cert_secret_ref {
-            let with_ca = tls.ca_secret_ref.is_none() && inputs.client_cert_has_ca;
-            let mut items = vec![("tls.crt", "tls.crt"), ("tls.key", "tls.key")];
-            if with_ca {
-                items.push(("ca.crt", "ca.crt"));
-            }
-            let paths = files.add("tls-client", &r.name, &items);
-            files.args.push(format!("--tls-cert-file={}", paths[0]));
-            files.args.push(format!("--tls-key-file={}", paths[1]));
-            if with_ca {
-                files.args.push(format!("--tls-ca-file={}", paths[2]));
+            let pair = [("tls.crt", "tls.crt"), ("tls.key", "tls.key")];
+            if tls.ca_secret_ref.is_none() && valid.client_cert_has_ca {
+                let [cert, key, ca] = files.add(
+                    "tls-client",
+                    &r.name,
+                    [pair[0], pair[1], ("ca.crt", "ca.crt")],
+                );
+                files.flags.push(Flag::TlsCertFile(cert));
+                files.flags.push(Flag::TlsKeyFile(key));
+                files.flags.push(Flag::TlsCaFile(ca));
+            } else {
+                let [cert, key] = files.add("tls-client", &r.name, pair);
+                files.flags.push(Flag::TlsCertFile(cert));
+                files.flags.push(Flag::TlsKeyFile(key));
             }
         }
     }
-    (files.volumes, files.mounts, files.args)
+    files
 }
 
 #[derive(Default)]
 struct SecretFiles {
     volumes: Vec<Volume>,
     mounts: Vec<VolumeMount>,
-    args: Vec<String>,
+    flags: Vec<Flag>,
 }
 
 impl SecretFiles {
     /// Mounts `items` (Secret key, file name) of Secret `secret` at `SECRETS_DIR/<purpose>`;
     /// returns the files' paths in the container, in the order of `items`.
-    fn add(&mut self, purpose: &str, secret: &str, items: &[(&str, &str)]) -> Vec<String> {
+    fn add<const N: usize>(
+        &mut self,
+        purpose: &str,
+        secret: &str,
+        items: [(&str, &str); N],
+    ) -> [PathBuf; N] {
         let volume = format!("nats-{purpose}");
-        let dir = format!("{SECRETS_DIR}/{purpose}");
+        let dir = PathBuf::from(SECRETS_DIR).join(purpose);
         self.volumes.push(Volume {
             name: volume.clone(),
             secret: Some(SecretVolumeSource {
@@ -333,14 +353,11 @@ impl SecretFiles {
         });
         self.mounts.push(VolumeMount {
             name: volume,
-            mount_path: dir.clone(),
+            mount_path: dir.display().to_string(),
             read_only: Some(true),
             ..VolumeMount::default()
         });
-        items
-            .iter()
-            .map(|(_, file)| format!("{dir}/{file}"))
-            .collect()
+        items.map(|(_, file)| dir.join(file))
     }
 }
 
@@ -354,13 +371,15 @@ fn non_empty_map(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, Stri
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
     use super::*;
-    use crate::consumer::build::tests::{CONNECTION, with_inputs};
+    use crate::consumer::validate::tests::{CONNECTION, valid_with};
 
     const SPEC: &str = "streamRef: {name: orders}\nreplicas: 3\nformat: Text\nredactKeys: [password, token]\npod:\n  labels: {team: payments, app.kubernetes.io/name: hijack}\n  annotations: {prometheus.io/scrape: 'true'}\n  priorityClassName: audit\n";
 
     fn deployment(spec: &str, connection: &str) -> Deployment {
-        with_inputs(spec, connection, build)
+        build(&valid_with(spec, connection).unwrap())
     }
 
     fn pod(deployment: &Deployment) -> &PodSpec {
@@ -484,15 +503,9 @@ mod tests {
     #[test]
     fn a_rotated_secret_changes_the_pod_template() {
         let before = deployment(SPEC, CONNECTION);
-        let after = with_inputs(SPEC, CONNECTION, |consumer, inputs| {
-            let rotated = ["shop/nats-ca@4".to_owned(), "shop/nats-creds@13".to_owned()];
-            build(
-                consumer,
-                &WorkloadInputs {
-                    secret_versions: &rotated,
-                    ..inputs.clone()
-                },
-            )
+        let after = build(&ValidConsumer {
+            secret_versions: vec!["shop/nats-ca@4".into(), "shop/nats-creds@13".into()],
+            ..valid_with(SPEC, CONNECTION).unwrap()
         });
         let annotation = |d: &Deployment| {
             d.spec
@@ -514,14 +527,9 @@ mod tests {
     #[test]
     fn user_password_and_client_certificate_with_its_ca() {
         let connection = "servers: [tls://nats:4222]\nauth: {userPasswordSecretRef: {name: basic}}\ntls: {clientCertSecretRef: {name: client}}\n";
-        let deployment = with_inputs(SPEC, connection, |consumer, inputs| {
-            build(
-                consumer,
-                &WorkloadInputs {
-                    client_cert_has_ca: true,
-                    ..inputs.clone()
-                },
-            )
+        let deployment = build(&ValidConsumer {
+            client_cert_has_ca: true,
+            ..valid_with(SPEC, connection).unwrap()
         });
         let args = args(&deployment);
         assert!(
@@ -563,5 +571,55 @@ mod tests {
                 .unwrap()["app.kubernetes.io/instance"],
             "orders.reader"
         );
+    }
+
+    /// Every command line the builder writes, read by the consumer's own parser: a flag the
+    /// consumer does not know, or a value it cannot read, fails here rather than in a pod.
+    #[test]
+    fn the_consumer_parses_every_command_line_the_operator_writes() {
+        let connections = [
+            CONNECTION,
+            "servers: [nats://nats:4222]\n",
+            "servers: [nats://nats:4222]\nauth: {nkeySecretRef: {name: n, key: seed}}\n",
+            "servers: [nats://nats:4222]\nauth: {tokenSecretRef: {name: t, key: token}}\n",
+            "servers: [tls://nats:4222]\nauth: {userPasswordSecretRef: {name: basic}}\ntls: {clientCertSecretRef: {name: client}}\n",
+            "servers: [tls://nats:4222]\ntls: {caSecretRef: {name: ca, key: ca.crt}, clientCertSecretRef: {name: client}}\n",
+        ];
+        let specs = [
+            SPEC.to_owned(),
+            "streamRef: {name: orders}\n".to_owned(),
+            "streamRef: {name: orders}\nbatch: 10000\nmaxBytes: 1048576\nexpires: 1m30s\nheartbeat: 45s\n".to_owned(),
+            "streamRef: {name: orders}\nexpires: 1500ms\nformat: Json\nredactKeys: [a]\n".to_owned(),
+        ];
+        for connection in connections {
+            for spec in &specs {
+                for client_cert_has_ca in [false, true] {
+                    let valid = ValidConsumer {
+                        client_cert_has_ca,
+                        ..valid_with(spec, connection).unwrap()
+                    };
+                    let deployment = build(&valid);
+                    let args = args(&deployment);
+                    let parsed = audit_consumer::config::Args::try_parse_from(
+                        std::iter::once(COMMAND).chain(args.iter().map(String::as_str)),
+                    )
+                    .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+                    parsed
+                        .validate()
+                        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+                    assert_eq!(parsed.binding.stream, valid.stream_name);
+                    assert_eq!(parsed.binding.consumer, valid.durable_name);
+                    assert_eq!(parsed.pull.expires, valid.expires);
+                    assert_eq!(parsed.pull.heartbeat, valid.heartbeat);
+                    assert_eq!(parsed.pull.batch, valid.batch);
+                    assert_eq!(parsed.output.format, valid.format);
+                    assert_eq!(
+                        parsed.runtime.health_listen.port(),
+                        HEALTH_PORT,
+                        "the probes' port"
+                    );
+                }
+            }
+        }
     }
 }

@@ -9,30 +9,18 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, ReplayPolicy, pu
 
 use crate::{
     consumer::validate::{Start, ValidConsumer},
-    crd::consumer::{AuditConsumer, DeliverPolicy as SpecDeliverPolicy},
+    crd::consumer::DeliverPolicy as SpecDeliverPolicy,
+    ownership::OWNER_KEY,
 };
 
-/// The metadata key marking what the operator made; the same mark as on streams.
-pub use crate::stream::build::OWNER_KEY;
-
-/// The owner marker value for `consumer`.
-pub fn owner_of(consumer: &AuditConsumer) -> String {
-    format!(
-        "{}/{}",
-        consumer.metadata.namespace.as_deref().unwrap_or_default(),
-        consumer.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
-pub fn desired_config(consumer: &AuditConsumer, valid: &ValidConsumer) -> Config {
-    let spec = &consumer.spec;
-    let (filter_subject, filter_subjects) = match spec.filter_subjects.as_slice() {
+pub fn desired_config(valid: &ValidConsumer) -> Config {
+    let (filter_subject, filter_subjects) = match valid.filter_subjects.as_slice() {
         [one] => (one.clone(), Vec::new()),
         many => (String::new(), many.to_vec()),
     };
     Config {
         durable_name: Some(valid.durable_name.clone()),
-        description: spec.description.clone(),
+        description: valid.description.clone(),
         deliver_policy: deliver_policy(&valid.start),
         ack_policy: AckPolicy::Explicit,
         ack_wait: valid.ack_wait,
@@ -42,7 +30,7 @@ pub fn desired_config(consumer: &AuditConsumer, valid: &ValidConsumer) -> Config
         filter_subjects,
         replay_policy: ReplayPolicy::Instant,
         max_ack_pending: valid.max_ack_pending,
-        metadata: HashMap::from([(OWNER_KEY.to_owned(), owner_of(consumer))]),
+        metadata: HashMap::from([(OWNER_KEY.to_owned(), valid.mark.clone())]),
         ..Config::default()
     }
 }
@@ -105,14 +93,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::consumer::validate::{
-        tests::{MINIMAL, consumer},
-        validate,
-    };
+    use crate::consumer::validate::tests::{MINIMAL, validated};
 
     fn desired(spec: &str) -> Config {
-        let consumer = consumer(spec);
-        desired_config(&consumer, &validate(&consumer).unwrap())
+        desired_config(&validated(spec))
     }
 
     #[test]

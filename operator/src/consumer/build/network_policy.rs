@@ -12,22 +12,18 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 
-use super::{WorkloadInputs, deployment::HEALTH_PORT, metadata, selector_labels};
-use crate::crd::consumer::AuditConsumer;
+use super::{deployment::HEALTH_PORT, metadata, selector_labels};
+use crate::consumer::validate::ValidConsumer;
 
 /// The policy, or `None` when the spec does not enable one.
-pub fn build(consumer: &AuditConsumer, inputs: &WorkloadInputs<'_>) -> Option<NetworkPolicy> {
-    let settings = consumer
-        .spec
-        .network_policy
-        .as_ref()
-        .filter(|s| s.enabled)?;
+pub fn build(valid: &ValidConsumer) -> Option<NetworkPolicy> {
+    let settings = valid.network_policy.as_ref()?;
     let port = |protocol: &str, port: i32| NetworkPolicyPort {
         protocol: Some(protocol.to_owned()),
         port: Some(IntOrString::Int(port)),
         ..NetworkPolicyPort::default()
     };
-    let nats_ports: BTreeSet<i32> = inputs
+    let nats_ports: BTreeSet<i32> = valid
         .connection
         .servers
         .iter()
@@ -35,16 +31,16 @@ pub fn build(consumer: &AuditConsumer, inputs: &WorkloadInputs<'_>) -> Option<Ne
         .collect();
     let non_empty = |peers: &Vec<_>| (!peers.is_empty()).then(|| peers.clone());
     Some(NetworkPolicy {
-        metadata: metadata(consumer),
+        metadata: metadata(valid),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(consumer)),
+                match_labels: Some(selector_labels(&valid.name)),
                 ..LabelSelector::default()
             }),
             policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: non_empty(&settings.metrics_from),
-                ports: Some(vec![port("TCP", HEALTH_PORT)]),
+                ports: Some(vec![port("TCP", HEALTH_PORT.into())]),
             }]),
             egress: Some(vec![
                 NetworkPolicyEgressRule {
@@ -80,20 +76,20 @@ fn server_port(url: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consumer::build::tests::{CONNECTION, with_inputs};
+    use crate::consumer::validate::tests::validated;
 
     #[test]
     fn off_unless_enabled() {
         let spec = "streamRef: {name: orders}\n";
-        assert!(with_inputs(spec, CONNECTION, build).is_none());
+        assert!(build(&validated(spec)).is_none());
         let disabled = "streamRef: {name: orders}\nnetworkPolicy: {enabled: false}\n";
-        assert!(with_inputs(disabled, CONNECTION, build).is_none());
+        assert!(build(&validated(disabled)).is_none());
     }
 
     #[test]
     fn allows_nats_ports_dns_and_metrics_only() {
         let spec = "streamRef: {name: orders}\nnetworkPolicy:\n  enabled: true\n  natsPeers: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: nats}}}]\n";
-        let policy = with_inputs(spec, CONNECTION, build).unwrap().spec.unwrap();
+        let policy = build(&validated(spec)).unwrap().spec.unwrap();
         let egress = policy.egress.unwrap();
         let nats_ports: Vec<_> = egress[1]
             .ports

@@ -8,16 +8,16 @@ use k8s_openapi::{
 };
 
 use super::{metadata, selector_labels};
-use crate::crd::consumer::AuditConsumer;
+use crate::consumer::validate::ValidConsumer;
 
 /// The budget, or `None` when the consumer should have none.
-pub fn build(consumer: &AuditConsumer) -> Option<PodDisruptionBudget> {
-    (consumer.spec.replicas > 1).then(|| PodDisruptionBudget {
-        metadata: metadata(consumer),
+pub fn build(valid: &ValidConsumer) -> Option<PodDisruptionBudget> {
+    (valid.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: metadata(valid),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(consumer)),
+                match_labels: Some(selector_labels(&valid.name)),
                 ..LabelSelector::default()
             }),
             // A pod that is not ready is not serving; evicting it must not wait for it.
@@ -31,12 +31,12 @@ pub fn build(consumer: &AuditConsumer) -> Option<PodDisruptionBudget> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consumer::validate::tests::{MINIMAL, consumer};
+    use crate::consumer::validate::tests::{MINIMAL, validated};
 
     #[test]
     fn only_with_more_than_one_replica() {
-        assert!(build(&consumer(MINIMAL)).is_none());
-        let pdb = build(&consumer(&format!("{MINIMAL}replicas: 2\n"))).unwrap();
+        assert!(build(&validated(MINIMAL)).is_none());
+        let pdb = build(&validated(&format!("{MINIMAL}replicas: 2\n"))).unwrap();
         let spec = pdb.spec.unwrap();
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
         assert_eq!(

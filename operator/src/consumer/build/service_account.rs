@@ -4,11 +4,11 @@
 use k8s_openapi::api::core::v1::ServiceAccount;
 
 use super::metadata;
-use crate::crd::consumer::AuditConsumer;
+use crate::consumer::validate::ValidConsumer;
 
-pub fn build(consumer: &AuditConsumer) -> ServiceAccount {
+pub fn build(valid: &ValidConsumer) -> ServiceAccount {
     ServiceAccount {
-        metadata: metadata(consumer),
+        metadata: metadata(valid),
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
     }
@@ -17,11 +17,11 @@ pub fn build(consumer: &AuditConsumer) -> ServiceAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consumer::validate::tests::{MINIMAL, consumer};
+    use crate::consumer::validate::tests::{MINIMAL, validated};
 
     #[test]
     fn no_token_is_mounted() {
-        let account = build(&consumer(MINIMAL));
+        let account = build(&validated(MINIMAL));
         assert_eq!(account.automount_service_account_token, Some(false));
         assert_eq!(
             account.metadata.name.as_deref(),

@@ -1,5 +1,6 @@
-//! Pipeline step 1 (I/O): read the Secrets a connection references and pull out the material
-//! the NATS client needs. The extraction itself ([`resolve`]) is pure and unit-tested.
+//! A connection's material: [`dereference`] (I/O) reads the Secrets a `connection` references
+//! and [`resolve`] (pure, unit-tested) pulls out what the NATS client needs. Both controllers'
+//! pipelines start here (dereference), and the consumer pods mount the same Secrets.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -7,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
 use crate::{
-    crd::connection::{NatsConnection, SecretKeyRef},
+    crd::connection::{AuthSecret, NatsConnection, SecretKeyRef},
     error::{Error, Result},
 };
 
@@ -97,14 +98,12 @@ pub fn ensure_credentials_current(
     let Some(Credentials::Creds(creds)) = &resolved.credentials else {
         return Ok(());
     };
-    let expiry = crate::creds::user_jwt_expiry(creds).map_err(Error::CredsInvalid)?;
+    let expiry = super::creds::user_jwt_expiry(creds).map_err(Error::CredsInvalid)?;
     match expiry {
         Some(expiry) if expiry <= now.as_second() => Err(Error::CredsExpired {
             secret: connection
-                .auth
-                .as_ref()
-                .and_then(|auth| auth.creds_secret_ref.as_ref())
-                .map(|r| r.name.clone())
+                .auth_secret()
+                .map(|secret| secret.secret_name().to_owned())
                 .unwrap_or_default(),
             expired_at: k8s_openapi::jiff::Timestamp::from_second(expiry)
                 .map(|t| t.to_string())
@@ -121,25 +120,25 @@ pub fn resolve(
 ) -> Result<ResolvedConnection> {
     let credentials = match &connection.auth {
         None => None,
-        Some(auth) => Some(if let Some(r) = &auth.creds_secret_ref {
-            Credentials::Creds(text(secrets, r)?)
-        } else if let Some(r) = &auth.nkey_secret_ref {
-            Credentials::NKeySeed(text(secrets, r)?.trim().to_owned())
-        } else if let Some(r) = &auth.user_password_secret_ref {
-            let key = |key: &str| SecretKeyRef {
-                name: r.name.clone(),
-                key: key.to_owned(),
-            };
-            Credentials::UserPassword {
-                user: text(secrets, &key(&r.username_key))?,
-                password: text(secrets, &key(&r.password_key))?,
+        Some(auth) => Some(match auth.secret() {
+            Some(AuthSecret::Creds(r)) => Credentials::Creds(text(secrets, r)?),
+            Some(AuthSecret::NKey(r)) => Credentials::NKeySeed(text(secrets, r)?.trim().to_owned()),
+            Some(AuthSecret::UserPassword(r)) => {
+                let key = |key: &str| SecretKeyRef {
+                    name: r.name.clone(),
+                    key: key.to_owned(),
+                };
+                Credentials::UserPassword {
+                    user: text(secrets, &key(&r.username_key))?,
+                    password: text(secrets, &key(&r.password_key))?,
+                }
             }
-        } else if let Some(r) = &auth.token_secret_ref {
-            Credentials::Token(text(secrets, r)?.trim().to_owned())
-        } else {
-            return Err(Error::InvalidSpec(
-                "connection.auth sets none of credsSecretRef, nkeySecretRef, userPasswordSecretRef, tokenSecretRef".into(),
-            ));
+            Some(AuthSecret::Token(r)) => Credentials::Token(text(secrets, r)?.trim().to_owned()),
+            None => {
+                return Err(Error::InvalidSpec(
+                    "connection.auth must set exactly one of credsSecretRef, nkeySecretRef, userPasswordSecretRef, tokenSecretRef".into(),
+                ));
+            }
         }),
     };
 

@@ -1,0 +1,200 @@
+//! The command line of a consumer that another program starts: one typed value per option
+//! ([`Flag`]), written as `--name=value` exactly as [`Args`](crate::config::Args) reads it
+//! back. The operator builds its consumer pods' arguments from these, so an option renamed or
+//! retyped in `config` fails the build or the tests below, not a pod at run time. Only the
+//! options the operator sets are here; everything else keeps its default.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::ValueEnum as _;
+
+use crate::format::Format;
+
+/// One option of `audit-consumer`, with its value in the type `Args` parses it into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Flag {
+    NatsUrl(Vec<String>),
+    CredsFile(PathBuf),
+    NkeySeedFile(PathBuf),
+    UserFile(PathBuf),
+    PasswordFile(PathBuf),
+    TokenFile(PathBuf),
+    TlsCaFile(PathBuf),
+    TlsCertFile(PathBuf),
+    TlsKeyFile(PathBuf),
+    JsDomain(String),
+    Stream(String),
+    Consumer(String),
+    Batch(u32),
+    MaxBytes(usize),
+    Expires(Duration),
+    Heartbeat(Duration),
+    Format(Format),
+    RedactKeys(Vec<String>),
+    HealthListen(SocketAddr),
+}
+
+impl Flag {
+    /// The option's long name, as `Args` declares it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Flag::NatsUrl(_) => "nats-url",
+            Flag::CredsFile(_) => "creds-file",
+            Flag::NkeySeedFile(_) => "nkey-seed-file",
+            Flag::UserFile(_) => "user-file",
+            Flag::PasswordFile(_) => "password-file",
+            Flag::TokenFile(_) => "token-file",
+            Flag::TlsCaFile(_) => "tls-ca-file",
+            Flag::TlsCertFile(_) => "tls-cert-file",
+            Flag::TlsKeyFile(_) => "tls-key-file",
+            Flag::JsDomain(_) => "js-domain",
+            Flag::Stream(_) => "stream",
+            Flag::Consumer(_) => "consumer",
+            Flag::Batch(_) => "batch",
+            Flag::MaxBytes(_) => "max-bytes",
+            Flag::Expires(_) => "expires",
+            Flag::Heartbeat(_) => "heartbeat",
+            Flag::Format(_) => "format",
+            Flag::RedactKeys(_) => "redact-keys",
+            Flag::HealthListen(_) => "health-listen",
+        }
+    }
+
+    /// The value as `Args` parses it: lists comma-separated, durations as humantime writes
+    /// them.
+    fn value(&self) -> String {
+        match self {
+            Flag::NatsUrl(list) | Flag::RedactKeys(list) => list.join(","),
+            Flag::CredsFile(path)
+            | Flag::NkeySeedFile(path)
+            | Flag::UserFile(path)
+            | Flag::PasswordFile(path)
+            | Flag::TokenFile(path)
+            | Flag::TlsCaFile(path)
+            | Flag::TlsCertFile(path)
+            | Flag::TlsKeyFile(path) => path.display().to_string(),
+            Flag::JsDomain(text) | Flag::Stream(text) | Flag::Consumer(text) => text.clone(),
+            Flag::Batch(count) => count.to_string(),
+            Flag::MaxBytes(bytes) => bytes.to_string(),
+            // In the syntax the consumer parses durations with.
+            Flag::Expires(duration) | Flag::Heartbeat(duration) => {
+                humantime::format_duration(*duration).to_string()
+            }
+            Flag::Format(format) => format
+                .to_possible_value()
+                .expect("every format has a name")
+                .get_name()
+                .to_owned(),
+            Flag::HealthListen(address) => address.to_string(),
+        }
+    }
+}
+
+/// `--name=value`: one argument, so that no value can be read as another option.
+impl fmt::Display for Flag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "--{}={}", self.name(), self.value())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::config::Args;
+
+    const REQUIRED: [&str; 3] = ["--nats-url=nats://a:4222", "--stream=S", "--consumer=C"];
+
+    /// The real parser's reading of `flags` beside the required options they do not set.
+    fn parsed(flags: &[&Flag]) -> Args {
+        let arguments: Vec<String> = flags.iter().map(ToString::to_string).collect();
+        let required = REQUIRED.into_iter().filter(|required| {
+            !flags
+                .iter()
+                .any(|flag| required.starts_with(&format!("--{}=", flag.name())))
+        });
+        Args::try_parse_from(
+            ["audit-consumer"]
+                .into_iter()
+                .chain(required)
+                .chain(arguments.iter().map(String::as_str)),
+        )
+        .unwrap_or_else(|e| panic!("{arguments:?} do not parse: {e}"))
+    }
+
+    /// What `args` holds for `flag`'s option, as a flag.
+    fn read_back(flag: &Flag, args: &Args) -> Flag {
+        let path = |path: &Option<PathBuf>| path.clone().expect("the option is set");
+        match flag {
+            Flag::NatsUrl(_) => Flag::NatsUrl(args.nats.nats_url.clone()),
+            Flag::CredsFile(_) => Flag::CredsFile(path(&args.nats.creds_file)),
+            Flag::NkeySeedFile(_) => Flag::NkeySeedFile(path(&args.nats.nkey_seed_file)),
+            Flag::UserFile(_) => Flag::UserFile(path(&args.nats.user_file)),
+            Flag::PasswordFile(_) => Flag::PasswordFile(path(&args.nats.password_file)),
+            Flag::TokenFile(_) => Flag::TokenFile(path(&args.nats.token_file)),
+            Flag::TlsCaFile(_) => Flag::TlsCaFile(path(&args.nats.tls_ca_file)),
+            Flag::TlsCertFile(_) => Flag::TlsCertFile(path(&args.nats.tls_cert_file)),
+            Flag::TlsKeyFile(_) => Flag::TlsKeyFile(path(&args.nats.tls_key_file)),
+            Flag::JsDomain(_) => Flag::JsDomain(args.nats.js_domain.clone().unwrap_or_default()),
+            Flag::Stream(_) => Flag::Stream(args.binding.stream.clone()),
+            Flag::Consumer(_) => Flag::Consumer(args.binding.consumer.clone()),
+            Flag::Batch(_) => Flag::Batch(args.pull.batch),
+            Flag::MaxBytes(_) => Flag::MaxBytes(args.pull.max_bytes),
+            Flag::Expires(_) => Flag::Expires(args.pull.expires),
+            Flag::Heartbeat(_) => Flag::Heartbeat(args.pull.heartbeat.unwrap_or_default()),
+            Flag::Format(_) => Flag::Format(args.output.format),
+            Flag::RedactKeys(_) => Flag::RedactKeys(args.output.redact_keys.clone()),
+            Flag::HealthListen(_) => Flag::HealthListen(args.runtime.health_listen),
+        }
+    }
+
+    #[test]
+    fn every_flag_reads_back_as_written() {
+        let path = |p: &str| PathBuf::from(p);
+        // Each option alone beside the required ones; the options that need a partner are
+        // parsed in pairs below.
+        for flag in [
+            Flag::NatsUrl(vec!["nats://x:4222".into(), "tls://y:7422".into()]),
+            Flag::CredsFile(path("/s/creds/user.creds")),
+            Flag::NkeySeedFile(path("/s/nkey/seed.nk")),
+            Flag::TokenFile(path("/s/token/token")),
+            Flag::TlsCaFile(path("/s/tls-ca/ca.crt")),
+            Flag::JsDomain("hub".into()),
+            Flag::Stream("ORDERS".into()),
+            Flag::Consumer("orders_reader".into()),
+            Flag::Batch(100),
+            Flag::MaxBytes(1 << 20),
+            Flag::Expires(Duration::from_secs(90)),
+            Flag::Expires(Duration::from_millis(1500)),
+            Flag::Heartbeat(Duration::from_secs(5)),
+            Flag::Format(Format::Json),
+            Flag::Format(Format::Text),
+            Flag::RedactKeys(vec!["password".into(), "token".into()]),
+            Flag::HealthListen("0.0.0.0:8080".parse().unwrap()),
+        ] {
+            assert_eq!(read_back(&flag, &parsed(&[&flag])), flag, "{flag}");
+        }
+        for (first, second) in [
+            (
+                Flag::UserFile(path("/s/password/username")),
+                Flag::PasswordFile(path("/s/password/password")),
+            ),
+            (
+                Flag::TlsCertFile(path("/s/tls-client/tls.crt")),
+                Flag::TlsKeyFile(path("/s/tls-client/tls.key")),
+            ),
+        ] {
+            let args = parsed(&[&first, &second]);
+            assert_eq!(read_back(&first, &args), first);
+            assert_eq!(read_back(&second, &args), second);
+        }
+    }
+
+    #[test]
+    fn whole_seconds_and_minutes_are_written_as_a_person_would() {
+        let written = |duration| Flag::Expires(duration).to_string();
+        assert_eq!(written(Duration::from_secs(30)), "--expires=30s");
+        assert_eq!(written(Duration::from_secs(300)), "--expires=5m");
+    }
+}

@@ -1,0 +1,285 @@
+//! Applying an AuditConsumer: the pipeline (dereference -> validate -> build -> apply, for
+//! the durable consumer and then the workload), then its status and the Events for what
+//! changed, what failed, and what NATS reported about deliveries given up.
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment, core::v1::Secret, networking::v1::NetworkPolicy,
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
+use tracing::{info, warn};
+
+use super::{
+    Context, apply,
+    apply::Change,
+    build::{self, nats_consumer, workload_name},
+    dereference,
+    max_deliveries::{self, Listening, Recorded, Unreported},
+    object_ref,
+    status::{self, Advisories, Failure, Report, Stage},
+    validate::{self, ValidConsumer},
+};
+use crate::{
+    conditions::held_at_generation,
+    connection::PoolUser,
+    crd::{consumer::AuditConsumer, stream::AuditStream},
+    error::{Error, Result},
+    report::{self, Notice},
+};
+
+/// Applies `consumer` and reports the outcome: status, Events, log lines.
+pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
+    let result = pipeline(consumer, ctx).await;
+    let key = object_ref(consumer);
+    let advisories = match consumer.spec.max_deliver {
+        None => Advisories::NotWanted,
+        Some(_) => ctx
+            .state
+            .max_deliveries
+            .listening(&key)
+            .map_or(Advisories::Unknown, Advisories::Known),
+    };
+    let report = match &result {
+        Ok(done) => Report {
+            stream_name: Some(done.stream_name.clone()),
+            consumer: Some(&done.info),
+            workload: Some(&done.deployment),
+            failure: None,
+            advisories: advisories.clone(),
+        },
+        Err(failure) => Report {
+            stream_name: failure.stream_name.clone(),
+            failure: Some(failure),
+            advisories: advisories.clone(),
+            ..Report::default()
+        },
+    };
+    let mut status = status::desired_status(consumer, &report, &Time(Timestamp::now()));
+    let unreported = ctx.state.max_deliveries.unreported(&key);
+    let recorded = unreported.map(|u| max_deliveries::fold_into(&mut status, &u));
+    // The Events go out even when the status write fails, so that failure cannot hide them.
+    let status_written =
+        report::apply_status_if_changed(&ctx.client, consumer, consumer.status.as_ref(), &status)
+            .await;
+    if let Advisories::Known(refused @ Listening::Refused { .. }) = &advisories {
+        report_refused_subscription(consumer, refused, ctx).await;
+    }
+    if let (Some(unreported), Some(recorded)) = (unreported, recorded) {
+        ctx.state
+            .max_deliveries
+            .reported(&key, &unreported, recorded);
+        let stream = status.stream_name.as_deref().unwrap_or_default();
+        report_given_up(consumer, stream, &unreported, recorded, ctx).await;
+    }
+    conclude(consumer, result, ctx).await?;
+    status_written?;
+    Ok(Action::requeue(ctx.options.requeue_interval))
+}
+
+/// Reports what the pipeline did: an Event for a change, or for a failure (which it returns).
+/// A stream not ready yet is no failure of this resource: the stream's watch requeues it.
+async fn conclude(
+    consumer: &AuditConsumer,
+    result: Result<Reconciled, Failure>,
+    ctx: &Context,
+) -> Result<()> {
+    let reference = consumer.object_ref(&());
+    let durable = consumer.durable_name();
+    let namespace = consumer.namespace().unwrap_or_default();
+    match result {
+        Ok(done) => {
+            if let Some(notice) = change_event(consumer, &durable, &done.stream_name, &done.change)
+            {
+                info!(consumer = %durable, %namespace, reason = notice.reason, "{}", notice.note);
+                report::publish(&ctx.recorder, &reference, "Apply", notice).await;
+            }
+            Ok(())
+        }
+        Err(Failure {
+            error: Error::StreamNotReady { name, reason },
+            ..
+        }) => {
+            info!(consumer = %durable, %namespace, stream = %name, %reason, "waiting for the AuditStream");
+            Ok(())
+        }
+        Err(Failure { error, .. }) => {
+            warn!(consumer = %durable, %namespace, reason = error.reason(), %error, "consumer not ready");
+            let notice = Notice::warning(error.reason(), error.to_string());
+            report::publish(&ctx.recorder, &reference, "Apply", notice).await;
+            Err(error)
+        }
+    }
+}
+
+/// The Event for a change of the durable consumer, if it deserves one. An update is drift
+/// when this generation's durable consumer had been in place (ConsumerReady at it), and then
+/// a Warning; otherwise it is the user's spec change being applied.
+fn change_event(
+    consumer: &AuditConsumer,
+    durable: &str,
+    stream_name: &str,
+    change: &Change,
+) -> Option<Notice> {
+    let drift = consumer.status.as_ref().is_some_and(|s| {
+        held_at_generation(
+            &s.conditions,
+            status::CONSUMER_READY,
+            s.observed_generation,
+            consumer.metadata.generation,
+        )
+    });
+    Some(match change {
+        Change::Unchanged => return None,
+        Change::Created => Notice::normal(
+            "Created",
+            format!("created durable consumer {durable} on stream {stream_name}"),
+        ),
+        Change::Updated(fields) if drift => Notice::warning(
+            "DriftCorrected",
+            format!(
+                "durable consumer {durable} was changed outside the operator; restored {}",
+                fields.join(", ")
+            ),
+        ),
+        Change::Updated(fields) => Notice::normal(
+            "Updated",
+            format!("updated durable consumer {durable}: {}", fields.join(", ")),
+        ),
+    })
+}
+
+/// A Warning when NATS refuses the subscription to the max-deliveries advisories: once, when
+/// the condition turns False, not at every reconciliation while it stays so.
+async fn report_refused_subscription(consumer: &AuditConsumer, refused: &Listening, ctx: &Context) {
+    if max_deliveries::refusal_reported(consumer.status.as_ref()) {
+        return;
+    }
+    let note = max_deliveries::counting_condition(refused).message;
+    let notice = Notice::warning(max_deliveries::SUBSCRIPTION_DENIED, note);
+    warning(consumer, ctx, notice).await;
+}
+
+/// A Warning and the metric for the events NATS gave up on since the last written status.
+async fn report_given_up(
+    consumer: &AuditConsumer,
+    stream: &str,
+    unreported: &Unreported,
+    recorded: Recorded,
+    ctx: &Context,
+) {
+    if unreported.new.count == 0 {
+        return;
+    }
+    ctx.metrics.record_max_deliveries(
+        &consumer.namespace().unwrap_or_default(),
+        &consumer.name_any(),
+        unreported.new.count,
+    );
+    let max_deliver = consumer.spec.max_deliver.unwrap_or_default();
+    let note = max_deliveries::warning(unreported.new.count, recorded, max_deliver, stream);
+    warning(consumer, ctx, Notice::warning("MaxDeliveriesReached", note)).await;
+}
+
+/// Logs `notice` as a warning and publishes it about `consumer`.
+async fn warning(consumer: &AuditConsumer, ctx: &Context, notice: Notice) {
+    warn!(consumer = %consumer.durable_name(), namespace = consumer.namespace().unwrap_or_default(), reason = notice.reason, "{}", notice.note);
+    report::publish(&ctx.recorder, &consumer.object_ref(&()), "Apply", notice).await;
+}
+
+/// What a successful pass produced.
+struct Reconciled {
+    stream_name: String,
+    change: Change,
+    info: async_nats::jetstream::consumer::Info,
+    deployment: Deployment,
+}
+
+/// The pipeline; a failure says at which stage it stopped, for the detail conditions.
+async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled, Failure> {
+    let namespace = consumer.namespace().unwrap_or_default();
+    let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let referenced = match dereference::dereference(consumer, &streams, &secrets).await {
+        Ok(referenced) => referenced,
+        Err(error) => {
+            let instance = ctx.options.instance.as_deref();
+            let error =
+                report::unless_namespace_terminating(&ctx.client, consumer, instance, error).await;
+            return Err(Failure {
+                stage: Stage::Stream,
+                stream_name: None,
+                error,
+            });
+        }
+    };
+    let stream_name = referenced.stream_name.clone();
+    let at = |stage: Stage| {
+        let stream_name = stream_name.clone();
+        move |error: Error| Failure {
+            stage,
+            stream_name: Some(stream_name),
+            error,
+        }
+    };
+
+    let valid = validate::validate(consumer, &referenced, &ctx.options.consumer_image)
+        .map_err(at(Stage::Consumer))?;
+    let desired = nats_consumer::desired_config(&valid);
+    let nats = ctx
+        .pool
+        .jetstream(&PoolUser::of(consumer), &referenced.connection)
+        .await
+        .map_err(at(Stage::Consumer))?;
+    let (change, info) = apply::apply_consumer(&nats.context, &stream_name, &desired)
+        .await
+        .map_err(at(Stage::Consumer))?;
+    // Listen once the durable exists: NATS advises only while someone listens.
+    if valid.max_deliver > 0 {
+        let subject = max_deliveries::advisory_subject(&stream_name, &valid.durable_name);
+        ctx.state
+            .max_deliveries
+            .watch(&object_ref(consumer), &nats.client, subject)
+            .await
+            .map_err(at(Stage::Consumer))?;
+    } else {
+        ctx.state.max_deliveries.forget(&object_ref(consumer));
+    }
+
+    let deployment = apply_workload(consumer, &valid, ctx)
+        .await
+        .map_err(at(Stage::Workload))?;
+    Ok(Reconciled {
+        stream_name,
+        change,
+        info,
+        deployment,
+    })
+}
+
+/// Applies every workload object the spec asks for and removes the optional ones it no longer
+/// asks for; returns the Deployment as the server has it (with its status).
+async fn apply_workload(
+    consumer: &AuditConsumer,
+    valid: &ValidConsumer,
+    ctx: &Context,
+) -> Result<Deployment> {
+    let client = &ctx.client;
+    let uid = consumer.uid().unwrap_or_default();
+    let namespace = consumer.namespace().unwrap_or_default();
+    let name = workload_name(&valid.name);
+    apply::apply_owned(client, &build::service_account::build(valid), &uid).await?;
+    let deployment = apply::apply_owned(client, &build::deployment::build(valid), &uid).await?;
+    match build::pdb::build(valid) {
+        Some(pdb) => drop(apply::apply_owned(client, &pdb, &uid).await?),
+        None => apply::remove_owned::<PodDisruptionBudget>(client, &namespace, &name, &uid).await?,
+    }
+    match build::network_policy::build(valid) {
+        Some(policy) => drop(apply::apply_owned(client, &policy, &uid).await?),
+        None => apply::remove_owned::<NetworkPolicy>(client, &namespace, &name, &uid).await?,
+    }
+    Ok(deployment)
+}
