@@ -179,7 +179,8 @@ impl ChainInput {
         let mut findings = Vec::new();
         // Position -> the first line that claims it.
         let mut by_seq: BTreeMap<u64, &Entry> = BTreeMap::new();
-        let mut highest = 0;
+        // Order is judged within each source: rotated files may be given in any order.
+        let mut highest_in_source: BTreeMap<usize, u64> = BTreeMap::new();
         for entry in &self.lines {
             match by_seq.entry(entry.seq) {
                 btree_map::Entry::Occupied(first) => {
@@ -200,14 +201,15 @@ impl ChainInput {
                     vacant.insert(entry);
                 }
             }
-            if entry.seq < highest {
+            let highest = highest_in_source.entry(entry.at.source).or_default();
+            if entry.seq < *highest {
                 findings.push(Finding::Reordered {
                     seq: entry.seq,
-                    after: highest,
+                    after: *highest,
                     at: entry.at,
                 });
             }
-            highest = highest.max(entry.seq);
+            *highest = (*highest).max(entry.seq);
         }
 
         // A line is altered when what vouches for it (the next line's `prev`, a head)
@@ -389,6 +391,26 @@ mod tests {
                 at: at(4)
             }]
         );
+    }
+
+    #[test]
+    fn files_may_come_in_any_order() {
+        let (lines, heads) = chain_of(ID, 10);
+        let mut verifier = Verifier::default();
+        // The newer file first, as `ls` might list rotated logs.
+        for (source, range) in [(0, 5..10), (1, 0..5)] {
+            for (index, line) in lines[range].iter().enumerate() {
+                verifier.add_line(
+                    line,
+                    Location {
+                        source,
+                        line: index + 1,
+                    },
+                );
+            }
+        }
+        verifier.add_checkpoint(&checkpoint(&heads[9]));
+        assert_eq!(verifier.reports()[0].status(), Status::Complete);
     }
 
     #[test]
