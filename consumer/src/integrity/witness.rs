@@ -42,6 +42,10 @@ struct Pending {
     current: Option<Written>,
     /// Final heads of chains that ended (after a failed write), oldest first.
     ended: Vec<Written>,
+    /// `current` is `every_lines` past the head last asked for: publish it now. Decided by
+    /// the worker, which counts the lines, so that a head published a few lines late does
+    /// not make the next one wait for a second wake.
+    lines_reached: bool,
     finishing: bool,
 }
 
@@ -94,10 +98,13 @@ impl Witness {
     /// The lines up to `head` have been written and flushed.
     pub fn written(&mut self, head: Head) {
         let wake = head.seq.saturating_sub(self.woken_at) >= self.every_lines;
-        self.shared.pending().current = Some(Written {
+        let mut pending = self.shared.pending();
+        pending.lines_reached |= wake;
+        pending.current = Some(Written {
             head: head.clone(),
             time_nanos: now_nanos(),
         });
+        drop(pending);
         if wake {
             self.woken_at = head.seq;
             self.shared.wake.notify_one();
@@ -155,11 +162,12 @@ impl Publisher {
         let mut last_publish = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            let (ended, current, finishing) = {
+            let (ended, current, lines_reached, finishing) = {
                 let mut pending = shared.pending();
                 (
                     std::mem::take(&mut pending.ended),
                     pending.current.clone(),
+                    std::mem::take(&mut pending.lines_reached),
                     pending.finishing,
                 )
             };
@@ -182,6 +190,7 @@ impl Publisher {
                     _ => current.head.seq,
                 };
                 let due = finishing
+                    || lines_reached
                     || behind >= self.config.every_lines
                     || last_publish.elapsed() >= self.config.interval;
                 if behind > 0 && due {
@@ -189,6 +198,7 @@ impl Publisher {
                         published = Some(current.head);
                         last_publish = Instant::now();
                     } else {
+                        shared.pending().lines_reached |= lines_reached;
                         failed = true;
                     }
                 }
