@@ -1,7 +1,9 @@
 //! audit-consumer --integrity against a real nats-server: two pods write hash-chained lines
 //! and publish signed heads to an append-only witness stream; `audit-consumer verify` finds
 //! a clean log complete, and locates a deleted line, an edited character, two swapped lines,
-//! a cut tail and a dropped pod; a head signed by another key is rejected.
+//! a cut tail and a dropped pod; a head signed by another key is rejected; a killed pod's
+//! lines after its last head are unwitnessed, not a problem, and its replacement starts a
+//! chain of its own.
 
 mod consumer_support;
 
@@ -52,7 +54,8 @@ impl SigningKey {
     }
 }
 
-fn integrity_options<'a>(key: &'a SigningKey, pod: &'a str) -> Vec<&'a str> {
+/// A head every 50 lines or `interval`.
+fn integrity_options<'a>(key: &'a SigningKey, pod: &'a str, interval: &'a str) -> Vec<&'a str> {
     vec![
         "--integrity",
         "--integrity-key-file",
@@ -62,7 +65,7 @@ fn integrity_options<'a>(key: &'a SigningKey, pod: &'a str) -> Vec<&'a str> {
         "--integrity-checkpoint-lines",
         "50",
         "--integrity-checkpoint-interval",
-        "1s",
+        interval,
         "--batch",
         "10",
     ]
@@ -152,8 +155,16 @@ async fn a_clean_log_verifies_and_each_tampering_is_located() -> anyhow::Result<
     create_witness_stream(&js).await?;
     let key = SigningKey::new()?;
 
-    let pod_a = ConsumerProcess::start(&server.url(), "logger", &integrity_options(&key, "pod-a"))?;
-    let pod_b = ConsumerProcess::start(&server.url(), "logger", &integrity_options(&key, "pod-b"))?;
+    let pod_a = ConsumerProcess::start(
+        &server.url(),
+        "logger",
+        &integrity_options(&key, "pod-a", "1s"),
+    )?;
+    let pod_b = ConsumerProcess::start(
+        &server.url(),
+        "logger",
+        &integrity_options(&key, "pod-b", "1s"),
+    )?;
     pod_a.wait_ready(true, Duration::from_secs(30)).await?;
     pod_b.wait_ready(true, Duration::from_secs(30)).await?;
     publish_events(&js, "evt", 600).await?;
@@ -287,7 +298,7 @@ async fn a_head_signed_with_another_key_is_rejected() -> anyhow::Result<()> {
     create_stream_and_consumer(&js, "texts", Duration::from_secs(30)).await?;
     create_witness_stream(&js).await?;
     let key = SigningKey::new()?;
-    let mut options = integrity_options(&key, "pod-t");
+    let mut options = integrity_options(&key, "pod-t", "1s");
     options.extend(["--format", "text"]);
     let pod = ConsumerProcess::start(&server.url(), "texts", &options)?;
     publish_events(&js, "txt", 120).await?;
@@ -349,6 +360,65 @@ async fn a_head_signed_with_another_key_is_rejected() -> anyhow::Result<()> {
     assert_eq!(code, 1, "{report}");
     assert!(
         report.contains(&format!("chain={chain} status=unwitnessed")),
+        "{report}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_pod_leaves_an_unwitnessed_tail_and_its_replacement_a_new_chain()
+-> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    create_stream_and_consumer(&js, "restarts", Duration::from_secs(30)).await?;
+    create_witness_stream(&js).await?;
+    let key = SigningKey::new()?;
+    // Heads by count only (every 50 lines), so that the last lines stay unwitnessed.
+    let options = integrity_options(&key, "pod-r", "1h");
+
+    publish_events(&js, "first", 170).await?;
+    let mut killed = ConsumerProcess::start(&server.url(), "restarts", &options)?;
+    let mut lines = killed.read_lines(170, Duration::from_secs(60)).await?;
+    wait_until_drained(&js, "restarts").await?;
+    // Fewer than 50 more: no head will cover them before the kill.
+    publish_events(&js, "late", 20).await?;
+    lines.extend(killed.read_lines(20, Duration::from_secs(60)).await?);
+    wait_until_drained(&js, "restarts").await?;
+    killed.kill()?;
+    killed.wait_exit(Duration::from_secs(10)).await?;
+    lines.extend(killed.remaining_lines(Duration::from_secs(5)).await?);
+    assert_eq!(lines.len(), 190);
+
+    // The same pod name, restarted.
+    let replacement = ConsumerProcess::start(&server.url(), "restarts", &options)?;
+    publish_events(&js, "second", 30).await?;
+    wait_until_drained(&js, "restarts").await?;
+    let second = lines_until_stopped(replacement).await?;
+    assert_eq!(second.len(), 30);
+    let (first_chain, second_chain) = (chain_of(&lines[0]), chain_of(&second[0]));
+    assert_ne!(first_chain, second_chain, "a restart starts a new chain");
+    lines.extend(second);
+
+    let (code, report, _, _dir) = verify_lines(&server, &key, &lines).await?;
+    assert_eq!(code, 3, "unwitnessed lines, and no problem: {report}");
+    assert!(report.contains("problems=0 rejected_heads=0"), "{report}");
+    let summary = report
+        .lines()
+        .find(|line| line.starts_with(&format!("chain={first_chain} status=unwitnessed")))
+        .unwrap_or_else(|| panic!("{report}"));
+    let witnessed: u64 = summary.rsplit_once("witnessed=").unwrap().1.parse()?;
+    assert!((50..=170).contains(&witnessed), "{summary}");
+    assert!(
+        report.contains(&format!(
+            "chain={first_chain} finding=unwitnessed positions={}-190\n",
+            witnessed + 1
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "chain={second_chain} status=complete lines=30 witnessed=30"
+        )),
         "{report}"
     );
     Ok(())
