@@ -340,3 +340,55 @@ fn quoted(value: &str) -> String {
         serde_json::to_string(value).expect("a string always serializes")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_reads_keys_files_and_connection_options() {
+        VerifyArgs::command().debug_assert();
+        let args = VerifyArgs::try_parse_from([
+            "verify",
+            "--nats-url",
+            "nats://a:4222",
+            "--creds-file",
+            "/s/auditor.creds",
+            "--public-key",
+            "AOLD,ANEW",
+            "--since",
+            "2026-11-28T00:00:00Z",
+            "pod-a.log",
+            "-",
+        ])
+        .unwrap();
+        assert_eq!(args.public_key, ["AOLD", "ANEW"]);
+        assert_eq!(args.integrity_stream, "AUDIT_INTEGRITY");
+        assert_eq!(args.files, [PathBuf::from("pod-a.log"), PathBuf::from("-")]);
+        assert!(args.since.is_some());
+        assert!(VerifyArgs::try_parse_from(["verify", "--nats-url", "nats://a:4222"]).is_err());
+    }
+
+    #[test]
+    fn findings_are_key_value_lines_with_their_location() {
+        let sources = ["logs/pod a.log".to_owned()];
+        let at = Location {
+            source: 0,
+            line: 61,
+        };
+        assert_eq!(
+            finding_line("c/p/t", &Finding::Altered { seq: 60, at }, &sources),
+            r#"chain=c/p/t finding=altered position=60 at="logs/pod a.log:61""#
+        );
+        assert_eq!(
+            finding_line("c/p/t", &Finding::Missing { from: 4, to: 4 }, &sources),
+            "chain=c/p/t finding=missing positions=4"
+        );
+        assert_eq!(
+            finding_line("c/p/t", &Finding::Truncated { from: 8, to: 10 }, &sources),
+            "chain=c/p/t finding=truncated positions=8-10"
+        );
+    }
+}
