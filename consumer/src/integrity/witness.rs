@@ -277,3 +277,62 @@ fn now_nanos() -> i128 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos() as i128)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(chain: &str, seq: u64) -> Head {
+        Head {
+            chain: Arc::from(chain),
+            seq,
+            hash: blake3::hash(&seq.to_le_bytes()),
+        }
+    }
+
+    fn witness(every_lines: u64) -> Witness {
+        Witness {
+            shared: Arc::new(Shared {
+                pending: Mutex::new(Pending::default()),
+                wake: Notify::new(),
+            }),
+            every_lines,
+            woken_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_publisher_is_asked_for_a_head_each_time_the_line_count_is_reached() {
+        let mut witness = witness(100);
+        let asked = |witness: &Witness| std::mem::take(&mut witness.shared.pending().lines_reached);
+        witness.written(head("a", 60));
+        assert!(!asked(&witness));
+        witness.written(head("a", 110));
+        assert!(asked(&witness), "100 lines since the start");
+        witness.written(head("a", 200));
+        assert!(!asked(&witness), "90 lines since the last ask");
+        witness.written(head("a", 210));
+        assert!(asked(&witness));
+        assert_eq!(
+            witness.shared.pending().current.as_ref().unwrap().head,
+            head("a", 210)
+        );
+    }
+
+    #[test]
+    fn an_ended_chain_keeps_its_last_written_head_for_the_publisher() {
+        let mut witness = witness(100);
+        witness.written(head("a", 30));
+        witness.chain_ended();
+        witness.chain_ended();
+        witness.written(head("b", 5));
+        let pending = witness.shared.pending();
+        let ended: Vec<&Head> = pending.ended.iter().map(|written| &written.head).collect();
+        assert_eq!(
+            ended,
+            [&head("a", 30)],
+            "a chain without lines leaves no head"
+        );
+        assert_eq!(pending.current.as_ref().unwrap().head, head("b", 5));
+    }
+}
