@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Throughput benchmark of audit-consumer against a real nats-server (see docs/benchmarks.md).
 #
-# Preloads EVENTS ~200-byte CloudEvents into a file-backed stream, then drains it twice with
-# separate durable consumers: once with a bare async-nats pull-and-ack loop (the ceiling:
-# no parsing, no output) and once with the real audit-consumer binary writing to /dev/null,
-# both with the same batch and max-bytes settings and explicit per-message acks. Prints
-# events/s for both, the ratio, and the peak RSS of each process.
+# Preloads EVENTS ~200-byte CloudEvents into a file-backed stream, then drains it three times
+# with separate durable consumers: once with a bare async-nats pull-and-ack loop (the
+# ceiling: no parsing, no output), and twice with the real audit-consumer binary writing to
+# /dev/null, without and with --integrity (hash-chained lines, signed heads published to a
+# witness stream at the default checkpoint settings), all with the same batch and max-bytes
+# settings and explicit per-message acks. Prints events/s for each, the ratios, and the
+# peak RSS of each process.
 #
 # Environment: EVENTS (default 1000000), BATCH (256), MAX_BYTES (4194304), ROUNDS (1),
 # NATS_PORT (14333), HEALTH_PORT (18333). Only 127.0.0.1 is used.
@@ -21,7 +23,8 @@ HEALTH_PORT=${HEALTH_PORT:-18333}
 URL="nats://127.0.0.1:${NATS_PORT}"
 
 bin_dir=$(bash hack/testenv.sh | tail -1)
-cargo build --release --quiet -p audit-consumer --bin audit-consumer --example ceiling --example preload
+cargo build --release --quiet -p audit-consumer --bin audit-consumer --example ceiling --example preload \
+    --example witness_setup
 target=${CARGO_TARGET_DIR:-target}/release
 
 work=$(mktemp -d)
@@ -42,6 +45,7 @@ for _ in $(seq 100); do
 done
 
 "$target/examples/preload" "$URL" BENCH bench.events "$EVENTS"
+"$target/examples/witness_setup" "$URL" BENCH_INTEGRITY 'bench-integrity.>' "$work/seed.nk" >/dev/null
 
 # Peak RSS in KiB of a running process.
 peak_rss() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
@@ -51,30 +55,51 @@ acked() {
         awk '/^audit_consumer_events_total\{outcome="acked"/ { sum += $2 } END { print sum + 0 }'
 }
 
+# Drains the stream with the audit-consumer binary as durable consumer $1, extra options
+# after it; sets drained="<events/s> <seconds> <peak RSS KiB> <chain heads published
+# meanwhile>". Runs in this shell, so that the EXIT trap knows the consumer's pid.
+drain() {
+    local name=$1
+    shift
+    local start end rss heads
+    start=$(date +%s.%N)
+    "$target/audit-consumer" --nats-url "$URL" --stream BENCH --consumer "$name" \
+        --create --subjects bench.events --batch "$BATCH" --max-bytes "$MAX_BYTES" \
+        --health-listen "127.0.0.1:${HEALTH_PORT}" --log-level warn "$@" \
+        >/dev/null 2>"$work/consumer.log" &
+    consumer_pid=$!
+    while (($(acked) < EVENTS)); do
+        kill -0 "$consumer_pid" || { cat "$work/consumer.log" >&2; exit 1; }
+        sleep 0.02
+    done
+    end=$(date +%s.%N)
+    rss=$(peak_rss "$consumer_pid")
+    heads=$(curl -fsS "http://127.0.0.1:${HEALTH_PORT}/metrics" |
+        awk '/^audit_consumer_integrity_checkpoints_total\{outcome="published"\}/ { n = $2 } END { print n + 0 }')
+    kill -TERM "$consumer_pid"
+    wait "$consumer_pid"
+    consumer_pid=""
+    drained=$(awk -v n="$EVENTS" -v s="$start" -v e="$end" -v r="$rss" -v h="$heads" \
+        'BEGIN { printf "%.0f %.2f %d %d\n", n / (e - s), e - s, r, h }')
+}
+
 for round in $(seq "$ROUNDS"); do
     ceiling_line=$(/usr/bin/time -f "ceiling_rss_kib=%M" -o "$work/ceiling.time" \
         "$target/examples/ceiling" "$URL" BENCH "ceiling-$round" "$EVENTS" "$BATCH" "$MAX_BYTES")
     ceiling_rate=$(sed -E 's/.*= ([0-9]+) events\/s/\1/' <<<"$ceiling_line")
     ceiling_rss=$(sed -E 's/.*=//' "$work/ceiling.time")
-
-    start=$(date +%s.%N)
-    "$target/audit-consumer" --nats-url "$URL" --stream BENCH --consumer "audit-$round" \
-        --create --subjects bench.events --batch "$BATCH" --max-bytes "$MAX_BYTES" \
-        --health-listen "127.0.0.1:${HEALTH_PORT}" --log-level warn >/dev/null 2>"$work/consumer.log" &
-    consumer_pid=$!
-    while (($(acked) < EVENTS)); do
-        kill -0 "$consumer_pid" || { cat "$work/consumer.log"; exit 1; }
-        sleep 0.02
-    done
-    end=$(date +%s.%N)
-    consumer_rss=$(peak_rss "$consumer_pid")
-    kill -TERM "$consumer_pid"
-    wait "$consumer_pid"
-    consumer_pid=""
-
-    awk -v n="$EVENTS" -v s="$start" -v e="$end" -v c="$ceiling_rate" -v cr="$ceiling_rss" -v ar="$consumer_rss" -v r="$round" 'BEGIN {
-        rate = n / (e - s)
-        printf "round %d: ceiling %.0f events/s (peak RSS %.1f MiB), audit-consumer %.0f events/s (%.2fs, peak RSS %.1f MiB), ratio %.1f%%\n",
-            r, c, cr / 1024, rate, e - s, ar / 1024, 100 * rate / c
+    drain "audit-$round"
+    read -r plain_rate plain_secs plain_rss _ <<<"$drained"
+    drain "chained-$round" --integrity --integrity-key-file "$work/seed.nk" \
+        --integrity-stream BENCH_INTEGRITY --integrity-subject "bench-integrity.chained-$round"
+    read -r chained_rate chained_secs chained_rss heads <<<"$drained"
+    awk -v c="$ceiling_rate" -v cr="$ceiling_rss" -v r="$round" \
+        -v p="$plain_rate" -v ps="$plain_secs" -v pr="$plain_rss" \
+        -v i="$chained_rate" -v is="$chained_secs" -v ir="$chained_rss" -v h="$heads" 'BEGIN {
+        printf "round %d: ceiling %.0f events/s (peak RSS %.1f MiB)\n", r, c, cr / 1024
+        printf "  audit-consumer             %.0f events/s (%.2fs, peak RSS %.1f MiB), ratio %.1f%%\n",
+            p, ps, pr / 1024, 100 * p / c
+        printf "  audit-consumer --integrity %.0f events/s (%.2fs, peak RSS %.1f MiB), ratio %.1f%%, %.1f%% of plain, %d heads\n",
+            i, is, ir / 1024, 100 * i / c, 100 * i / p, h
     }'
 done

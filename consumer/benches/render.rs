@@ -1,9 +1,11 @@
-//! Parse + format cost per event: the consumer's hot path without any I/O.
+//! Parse + format cost per event: the consumer's hot path without any I/O; with
+//! `/integrity`, the line also sealed into a hash chain as `--integrity` does.
 
 use std::hint::black_box;
 
 use async_nats::HeaderMap;
 use audit_consumer::format::{Format, LineRenderer, Metadata};
+use audit_consumer::integrity::chain::{Chain, chain_id};
 use audit_consumer::redact::RedactKeys;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -40,6 +42,24 @@ fn bench(c: &mut Criterion) {
                     black_box(renderer.render(black_box(&meta), black_box(payload), &mut out));
                 })
             });
+            let mut chain = Chain::new(
+                format,
+                chain_id(
+                    "audit-logger",
+                    "audit-logger-7d9f8c6b5-x2x9k",
+                    1_795_000_000_000_000_000,
+                ),
+            );
+            group.bench_function(
+                format!("{format:?}/{name}/{}B/integrity", payload.len()),
+                |b| {
+                    b.iter(|| {
+                        out.clear();
+                        black_box(renderer.render(black_box(&meta), black_box(payload), &mut out));
+                        chain.seal(&mut out, 0);
+                    })
+                },
+            );
         }
     }
     group.finish();

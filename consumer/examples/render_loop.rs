@@ -9,13 +9,15 @@
 //!
 //! Arguments: `json` or `text`; `structured`, `raw` (the events of `benches/render.rs`, with
 //! the same metadata and redaction keys) or the path of a file holding a payload; how many
-//! times to render it. The cost of one event is the difference between the totals of a run
+//! times to render it; optionally `integrity`, to seal each line into a hash chain as
+//! `--integrity` does. The cost of one event is the difference between the totals of a run
 //! with that count and a run with 0, divided by the count.
 
 use std::hint::black_box;
 
 use async_nats::HeaderMap;
 use audit_consumer::format::{Format, LineRenderer, Metadata};
+use audit_consumer::integrity::chain::{Chain, chain_id};
 use audit_consumer::redact::RedactKeys;
 
 const STRUCTURED: &[u8] = br#"{"specversion":"1.0","id":"5f0c6a2e-0d4b-4a43-9a57-1d2c","source":"/iam/login","type":"user.login","time":"2026-11-22T10:00:00Z","data":{"user":"alice","ip":"10.1.2.3","password":"hunter2","ok":true}}"#;
@@ -23,9 +25,15 @@ const RAW: &[u8] = b"2026-11-22T10:00:00Z alice logged in from 10.1.2.3 using pa
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [format, payload, count] = args.as_slice() else {
-        eprintln!("usage: render_loop json|text structured|raw|FILE COUNT");
-        std::process::exit(2);
+    let (format, payload, count, integrity) = match args.as_slice() {
+        [format, payload, count] => (format, payload, count, false),
+        [format, payload, count, integrity] if integrity == "integrity" => {
+            (format, payload, count, true)
+        }
+        _ => {
+            eprintln!("usage: render_loop json|text structured|raw|FILE COUNT [integrity]");
+            std::process::exit(2);
+        }
     };
     let format = match format.as_str() {
         "json" => Format::Json,
@@ -60,9 +68,22 @@ fn main() {
         format,
         RedactKeys::new(["password", "token", "authorization"]),
     );
+    let mut chain = integrity.then(|| {
+        Chain::new(
+            format,
+            chain_id(
+                "audit-logger",
+                "audit-logger-7d9f8c6b5-x2x9k",
+                1_795_000_000_000_000_000,
+            ),
+        )
+    });
     let mut out = Vec::with_capacity(4096);
     for _ in 0..count {
         out.clear();
         black_box(renderer.render(black_box(&meta), black_box(payload), &mut out));
+        if let Some(chain) = &mut chain {
+            chain.seal(&mut out, 0);
+        }
     }
 }

@@ -21,7 +21,9 @@ use crate::format::Format;
     about = "Drains a durable NATS JetStream pull consumer: one log line per audit event on \
              standard output, each event acked only after its line has been written.",
     after_help = "Every option can also be set through the environment variable shown with it. \
-                  Diagnostics go to standard error; standard output carries only events."
+                  Diagnostics go to standard error; standard output carries only events. \
+                  `audit-consumer verify --help` tells how to check a log written with \
+                  --integrity."
 )]
 pub struct Args {
     #[command(flatten)]
@@ -32,6 +34,8 @@ pub struct Args {
     pub pull: PullArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub integrity: IntegrityArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -247,6 +251,66 @@ pub struct OutputArgs {
 }
 
 #[derive(Debug, Clone, ClapArgs)]
+#[command(next_help_heading = "Integrity (tamper-evident output)")]
+pub struct IntegrityArgs {
+    /// Hash-chain the output: every line carries its chain, its position and the hash of the
+    /// chain's previous line, and the chain's head is published, signed, to --integrity-stream.
+    #[arg(long, env = "AUDIT_CONSUMER_INTEGRITY")]
+    pub integrity: bool,
+
+    /// File holding the NKey seed (`S...`, any NKey type) whose Ed25519 key signs the chain
+    /// heads; `audit-consumer verify` checks them with its public key.
+    #[arg(long, env = "AUDIT_CONSUMER_INTEGRITY_KEY_FILE", value_name = "PATH")]
+    pub integrity_key_file: Option<PathBuf>,
+
+    /// The witness stream: append-only (deny delete and purge), created beforehand.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_INTEGRITY_STREAM",
+        default_value = "AUDIT_INTEGRITY"
+    )]
+    pub integrity_stream: String,
+
+    /// The subject chain heads are published on; the witness stream must capture it.
+    /// Default: `audit-integrity.<stream>.<consumer>`.
+    #[arg(long, env = "AUDIT_CONSUMER_INTEGRITY_SUBJECT")]
+    pub integrity_subject: Option<String>,
+
+    /// A chain head is published after at most this many lines...
+    #[arg(long, env = "AUDIT_CONSUMER_INTEGRITY_CHECKPOINT_LINES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub integrity_checkpoint_lines: u64,
+
+    /// ...or this long after the previous one, whichever comes first; and at shutdown.
+    #[arg(long, env = "AUDIT_CONSUMER_INTEGRITY_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub integrity_checkpoint_interval: Duration,
+
+    /// The name of this pod in chain ids. Default: the HOSTNAME environment variable, which
+    /// Kubernetes sets to the pod's name.
+    #[arg(long, env = "AUDIT_CONSUMER_INTEGRITY_POD")]
+    pub integrity_pod: Option<String>,
+}
+
+impl IntegrityArgs {
+    /// --integrity-subject, or its default for the consumer bound by `binding`.
+    pub fn subject(&self, binding: &BindingArgs) -> String {
+        self.integrity_subject
+            .clone()
+            .unwrap_or_else(|| format!("audit-integrity.{}.{}", binding.stream, binding.consumer))
+    }
+
+    /// --integrity-pod, else HOSTNAME, else the kernel's host name (a pod's name too).
+    pub fn pod_name(&self) -> String {
+        self.integrity_pod
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    }
+}
+
+#[derive(Debug, Clone, ClapArgs)]
 #[command(next_help_heading = "Health and diagnostics")]
 pub struct RuntimeArgs {
     /// Address of the HTTP listener serving /livez, /readyz and /metrics.
@@ -296,6 +360,18 @@ impl Args {
                 .all(|subject| subject.is_empty())
         {
             return Err("--create needs --subjects (the subjects the stream captures)".into());
+        }
+        if self.integrity.integrity {
+            if self.integrity.integrity_key_file.is_none() {
+                return Err(
+                    "--integrity needs --integrity-key-file (the NKey seed that signs \
+                            the chain heads)"
+                        .into(),
+                );
+            }
+            if self.integrity.integrity_checkpoint_interval.is_zero() {
+                return Err("--integrity-checkpoint-interval must be non-zero".into());
+            }
         }
         if self.runtime.info_interval.is_zero() {
             return Err("--info-interval must be non-zero".into());
@@ -412,6 +488,19 @@ mod tests {
         let args = parse(&args).unwrap();
         assert_eq!(args.nats.user_file, Some(PathBuf::from("/s/username")));
         assert_eq!(args.nats.user, None);
+    }
+
+    #[test]
+    fn integrity_needs_a_signing_key() {
+        let mut args = REQUIRED.to_vec();
+        args.push("--integrity");
+        assert!(parse(&args).unwrap().validate().is_err());
+        args.extend(["--integrity-key-file", "/s/seed"]);
+        let args = parse(&args).unwrap();
+        args.validate().unwrap();
+        assert_eq!(args.integrity.integrity_stream, "AUDIT_INTEGRITY");
+        assert_eq!(args.integrity.integrity_checkpoint_lines, 10_000);
+        assert_eq!(args.integrity.subject(&args.binding), "audit-integrity.S.C");
     }
 
     #[test]

@@ -37,18 +37,30 @@ pub async fn connect(args: &NatsArgs, metrics: Arc<Metrics>) -> Result<Client> {
             }
         }
     });
-    let urls: Vec<&str> = args
-        .nats_url
+    options
+        .connect(server_addrs(args)?)
+        .await
+        .map_err(Error::Connect)
+}
+
+/// A connection for a command that runs once (`verify`): the same authentication and TLS,
+/// but an unreachable server is an error at once rather than retried forever.
+pub async fn connect_once(args: &NatsArgs) -> Result<Client> {
+    authenticated(args, ConnectOptions::new().name("audit-consumer-verify"))
+        .await?
+        .connect(server_addrs(args)?)
+        .await
+        .map_err(Error::Connect)
+}
+
+fn server_addrs(args: &NatsArgs) -> Result<Vec<async_nats::ServerAddr>> {
+    args.nats_url
         .iter()
         .map(|url| url.trim())
         .filter(|url| !url.is_empty())
-        .collect();
-    let addrs: Vec<async_nats::ServerAddr> = urls
-        .iter()
         .map(|url| url.parse())
         .collect::<Result<_, _>>()
-        .map_err(|err| Error::Config(format!("--nats-url: {err}")))?;
-    options.connect(addrs).await.map_err(Error::Connect)
+        .map_err(|err| Error::Config(format!("--nats-url: {err}")))
 }
 
 pub fn jetstream(client: Client, args: &NatsArgs) -> jetstream::Context {
@@ -60,11 +72,16 @@ pub fn jetstream(client: Client, args: &NatsArgs) -> jetstream::Context {
 }
 
 async fn options(args: &NatsArgs) -> Result<ConnectOptions> {
-    let mut options = ConnectOptions::new()
+    let options = ConnectOptions::new()
         .name("audit-consumer")
         .retry_on_initial_connect()
         .max_reconnects(None)
         .ping_interval(PING_INTERVAL);
+    authenticated(args, options).await
+}
+
+/// `options` with the credentials and TLS settings of `args`.
+async fn authenticated(args: &NatsArgs, mut options: ConnectOptions) -> Result<ConnectOptions> {
     if let Some(path) = &args.creds_file {
         options = options
             .credentials_file(path)
@@ -105,7 +122,7 @@ async fn options(args: &NatsArgs) -> Result<ConnectOptions> {
 
 /// Reads a secret from a mounted file. The trailing newline that editors and `kubectl create
 /// secret --from-file` often leave is not part of the secret.
-async fn read_secret(what: &'static str, path: &Path) -> Result<String> {
+pub(crate) async fn read_secret(what: &'static str, path: &Path) -> Result<String> {
     let contents = tokio::fs::read_to_string(path)
         .await
         .map_err(|source| read_error(what, path, source))?;

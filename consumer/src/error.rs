@@ -48,6 +48,19 @@ pub enum Error {
 
     #[error("standard output is closed ({0}); events are no longer being written")]
     OutputClosed(#[source] std::io::Error),
+
+    #[error("cannot read the log {path}: {source}")]
+    ReadLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "cannot read the chain heads from the witness stream {stream:?}: {reason}; check \
+         --integrity-stream and the connection options"
+    )]
+    Witness { stream: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -56,7 +69,11 @@ impl Error {
     /// Process exit status: 2 for a configuration the user must fix, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::ReadSecret { .. } | Error::Connect(_) => 2,
+            Error::Config(_)
+            | Error::ReadSecret { .. }
+            | Error::Connect(_)
+            | Error::ReadLog { .. }
+            | Error::Witness { .. } => 2,
             _ => 1,
         }
     }

@@ -32,6 +32,13 @@ pub enum Flag {
     Format(Format),
     RedactKeys(Vec<String>),
     HealthListen(SocketAddr),
+    /// `--integrity`, a switch without a value.
+    Integrity,
+    IntegrityKeyFile(PathBuf),
+    IntegrityStream(String),
+    IntegritySubject(String),
+    IntegrityCheckpointLines(u64),
+    IntegrityCheckpointInterval(Duration),
 }
 
 impl Flag {
@@ -57,13 +64,20 @@ impl Flag {
             Flag::Format(_) => "format",
             Flag::RedactKeys(_) => "redact-keys",
             Flag::HealthListen(_) => "health-listen",
+            Flag::Integrity => "integrity",
+            Flag::IntegrityKeyFile(_) => "integrity-key-file",
+            Flag::IntegrityStream(_) => "integrity-stream",
+            Flag::IntegritySubject(_) => "integrity-subject",
+            Flag::IntegrityCheckpointLines(_) => "integrity-checkpoint-lines",
+            Flag::IntegrityCheckpointInterval(_) => "integrity-checkpoint-interval",
         }
     }
 
     /// The value as `Args` parses it: lists comma-separated, durations as humantime writes
-    /// them.
-    fn value(&self) -> String {
-        match self {
+    /// them; none for a switch.
+    fn value(&self) -> Option<String> {
+        Some(match self {
+            Flag::Integrity => return None,
             Flag::NatsUrl(list) | Flag::RedactKeys(list) => list.join(","),
             Flag::CredsFile(path)
             | Flag::NkeySeedFile(path)
@@ -72,12 +86,20 @@ impl Flag {
             | Flag::TokenFile(path)
             | Flag::TlsCaFile(path)
             | Flag::TlsCertFile(path)
-            | Flag::TlsKeyFile(path) => path.display().to_string(),
-            Flag::JsDomain(text) | Flag::Stream(text) | Flag::Consumer(text) => text.clone(),
+            | Flag::TlsKeyFile(path)
+            | Flag::IntegrityKeyFile(path) => path.display().to_string(),
+            Flag::JsDomain(text)
+            | Flag::Stream(text)
+            | Flag::Consumer(text)
+            | Flag::IntegrityStream(text)
+            | Flag::IntegritySubject(text) => text.clone(),
             Flag::Batch(count) => count.to_string(),
             Flag::MaxBytes(bytes) => bytes.to_string(),
+            Flag::IntegrityCheckpointLines(count) => count.to_string(),
             // In the syntax the consumer parses durations with.
-            Flag::Expires(duration) | Flag::Heartbeat(duration) => {
+            Flag::Expires(duration)
+            | Flag::Heartbeat(duration)
+            | Flag::IntegrityCheckpointInterval(duration) => {
                 humantime::format_duration(*duration).to_string()
             }
             Flag::Format(format) => format
@@ -86,14 +108,17 @@ impl Flag {
                 .get_name()
                 .to_owned(),
             Flag::HealthListen(address) => address.to_string(),
-        }
+        })
     }
 }
 
 /// `--name=value`: one argument, so that no value can be read as another option.
 impl fmt::Display for Flag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "--{}={}", self.name(), self.value())
+        match self.value() {
+            Some(value) => write!(f, "--{}={value}", self.name()),
+            None => write!(f, "--{}", self.name()),
+        }
     }
 }
 
@@ -146,6 +171,25 @@ mod tests {
             Flag::Format(_) => Flag::Format(args.output.format),
             Flag::RedactKeys(_) => Flag::RedactKeys(args.output.redact_keys.clone()),
             Flag::HealthListen(_) => Flag::HealthListen(args.runtime.health_listen),
+            Flag::Integrity => {
+                assert!(args.integrity.integrity);
+                Flag::Integrity
+            }
+            Flag::IntegrityKeyFile(_) => {
+                Flag::IntegrityKeyFile(path(&args.integrity.integrity_key_file))
+            }
+            Flag::IntegrityStream(_) => {
+                Flag::IntegrityStream(args.integrity.integrity_stream.clone())
+            }
+            Flag::IntegritySubject(_) => {
+                Flag::IntegritySubject(args.integrity.integrity_subject.clone().unwrap_or_default())
+            }
+            Flag::IntegrityCheckpointLines(_) => {
+                Flag::IntegrityCheckpointLines(args.integrity.integrity_checkpoint_lines)
+            }
+            Flag::IntegrityCheckpointInterval(_) => {
+                Flag::IntegrityCheckpointInterval(args.integrity.integrity_checkpoint_interval)
+            }
         }
     }
 
@@ -172,6 +216,12 @@ mod tests {
             Flag::Format(Format::Text),
             Flag::RedactKeys(vec!["password".into(), "token".into()]),
             Flag::HealthListen("0.0.0.0:8080".parse().unwrap()),
+            Flag::Integrity,
+            Flag::IntegrityKeyFile(path("/s/integrity/seed.nk")),
+            Flag::IntegrityStream("AUDIT_WITNESS".into()),
+            Flag::IntegritySubject("witness.orders.reader".into()),
+            Flag::IntegrityCheckpointLines(500),
+            Flag::IntegrityCheckpointInterval(Duration::from_secs(30)),
         ] {
             assert_eq!(read_back(&flag, &parsed(&[&flag])), flag, "{flag}");
         }

@@ -318,7 +318,7 @@ fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Writes `nanos` since the epoch as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC). Hand-written
 /// because it runs once per event and a general formatter costs more than the whole line.
-fn write_rfc3339(out: &mut Vec<u8>, nanos: i128) {
+pub(crate) fn write_rfc3339(out: &mut Vec<u8>, nanos: i128) {
     // 64-bit nanoseconds reach from 1677 to 2262; only times beyond need 128-bit division.
     let (seconds, fraction) = match i64::try_from(nanos) {
         Ok(nanos) => (

@@ -16,6 +16,7 @@ pub mod event;
 pub mod flag;
 pub mod format;
 pub mod health;
+pub mod integrity;
 pub mod json;
 pub mod metrics;
 pub mod monitor;
@@ -37,6 +38,8 @@ use crate::delivery_limit::DeliveryLimit;
 use crate::error::{Error, Result};
 use crate::format::LineRenderer;
 use crate::health::Health;
+use crate::integrity::Integrity;
+use crate::integrity::witness::{self, WitnessConfig};
 use crate::metrics::Metrics;
 use crate::redact::RedactKeys;
 use crate::sink::Sink;
@@ -60,6 +63,15 @@ pub async fn run(args: Args) -> Result<()> {
     let shutdown = shutdown::listen(health.clone())
         .map_err(|err| Error::Config(format!("cannot handle signals: {err}")))?;
 
+    // Read before connecting: a missing or wrong key is a configuration error, found at once.
+    let integrity_key = match (
+        &args.integrity.integrity,
+        &args.integrity.integrity_key_file,
+    ) {
+        (true, Some(path)) => Some(integrity::read_key(path).await?),
+        _ => None,
+    };
+
     let client = connect::connect(&args.nats, metrics.clone()).await?;
     health.set_client(client.clone());
     let (bound, bound_rx) = watch::channel(None);
@@ -78,13 +90,34 @@ pub async fn run(args: Args) -> Result<()> {
         .try_clone_to_owned()
         .map(std::fs::File::from)
         .map_err(Error::OutputClosed)?;
+    let js = connect::jetstream(client.clone(), &args.nats);
+    let (integrity, witness_task) = match integrity_key {
+        Some(key) => {
+            let config = WitnessConfig {
+                stream: args.integrity.integrity_stream.clone(),
+                subject: args.integrity.subject(&args.binding),
+                every_lines: args.integrity.integrity_checkpoint_lines,
+                interval: args.integrity.integrity_checkpoint_interval,
+            };
+            let (witness, task) = witness::start(js.clone(), key, config, metrics.clone());
+            let integrity = Integrity::new(
+                args.output.format,
+                &args.binding.consumer,
+                &args.integrity.pod_name(),
+                witness,
+            );
+            (Some(integrity), Some(task))
+        }
+        None => (None, None),
+    };
     let worker = Worker {
-        js: connect::jetstream(client.clone(), &args.nats),
+        js,
         renderer: LineRenderer::new(
             args.output.format,
             RedactKeys::new(&args.output.redact_keys),
         ),
         sink: Sink::new(stdout),
+        integrity,
         binding: args.binding,
         pull: args.pull,
         health: health.clone(),
@@ -96,6 +129,10 @@ pub async fn run(args: Args) -> Result<()> {
     let result = worker.run().await;
     health.begin_shutdown();
     monitor.abort();
+    // Everything written is flushed: its head goes out before the connection closes.
+    if let Some(task) = witness_task {
+        task.finish(FINAL_FLUSH_TIMEOUT).await;
+    }
 
     // Acks and naks are pipelined publishes; make sure they reached the server before closing.
     match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, client.flush()).await {

@@ -1,4 +1,5 @@
-//! The audit-consumer binary: arguments, diagnostics on standard error, exit status.
+//! The audit-consumer binary: arguments, diagnostics on standard error, exit status; and its
+//! one subcommand, `verify`.
 
 #![forbid(unsafe_code)]
 
@@ -6,10 +7,19 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use audit_consumer::config::Args;
+use audit_consumer::integrity::verify_command::{self, VerifyArgs};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // A subcommand by hand: the consumer's own options stay a flat list that the operator's
+    // `Flag`s are tested against, with its required options required.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "verify")
+    {
+        return verify(VerifyArgs::parse_from(std::env::args_os().skip(1)));
+    }
     let args = Args::parse();
     let filter = match EnvFilter::try_new(&args.runtime.log_level) {
         Ok(filter) => filter,
@@ -43,16 +53,47 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) => failed(&err),
+    }
+}
+
+/// The report on standard output, warnings and errors on standard error.
+fn verify(args: VerifyArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
         Err(err) => {
-            let mut message = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                message.push_str(": ");
-                message.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            tracing::error!("{message}");
-            ExitCode::from(err.exit_code())
+            tracing::error!(%err, "cannot start the async runtime");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(verify_command::run(args, &mut std::io::stdout().lock()));
+    match result {
+        Ok(verdict) => ExitCode::from(verdict.exit_code()),
+        // Whatever stopped the check, the log was not shown to be complete.
+        Err(err) => {
+            failed(&err);
+            ExitCode::from(2)
         }
     }
+}
+
+/// Logs a fatal error with its causes; the exit status it calls for.
+fn failed(err: &audit_consumer::error::Error) -> ExitCode {
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    tracing::error!("{message}");
+    ExitCode::from(err.exit_code())
 }

@@ -35,6 +35,8 @@ pub struct Metrics {
     consumer_ack_pending: Gauge,
     write_errors: Counter,
     pull_errors: Family<[(&'static str, &'static str); 1], Counter>,
+    checkpoints: Family<[(&'static str, &'static str); 1], Counter>,
+    last_checkpoint: Gauge,
 }
 
 impl Metrics {
@@ -110,6 +112,20 @@ impl Metrics {
             "Errors from the pull subscription, by reason",
             pull_errors.clone(),
         );
+        let checkpoints = Family::default();
+        registry.register(
+            "integrity_checkpoints",
+            "Chain heads sent to the witness stream (--integrity), by outcome: published \
+             (stored by the stream) or failed (retried)",
+            checkpoints.clone(),
+        );
+        let last_checkpoint = Gauge::default();
+        registry.register(
+            "integrity_last_checkpoint_timestamp_seconds",
+            "When the witness stream last stored a chain head of this pod (Unix time; 0 before \
+             the first)",
+            last_checkpoint.clone(),
+        );
         Self {
             registry,
             events,
@@ -121,6 +137,8 @@ impl Metrics {
             consumer_ack_pending,
             write_errors,
             pull_errors,
+            checkpoints,
+            last_checkpoint,
         }
     }
 
@@ -160,6 +178,19 @@ impl Metrics {
 
     pub fn pull_error(&self, reason: &'static str) {
         self.pull_errors.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn checkpoint_published(&self, unix_seconds: i64) {
+        self.checkpoints
+            .get_or_create(&[("outcome", "published")])
+            .inc();
+        self.last_checkpoint.set(unix_seconds);
+    }
+
+    pub fn checkpoint_failed(&self) {
+        self.checkpoints
+            .get_or_create(&[("outcome", "failed")])
+            .inc();
     }
 
     /// The registry in the Prometheus / OpenMetrics text format.

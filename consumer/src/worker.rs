@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::event::Kind;
 use crate::format::{LineRenderer, Metadata};
 use crate::health::Health;
+use crate::integrity::Integrity;
 use crate::metrics::{Metrics, Outcome};
 use crate::sink::Sink;
 
@@ -44,6 +45,8 @@ pub struct Worker<W> {
     pub pull: PullArgs,
     pub renderer: LineRenderer,
     pub sink: Sink<W>,
+    /// With `--integrity`: seals every line into the pod's hash chain.
+    pub integrity: Option<Integrity>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// The bound consumer's `max_deliver`; the monitor keeps it current.
@@ -291,9 +294,13 @@ impl<W: Write + Send> Worker<W> {
                 .map_or(0, |info| info.published.unix_timestamp_nanos()),
             headers: message.headers.as_ref(),
         };
+        let line_start = self.sink.buffer().len();
         let kind = self
             .renderer
             .render(&meta, &message.payload, self.sink.buffer());
+        if let Some(integrity) = &mut self.integrity {
+            integrity.seal(self.sink.buffer(), line_start);
+        }
         if meta.delivered > 1 {
             self.metrics.redelivered();
         }
@@ -320,6 +327,9 @@ impl<W: Write + Send> Worker<W> {
         let written = tokio::task::block_in_place(|| self.sink.flush());
         match written {
             Ok(()) => {
+                if let Some(integrity) = &mut self.integrity {
+                    integrity.written();
+                }
                 self.health.set_output_ok(true);
                 self.health.contact();
                 let now = SystemTime::now()
@@ -344,6 +354,9 @@ impl<W: Write + Send> Worker<W> {
             Err(err) => {
                 self.metrics.write_error();
                 self.health.set_output_ok(false);
+                if let Some(integrity) = &mut self.integrity {
+                    integrity.write_failed();
+                }
                 tracing::error!(
                     %err,
                     events = in_flight.len(),

@@ -281,14 +281,23 @@ impl ConsumerProcess {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) -> anyhow::Result<()> {
+        self.signal("TERM")
+    }
+
+    /// Sends SIGKILL: no shutdown at all, as when a node dies or the OOM killer strikes.
+    pub fn kill(&self) -> anyhow::Result<()> {
+        self.signal("KILL")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
         let pid = self
             .child
             .id()
             .ok_or_else(|| anyhow::anyhow!("process already reaped"))?;
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
         Ok(())
     }
 
