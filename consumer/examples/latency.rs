@@ -208,7 +208,10 @@ fn record(samples: &Samples, text: &[u8]) {
         .take_while(|b| b.is_ascii_digit())
         .copied()
         .collect();
-    let Some(sent) = std::str::from_utf8(&digits).ok().and_then(|d| d.parse::<u64>().ok()) else {
+    let Some(sent) = std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+    else {
         return;
     };
     samples

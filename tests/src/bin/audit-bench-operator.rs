@@ -12,7 +12,8 @@
 //! 2. burst: the operator (release build, default settings but CONCURRENCY) runs with one
 //!    Ready AuditStream (the probe); the bulk apply; during it, a spec change to the probe,
 //!    whose latency shows whether the burst starves it; until every resource is Ready;
-//! 3. idle: IDLE_SECONDS (default 60, one requeue interval) with nothing changing;
+//! 3. idle: one requeue interval to settle, then IDLE_SECONDS (default 60, one requeue
+//!    interval; 0 skips both) with nothing changing;
 //! 4. restart: SIGTERM, a new operator process, until it has reconciled every resource.
 //!
 //! Counted: wall times, the operator's peak RSS (VmHWM) and CPU seconds from /proc, its API
@@ -48,14 +49,19 @@ const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deleteco
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: audit-bench-operator N CONCURRENCY [IDLE_SECONDS]";
-    let count: usize = args.first().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
+    let count: usize = args
+        .first()
+        .ok_or_else(|| anyhow::anyhow!(usage))?
+        .parse()?;
     let concurrency: u16 = args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     let idle = Duration::from_secs(args.get(2).map_or(Ok(60), |s| s.parse())?);
 
     let bench = Bench::start(count).await?;
     let mut report = Report::new(count, concurrency);
 
-    progress(&format!("baseline: bulk apply of {count} + {count} with no operator"));
+    progress(&format!(
+        "baseline: bulk apply of {count} + {count} with no operator"
+    ));
     report.set("apply, no operator (s)", secs(bench.bulk_apply()?));
     bench.delete_all().await?;
 
@@ -88,14 +94,24 @@ async fn main() -> anyhow::Result<()> {
     let applied = started.elapsed();
     report.set("apply, operator running (s)", secs(apply));
     watch
-        .wait_until(|ready| ready.all_ready(count), CONVERGE_TIMEOUT)
+        .wait_until(|ready| ready.converged(count), CONVERGE_TIMEOUT)
         .await?;
     let converged = started.elapsed();
     report.set(
-        "all Ready after the apply's end (s)",
+        "converged after the apply's end (s)",
         secs(converged.saturating_sub(applied)),
     );
-    report.set("spec change latency during the burst (s)", secs(probe.await??));
+    watch
+        .wait_until(|ready| ready.all_ready(count), CONVERGE_TIMEOUT)
+        .await?;
+    report.set(
+        "every AuditConsumer Ready after the apply's end (s)",
+        secs(started.elapsed().saturating_sub(applied)),
+    );
+    report.set(
+        "spec change latency during the burst (s)",
+        secs(probe.await??),
+    );
     bench.check_objects_exist(count).await?;
     let requests_burst = bench.operator_requests().await?;
     let nats_burst = bench.nats_counters().await?;
@@ -118,6 +134,14 @@ async fn main() -> anyhow::Result<()> {
         (nats_burst.api_requests - nats_before.api_requests).to_string(),
     );
     let metrics = http::get(operator.health_port(), "/metrics").await?.body;
+    report.set("failed reconciliations, burst", failures(&metrics));
+    // The operator's log goes with its temporary directory; keep the burst's for a reader.
+    let kept_log = std::env::temp_dir().join(format!("bench-operator-{count}-{concurrency}.log"));
+    std::fs::copy(operator.log_path(), &kept_log)?;
+    progress(&format!(
+        "the operator's log of the burst: {}",
+        kept_log.display()
+    ));
     for kind in ["AuditStream", "AuditConsumer"] {
         report.set(
             &format!("reconcile p50 / p99, {kind} (s, bucket bound)"),
@@ -129,10 +153,24 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    // The first requeue after the burst may still write: live state that changed after a
+    // stream was Ready (its consumer count, once its AuditConsumer made the durable) is
+    // written then. The idle period starts after it.
+    if !idle.is_zero() {
+        progress("settling for one requeue interval (60s)");
+        tokio::time::sleep(Duration::from_secs(65)).await;
+    }
+    let requests_settled = bench.operator_requests().await?;
+    let nats_settled = bench.nats_counters().await?;
+    report.set(
+        "API writes, first requeue after the burst",
+        writes(&diff(&requests_settled, &requests_burst)).to_string(),
+    );
     progress(&format!("idle for {}s", idle.as_secs()));
     tokio::time::sleep(idle).await;
     let requests_idle = bench.operator_requests().await?;
     let nats_idle = bench.nats_counters().await?;
+    let (requests_burst, nats_burst) = (requests_settled, nats_settled);
     report.set(
         "API writes, idle",
         writes(&diff(&requests_idle, &requests_burst)).to_string(),
@@ -141,14 +179,16 @@ async fn main() -> anyhow::Result<()> {
         "API requests, idle",
         by_verb(&diff(&requests_idle, &requests_burst)),
     );
-    report.set(
-        "JetStream API requests per minute, idle",
-        format!(
-            "{:.0}",
-            (nats_idle.api_requests - nats_burst.api_requests) as f64 * 60.0
-                / idle.as_secs_f64()
-        ),
-    );
+    if !idle.is_zero() {
+        report.set(
+            "JetStream API requests per minute, idle",
+            format!(
+                "{:.0}",
+                (nats_idle.api_requests - nats_burst.api_requests) as f64 * 60.0
+                    / idle.as_secs_f64()
+            ),
+        );
+    }
 
     progress("restart");
     operator.stop();
@@ -369,8 +409,10 @@ impl Bench {
     }
 
     async fn nats_counters(&self) -> anyhow::Result<NatsCounters> {
-        let varz: Value = serde_json::from_str(&http::get(self.nats.monitor_port(), "/varz").await?.body)?;
-        let jsz: Value = serde_json::from_str(&http::get(self.nats.monitor_port(), "/jsz").await?.body)?;
+        let varz: Value =
+            serde_json::from_str(&http::get(self.nats.monitor_port(), "/varz").await?.body)?;
+        let jsz: Value =
+            serde_json::from_str(&http::get(self.nats.monitor_port(), "/jsz").await?.body)?;
         Ok(NatsCounters {
             connections: varz["connections"].as_u64().unwrap_or_default(),
             total_connections: varz["total_connections"].as_u64().unwrap_or_default(),
@@ -440,7 +482,13 @@ fn bulk_apply(yaml: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
     tools::run(
         "kubectl",
-        &["apply", "--server-side", "--field-manager=bench-gitops", "-f", "-"],
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=bench-gitops",
+            "-f",
+            "-",
+        ],
         Some(yaml),
     )?;
     Ok(started.elapsed())
@@ -479,7 +527,12 @@ async fn change_probe_during_burst(
     Ok(changed.elapsed())
 }
 
-fn dynamic_api(client: &kube::Client, namespace: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+fn dynamic_api(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    plural: &str,
+) -> Api<DynamicObject> {
     let resource =
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural);
     Api::namespaced_with(client.clone(), namespace, &resource)
@@ -491,6 +544,7 @@ fn dynamic_api(client: &kube::Client, namespace: &str, kind: &str, plural: &str)
 struct Readiness {
     streams: reflector::Store<DynamicObject>,
     consumers: reflector::Store<DynamicObject>,
+    deployments: reflector::Store<Deployment>,
 }
 
 impl Readiness {
@@ -509,9 +563,18 @@ impl Readiness {
             tokio::spawn(stream);
             store
         };
+        let (deployments, writer) = reflector::store();
+        let workload = watcher::Config::default().labels("app.kubernetes.io/name=audit-consumer");
+        let api: Api<Deployment> = Api::all(client.clone());
+        tokio::spawn(
+            reflector(writer, watcher(api, workload))
+                .applied_objects()
+                .for_each(|_| async {}),
+        );
         Self {
             streams: reflect("AuditStream", "auditstreams"),
             consumers: reflect("AuditConsumer", "auditconsumers"),
+            deployments,
         }
     }
 
@@ -536,6 +599,35 @@ impl Readiness {
                 && object.metadata.generation == Some(generation)
                 && ready_for_generation(object)
         })
+    }
+
+    /// What the operator alone decides: every AuditStream of the bulk apply Ready, every
+    /// AuditConsumer reconciled at its generation (its durable consumer made) and its
+    /// Deployment created. Whether an AuditConsumer is Ready also waits for
+    /// kube-controller-manager to report on the Deployment (see [`Self::all_ready`]).
+    fn converged(&self, count: usize) -> bool {
+        let bench = |object: &&std::sync::Arc<DynamicObject>| {
+            object.metadata.namespace.as_deref() != Some(PROBE_NAMESPACE)
+        };
+        let streams_ready = self
+            .streams
+            .state()
+            .iter()
+            .filter(bench)
+            .filter(|object| ready_for_generation(object))
+            .count();
+        let consumers_observed = self
+            .consumers
+            .state()
+            .iter()
+            .filter(bench)
+            .filter(|object| {
+                object.data["status"]["observedGeneration"].as_i64() == object.metadata.generation
+            })
+            .count();
+        streams_ready >= count
+            && consumers_observed >= count
+            && self.deployments.state().len() >= count
     }
 
     /// Every AuditStream and AuditConsumer of the bulk apply Ready for its generation.
@@ -564,7 +656,9 @@ fn ready_for_generation(object: &DynamicObject) -> bool {
 
 /// The resident set high-water mark of the operator process, in KiB.
 fn peak_rss_kib(operator: &OperatorProcess) -> anyhow::Result<u64> {
-    let pid = operator.pid().ok_or_else(|| anyhow::anyhow!("the operator is not running"))?;
+    let pid = operator
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the operator is not running"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -575,7 +669,9 @@ fn peak_rss_kib(operator: &OperatorProcess) -> anyhow::Result<u64> {
 
 /// User and system CPU time of the operator process so far.
 fn cpu_seconds(operator: &OperatorProcess) -> anyhow::Result<f64> {
-    let pid = operator.pid().ok_or_else(|| anyhow::anyhow!("the operator is not running"))?;
+    let pid = operator
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the operator is not running"))?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at the state, field 3;
     // utime and stime are fields 14 and 15.
@@ -601,7 +697,11 @@ fn writes(requests: &BTreeMap<String, u64>) -> u64 {
     requests
         .iter()
         .filter(|(request, _)| {
-            WRITE_VERBS.contains(&request.split_once(' ').map_or(request.as_str(), |(verb, _)| verb))
+            WRITE_VERBS.contains(
+                &request
+                    .split_once(' ')
+                    .map_or(request.as_str(), |(verb, _)| verb),
+            )
         })
         .map(|(_, count)| count)
         .sum()
@@ -616,6 +716,23 @@ fn by_verb(requests: &BTreeMap<String, u64>) -> String {
         .map(|(verb, count)| format!("{verb} {count}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The failed reconciliations by kind and reason, from the operator's counter.
+fn failures(metrics: &str) -> String {
+    let listed: Vec<String> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("audit_operator_reconcile_failures_total{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ")?;
+            Some(format!("{} {value}", labels.replace('"', "")))
+        })
+        .collect();
+    if listed.is_empty() {
+        "0".to_owned()
+    } else {
+        listed.join(", ")
+    }
 }
 
 /// The value of a counter sample in Prometheus text, 0 when absent.
