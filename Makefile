@@ -72,6 +72,22 @@ health-fixtures: ## Recapture tests/fixtures/health/ (status objects the operato
 	$(CARGO) build --workspace --bins --locked; \
 	AUDIT_TESTENV_BIN="$$bin_dir" AUDIT_UPDATE_FIXTURES=1 $(CARGO) test --locked -p audit-tests --test deploy_health the_fixtures_are_what_the_operator_writes
 
+.PHONY: bench-operator
+bench-operator: ## The operator at scale: N = 100, 300, 1000 streams + consumers, with and without a concurrency limit (docs/benchmarks.md).
+	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	$(CARGO) build --release --locked -p audit-operator -p audit-tests --bin audit-operator --bin audit-bench-operator; \
+	report=$(CURDIR)/target/bench-operator.md; : >"$$report"; \
+	for n in $${AUDIT_BENCH_COUNTS:-100 300 1000}; do \
+	  for concurrency in $${AUDIT_BENCH_CONCURRENCY:-0 8}; do \
+	    AUDIT_TESTENV_BIN="$$bin_dir" target/release/audit-bench-operator "$$n" "$$concurrency" $${AUDIT_BENCH_IDLE:-60} | tee -a "$$report"; \
+	  done; \
+	done; \
+	echo "bench-operator: figures in $$report"
+
 .PHONY: bench-consumer
 bench-consumer: ## Consumer benchmarks (criterion + throughput against a real nats-server).
 	bash hack/bench-consumer.sh
+
+.PHONY: bench-latency
+bench-latency: ## The consumer's publish-to-line latency at fixed rates, beside a bare async-nats loop.
+	bash hack/bench-latency.sh

@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// Namespace of the leader-election Lease, usually the operator pod's own.
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
+
+    /// Reconciliations each controller runs at a time (0: no limit). Waiting ones queue; one
+    /// object is never reconciled twice at once.
+    #[arg(long, env = "AUDIT_OPERATOR_CONCURRENCY", default_value_t = crate::options::DEFAULT_CONCURRENCY)]
+    pub concurrency: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -118,6 +123,7 @@ impl RunArgs {
             instance: self.instance.clone(),
             consumer_image: self.consumer_image.clone(),
             leader_election: self.lease_settings(),
+            concurrency: self.concurrency,
         }
     }
 

@@ -108,7 +108,9 @@ pub async fn run<R: Reconciler>(
     ctx: Arc<Context<R>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let config = kube::runtime::controller::Config::default().concurrency(ctx.options.concurrency);
     controller
+        .with_config(config)
         .reconcile_all_on(futures::stream::once(std::future::ready(())))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

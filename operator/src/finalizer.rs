@@ -1,5 +1,5 @@
 //! The finalizer protocol both controllers follow: kube-runtime's `finalizer` helper, with
-//! three differences.
+//! four differences.
 //!
 //! - The finalizer is written under the operator's field manager, as its status is; the
 //!   helper leaves the manager unnamed, and the API server records `unknown`.
@@ -10,6 +10,8 @@
 //!   gone.
 //! - An object that disappeared between its cleanup and the removal of the finalizer is done,
 //!   not a failure.
+//! - A finalizer added while the cached copy was behind (the test of the list fails) waits for
+//!   the watch instead of failing into a retry with backoff.
 
 use std::sync::Arc;
 
@@ -52,11 +54,24 @@ where
     match (has_finalizer, deleting) {
         (true, false) => reconcile(Event::Apply(object)).await,
         (false, false) => {
-            json_patch(api, &name, add_operations(object.finalizers(), finalizer))
-                .await
-                .map_err(Error::Kube)?;
-            // The patch is a watched change: the Apply follows in its own reconciliation.
-            Ok(Action::await_change())
+            match json_patch(api, &name, add_operations(object.finalizers(), finalizer)).await {
+                // The patch is a watched change: the Apply follows in its own reconciliation.
+                Ok(()) => Ok(Action::await_change()),
+                // The list's test failed: the cached copy is behind the server. That is the
+                // common case of a reconciliation another trigger started (its AuditStream
+                // turned Ready) before the watch delivered the finalizer this operator had
+                // just added. The watch delivers the change and wakes this object again; a
+                // failure here would instead back off for a second or more.
+                Err(kube::Error::Api(status)) if status.code == 422 => {
+                    let current = api.get_opt(&name).await.map_err(Error::Kube)?;
+                    if current.is_some_and(|current| current.finalizers() != object.finalizers()) {
+                        Ok(Action::await_change())
+                    } else {
+                        Err(Error::Kube(kube::Error::Api(status)))
+                    }
+                }
+                Err(error) => Err(Error::Kube(error)),
+            }
         }
         (true, true) => {
             let current = api.get_opt(&name).await.map_err(Error::Kube)?;

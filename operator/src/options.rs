@@ -21,7 +21,15 @@ pub struct Options {
     pub consumer_image: String,
     /// Reconcile only while holding this Lease; always when `None`.
     pub leader_election: Option<LeaseSettings>,
+    /// Reconciliations one controller runs at a time; 0 means no limit.
+    pub concurrency: u16,
 }
+
+/// Reconciliations in flight per controller. A reconciliation mostly waits on the API server
+/// and NATS, so a few in flight keep both busy; without a limit, a bulk apply of 1,000
+/// resources started 1,000 at once, which competed with the API server for the CPU and made
+/// the apply itself 3x slower (docs/benchmarks.md, "Operator at scale").
+pub const DEFAULT_CONCURRENCY: u16 = 8;
 
 /// The consumer image matching this operator's version.
 pub const DEFAULT_CONSUMER_IMAGE: &str = concat!(
@@ -42,6 +50,7 @@ impl Default for Options {
             instance: None,
             consumer_image: DEFAULT_CONSUMER_IMAGE.to_owned(),
             leader_election: None,
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }

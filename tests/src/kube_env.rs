@@ -28,8 +28,13 @@ use crate::{node, wait};
 /// A loaded 2-core machine can take most of a minute to bring kube-apiserver to ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The bearer token of the `system:masters` user the harness and the operator under test use.
+/// The bearer token of the `system:masters` user the harness uses.
 const ADMIN_TOKEN: &str = "audit-tests-admin-token";
+/// The bearer token of the operator under test, authenticated as the ServiceAccount the
+/// chart gives it ([`crate::operator::OPERATOR_SERVICE_ACCOUNT`]), in its groups.
+const OPERATOR_TOKEN: &str = "audit-tests-operator-token";
+const OPERATOR_USER: &str = crate::operator::OPERATOR_SERVICE_ACCOUNT;
+const OPERATOR_GROUPS: &str = "system:serviceaccounts,system:serviceaccounts:audit-system";
 
 static SHARED: OnceLock<ControlPlane> = OnceLock::new();
 
@@ -107,7 +112,7 @@ impl ControlPlane {
             Placement::Node => node::layout().node_ip,
         };
         let api_url = format!("https://{listen_ip}:{api_port}");
-        std::fs::write(path("audit-policy.yaml"), AUDIT_POLICY)?;
+        std::fs::write(path("audit-policy.yaml"), audit_policy())?;
         let apiserver_args = apiserver_args(dir.path(), placement, &etcd.url, listen_ip, api_port);
         let apiserver = spawn_apiserver(&apiserver_args, &path("kube-apiserver.log"))?;
 
@@ -233,8 +238,8 @@ impl ControlPlane {
         self.wait_api_ready().await
     }
 
-    /// The API server's audit events so far: every list and watch request (who, from
-    /// where, what), one JSON object each.
+    /// The API server's audit events so far: every list and watch request, and every
+    /// request of the operator's ServiceAccount (who, from where, what), one JSON object each.
     pub fn audit_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         let text = std::fs::read_to_string(self.dir_path().join("audit.log"))?;
         text.lines()
@@ -289,22 +294,20 @@ impl ControlPlane {
             .expect("the kubeconfig lives in the control plane's directory")
     }
 
-    /// A kubeconfig file whose requests act as `user` in `groups`, by impersonation: a child
-    /// process using it (the operator binary) has exactly the rights RBAC gives that user.
-    pub fn kubeconfig_as(&self, user: &str, groups: &[&str]) -> anyhow::Result<PathBuf> {
-        let path = self
-            .dir_path()
-            .join(format!("{}.kubeconfig", file_name_for(user)));
-        let mut kubeconfig: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig_path)?)?;
-        let auth = &mut kubeconfig["users"][0]["user"];
-        auth["as"] = user.into();
-        auth["as-groups"] = groups
-            .iter()
-            .map(|g| serde_yaml::Value::from(*g))
-            .chain(std::iter::once("system:authenticated".into()))
-            .collect();
-        std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    /// A kubeconfig file that authenticates as the operator's ServiceAccount (with its
+    /// groups) by a token of its own: a child process using it (the operator binary) has
+    /// exactly the rights RBAC gives the operator, and the audit log names it as the user,
+    /// as it would a pod's ServiceAccount token.
+    pub fn operator_kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir_path().join("operator.kubeconfig");
+        std::fs::write(
+            &path,
+            kubeconfig_yaml(
+                &self.api_url,
+                &self.ca_pem,
+                &format!("token: {OPERATOR_TOKEN}"),
+            ),
+        )?;
         Ok(path)
     }
 
@@ -437,7 +440,10 @@ fn write_certificates(dir: &Path) -> anyhow::Result<TestCa> {
     }
     std::fs::write(
         dir.join("tokens.csv"),
-        format!("{ADMIN_TOKEN},audit-tests-admin,1000,\"system:masters\"\n"),
+        format!(
+            "{ADMIN_TOKEN},audit-tests-admin,1000,\"system:masters\"\n\
+             {OPERATOR_TOKEN},{OPERATOR_USER},1001,\"{OPERATOR_GROUPS}\"\n"
+        ),
     )?;
     Ok(ca)
 }
@@ -477,7 +483,7 @@ async fn start_etcd(dir: &Path) -> anyhow::Result<Etcd> {
 
 /// kube-apiserver's flags: storage in etcd at `etcd_url`, files from `dir`, listening on
 /// `listen_ip:port`; token and certificate authentication, Node and RBAC authorization, and
-/// an audit log of lists and watches.
+/// an audit log of lists and watches and of the operator's requests.
 fn apiserver_args(
     dir: &Path,
     placement: Placement,
@@ -566,15 +572,23 @@ async fn etcd_healthy(port: u16) -> bool {
         })
 }
 
-/// What the API server's audit log records: list and watch requests, without bodies.
-const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+/// What the API server's audit log records, without bodies: every request of the operator's
+/// ServiceAccount (the scale benchmark counts them by verb), and every list and watch
+/// request (the leader tests look for re-lists).
+fn audit_policy() -> String {
+    format!(
+        "apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: Metadata
+  users: [{OPERATOR_USER}]
+- level: Metadata
   verbs: [list, watch]
 - level: None
-";
+"
+    )
+}
 
 fn spawn_apiserver(args: &[String], log_path: &Path) -> anyhow::Result<ServerProcess> {
     let mut apiserver = Command::new(testenv_bin("kube-apiserver"));

@@ -128,13 +128,7 @@ fn operator_kubeconfig() -> anyhow::Result<PathBuf> {
         ],
         Some(&rbac.join("\n---\n")),
     )?;
-    let path = control_plane.kubeconfig_as(
-        OPERATOR_SERVICE_ACCOUNT,
-        &[
-            "system:serviceaccounts",
-            "system:serviceaccounts:audit-system",
-        ],
-    )?;
+    let path = control_plane.operator_kubeconfig()?;
     Ok(KUBECONFIG.get_or_init(|| path).clone())
 }
 
@@ -176,6 +170,11 @@ impl OperatorProcess {
             log_path,
             _dir: dir,
         })
+    }
+
+    /// The process id, for reading its memory and CPU time from /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     /// Port of `/livez`, `/readyz` and `/metrics`.

@@ -11,8 +11,11 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
     core::NamespaceResourceScope,
+    runtime::reflector::{ObjectRef, Store},
 };
 use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::build::nats_consumer::governed_differences;
 use crate::{
@@ -142,10 +145,24 @@ fn as_pull_config(info: &Info) -> Result<Config> {
         .map_err(|e| Error::JetStreamRequest(format!("unreadable consumer config: {e}")))
 }
 
+/// Annotation on every workload object: a digest of what the operator last applied, so that
+/// a field the operator stops setting (a pod annotation removed from the spec) still counts
+/// as a change, which a comparison of the desired fields alone would not see.
+pub const APPLIED_DIGEST_KEY: &str = "audit.eventsaudit.io/applied-digest";
+
 /// Server-side applies `object` (which names its namespace) as the operator's field manager,
 /// unless an object of that name exists that `owner_uid` does not control: a hand-made object
-/// is never taken over.
-pub async fn apply_owned<K>(client: &Client, object: &K, owner_uid: &str) -> Result<K>
+/// is never taken over. Nothing is sent when the `cache`d object already holds every field
+/// of `object` with the same values and the same applied digest: a reconciliation that finds
+/// nothing to change writes nothing, and reads nothing either (the watches keep the cache).
+/// A stale cache only costs a redundant apply, never a missed one: every change to these
+/// objects reaches the cache and wakes the AuditConsumer that owns them.
+pub async fn apply_owned<K>(
+    client: &Client,
+    object: &K,
+    owner_uid: &str,
+    cache: &Store<K>,
+) -> Result<K>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Serialize
@@ -153,32 +170,101 @@ where
         + Clone
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let namespace = object.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
     let name = object.name_any();
-    if let Some(existing) = api.get_opt(&name).await.map_err(Error::Kube)?
-        && !controlled_by(&existing, owner_uid)
-    {
-        return Err(Error::ObjectNotOurs {
-            kind: K::kind(&()).into_owned(),
-            name,
-        });
+    let desired = with_applied_digest(object);
+    let not_ours = || Error::ObjectNotOurs {
+        kind: K::kind(&()).into_owned(),
+        name: name.clone(),
+    };
+    let apply = |force: bool| {
+        let params = PatchParams::apply(FIELD_MANAGER);
+        let params = if force { params.force() } else { params };
+        let api = api.clone();
+        let name = name.clone();
+        let desired = desired.clone();
+        async move { api.patch(&name, &params, &Patch::Apply(&desired)).await }
+    };
+    match cache.get(&ObjectRef::new(&name).within(&namespace)) {
+        Some(cached) if !controlled_by(cached.as_ref(), owner_uid) => Err(not_ours()),
+        Some(cached) if already_applied(cached.as_ref(), &desired) => Ok(cached.as_ref().clone()),
+        Some(_) => apply(true).await.map_err(Error::Kube),
+        // Not in the cache, which holds every object of the kind since before the
+        // controllers started: so most likely not there, and an apply without force creates
+        // it without a read first. Should it exist after all (made in the moment before the
+        // watch delivered it), a field another manager set conflicts and the object is read
+        // to tell whose it is; only an object made in that moment with no field in common
+        // could be adopted.
+        None => match apply(false).await {
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                match api.get_opt(&name).await.map_err(Error::Kube)? {
+                    Some(existing) if !controlled_by(&existing, owner_uid) => Err(not_ours()),
+                    _ => apply(true).await.map_err(Error::Kube),
+                }
+            }
+            applied => applied.map_err(Error::Kube),
+        },
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(Error::Kube)
+}
+
+/// `object` with [`APPLIED_DIGEST_KEY`] set to (half of) the SHA-256 of its serialization.
+// Serializing a k8s-openapi object cannot fail (string keys, no non-finite floats); were it
+// to, the digest of nothing and an apply every time would be the harmless outcome.
+fn with_applied_digest<K>(object: &K) -> K
+where
+    K: Resource + Serialize + Clone,
+{
+    let serialized = serde_json::to_vec(object).unwrap_or_default();
+    let digest: String = Sha256::digest(&serialized)
+        .iter()
+        .take(16)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let mut object = object.clone();
+    object
+        .annotations_mut()
+        .insert(APPLIED_DIGEST_KEY.to_owned(), digest);
+    object
+}
+
+/// Whether `live` holds every field `desired` sets, with the same value.
+fn already_applied<K: Serialize>(live: &K, desired: &K) -> bool {
+    match (serde_json::to_value(live), serde_json::to_value(desired)) {
+        (Ok(live), Ok(desired)) => contains(&live, &desired),
+        _ => false,
+    }
+}
+
+/// Whether `live` holds `desired`: every member of a desired object present with a value
+/// that holds the desired one; lists of the same length holding each desired item in order;
+/// anything else equal. Fields only the server or another controller sets (status,
+/// defaults, other annotations) do not count.
+fn contains(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(live), Value::Object(desired)) => desired
+            .iter()
+            .all(|(key, wanted)| live.get(key).is_some_and(|have| contains(have, wanted))),
+        (Value::Array(live), Value::Array(desired)) => {
+            live.len() == desired.len()
+                && live
+                    .iter()
+                    .zip(desired)
+                    .all(|(have, wanted)| contains(have, wanted))
+        }
+        _ => live == desired,
+    }
 }
 
 /// Deletes the object `name` in `namespace` if `owner_uid` controls it (a workload object the
-/// spec no longer asks for, e.g. the budget after scaling to one replica).
+/// spec no longer asks for, e.g. the budget after scaling to one replica). Only what the
+/// `cache` holds is considered: the watches see every object the operator made.
 pub async fn remove_owned<K>(
     client: &Client,
     namespace: &str,
     name: &str,
     owner_uid: &str,
+    cache: &Store<K>,
 ) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -186,16 +272,17 @@ where
         + Clone
         + std::fmt::Debug,
 {
+    let Some(existing) = cache.get(&ObjectRef::new(name).within(namespace)) else {
+        return Ok(());
+    };
+    if !controlled_by(existing.as_ref(), owner_uid) {
+        return Ok(());
+    }
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    match api.get_opt(name).await.map_err(Error::Kube)? {
-        Some(existing) if controlled_by(&existing, owner_uid) => {
-            match api.delete(name, &DeleteParams::background()).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-                Err(e) => Err(Error::Kube(e)),
-            }
-        }
-        _ => Ok(()),
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
     }
 }
 
@@ -215,6 +302,62 @@ mod tests {
             "code": 400, "err_code": err_code, "description": description,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_live_object_holds_the_desired_one_whatever_the_server_added() {
+        let desired = serde_json::json!({
+            "metadata": { "name": "a", "labels": { "app": "x" } },
+            "spec": { "replicas": 2, "ports": [{ "port": 80 }] },
+        });
+        let live = serde_json::json!({
+            "metadata": { "name": "a", "labels": { "app": "x" }, "uid": "u", "generation": 3 },
+            "spec": { "replicas": 2, "ports": [{ "port": 80, "protocol": "TCP" }], "paused": false },
+            "status": { "replicas": 2 },
+        });
+        assert!(contains(&live, &desired));
+    }
+
+    #[test]
+    fn a_changed_missing_or_extra_desired_field_is_not_held() {
+        let live = serde_json::json!({ "spec": { "replicas": 2, "args": ["a", "b"] } });
+        for desired in [
+            serde_json::json!({ "spec": { "replicas": 3 } }),
+            serde_json::json!({ "spec": { "image": "x" } }),
+            serde_json::json!({ "spec": { "args": ["a"] } }),
+            serde_json::json!({ "spec": { "args": ["b", "a"] } }),
+        ] {
+            assert!(!contains(&live, &desired), "{desired}");
+        }
+    }
+
+    #[test]
+    fn the_applied_digest_changes_with_any_field_and_only_then() {
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let account = |annotation: Option<&str>| {
+            let mut account = ServiceAccount::default();
+            account.metadata.name = Some("a".into());
+            if let Some(value) = annotation {
+                account
+                    .annotations_mut()
+                    .insert("note".into(), value.into());
+            }
+            account
+        };
+        let digest = |object: &ServiceAccount| {
+            with_applied_digest(object).annotations()[APPLIED_DIGEST_KEY].clone()
+        };
+        assert_eq!(digest(&account(None)), digest(&account(None)));
+        assert_ne!(digest(&account(None)), digest(&account(Some("x"))));
+        // A field the operator stopped setting: the live object still holds everything the
+        // new desired object sets, but not its digest.
+        let live = with_applied_digest(&account(Some("x")));
+        let desired = with_applied_digest(&account(None));
+        assert!(!already_applied(&live, &desired));
+        assert!(already_applied(
+            &live,
+            &with_applied_digest(&account(Some("x")))
+        ));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! durable consumer stays or is deleted from NATS if it carries this resource's mark, with
 //! the AuditStream's credentials or the ones this resource last connected with.
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
 use tracing::{info, warn};
 
@@ -86,11 +86,12 @@ async fn delete_durable(consumer: &AuditConsumer, ctx: &Context) -> Result<Remov
     let uid = consumer.uid().unwrap_or_default();
     // Pods reading a deleted consumer would exit with an error until garbage collection
     // removes them; remove their Deployment first.
-    apply::remove_owned::<Deployment>(
+    apply::remove_owned(
         &ctx.client,
         &namespace,
         &workload_name(&consumer.name_any()),
         &uid,
+        &ctx.state.workloads.deployments,
     )
     .await?;
     let (stream_name, connection) = match whereabouts(consumer, ctx).await? {

@@ -3,7 +3,11 @@
 //! [`crate::connection`], so both resolve it identically and share its pooled NATS client).
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::{
+    Api, ResourceExt,
+    core::DeserializeGuard,
+    runtime::reflector::{ObjectRef, Store},
+};
 
 use crate::{
     conditions::{READY, Status},
@@ -35,13 +39,29 @@ impl Referenced {
     }
 }
 
-/// Reads the AuditStream `consumer` references, and its connection's Secrets.
+/// Takes the AuditStream `consumer` references from the watch's cache, and reads its
+/// connection's Secrets. The cache, not a read: it is what the trigger that wakes an
+/// AuditConsumer when its AuditStream turns Ready sees, so the two always agree, and a
+/// thousand AuditConsumers reconciled at once do not make a thousand reads.
 pub async fn dereference(
     consumer: &AuditConsumer,
-    streams: &Api<AuditStream>,
+    streams: &Store<DeserializeGuard<AuditStream>>,
     secrets: &Api<Secret>,
 ) -> Result<Referenced> {
-    let stream = referenced_stream(consumer, streams).await?;
+    let name = &consumer.spec.stream_ref.name;
+    let namespace = consumer.namespace().unwrap_or_default();
+    let cached = streams.get(&ObjectRef::new(name).within(&namespace));
+    let stream = match cached.as_deref() {
+        Some(DeserializeGuard(Ok(stream))) => stream.clone(),
+        // Unreadable: its own controller reports why; for this one it is not Ready.
+        Some(DeserializeGuard(Err(_))) => {
+            return Err(Error::StreamNotReady {
+                name: name.clone(),
+                reason: "it cannot be read (see its own Events)".into(),
+            });
+        }
+        None => return Err(Error::StreamNotFound { name: name.clone() }),
+    };
     ready(&stream)?;
     let connection = connection::dereference(secrets, &stream.spec.connection).await?;
     Ok(Referenced {

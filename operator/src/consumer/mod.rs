@@ -38,7 +38,7 @@ use crate::{
     controller::{self, Reconciler, Shared},
     crd::{consumer::AuditConsumer, stream::AuditStream},
     error::Result,
-    watches::Watches,
+    watches::{Watches, WorkloadCaches},
 };
 
 /// Finalizer that keeps an AuditConsumer until its durable consumer was deleted or retained.
@@ -51,6 +51,10 @@ type GuardedStream = DeserializeGuard<AuditStream>;
 pub struct Consumers {
     /// The subscriptions to the max-deliveries advisories, and their counts.
     max_deliveries: MaxDeliveries,
+    /// The workload objects as the watches last saw them.
+    workloads: WorkloadCaches,
+    /// The AuditStreams as the watch last saw them.
+    streams: Store<GuardedStream>,
 }
 
 type Context = controller::Context<Consumers>;
@@ -79,7 +83,14 @@ pub async fn run(
     let streams = watches.streams.clone();
     let (max_deliveries, advised) = MaxDeliveries::new(shared.pool.subscription_refusals());
     let reconnected = crate::triggers::reconnected::<AuditConsumer>(&shared.pool);
-    let ctx = Arc::new(Context::new(shared, Consumers { max_deliveries }));
+    let ctx = Arc::new(Context::new(
+        shared,
+        Consumers {
+            max_deliveries,
+            workloads: watches.workloads.clone(),
+            streams: watches.streams.clone(),
+        },
+    ));
     let controller =
         Controller::for_stream(watches.consumer_changes.listen(), watches.consumers.clone())
             .owns_stream(watches.deployments.listen())

@@ -3,10 +3,7 @@
 //! changed, what failed, and what NATS reported about deliveries given up.
 
 use k8s_openapi::{
-    api::{
-        apps::v1::Deployment, core::v1::Secret, networking::v1::NetworkPolicy,
-        policy::v1::PodDisruptionBudget,
-    },
+    api::{apps::v1::Deployment, core::v1::Secret},
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -26,7 +23,7 @@ use super::{
 use crate::{
     conditions::held_at_generation,
     connection::PoolUser,
-    crd::{consumer::AuditConsumer, stream::AuditStream},
+    crd::consumer::AuditConsumer,
     error::{Error, Result},
     report::{self, Notice},
 };
@@ -201,9 +198,9 @@ struct Reconciled {
 /// The pipeline; a failure says at which stage it stopped, for the detail conditions.
 async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled, Failure> {
     let namespace = consumer.namespace().unwrap_or_default();
-    let streams: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let referenced = match dereference::dereference(consumer, &streams, &secrets).await {
+    let streams = &ctx.state.streams;
+    let referenced = match dereference::dereference(consumer, streams, &secrets).await {
         Ok(referenced) => referenced,
         Err(error) => {
             let instance = ctx.options.instance.as_deref();
@@ -271,15 +268,26 @@ async fn apply_workload(
     let uid = consumer.uid().unwrap_or_default();
     let namespace = consumer.namespace().unwrap_or_default();
     let name = workload_name(&valid.name);
-    apply::apply_owned(client, &build::service_account::build(valid), &uid).await?;
-    let deployment = apply::apply_owned(client, &build::deployment::build(valid), &uid).await?;
+    let cached = &ctx.state.workloads;
+    let service_account = build::service_account::build(valid);
+    apply::apply_owned(client, &service_account, &uid, &cached.service_accounts).await?;
+    let deployment = build::deployment::build(valid);
+    let deployment = apply::apply_owned(client, &deployment, &uid, &cached.deployments).await?;
     match build::pdb::build(valid) {
-        Some(pdb) => drop(apply::apply_owned(client, &pdb, &uid).await?),
-        None => apply::remove_owned::<PodDisruptionBudget>(client, &namespace, &name, &uid).await?,
+        Some(pdb) => {
+            drop(apply::apply_owned(client, &pdb, &uid, &cached.disruption_budgets).await?)
+        }
+        None => {
+            apply::remove_owned(client, &namespace, &name, &uid, &cached.disruption_budgets).await?
+        }
     }
     match build::network_policy::build(valid) {
-        Some(policy) => drop(apply::apply_owned(client, &policy, &uid).await?),
-        None => apply::remove_owned::<NetworkPolicy>(client, &namespace, &name, &uid).await?,
+        Some(policy) => {
+            drop(apply::apply_owned(client, &policy, &uid, &cached.network_policies).await?)
+        }
+        None => {
+            apply::remove_owned(client, &namespace, &name, &uid, &cached.network_policies).await?
+        }
     }
     Ok(deployment)
 }

@@ -31,7 +31,7 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
-    Api, Client, Resource,
+    Api, Client, Resource, ResourceExt,
     core::{DeserializeGuard, NamespaceResourceScope, PartialObjectMeta},
     runtime::{
         WatchStreamExt,
@@ -67,6 +67,9 @@ pub struct Watches {
     pub service_accounts: Relay<ServiceAccount>,
     pub disruption_budgets: Relay<PodDisruptionBudget>,
     pub network_policies: Relay<NetworkPolicy>,
+    /// The workload objects as last seen, so that a reconciliation that finds nothing to
+    /// change reads and writes nothing (see `consumer::apply::apply_owned`).
+    pub workloads: WorkloadCaches,
     /// The kinds whose watch has not delivered its first complete list yet.
     unsynced: watch::Receiver<BTreeSet<&'static str>>,
 }
@@ -80,6 +83,11 @@ impl Watches {
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (streams, stream_writer) = reflector::store::<GuardedStream>();
         let (consumers, consumer_writer) = reflector::store::<GuardedConsumer>();
+        let (deployments, deployment_writer) = reflector::store::<Deployment>();
+        let (service_accounts, service_account_writer) = reflector::store::<ServiceAccount>();
+        let (disruption_budgets, disruption_budget_writer) =
+            reflector::store::<PodDisruptionBudget>();
+        let (network_policies, network_policy_writer) = reflector::store::<NetworkPolicy>();
         let (progress, unsynced) = watch::channel(BTreeSet::from([
             "AuditStreams",
             "AuditConsumers",
@@ -101,6 +109,12 @@ impl Watches {
             service_accounts: Relay::default(),
             disruption_budgets: Relay::default(),
             network_policies: Relay::default(),
+            workloads: WorkloadCaches {
+                deployments,
+                service_accounts,
+                disruption_budgets,
+                network_policies,
+            },
             unsynced,
         };
         let any = || watcher::Config::default().any_semantic();
@@ -133,6 +147,7 @@ impl Watches {
                 scoped::<PartialObjectMeta<Secret>>(client, namespace),
                 watcher::Config::default(),
                 watches.secret_changes.clone(),
+                None,
                 progress.clone(),
             )
             .boxed(),
@@ -141,6 +156,7 @@ impl Watches {
                 scoped(client, namespace),
                 any(),
                 watches.deployments.clone(),
+                Some(deployment_writer),
                 progress.clone(),
             )
             .boxed(),
@@ -149,6 +165,7 @@ impl Watches {
                 scoped(client, namespace),
                 any(),
                 watches.service_accounts.clone(),
+                Some(service_account_writer),
                 progress.clone(),
             )
             .boxed(),
@@ -157,6 +174,7 @@ impl Watches {
                 scoped(client, namespace),
                 any(),
                 watches.disruption_budgets.clone(),
+                Some(disruption_budget_writer),
                 progress.clone(),
             )
             .boxed(),
@@ -165,6 +183,7 @@ impl Watches {
                 scoped(client, namespace),
                 any(),
                 watches.network_policies.clone(),
+                Some(network_policy_writer),
                 progress,
             )
             .boxed(),
@@ -182,6 +201,15 @@ impl Watches {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// The caches of the kinds the AuditConsumer controller makes, without managedFields.
+#[derive(Clone)]
+pub struct WorkloadCaches {
+    pub deployments: Store<Deployment>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub disruption_budgets: Store<PodDisruptionBudget>,
+    pub network_policies: Store<NetworkPolicy>,
 }
 
 /// What a watch saw happen to an object.
@@ -253,21 +281,37 @@ async fn run<K>(
     }
 }
 
-/// A watch with no cache whose every change, deletions included, is passed on.
+/// A watch whose every change, deletions included, is passed on; with a `cache`, also kept
+/// there, without managedFields (the largest part of an object, and never read here).
 async fn every_change<K>(
     name: &'static str,
     api: Api<K>,
     config: watcher::Config,
     relay: Relay<K>,
+    cache: Option<reflector::store::Writer<K>>,
     progress: Arc<watch::Sender<BTreeSet<&'static str>>>,
 ) where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let events = watcher(api, config).default_backoff();
-    run(name, events, progress, move |seen| match seen {
+    let route = move |seen| match seen {
         Seen::Applied(object) | Seen::Deleted(object) => relay.pass_on(&object),
-    })
-    .await;
+    };
+    match cache {
+        Some(cache) => {
+            let events = events
+                .modify(|object: &mut K| object.managed_fields_mut().clear())
+                .reflect(cache);
+            run(name, events, progress, route).await;
+        }
+        None => run(name, events, progress, route).await,
+    }
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>

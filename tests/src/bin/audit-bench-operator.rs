@@ -1,0 +1,812 @@
+//! The operator at scale (`make bench-operator`, figures in docs/benchmarks.md): N
+//! AuditStreams and N AuditConsumers (replicas 0) over 50 namespaces, applied in one bulk
+//! server-side apply as a GitOps tool does, on a fresh control plane (with
+//! kube-controller-manager) and one nats-server started by this process.
+//!
+//!   audit-bench-operator N CONCURRENCY [IDLE_SECONDS]
+//!
+//! CONCURRENCY is the operator's `--concurrency` (0: no limit, the behaviour before the
+//! limit existed), so a run of each, back to back, compares the two under the same load.
+//! Phases, each measured:
+//! 1. baseline: the same bulk apply with no operator running, then deleted;
+//! 2. burst: the operator (release build, default settings but CONCURRENCY) runs with one
+//!    Ready AuditStream (the probe); the bulk apply; during it, a spec change to the probe,
+//!    whose latency shows whether the burst starves it; until every resource is Ready;
+//! 3. idle: one requeue interval to settle, then IDLE_SECONDS (default 60, one requeue
+//!    interval; 0 skips both) with nothing changing;
+//! 4. restart: SIGTERM, a new operator process, until it has reconciled every resource.
+//!
+//! Counted: wall times, the operator's peak RSS (VmHWM) and CPU seconds from /proc, its API
+//! requests by verb from the API server's audit log (every request of the operator's
+//! ServiceAccount is logged), NATS connections and JetStream API requests from nats-server's
+//! monitoring endpoint, reconcile durations from the operator's own histogram. Prints a
+//! Markdown table on standard output, progress on standard error.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use audit_tests::kube_env::ControlPlane;
+use audit_tests::nats::NatsServer;
+use audit_tests::operator::{OPERATOR_SERVICE_ACCOUNT, OperatorProcess, install_crds};
+use audit_tests::{http, tools, wait};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde_json::{Value, json};
+
+const GROUP: &str = "audit.eventsaudit.io";
+const VERSION: &str = "v1alpha1";
+const NAMESPACES: usize = 50;
+const PROBE_NAMESPACE: &str = "bench-probe";
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(600);
+const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: audit-bench-operator N CONCURRENCY [IDLE_SECONDS]";
+    let count: usize = args
+        .first()
+        .ok_or_else(|| anyhow::anyhow!(usage))?
+        .parse()?;
+    let concurrency: u16 = args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
+    let idle = Duration::from_secs(args.get(2).map_or(Ok(60), |s| s.parse())?);
+
+    let bench = Bench::start(count).await?;
+    let mut report = Report::new(count, concurrency);
+
+    progress(&format!(
+        "baseline: bulk apply of {count} + {count} with no operator"
+    ));
+    report.set("apply, no operator (s)", secs(bench.bulk_apply()?));
+    bench.delete_all().await?;
+
+    progress("starting the operator and its probe AuditStream");
+    let mut operator = bench.start_operator(concurrency)?;
+    bench.create_probe().await?;
+    let watch = Readiness::start(&bench.client);
+    watch
+        .wait_until(
+            |ready| ready.is_ready(PROBE_NAMESPACE, "probe", 1),
+            Duration::from_secs(60),
+        )
+        .await?;
+
+    let requests_before = bench.operator_requests().await?;
+    let nats_before = bench.nats_counters().await?;
+    let cpu_before = cpu_seconds(&operator)?;
+    progress("burst: bulk apply with the operator running");
+    let started = Instant::now();
+    let probe = {
+        let client = bench.client.clone();
+        let watch = watch.clone();
+        tokio::spawn(async move { change_probe_during_burst(client, watch).await })
+    };
+    let apply = tokio::task::spawn_blocking({
+        let yaml = bench.objects_yaml.clone();
+        move || bulk_apply(&yaml)
+    })
+    .await??;
+    let applied = started.elapsed();
+    report.set("apply, operator running (s)", secs(apply));
+    watch
+        .wait_until(|ready| ready.converged(count), CONVERGE_TIMEOUT)
+        .await?;
+    let converged = started.elapsed();
+    report.set(
+        "converged after the apply's end (s)",
+        secs(converged.saturating_sub(applied)),
+    );
+    watch
+        .wait_until(|ready| ready.all_ready(count), CONVERGE_TIMEOUT)
+        .await?;
+    report.set(
+        "every AuditConsumer Ready after the apply's end (s)",
+        secs(started.elapsed().saturating_sub(applied)),
+    );
+    report.set(
+        "spec change latency during the burst (s)",
+        secs(probe.await??),
+    );
+    bench.check_objects_exist(count).await?;
+    let requests_burst = bench.operator_requests().await?;
+    let nats_burst = bench.nats_counters().await?;
+    report.set("peak RSS, burst (MiB)", mib(peak_rss_kib(&operator)?));
+    report.set(
+        "CPU, burst (s)",
+        format!("{:.1}", cpu_seconds(&operator)? - cpu_before),
+    );
+    report.set(
+        "API requests, burst",
+        by_verb(&diff(&requests_burst, &requests_before)),
+    );
+    report.set("NATS connections held", nats_burst.connections.to_string());
+    report.set(
+        "NATS connections opened, burst",
+        (nats_burst.total_connections - nats_before.total_connections).to_string(),
+    );
+    report.set(
+        "JetStream API requests, burst",
+        (nats_burst.api_requests - nats_before.api_requests).to_string(),
+    );
+    let metrics = http::get(operator.health_port(), "/metrics").await?.body;
+    report.set("failed reconciliations, burst", failures(&metrics));
+    // The operator's log goes with its temporary directory; keep the burst's for a reader.
+    let kept_log = std::env::temp_dir().join(format!("bench-operator-{count}-{concurrency}.log"));
+    std::fs::copy(operator.log_path(), &kept_log)?;
+    progress(&format!(
+        "the operator's log of the burst: {}",
+        kept_log.display()
+    ));
+    for kind in ["AuditStream", "AuditConsumer"] {
+        report.set(
+            &format!("reconcile p50 / p99, {kind} (s, bucket bound)"),
+            format!(
+                "{} / {}",
+                histogram_quantile(&metrics, kind, 0.5),
+                histogram_quantile(&metrics, kind, 0.99)
+            ),
+        );
+    }
+
+    // The first requeue after the burst may still write: live state that changed after a
+    // stream was Ready (its consumer count, once its AuditConsumer made the durable) is
+    // written then. The idle period starts after it.
+    if !idle.is_zero() {
+        progress("settling for one requeue interval (60s)");
+        tokio::time::sleep(Duration::from_secs(65)).await;
+    }
+    let requests_settled = bench.operator_requests().await?;
+    let nats_settled = bench.nats_counters().await?;
+    report.set(
+        "API writes, first requeue after the burst",
+        writes(&diff(&requests_settled, &requests_burst)).to_string(),
+    );
+    progress(&format!("idle for {}s", idle.as_secs()));
+    tokio::time::sleep(idle).await;
+    let requests_idle = bench.operator_requests().await?;
+    let nats_idle = bench.nats_counters().await?;
+    let (requests_burst, nats_burst) = (requests_settled, nats_settled);
+    report.set(
+        "API writes, idle",
+        writes(&diff(&requests_idle, &requests_burst)).to_string(),
+    );
+    report.set(
+        "API requests, idle",
+        by_verb(&diff(&requests_idle, &requests_burst)),
+    );
+    if !idle.is_zero() {
+        report.set(
+            "JetStream API requests per minute, idle",
+            format!(
+                "{:.0}",
+                (nats_idle.api_requests - nats_burst.api_requests) as f64 * 60.0
+                    / idle.as_secs_f64()
+            ),
+        );
+    }
+
+    progress("restart");
+    operator.stop();
+    let restarted = Instant::now();
+    let operator = bench.start_operator(concurrency)?;
+    let reconciled = wait::until(
+        "the restarted operator to reconcile every resource",
+        CONVERGE_TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            let metrics = match http::get(operator.health_port(), "/metrics").await {
+                Ok(response) => response.body,
+                Err(_) => return Ok(None),
+            };
+            let done = ["AuditStream", "AuditConsumer"].iter().all(|kind| {
+                counter(
+                    &metrics,
+                    &format!("audit_operator_reconciliations_total{{kind=\"{kind}\"}}"),
+                ) >= count as f64
+            });
+            Ok(done.then(Instant::now))
+        },
+    )
+    .await?;
+    // The last reconciliations started; let them finish before counting what they did.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    report.set(
+        "restart: every resource checked (s)",
+        secs(reconciled - restarted),
+    );
+    let requests_restart = bench.operator_requests().await?;
+    let nats_restart = bench.nats_counters().await?;
+    report.set(
+        "restart: API writes",
+        writes(&diff(&requests_restart, &requests_idle)).to_string(),
+    );
+    report.set(
+        "restart: API requests",
+        by_verb(&diff(&requests_restart, &requests_idle)),
+    );
+    report.set(
+        "restart: NATS connections opened",
+        (nats_restart.total_connections - nats_idle.total_connections).to_string(),
+    );
+    report.set("restart: peak RSS (MiB)", mib(peak_rss_kib(&operator)?));
+    watch
+        .wait_until(|ready| ready.all_ready(count), Duration::from_secs(60))
+        .await?;
+
+    print!("{}", report.markdown());
+    Ok(())
+}
+
+fn progress(message: &str) {
+    eprintln!("bench-operator: {message}");
+}
+
+fn secs(duration: Duration) -> String {
+    format!("{:.2}", duration.as_secs_f64())
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0}", kib as f64 / 1024.0)
+}
+
+/// The control plane, the nats-server and the objects of one run.
+struct Bench {
+    client: kube::Client,
+    nats: NatsServer,
+    objects_yaml: String,
+}
+
+impl Bench {
+    async fn start(count: usize) -> anyhow::Result<Self> {
+        progress("starting etcd, kube-apiserver, kube-controller-manager and nats-server");
+        let control_plane = ControlPlane::shared();
+        let client = control_plane.admin_client().await?;
+        install_crds(&client).await?;
+        let nats = NatsServer::start().await?;
+        let mut namespaces = String::new();
+        for namespace in (0..NAMESPACES)
+            .map(namespace_name)
+            .chain([PROBE_NAMESPACE.to_owned()])
+        {
+            writeln!(
+                namespaces,
+                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}"
+            )?;
+        }
+        tools::run("kubectl", &["apply", "-f", "-"], Some(&namespaces))?;
+        let objects_yaml = objects_yaml(count, &nats.url())?;
+        Ok(Self {
+            client,
+            nats,
+            objects_yaml,
+        })
+    }
+
+    fn bulk_apply(&self) -> anyhow::Result<Duration> {
+        bulk_apply(&self.objects_yaml)
+    }
+
+    /// Deletes every AuditStream and AuditConsumer of the baseline (no operator ran, so no
+    /// finalizer holds them) and waits until they are gone.
+    async fn delete_all(&self) -> anyhow::Result<()> {
+        tools::run(
+            "kubectl",
+            &[
+                "delete",
+                "auditconsumers,auditstreams",
+                "--all",
+                "--all-namespaces",
+                "--wait=true",
+            ],
+            None,
+        )?;
+        Ok(())
+    }
+
+    fn start_operator(&self, concurrency: u16) -> anyhow::Result<OperatorProcess> {
+        // The shipped defaults (OperatorProcess sets fast test timings), but the
+        // concurrency under test.
+        OperatorProcess::start(&[
+            "--requeue-interval=60s",
+            "--retry-base-delay=1s",
+            "--retry-max-delay=5m",
+            "--nats-timeout=5s",
+            &format!("--concurrency={concurrency}"),
+        ])
+    }
+
+    async fn create_probe(&self) -> anyhow::Result<()> {
+        let probe = stream_object(PROBE_NAMESPACE, "probe", "bench.probe.>", &self.nats.url());
+        tools::run(
+            "kubectl",
+            &["apply", "--server-side", "--field-manager=bench", "-f", "-"],
+            Some(&serde_yaml::to_string(&probe)?),
+        )?;
+        Ok(())
+    }
+
+    /// What the bulk apply asked for exists beside the Ready conditions: a durable consumer
+    /// on NATS, a ServiceAccount and a Deployment per AuditConsumer (with replicas 0 there
+    /// is no PodDisruptionBudget; the operator makes one from 2 replicas on).
+    async fn check_objects_exist(&self, count: usize) -> anyhow::Result<()> {
+        let workload = ListParams::default().labels("app.kubernetes.io/name=audit-consumer");
+        let deployments = Api::<Deployment>::all(self.client.clone())
+            .list_metadata(&workload)
+            .await?
+            .items
+            .len();
+        let accounts = Api::<ServiceAccount>::all(self.client.clone())
+            .list_metadata(&workload)
+            .await?
+            .items
+            .len();
+        anyhow::ensure!(
+            deployments == count && accounts == count,
+            "{count} AuditConsumers are Ready but there are {deployments} consumer Deployments \
+             and {accounts} consumer ServiceAccounts"
+        );
+        let jetstream = async_nats::jetstream::new(self.nats.client().await?);
+        let mut durables = 0;
+        for index in 0..count {
+            let stream = jetstream.get_stream(stream_name(index)).await?;
+            let mut names = stream.consumer_names();
+            while let Some(name) = names.next().await {
+                name?;
+                durables += 1;
+            }
+        }
+        anyhow::ensure!(
+            durables == count,
+            "{count} AuditConsumers are Ready but NATS holds {durables} durable consumers"
+        );
+        Ok(())
+    }
+
+    /// The operator's API requests so far, by verb and resource, from the API server's audit
+    /// log. A list
+    /// made and found in the log first makes sure the log is written up to now.
+    async fn operator_requests(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let marker = format!("bench-marker-{}", fastrand::u64(..));
+        Api::<ConfigMap>::namespaced(self.client.clone(), "default")
+            .list_metadata(&ListParams::default().labels(&format!("marker={marker}")))
+            .await?;
+        let control_plane = ControlPlane::shared();
+        let events = wait::until(
+            "the audit log to be written up to now",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async {
+                let events = control_plane.audit_events()?;
+                let written = events.iter().rev().any(|event| {
+                    event["requestURI"]
+                        .as_str()
+                        .is_some_and(|uri| uri.contains(&marker))
+                });
+                Ok(written.then_some(events))
+            },
+        )
+        .await?;
+        let mut requests = BTreeMap::new();
+        for event in &events {
+            if event["user"]["username"] == OPERATOR_SERVICE_ACCOUNT
+                && event["stage"] == "ResponseComplete"
+                && let Some(verb) = event["verb"].as_str()
+            {
+                let object = &event["objectRef"];
+                let resource = match object["subresource"].as_str() {
+                    Some(sub) => format!("{}/{sub}", object["resource"].as_str().unwrap_or("?")),
+                    None => object["resource"].as_str().unwrap_or("?").to_owned(),
+                };
+                *requests.entry(format!("{verb} {resource}")).or_default() += 1;
+            }
+        }
+        Ok(requests)
+    }
+
+    async fn nats_counters(&self) -> anyhow::Result<NatsCounters> {
+        let varz: Value =
+            serde_json::from_str(&http::get(self.nats.monitor_port(), "/varz").await?.body)?;
+        let jsz: Value =
+            serde_json::from_str(&http::get(self.nats.monitor_port(), "/jsz").await?.body)?;
+        Ok(NatsCounters {
+            connections: varz["connections"].as_u64().unwrap_or_default(),
+            total_connections: varz["total_connections"].as_u64().unwrap_or_default(),
+            api_requests: jsz["api"]["total"].as_u64().unwrap_or_default(),
+        })
+    }
+}
+
+struct NatsCounters {
+    connections: u64,
+    total_connections: u64,
+    api_requests: u64,
+}
+
+fn namespace_name(index: usize) -> String {
+    format!("bench-{index:02}")
+}
+
+fn stream_name(index: usize) -> String {
+    format!("BENCH_{index:04}")
+}
+
+fn stream_object(namespace: &str, name: &str, subject: &str, server: &str) -> Value {
+    json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "AuditStream",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "connection": { "servers": [server] },
+            "subjects": [subject],
+            "storage": "File",
+            "deletionPolicy": "Delete",
+        },
+    })
+}
+
+/// N AuditStreams with distinct subjects and one AuditConsumer (replicas 0) reading each,
+/// spread round-robin over the namespaces, as one multi-document YAML.
+fn objects_yaml(count: usize, server: &str) -> anyhow::Result<String> {
+    let mut yaml = String::new();
+    for index in 0..count {
+        let namespace = namespace_name(index % NAMESPACES);
+        let name = format!("audit-{index:04}");
+        let mut stream = stream_object(&namespace, &name, &format!("bench.{index}.>"), server);
+        stream["spec"]["name"] = json!(stream_name(index));
+        let consumer = json!({
+            "apiVersion": format!("{GROUP}/{VERSION}"),
+            "kind": "AuditConsumer",
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": {
+                "streamRef": { "name": name },
+                "replicas": 0,
+                "deletionPolicy": "Delete",
+            },
+        });
+        for object in [stream, consumer] {
+            yaml.push_str("---\n");
+            yaml.push_str(&serde_yaml::to_string(&object)?);
+        }
+    }
+    Ok(yaml)
+}
+
+/// One `kubectl apply --server-side` of every object, as a GitOps tool applies a
+/// repository; returns how long it took.
+fn bulk_apply(yaml: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    tools::run(
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=bench-gitops",
+            "-f",
+            "-",
+        ],
+        Some(yaml),
+    )?;
+    Ok(started.elapsed())
+}
+
+/// Changes the probe's spec shortly after the bulk apply started, when the creates are
+/// queued, and returns how long until the operator reported the new generation Ready.
+async fn change_probe_during_burst(
+    client: kube::Client,
+    watch: Readiness,
+) -> anyhow::Result<Duration> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let api = dynamic_api(&client, PROBE_NAMESPACE, "AuditStream", "auditstreams");
+    let changed = Instant::now();
+    // A field manager of its own: applying only the description as the manager that owns
+    // the rest of the spec would remove the rest.
+    let patched = api
+        .patch(
+            "probe",
+            &PatchParams::apply("bench-change"),
+            &Patch::Apply(json!({
+                "apiVersion": format!("{GROUP}/{VERSION}"),
+                "kind": "AuditStream",
+                "metadata": { "name": "probe", "namespace": PROBE_NAMESPACE },
+                "spec": { "description": "changed during the burst" },
+            })),
+        )
+        .await?;
+    let generation = patched.metadata.generation.unwrap_or_default();
+    watch
+        .wait_until(
+            |ready| ready.is_ready(PROBE_NAMESPACE, "probe", generation),
+            CONVERGE_TIMEOUT,
+        )
+        .await?;
+    Ok(changed.elapsed())
+}
+
+fn dynamic_api(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    plural: &str,
+) -> Api<DynamicObject> {
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, kind), plural);
+    Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
+/// Both kinds as the bench's own watches see them: one watch each, not a poll, so that
+/// waiting costs the API server next to nothing.
+#[derive(Clone)]
+struct Readiness {
+    streams: reflector::Store<DynamicObject>,
+    consumers: reflector::Store<DynamicObject>,
+    deployments: reflector::Store<Deployment>,
+}
+
+impl Readiness {
+    fn start(client: &kube::Client) -> Self {
+        let reflect = |kind: &str, plural: &str| {
+            let resource = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(GROUP, VERSION, kind),
+                plural,
+            );
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            let writer = reflector::store::Writer::new(resource);
+            let store = writer.as_reader();
+            let stream = reflector(writer, watcher(api, watcher::Config::default()))
+                .applied_objects()
+                .for_each(|_| async {});
+            tokio::spawn(stream);
+            store
+        };
+        let (deployments, writer) = reflector::store();
+        let workload = watcher::Config::default().labels("app.kubernetes.io/name=audit-consumer");
+        let api: Api<Deployment> = Api::all(client.clone());
+        tokio::spawn(
+            reflector(writer, watcher(api, workload))
+                .applied_objects()
+                .for_each(|_| async {}),
+        );
+        Self {
+            streams: reflect("AuditStream", "auditstreams"),
+            consumers: reflect("AuditConsumer", "auditconsumers"),
+            deployments,
+        }
+    }
+
+    async fn wait_until(
+        &self,
+        done: impl Fn(&Self) -> bool,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        wait::until(
+            "the benchmark's resources",
+            within,
+            Duration::from_millis(50),
+            || std::future::ready(Ok(done(self).then_some(()))),
+        )
+        .await
+    }
+
+    fn is_ready(&self, namespace: &str, name: &str, generation: i64) -> bool {
+        self.streams.state().iter().any(|object| {
+            object.metadata.namespace.as_deref() == Some(namespace)
+                && object.metadata.name.as_deref() == Some(name)
+                && object.metadata.generation == Some(generation)
+                && ready_for_generation(object)
+        })
+    }
+
+    /// What the operator alone decides: every AuditStream of the bulk apply Ready, every
+    /// AuditConsumer reconciled at its generation (its durable consumer made) and its
+    /// Deployment created. Whether an AuditConsumer is Ready also waits for
+    /// kube-controller-manager to report on the Deployment (see [`Self::all_ready`]).
+    fn converged(&self, count: usize) -> bool {
+        let bench = |object: &&std::sync::Arc<DynamicObject>| {
+            object.metadata.namespace.as_deref() != Some(PROBE_NAMESPACE)
+        };
+        let streams_ready = self
+            .streams
+            .state()
+            .iter()
+            .filter(bench)
+            .filter(|object| ready_for_generation(object))
+            .count();
+        let consumers_observed = self
+            .consumers
+            .state()
+            .iter()
+            .filter(bench)
+            .filter(|object| {
+                object.data["status"]["observedGeneration"].as_i64() == object.metadata.generation
+            })
+            .count();
+        streams_ready >= count
+            && consumers_observed >= count
+            && self.deployments.state().len() >= count
+    }
+
+    /// Every AuditStream and AuditConsumer of the bulk apply Ready for its generation.
+    fn all_ready(&self, count: usize) -> bool {
+        let ready = |store: &reflector::Store<DynamicObject>| {
+            store
+                .state()
+                .iter()
+                .filter(|object| object.metadata.namespace.as_deref() != Some(PROBE_NAMESPACE))
+                .filter(|object| ready_for_generation(object))
+                .count()
+        };
+        ready(&self.streams) >= count && ready(&self.consumers) >= count
+    }
+}
+
+fn ready_for_generation(object: &DynamicObject) -> bool {
+    let status = &object.data["status"];
+    status["observedGeneration"].as_i64() == object.metadata.generation
+        && status["conditions"].as_array().is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// The resident set high-water mark of the operator process, in KiB.
+fn peak_rss_kib(operator: &OperatorProcess) -> anyhow::Result<u64> {
+    let pid = operator
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the operator is not running"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// User and system CPU time of the operator process so far.
+fn cpu_seconds(operator: &OperatorProcess) -> anyhow::Result<f64> {
+    let pid = operator
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("the operator is not running"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime and stime are fields 14 and 15.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // In clock ticks of USER_HZ, which Linux fixes at 100 for what it shows user space.
+    Ok(ticks as f64 / 100.0)
+}
+
+fn diff(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(verb, count)| (verb.clone(), count - before.get(verb).copied().unwrap_or(0)))
+        .filter(|(_, count)| *count > 0)
+        .collect()
+}
+
+fn writes(requests: &BTreeMap<String, u64>) -> u64 {
+    requests
+        .iter()
+        .filter(|(request, _)| {
+            WRITE_VERBS.contains(
+                &request
+                    .split_once(' ')
+                    .map_or(request.as_str(), |(verb, _)| verb),
+            )
+        })
+        .map(|(_, count)| count)
+        .sum()
+}
+
+fn by_verb(requests: &BTreeMap<String, u64>) -> String {
+    if requests.is_empty() {
+        return "0".to_owned();
+    }
+    requests
+        .iter()
+        .map(|(verb, count)| format!("{verb} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The failed reconciliations by kind and reason, from the operator's counter.
+fn failures(metrics: &str) -> String {
+    let listed: Vec<String> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("audit_operator_reconcile_failures_total{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ")?;
+            Some(format!("{} {value}", labels.replace('"', "")))
+        })
+        .collect();
+    if listed.is_empty() {
+        "0".to_owned()
+    } else {
+        listed.join(", ")
+    }
+}
+
+/// The value of a counter sample in Prometheus text, 0 when absent.
+fn counter(metrics: &str, sample: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` of the reconcile durations
+/// of `kind`: the histogram's resolution is its buckets, so that is what can be said.
+fn histogram_quantile(metrics: &str, kind: &str, q: f64) -> String {
+    let prefix = "audit_operator_reconcile_duration_seconds_bucket{";
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix))
+        .filter(|rest| rest.contains(&format!("kind=\"{kind}\"")))
+        .filter_map(|rest| {
+            let bound = rest.split("le=\"").nth(1)?.split('"').next()?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            let count = rest.rsplit_once(' ')?.1.parse().ok()?;
+            Some((bound, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return "-".to_owned();
+    }
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map_or("-".to_owned(), |(bound, _)| format!("≤ {bound}"))
+}
+
+/// The figures of one run, in the order they were taken.
+struct Report {
+    count: usize,
+    concurrency: u16,
+    rows: Vec<(String, String)>,
+}
+
+impl Report {
+    fn new(count: usize, concurrency: u16) -> Self {
+        Self {
+            count,
+            concurrency,
+            rows: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, what: &str, value: String) {
+        progress(&format!("{what}: {value}"));
+        self.rows.push((what.to_owned(), value));
+    }
+
+    fn markdown(&self) -> String {
+        let mut text = format!(
+            "\n| N = {}, --concurrency {} | |\n|---|---|\n",
+            self.count,
+            if self.concurrency == 0 {
+                "0 (no limit)".to_owned()
+            } else {
+                self.concurrency.to_string()
+            }
+        );
+        for (what, value) in &self.rows {
+            let _ = writeln!(text, "| {what} | {value} |");
+        }
+        text
+    }
+}
