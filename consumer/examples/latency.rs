@@ -163,7 +163,9 @@ async fn publish(
     let ticks = duration.as_millis() as u64;
     let mut interval = tokio::time::interval(Duration::from_millis(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut window = std::collections::VecDeque::with_capacity(8192);
+    // Below the JetStream context's limit of acks in flight: past it, a publish waits for a
+    // permit that only awaiting an older ack returns, and a larger window deadlocks.
+    let mut window = std::collections::VecDeque::with_capacity(1024);
     let mut sequence = 0u64;
     for tick in 0..ticks {
         interval.tick().await;
@@ -176,7 +178,7 @@ async fn publish(
                 user = sequence % 1000
             );
             window.push_back(js.publish(subject.clone(), payload.into()).await?);
-            if window.len() == 8192 {
+            if window.len() == 1024 {
                 window.pop_front().expect("the window is full").await?;
             }
             sequence += 1;

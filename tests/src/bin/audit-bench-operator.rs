@@ -292,20 +292,43 @@ impl Bench {
     }
 
     /// Deletes every AuditStream and AuditConsumer of the baseline (no operator ran, so no
-    /// finalizer holds them) and waits until they are gone.
+    /// finalizer holds them), one collection per namespace and kind, and waits until they are
+    /// gone: `kubectl delete --all` deletes one object per request, client-side throttled.
     async fn delete_all(&self) -> anyhow::Result<()> {
-        tools::run(
-            "kubectl",
-            &[
-                "delete",
-                "auditconsumers,auditstreams",
-                "--all",
-                "--all-namespaces",
-                "--wait=true",
-            ],
-            None,
-        )?;
-        Ok(())
+        for namespace in (0..NAMESPACES).map(namespace_name) {
+            for (kind, plural) in [
+                ("AuditConsumer", "auditconsumers"),
+                ("AuditStream", "auditstreams"),
+            ] {
+                dynamic_api(&self.client, &namespace, kind, plural)
+                    .delete_collection(&Default::default(), &ListParams::default())
+                    .await?;
+            }
+        }
+        wait::until(
+            "the baseline's objects to be gone",
+            CONVERGE_TIMEOUT,
+            Duration::from_millis(250),
+            || async {
+                let mut left = 0;
+                for (kind, plural) in [
+                    ("AuditConsumer", "auditconsumers"),
+                    ("AuditStream", "auditstreams"),
+                ] {
+                    let resource = ApiResource::from_gvk_with_plural(
+                        &GroupVersionKind::gvk(GROUP, VERSION, kind),
+                        plural,
+                    );
+                    left += Api::<DynamicObject>::all_with(self.client.clone(), &resource)
+                        .list_metadata(&ListParams::default().limit(1))
+                        .await?
+                        .items
+                        .len();
+                }
+                Ok((left == 0).then_some(()))
+            },
+        )
+        .await
     }
 
     fn start_operator(&self, concurrency: u16) -> anyhow::Result<OperatorProcess> {
