@@ -402,14 +402,41 @@ impl Soak {
             Fault::KillOperatorLeader => {
                 let leases: Api<Lease> =
                     Api::namespaced(self.client.clone(), &self.operator.namespace);
-                let leader = leases
-                    .get("audit-operator-leader")
-                    .await?
-                    .spec
-                    .and_then(|spec| spec.holder_identity)
-                    .ok_or_else(|| anyhow::anyhow!("no operator leader"))?;
                 let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.operator.namespace);
-                let pod = pods.get(&leader).await?;
+                // Right after another fault (an API server restart) the Lease may still name a
+                // leader that stepped down and whose container is restarting: wait for a leader
+                // that is running, as a real outage would find one.
+                let pod = wait::until(
+                    "an operator leader with a running container",
+                    Duration::from_secs(120),
+                    Duration::from_millis(500),
+                    || {
+                        let (leases, pods) = (leases.clone(), pods.clone());
+                        async move {
+                            let Some(leader) = leases
+                                .get("audit-operator-leader")
+                                .await?
+                                .spec
+                                .and_then(|spec| spec.holder_identity)
+                            else {
+                                return Ok(None);
+                            };
+                            let Some(pod) = pods.get_opt(&leader).await? else {
+                                return Ok(None);
+                            };
+                            let running = pod.status.as_ref().is_some_and(|status| {
+                                status.container_statuses.iter().flatten().any(|container| {
+                                    container
+                                        .state
+                                        .as_ref()
+                                        .is_some_and(|s| s.running.is_some())
+                                })
+                            });
+                            Ok(running.then_some(pod))
+                        }
+                    },
+                )
+                .await?;
                 self.kill_and_wait_restart(&self.operator.namespace.clone(), pod)
                     .await?;
             }
