@@ -790,7 +790,7 @@ async fn put_signing_key(env: &Env, name: &str, seed: &str) -> anyhow::Result<()
 }
 
 #[tokio::test]
-async fn integrity_gets_an_append_only_witness_and_bad_keys_forgeries_and_loose_streams_show()
+async fn integrity_witness_is_append_only_and_bad_keys_forgeries_stalls_and_loose_streams_show()
 -> anyhow::Result<()> {
     let env = Env::start_with_operator_args("integrity", &["--requeue-interval", "2s"]).await?;
     env.apply_stream().await?;
@@ -926,6 +926,61 @@ async fn integrity_gets_an_append_only_witness_and_bad_keys_forgeries_and_loose_
         "not part of Ready"
     );
 
+    // Events acknowledged after the rollout by a reader that publishes no checkpoint (as a pod
+    // whose NATS user may not publish to the subject): the checkpoints are reported stalled.
+    env.apply_consumer("silent", integrity("signer", "AUDIT_INTEGRITY"))
+        .await?;
+    env.wait_condition("silent", "CheckpointsWitnessed", "True")
+        .await?;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    wait::until("the silent Deployment rolled out", WAIT, POLL, || async {
+        let deployment = deployments.get("silent-audit-consumer").await?;
+        let done = deployment
+            .status
+            .and_then(|status| status.conditions)
+            .into_iter()
+            .flatten()
+            .any(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable"));
+        Ok(done.then_some(()))
+    })
+    .await?;
+    for n in 0..5 {
+        js.publish(format!("audit.silent.{n}"), "{}".into())
+            .await?
+            .await?;
+    }
+    let durable: jetstream::consumer::PullConsumer = js
+        .get_stream("ORDERS")
+        .await?
+        .get_consumer("silent")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut batch = durable.fetch().max_messages(5).messages().await?;
+    let mut acked = 0;
+    while let Some(message) = futures::StreamExt::next(&mut batch).await {
+        message
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .double_ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        acked += 1;
+    }
+    assert!(acked > 0, "the reader got events");
+    let stalled = env
+        .wait_condition("silent", "CheckpointsWitnessed", "False")
+        .await?;
+    assert_eq!(stalled["reason"], "CheckpointsStalled", "{stalled}");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("audit-integrity.ORDERS.silent")),
+        "{stalled}"
+    );
+    wait::until("a CheckpointsStalled Event", WAIT, POLL, || async {
+        let events = events_about(&env.client, &env.namespace, "silent").await?;
+        Ok((occurrences(&events, "CheckpointsStalled") > 0).then_some(()))
+    })
+    .await?;
     Ok(())
 }
 
