@@ -524,7 +524,7 @@ fn verify(
 }
 
 #[tokio::test]
-async fn real_pods_witness_their_lines_and_verify_locates_a_deleted_one() -> anyhow::Result<()> {
+async fn real_pods_witness_their_lines_and_verify_locates_each_tampering() -> anyhow::Result<()> {
     let env = Env::start("integrity").await?;
     env.apply_sample_stream()?;
     let key = nkeys::KeyPair::new_account();
@@ -628,29 +628,86 @@ async fn real_pods_witness_their_lines_and_verify_locates_a_deleted_one() -> any
     assert_eq!(code, 0, "{report}");
     assert!(report.contains("problems=0 rejected_heads=0"), "{report}");
 
-    // One line deleted from a pod's log, as a log store could: found, and where.
+    // What a log store could do to the busiest pod's log, each found and located: the lines
+    // of that log, the positions of its chained lines, and the report on the changed copy.
     let victim = &files[0];
-    let text = std::fs::read_to_string(victim)?;
-    let lines: Vec<&str> = text.lines().collect();
+    let pristine = std::fs::read_to_string(victim)?;
+    let lines: Vec<String> = pristine.lines().map(str::to_owned).collect();
     let chained_at: Vec<usize> = (0..lines.len())
-        .filter(|&i| matches!(audit_event(lines[i]), Ok(Some(_))))
+        .filter(|&i| matches!(audit_event(&lines[i]), Ok(Some(_))))
         .collect();
-    let deleted = chained_at[chained_at.len() / 2];
-    let seq = serde_json::from_str::<Value>(lines[deleted])?["seq"]
-        .as_u64()
-        .unwrap_or_default();
-    let kept: Vec<&str> = lines
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != deleted)
-        .map(|(_, line)| *line)
-        .collect();
-    std::fs::write(victim, kept.join("\n") + "\n")?;
-    let (code, report) = verify(&env, &status, &files)?;
-    assert_eq!(code, 1, "{report}");
-    assert!(
-        report.contains(&format!("finding=missing positions={seq}")),
-        "{report}"
-    );
+    assert!(chained_at.len() >= 10, "{} chained lines", chained_at.len());
+    let seq_at = |index: usize| -> u64 {
+        serde_json::from_str::<Value>(&lines[index])
+            .map_or(0, |line| line["seq"].as_u64().unwrap_or(0))
+    };
+    let middle = chained_at[chained_at.len() / 2];
+    let next = chained_at[chained_at.len() / 2 + 1];
+    let last = chained_at[chained_at.len() - 1];
+    let cut_from = chained_at[chained_at.len() - 3];
+    let tamperings: Vec<(&str, Vec<String>, String)> = vec![
+        (
+            "a line deleted",
+            lines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != middle)
+                .map(|(_, l)| l.clone())
+                .collect(),
+            format!("finding=missing positions={}", seq_at(middle)),
+        ),
+        (
+            "one character edited",
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    if i == middle {
+                        l.replacen("evt-", "evt_", 1)
+                            .replacen("raw event", "raw-event", 1)
+                    } else {
+                        l.clone()
+                    }
+                })
+                .collect(),
+            format!("finding=altered position={}", seq_at(middle)),
+        ),
+        (
+            "two lines swapped",
+            {
+                let mut swapped = lines.clone();
+                swapped.swap(middle, next);
+                swapped
+            },
+            format!(
+                "finding=reordered position={} after={}",
+                seq_at(middle),
+                seq_at(next)
+            ),
+        ),
+        (
+            "the tail cut off",
+            lines[..cut_from].to_vec(),
+            format!(
+                "finding=truncated positions={}-{}",
+                seq_at(cut_from),
+                seq_at(last)
+            ),
+        ),
+        (
+            "the pod's whole output dropped",
+            Vec::new(),
+            format!("finding=absent positions=1-{}", seq_at(last)),
+        ),
+    ];
+    for (what, changed, finding) in tamperings {
+        assert_ne!(changed, lines, "{what} changes the log");
+        std::fs::write(victim, changed.join("\n") + "\n")?;
+        let (code, report) = verify(&env, &status, &files)?;
+        assert_eq!(code, 1, "{what}: {report}");
+        assert!(report.contains(&finding), "{what}: {finding} in\n{report}");
+    }
+    std::fs::write(victim, pristine)?;
+    assert_eq!(verify(&env, &status, &files)?.0, 0, "restored");
     Ok(())
 }
