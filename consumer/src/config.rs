@@ -293,9 +293,9 @@ pub struct IntegrityArgs {
 impl IntegrityArgs {
     /// --integrity-subject, or its default for the consumer bound by `binding`.
     pub fn subject(&self, binding: &BindingArgs) -> String {
-        self.integrity_subject
-            .clone()
-            .unwrap_or_else(|| format!("audit-integrity.{}.{}", binding.stream, binding.consumer))
+        self.integrity_subject.clone().unwrap_or_else(|| {
+            crate::integrity::witness::default_subject(&binding.stream, &binding.consumer)
+        })
     }
 
     /// --integrity-pod, else HOSTNAME, else the kernel's host name (a pod's name too).

@@ -99,6 +99,11 @@ pub enum Error {
     ConsumerNotOurs { stream: String, consumer: String },
 
     #[error(
+        "witness stream {stream:?} cannot hold the checkpoints: {problem}; fix it on NATS (the operator never changes an existing stream), or name another spec.integrity.witnessStream"
+    )]
+    WitnessStreamUnfit { stream: String, problem: String },
+
+    #[error(
         "a {kind} named {name:?} already exists and is not controlled by this AuditConsumer: delete or rename it"
     )]
     ObjectNotOurs { kind: String, name: String },
@@ -140,6 +145,7 @@ impl Error {
             Error::ConsumerConfigRejected(_) => "ConsumerConfigRejected",
             Error::ConsumerNotOurs { .. } => "ConsumerExists",
             Error::ObjectNotOurs { .. } => "ObjectExists",
+            Error::WitnessStreamUnfit { .. } => "WitnessStreamUnfit",
             Error::StreamMissingOnNats { .. } => "StreamMissingOnNats",
             Error::NamespaceTerminating => "NamespaceTerminating",
             Error::Kube(_) => "KubernetesApiFailed",
@@ -165,7 +171,8 @@ impl Error {
             | Error::StreamNotFound { .. }
             | Error::ConsumerConfigRejected(_)
             | Error::ConsumerNotOurs { .. }
-            | Error::ObjectNotOurs { .. } => true,
+            | Error::ObjectNotOurs { .. }
+            | Error::WitnessStreamUnfit { .. } => true,
             Error::NatsUnreachable { .. }
             | Error::JetStreamRequest(_)
             | Error::Kube(_)

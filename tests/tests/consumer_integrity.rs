@@ -373,14 +373,34 @@ async fn a_killed_pod_leaves_an_unwitnessed_tail_and_its_replacement_a_new_chain
     create_stream_and_consumer(&js, "restarts", Duration::from_secs(30)).await?;
     create_witness_stream(&js).await?;
     let key = SigningKey::new()?;
-    // Heads by count only (every 50 lines), so that the last lines stay unwitnessed.
-    let options = integrity_options(&key, "pod-r", "1h");
+    // Heads by count only, every 100 lines, so that the last lines stay unwitnessed: the one
+    // head due in 190 lines comes at the first write reaching 100 (a write may carry several
+    // batches), and covers at most the 170 lines written before the late ones; the next
+    // would need 200.
+    let mut options = integrity_options(&key, "pod-r", "1h");
+    let lines_at = options
+        .iter()
+        .position(|option| *option == "--integrity-checkpoint-lines")
+        .expect("set by integrity_options")
+        + 1;
+    options[lines_at] = "100";
 
     publish_events(&js, "first", 170).await?;
     let mut killed = ConsumerProcess::start(&server.url(), "restarts", &options)?;
     let mut lines = killed.read_lines(170, Duration::from_secs(60)).await?;
     wait_until_drained(&js, "restarts").await?;
-    // Fewer than 50 more: no head will cover them before the kill.
+    // The head due at 100 lines is published beside the worker: stored before going on.
+    let mut witness = js.get_stream(WITNESS).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while witness.info().await?.state.messages == 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no head within 30 s: {}",
+            killed.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 20 more: no head will cover them before the kill.
     publish_events(&js, "late", 20).await?;
     lines.extend(killed.read_lines(20, Duration::from_secs(60)).await?);
     wait_until_drained(&js, "restarts").await?;
@@ -407,7 +427,7 @@ async fn a_killed_pod_leaves_an_unwitnessed_tail_and_its_replacement_a_new_chain
         .find(|line| line.starts_with(&format!("chain={first_chain} status=unwitnessed")))
         .unwrap_or_else(|| panic!("{report}"));
     let witnessed: u64 = summary.rsplit_once("witnessed=").unwrap().1.parse()?;
-    assert!((50..=170).contains(&witnessed), "{summary}");
+    assert!((100..=170).contains(&witnessed), "{summary}");
     assert!(
         report.contains(&format!(
             "chain={first_chain} finding=unwitnessed positions={}-190\n",

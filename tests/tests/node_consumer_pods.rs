@@ -489,3 +489,225 @@ async fn a_rollout_and_a_scale_down_drain_under_sigterm_and_lose_nothing() -> an
         .await?;
     Ok(())
 }
+
+/// `audit-consumer verify` against this test's server, as an auditor runs it: exit code and
+/// report.
+fn verify(
+    env: &Env,
+    status: &Value,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<(i32, String)> {
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN)?;
+    let output = std::process::Command::new(audit_tests::cargo_bin("audit-consumer"))
+        .arg("verify")
+        .args(["--nats-url", &env.nats.url()])
+        .arg(format!("--token-file={}", token.display()))
+        .args([
+            "--public-key",
+            status["integrity"]["publicKey"]
+                .as_str()
+                .unwrap_or_default(),
+            "--integrity-subject",
+            status["integrity"]["subject"].as_str().unwrap_or_default(),
+        ])
+        .args(files)
+        .output()?;
+    let code = output.status.code().unwrap_or(-1);
+    anyhow::ensure!(
+        code != 2,
+        "verify could not check: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((code, String::from_utf8(output.stdout)?))
+}
+
+#[tokio::test]
+async fn real_pods_witness_their_lines_and_verify_locates_each_tampering() -> anyhow::Result<()> {
+    let env = Env::start("integrity").await?;
+    env.apply_sample_stream()?;
+    let key = nkeys::KeyPair::new_account();
+    env.kubectl_apply(&serde_json::to_string(&json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "audit-signer" },
+        "stringData": { "seed": key.seed()? },
+    }))?)?;
+    let logs = PodLogs::follow(
+        &env.client,
+        &env.namespace,
+        "app.kubernetes.io/instance=trail",
+    );
+    env.apply_consumer(
+        "trail",
+        json!({ "replicas": 2, "batch": 20, "expires": "2s", "integrity": {
+            "enabled": true,
+            "signingKeySecretRef": { "name": "audit-signer", "key": "seed" },
+            "checkpointInterval": "1s",
+        }}),
+    )?;
+    env.wait_ready("trail").await?;
+
+    let js = env.jetstream().await?;
+    let total = 300;
+    for n in 0..total {
+        js.publish(
+            format!("audit.trail.{n}"),
+            event(n, &format!("evt-{n}")).into(),
+        )
+        .await?
+        .await?;
+    }
+    env.wait_all_acknowledged("trail", total as u64).await?;
+
+    // The status names the key, the subject and each pod's newest checkpoint; once the
+    // checkpoints cover every line, the pods' logs verify as complete.
+    let status = wait::until("checkpoints covering every line", WAIT, POLL, || async {
+        let status = env.consumer_status("trail").await?;
+        let covered: u64 = status["integrity"]["checkpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["position"].as_u64())
+            .sum();
+        Ok((covered >= total as u64).then_some(status))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", env.operator.logs()))?;
+    assert_eq!(status["integrity"]["publicKey"], key.public_key());
+    assert_eq!(
+        status["integrity"]["subject"],
+        "audit-integrity.AUDIT_EVENTS.trail"
+    );
+    let pods: HashSet<String> = env
+        .pods("trail")
+        .await?
+        .iter()
+        .filter_map(|pod| pod.metadata.name.clone())
+        .collect();
+    for checkpoint in status["integrity"]["checkpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let pod = checkpoint["pod"].as_str().unwrap_or_default();
+        assert!(pods.contains(pod), "{pod} is one of {pods:?}");
+    }
+    let witnessed = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "CheckpointsWitnessed")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(witnessed["status"], "True", "{witnessed}");
+
+    let dir = tempfile::tempdir()?;
+    let mut files = Vec::new();
+    let mut chained = 0;
+    for (pod, lines) in logs.lines_by_pod() {
+        let path = dir.path().join(format!("{pod}.log"));
+        for line in &lines {
+            if audit_event(line)?.is_some() {
+                let parsed: Value = serde_json::from_str(line)?;
+                assert!(
+                    parsed["chain"].as_str().is_some_and(|c| c.contains(&pod)),
+                    "{line}"
+                );
+                chained += 1;
+            }
+        }
+        std::fs::write(&path, lines.join("\n") + "\n")?;
+        files.push((lines.len(), path));
+    }
+    assert_eq!(chained, total, "every event line is chained, once");
+    // The busiest pod's log is the one tampered with below.
+    files.sort();
+    let files: Vec<std::path::PathBuf> = files.into_iter().rev().map(|(_, path)| path).collect();
+    let (code, report) = verify(&env, &status, &files)?;
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("problems=0 rejected_heads=0"), "{report}");
+
+    // What a log store could do to the busiest pod's log, each found and located: the lines
+    // of that log, the positions of its chained lines, and the report on the changed copy.
+    let victim = &files[0];
+    let pristine = std::fs::read_to_string(victim)?;
+    let lines: Vec<String> = pristine.lines().map(str::to_owned).collect();
+    let chained_at: Vec<usize> = (0..lines.len())
+        .filter(|&i| matches!(audit_event(&lines[i]), Ok(Some(_))))
+        .collect();
+    assert!(chained_at.len() >= 10, "{} chained lines", chained_at.len());
+    let seq_at = |index: usize| -> u64 {
+        serde_json::from_str::<Value>(&lines[index])
+            .map_or(0, |line| line["seq"].as_u64().unwrap_or(0))
+    };
+    let middle = chained_at[chained_at.len() / 2];
+    let next = chained_at[chained_at.len() / 2 + 1];
+    let last = chained_at[chained_at.len() - 1];
+    let cut_from = chained_at[chained_at.len() - 3];
+    let tamperings: Vec<(&str, Vec<String>, String)> = vec![
+        (
+            "a line deleted",
+            lines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != middle)
+                .map(|(_, l)| l.clone())
+                .collect(),
+            format!("finding=missing positions={}", seq_at(middle)),
+        ),
+        (
+            "one character edited",
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    if i == middle {
+                        l.replacen("evt-", "evt_", 1)
+                            .replacen("raw event", "raw-event", 1)
+                    } else {
+                        l.clone()
+                    }
+                })
+                .collect(),
+            format!("finding=altered position={}", seq_at(middle)),
+        ),
+        (
+            "two lines swapped",
+            {
+                let mut swapped = lines.clone();
+                swapped.swap(middle, next);
+                swapped
+            },
+            format!(
+                "finding=reordered position={} after={}",
+                seq_at(middle),
+                seq_at(next)
+            ),
+        ),
+        (
+            "the tail cut off",
+            lines[..cut_from].to_vec(),
+            format!(
+                "finding=truncated positions={}-{}",
+                seq_at(cut_from),
+                seq_at(last)
+            ),
+        ),
+        (
+            "the pod's whole output dropped",
+            Vec::new(),
+            format!("finding=absent positions=1-{}", seq_at(last)),
+        ),
+    ];
+    for (what, changed, finding) in tamperings {
+        assert_ne!(changed, lines, "{what} changes the log");
+        std::fs::write(victim, changed.join("\n") + "\n")?;
+        let (code, report) = verify(&env, &status, &files)?;
+        assert_eq!(code, 1, "{what}: {report}");
+        assert!(report.contains(&finding), "{what}: {finding} in\n{report}");
+    }
+    std::fs::write(victim, pristine)?;
+    assert_eq!(verify(&env, &status, &files)?.0, 0, "restored");
+    Ok(())
+}

@@ -770,3 +770,221 @@ async fn a_consumer_waits_while_its_stream_is_missing_on_nats() -> anyhow::Resul
         .await?;
     Ok(())
 }
+
+/// A Secret `name` holding `seed` under the key `seed`, created or replaced.
+async fn put_signing_key(env: &Env, name: &str, seed: &str) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": name },
+        "stringData": { "seed": seed },
+    }))?;
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply("integrity-test").force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn integrity_witness_is_append_only_and_bad_keys_forgeries_stalls_and_loose_streams_show()
+-> anyhow::Result<()> {
+    let env = Env::start_with_operator_args("integrity", &["--requeue-interval", "2s"]).await?;
+    env.apply_stream().await?;
+    let js = env.jetstream().await?;
+    let integrity = |key: &str, stream: &str| {
+        json!({ "replicas": 0, "integrity": {
+            "enabled": true,
+            "signingKeySecretRef": { "name": key, "key": "seed" },
+            "checkpointInterval": "2s",
+            "witnessStream": stream,
+        }})
+    };
+
+    // On without a key: the schema refuses it.
+    let refused = env
+        .apply_consumer("keyless", json!({ "integrity": { "enabled": true } }))
+        .await
+        .expect_err("integrity without a signing key");
+    assert!(
+        refused.to_string().contains("needs signingKeySecretRef"),
+        "{refused}"
+    );
+
+    // An existing witness stream that allows deleting and purging is refused, not changed.
+    js.create_stream(jetstream::stream::Config {
+        name: "LOOSE".into(),
+        subjects: vec!["audit-integrity.ORDERS.loose".into()],
+        ..Default::default()
+    })
+    .await?;
+    put_signing_key(&env, "signer", &nkeys::KeyPair::new_account().seed()?).await?;
+    env.apply_consumer("loose", integrity("signer", "LOOSE"))
+        .await?;
+    let condition = env
+        .wait_condition("loose", "ConsumerReady", "False")
+        .await?;
+    assert_eq!(condition["reason"], "WitnessStreamUnfit", "{condition}");
+    let message = condition["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("deny_delete") && message.contains("deny_purge"),
+        "{message}"
+    );
+    let loose = js.get_stream("LOOSE").await?.cached_info().clone();
+    assert!(!loose.config.deny_delete, "left as it was");
+    // Out of the way of the witness stream below, whose subjects would overlap.
+    env.consumers
+        .delete("loose", &DeleteParams::default())
+        .await?;
+    wait::until("AuditConsumer loose gone", WAIT, POLL, || async {
+        Ok(env
+            .consumers
+            .get_opt("loose")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    js.delete_stream("LOOSE").await?;
+
+    // A key that is no seed: said, without its content, and nothing runs.
+    put_signing_key(&env, "signer", "not-a-seed-9d1").await?;
+    env.apply_consumer("trail", integrity("signer", "AUDIT_INTEGRITY"))
+        .await?;
+    let condition = env
+        .wait_condition("trail", "ConsumerReady", "False")
+        .await?;
+    assert_eq!(condition["reason"], "SecretInvalid", "{condition}");
+    let message = condition["message"].as_str().unwrap_or_default();
+    assert!(message.contains("nk -gen account"), "{message}");
+    assert!(!message.contains("not-a-seed-9d1"), "{message}");
+
+    // The right key: Ready, the witness stream append-only, the key a file in the pods.
+    let key = nkeys::KeyPair::new_account();
+    put_signing_key(&env, "signer", &key.seed()?).await?;
+    env.wait_condition("trail", "Ready", "True").await?;
+    let witness = js
+        .get_stream("AUDIT_INTEGRITY")
+        .await?
+        .cached_info()
+        .clone();
+    assert!(witness.config.deny_delete && witness.config.deny_purge);
+    assert_eq!(witness.config.subjects, ["audit-integrity.>"]);
+    let deployment = env.deployment("trail").await?;
+    let args = template_args(&deployment);
+    for expected in [
+        "--integrity",
+        "--integrity-key-file=/etc/audit-consumer/nats/integrity-key/seed.nk",
+        "--integrity-subject=audit-integrity.ORDERS.trail",
+        "--integrity-checkpoint-interval=2s",
+    ] {
+        assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+    }
+    let status = env.consumers.get("trail").await?.data["status"].clone();
+    assert_eq!(status["integrity"]["publicKey"], key.public_key());
+    assert_eq!(
+        status["integrity"]["subject"],
+        "audit-integrity.ORDERS.trail"
+    );
+    let witnessed = env
+        .wait_condition("trail", "CheckpointsWitnessed", "True")
+        .await?;
+    assert_eq!(witnessed["reason"], "Witnessed", "{witnessed}");
+
+    // A checkpoint signed by another key on the subject: flagged, with a Warning Event.
+    let forger = nkeys::KeyPair::new_account();
+    let payload = format!(
+        r#"{{"chain":"trail/forged/2026-11-28T00:00:00.000000000Z","seq":1,"hash":"{}","time":"2026-11-28T00:00:00Z","signer":"{}"}}"#,
+        "ab".repeat(32),
+        key.public_key()
+    );
+    let signature = base64_url(&forger.sign(payload.as_bytes())?);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Audit-Signature", signature.as_str());
+    js.publish_with_headers("audit-integrity.ORDERS.trail", headers, payload.into())
+        .await?
+        .await?;
+    let rejected = env
+        .wait_condition("trail", "CheckpointsWitnessed", "False")
+        .await?;
+    assert_eq!(rejected["reason"], "CheckpointsRejected", "{rejected}");
+    assert_eq!(
+        env.consumers.get("trail").await?.data["status"]["integrity"]["rejectedCheckpoints"],
+        1
+    );
+    wait::until("a CheckpointsRejected Event", WAIT, POLL, || async {
+        let events = events_about(&env.client, &env.namespace, "trail").await?;
+        Ok((occurrences(&events, "CheckpointsRejected") > 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        env.condition("trail", "Ready").await?.unwrap()["status"],
+        "True",
+        "not part of Ready"
+    );
+
+    // Events acknowledged after the rollout by a reader that publishes no checkpoint (as a pod
+    // whose NATS user may not publish to the subject): the checkpoints are reported stalled.
+    env.apply_consumer("silent", integrity("signer", "AUDIT_INTEGRITY"))
+        .await?;
+    env.wait_condition("silent", "CheckpointsWitnessed", "True")
+        .await?;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    wait::until("the silent Deployment rolled out", WAIT, POLL, || async {
+        let deployment = deployments.get("silent-audit-consumer").await?;
+        let done = deployment
+            .status
+            .and_then(|status| status.conditions)
+            .into_iter()
+            .flatten()
+            .any(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable"));
+        Ok(done.then_some(()))
+    })
+    .await?;
+    for n in 0..5 {
+        js.publish(format!("audit.silent.{n}"), "{}".into())
+            .await?
+            .await?;
+    }
+    let durable: jetstream::consumer::PullConsumer = js
+        .get_stream("ORDERS")
+        .await?
+        .get_consumer("silent")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut batch = durable.fetch().max_messages(5).messages().await?;
+    let mut acked = 0;
+    while let Some(message) = futures::StreamExt::next(&mut batch).await {
+        message
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .double_ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        acked += 1;
+    }
+    assert!(acked > 0, "the reader got events");
+    let stalled = env
+        .wait_condition("silent", "CheckpointsWitnessed", "False")
+        .await?;
+    assert_eq!(stalled["reason"], "CheckpointsStalled", "{stalled}");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("audit-integrity.ORDERS.silent")),
+        "{stalled}"
+    );
+    wait::until("a CheckpointsStalled Event", WAIT, POLL, || async {
+        let events = events_about(&env.client, &env.namespace, "silent").await?;
+        Ok((occurrences(&events, "CheckpointsStalled") > 0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

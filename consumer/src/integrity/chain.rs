@@ -40,6 +40,14 @@ pub fn chain_id(consumer: &str, pod: &str, start_nanos: i128) -> String {
     String::from_utf8(id).expect("only ASCII is kept")
 }
 
+/// The pod part of a chain id (as [`chain_id`] wrote it: a pod name keeps its characters).
+pub fn pod_of(chain: &str) -> Option<&str> {
+    let mut parts = chain.splitn(3, '/');
+    let _consumer = parts.next()?;
+    let pod = parts.next()?;
+    parts.next().map(|_| pod)
+}
+
 /// A position of a chain and the hash of its line: what a checkpoint witnesses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
@@ -297,5 +305,8 @@ mod tests {
             chain_id("audit-logger", "pod 1\"=x", 1_795_000_000_123_456_789),
             "audit-logger/pod_1__x/2026-11-18T11:06:40.123456789Z"
         );
+        let id = chain_id("logger", "app.reader-audit-consumer-7f9-x2", 0);
+        assert_eq!(pod_of(&id), Some("app.reader-audit-consumer-7f9-x2"));
+        assert_eq!(pod_of("no-parts"), None);
     }
 }

@@ -6,8 +6,15 @@
 //! bytes exactly as stored, in unpadded URL-safe base64. Verification uses the trusted public
 //! keys it is given, never the `signer` field, which only helps an operator rotating keys.
 
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    consumer::{DeliverPolicy, pull::OrderedConfig},
+    stream::Stream,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt;
 use nkeys::KeyPair;
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +88,69 @@ pub fn open(
         return Err(Rejected::Malformed(format!("hash {:?}", checkpoint.hash)));
     }
     Ok(checkpoint)
+}
+
+/// A head as stored in the witness stream, before its signature is checked.
+#[derive(Clone, Debug)]
+pub struct StoredHead {
+    pub stream_sequence: u64,
+    pub subject: String,
+    /// When the stream stored it, in nanoseconds since the epoch: when it was witnessed.
+    pub stored_nanos: i128,
+    pub payload: Vec<u8>,
+    /// The [`SIGNATURE_HEADER`] value, if any.
+    pub signature: Option<String>,
+}
+
+/// Reads the heads stored in the witness `stream` on `subject` (every subject when `None`)
+/// from `deliver_policy` on, through an ordered consumer, waiting at most `timeout` for each.
+/// `audit-consumer verify` and the operator's status read them alike.
+pub async fn read_stored<I>(
+    stream: &Stream<I>,
+    subject: Option<&str>,
+    deliver_policy: DeliverPolicy,
+    timeout: Duration,
+) -> Result<Vec<StoredHead>, String> {
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.unwrap_or_default().to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| err.to_string())?;
+    let mut remaining = consumer
+        .info()
+        .await
+        .map_err(|err| err.to_string())?
+        .num_pending;
+    let mut heads = Vec::new();
+    if remaining == 0 {
+        return Ok(heads);
+    }
+    let mut messages = consumer.messages().await.map_err(|err| err.to_string())?;
+    while remaining > 0 {
+        let message = match tokio::time::timeout(timeout, messages.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(err))) => return Err(err.to_string()),
+            Ok(None) => return Err("the subscription ended early".into()),
+            Err(_) => return Err(format!("no head within {timeout:?}")),
+        };
+        let info = message.info().map_err(|err| err.to_string())?;
+        remaining = info.pending;
+        heads.push(StoredHead {
+            stream_sequence: info.stream_sequence,
+            subject: message.subject.to_string(),
+            stored_nanos: info.published.unix_timestamp_nanos(),
+            payload: message.payload.to_vec(),
+            signature: message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(SIGNATURE_HEADER))
+                .map(|value| value.as_str().to_owned()),
+        });
+    }
+    Ok(heads)
 }
 
 #[cfg(test)]

@@ -19,12 +19,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use clap::Parser;
-use futures::StreamExt;
 use nkeys::KeyPair;
 
-use super::head::{self, SIGNATURE_HEADER};
+use super::head::{self, StoredHead};
 use super::verify::{ChainReport, Finding, Location, Status, Verifier};
 use crate::config::NatsArgs;
 use crate::error::{Error, Result};
@@ -211,14 +210,6 @@ fn read_logs(files: &[PathBuf], verifier: &mut Verifier) -> Result<Vec<String>> 
     Ok(names)
 }
 
-/// A head as stored in the witness stream, before its signature is checked.
-struct StoredHead {
-    stream_sequence: u64,
-    subject: String,
-    payload: Vec<u8>,
-    signature: Option<String>,
-}
-
 async fn read_heads(args: &VerifyArgs) -> Result<Vec<StoredHead>> {
     let failed = |reason: String| Error::Witness {
         stream: args.integrity_stream.clone(),
@@ -236,48 +227,14 @@ async fn read_heads(args: &VerifyArgs) -> Result<Vec<StoredHead>> {
         },
         None => DeliverPolicy::All,
     };
-    let mut consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: args.integrity_subject.clone().unwrap_or_default(),
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(|err| failed(err.to_string()))?;
-    let mut remaining = consumer
-        .info()
-        .await
-        .map_err(|err| failed(err.to_string()))?
-        .num_pending;
-    let mut heads = Vec::new();
-    if remaining == 0 {
-        return Ok(heads);
-    }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|err| failed(err.to_string()))?;
-    while remaining > 0 {
-        let message = match tokio::time::timeout(READ_TIMEOUT, messages.next()).await {
-            Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(err))) => return Err(failed(err.to_string())),
-            Ok(None) => return Err(failed("the subscription ended early".into())),
-            Err(_) => return Err(failed(format!("no head within {READ_TIMEOUT:?}"))),
-        };
-        let info = message.info().map_err(|err| failed(err.to_string()))?;
-        remaining = info.pending;
-        heads.push(StoredHead {
-            stream_sequence: info.stream_sequence,
-            subject: message.subject.to_string(),
-            payload: message.payload.to_vec(),
-            signature: message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(SIGNATURE_HEADER))
-                .map(|value| value.as_str().to_owned()),
-        });
-    }
-    drop(messages);
+    let heads = head::read_stored(
+        &stream,
+        args.integrity_subject.as_deref(),
+        deliver_policy,
+        READ_TIMEOUT,
+    )
+    .await
+    .map_err(failed)?;
     let _ = client.drain().await;
     Ok(heads)
 }

@@ -21,6 +21,15 @@ use super::head::{self, Checkpoint};
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 
+/// The subjects of the witness stream: every AuditConsumer's heads under one prefix.
+pub const SUBJECT_PREFIX: &str = "audit-integrity";
+
+/// The subject a consumer's heads go to unless told otherwise:
+/// `audit-integrity.<stream>.<consumer>` (neither name can hold a `.`).
+pub fn default_subject(stream: &str, consumer: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{stream}.{consumer}")
+}
+
 #[derive(Clone, Debug)]
 pub struct WitnessConfig {
     pub stream: String,

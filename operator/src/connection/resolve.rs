@@ -209,7 +209,8 @@ fn bytes(secrets: &BTreeMap<String, Secret>, r: &SecretKeyRef) -> Result<Vec<u8>
     })
 }
 
-fn text(secrets: &BTreeMap<String, Secret>, r: &SecretKeyRef) -> Result<String> {
+/// The text under `r` of the already-fetched Secrets, neither missing nor empty.
+pub fn text(secrets: &BTreeMap<String, Secret>, r: &SecretKeyRef) -> Result<String> {
     let value = String::from_utf8(bytes(secrets, r)?).map_err(|_| Error::SecretInvalid {
         name: r.name.clone(),
         key: r.key.clone(),

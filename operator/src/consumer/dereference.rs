@@ -9,6 +9,7 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 
+use super::integrity::SigningKey;
 use crate::{
     conditions::{READY, Status},
     connection::{self, ResolvedConnection},
@@ -23,6 +24,9 @@ pub struct Referenced {
     /// The stream's name on NATS.
     pub stream_name: String,
     pub connection: ResolvedConnection,
+    /// With integrity on, the signing key's public half (read after the stream: see
+    /// [`super::integrity::read_signing_key`]).
+    pub signing_key: Option<SigningKey>,
 }
 
 impl Referenced {
@@ -68,6 +72,7 @@ pub async fn dereference(
         stream_name: stream.stream_name(),
         stream,
         connection,
+        signing_key: None,
     })
 }
 

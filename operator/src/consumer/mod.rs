@@ -6,7 +6,7 @@
 //!
 //! Besides AuditConsumers it watches the objects it owns (a deleted or hand-edited Deployment
 //! is put back at once), the AuditStreams (a stream turning Ready requeues its consumers) and
-//! Secrets (a rotated credential rolls the pods that mount it). An AuditConsumer with a
+//! Secrets (a rotated credential or integrity signing key rolls the pods that mount it). An AuditConsumer with a
 //! `maxDeliver` is also woken by NATS's advisories about events that reached it, and by the
 //! server refusing the operator's subscription to them.
 
@@ -14,6 +14,7 @@ pub mod apply;
 pub mod build;
 mod cleanup;
 pub mod dereference;
+pub mod integrity;
 pub mod max_deliveries;
 mod reconcile;
 pub mod status;
@@ -133,7 +134,8 @@ fn consumers_of_stream(
         .collect()
 }
 
-/// The AuditConsumers whose AuditStream's connection reads `secret`: their pods mount it.
+/// The AuditConsumers whose pods mount `secret`: their AuditStream's connection reads it, or
+/// it holds their integrity signing key.
 fn consumers_using_secret(
     consumers: &Store<Guarded>,
     streams: &Store<GuardedStream>,
@@ -141,6 +143,13 @@ fn consumers_using_secret(
 ) -> Vec<ObjectRef<Guarded>> {
     let namespace = secret.namespace();
     let name = secret.name_any();
+    let signing = consumers
+        .state()
+        .into_iter()
+        .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
+        .filter(|c| c.namespace() == namespace)
+        .filter(|c| integrity::wanted_key(c).is_some_and(|key| key.name == name))
+        .map(|c| object_ref(&c));
     streams
         .state()
         .iter()
@@ -148,6 +157,7 @@ fn consumers_using_secret(
         .filter(|s| s.namespace() == namespace)
         .filter(|s| s.spec.connection.secret_names().any(|n| n == name))
         .flat_map(|s| consumers_of_stream(consumers, &s.name_any(), namespace.clone()))
+        .chain(signing)
         .collect()
 }
 

@@ -4,7 +4,7 @@
 
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Secret},
-    apimachinery::pkg::apis::meta::v1::Time,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
 use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
@@ -15,15 +15,16 @@ use super::{
     apply::Change,
     build::{self, nats_consumer, workload_name},
     dereference,
+    integrity::{self, Checkpoints},
     max_deliveries::{self, Listening, Recorded, Unreported},
     object_ref,
-    status::{self, Advisories, Failure, Report, Stage},
+    status::{self, Advisories, Failure, Report, Stage, Witnessing},
     validate::{self, ValidConsumer},
 };
 use crate::{
-    conditions::held_at_generation,
+    conditions::{Status, held_at_generation},
     connection::PoolUser,
-    crd::consumer::AuditConsumer,
+    crd::consumer::{AuditConsumer, AuditConsumerStatus},
     error::{Error, Result},
     report::{self, Notice},
 };
@@ -40,6 +41,7 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
             .listening(&key)
             .map_or(Advisories::Unknown, Advisories::Known),
     };
+    let integrity_on = integrity::wanted_key(consumer).is_some();
     let report = match &result {
         Ok(done) => Report {
             stream_name: Some(done.stream_name.clone()),
@@ -47,11 +49,20 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
             workload: Some(&done.deployment),
             failure: None,
             advisories: advisories.clone(),
+            witnessing: match &done.checkpoints {
+                Some(seen) => Witnessing::Observed(seen),
+                None => Witnessing::NotWanted,
+            },
         },
         Err(failure) => Report {
             stream_name: failure.stream_name.clone(),
             failure: Some(failure),
             advisories: advisories.clone(),
+            witnessing: if integrity_on {
+                Witnessing::Unknown
+            } else {
+                Witnessing::NotWanted
+            },
             ..Report::default()
         },
     };
@@ -65,6 +76,7 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
     if let Advisories::Known(refused @ Listening::Refused { .. }) = &advisories {
         report_refused_subscription(consumer, refused, ctx).await;
     }
+    report_checkpoints_turning_false(consumer, &status, ctx).await;
     if let (Some(unreported), Some(recorded)) = (unreported, recorded) {
         ctx.state
             .max_deliveries
@@ -160,6 +172,39 @@ async fn report_refused_subscription(consumer: &AuditConsumer, refused: &Listeni
     warning(consumer, ctx, notice).await;
 }
 
+/// A Warning when `CheckpointsWitnessed` turns False (or changes its reason while False): once,
+/// not at every reconciliation while it stays so.
+async fn report_checkpoints_turning_false(
+    consumer: &AuditConsumer,
+    status: &AuditConsumerStatus,
+    ctx: &Context,
+) {
+    let find = |conditions: &[Condition]| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == status::CHECKPOINTS_WITNESSED)
+            .filter(|c| Status::False.of(c))
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let Some((reason, message)) = find(&status.conditions) else {
+        return;
+    };
+    let before = consumer
+        .status
+        .as_ref()
+        .and_then(|s| find(&s.conditions))
+        .map(|(reason, _)| reason);
+    if before.as_deref() == Some(reason.as_str()) {
+        return;
+    }
+    let reason: &'static str = if reason == status::CHECKPOINTS_REJECTED {
+        status::CHECKPOINTS_REJECTED
+    } else {
+        status::CHECKPOINTS_STALLED
+    };
+    warning(consumer, ctx, Notice::warning(reason, message)).await;
+}
+
 /// A Warning and the metric for the events NATS gave up on since the last written status.
 async fn report_given_up(
     consumer: &AuditConsumer,
@@ -193,6 +238,8 @@ struct Reconciled {
     change: Change,
     info: async_nats::jetstream::consumer::Info,
     deployment: Deployment,
+    /// With integrity on, what the witness stream showed.
+    checkpoints: Option<Checkpoints>,
 }
 
 /// The pipeline; a failure says at which stage it stopped, for the detail conditions.
@@ -200,7 +247,7 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
     let namespace = consumer.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let streams = &ctx.state.streams;
-    let referenced = match dereference::dereference(consumer, streams, &secrets).await {
+    let mut referenced = match dereference::dereference(consumer, streams, &secrets).await {
         Ok(referenced) => referenced,
         Err(error) => {
             let instance = ctx.options.instance.as_deref();
@@ -223,6 +270,9 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
         }
     };
 
+    referenced.signing_key = integrity::read_signing_key(consumer, &secrets)
+        .await
+        .map_err(at(Stage::Consumer))?;
     let valid = validate::validate(consumer, &referenced, &ctx.options.consumer_image)
         .map_err(at(Stage::Consumer))?;
     let desired = nats_consumer::desired_config(&valid);
@@ -231,6 +281,12 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
         .jetstream(&PoolUser::of(consumer), &referenced.connection)
         .await
         .map_err(at(Stage::Consumer))?;
+    // Before any pod publishes a checkpoint, so that none goes to a stream that could lose it.
+    if let Some(integrity) = &valid.integrity {
+        integrity::ensure_witness_stream(&nats.context, integrity)
+            .await
+            .map_err(at(Stage::Consumer))?;
+    }
     let (change, info) = apply::apply_consumer(&nats.context, &stream_name, &desired)
         .await
         .map_err(at(Stage::Consumer))?;
@@ -249,11 +305,18 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
     let deployment = apply_workload(consumer, &valid, ctx)
         .await
         .map_err(at(Stage::Workload))?;
+    let checkpoints = match &valid.integrity {
+        Some(integrity) => {
+            Some(integrity::observe(&nats.context, integrity, Timestamp::now()).await)
+        }
+        None => None,
+    };
     Ok(Reconciled {
         stream_name,
         change,
         info,
         deployment,
+        checkpoints,
     })
 }
 

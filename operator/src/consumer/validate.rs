@@ -10,7 +10,10 @@ use audit_consumer::format::Format;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp};
 use kube::{Resource, ResourceExt};
 
-use super::dereference::Referenced;
+use super::{
+    dereference::Referenced,
+    integrity::{self, ValidIntegrity},
+};
 use crate::{
     crd::{
         connection::NatsConnection,
@@ -68,6 +71,8 @@ pub struct ValidConsumer {
     pub client_cert_has_ca: bool,
     /// `namespace/name@resourceVersion` of every Secret the pods mount.
     pub secret_versions: Vec<String>,
+    /// The tamper-evident trail, when on.
+    pub integrity: Option<ValidIntegrity>,
 }
 
 /// Where the consumer starts, with the start value parsed.
@@ -179,6 +184,40 @@ pub fn validate(
         .max_bytes
         .map(|bytes| positive("maxBytes", bytes))
         .transpose()?;
+    let integrity = match spec.integrity.as_ref().filter(|i| i.enabled) {
+        None => None,
+        Some(settings) => {
+            let key = referenced.signing_key.clone().ok_or_else(|| {
+                Error::InvalidSpec(
+                    "spec.integrity.enabled needs spec.integrity.signingKeySecretRef".into(),
+                )
+            })?;
+            let checkpoint_interval = parse(
+                "integrity.checkpointInterval",
+                &settings.checkpoint_interval,
+            )?;
+            if checkpoint_interval < Duration::from_secs(1) {
+                return Err(Error::InvalidSpec(
+                    "spec.integrity.checkpointInterval must be at least 1s".into(),
+                ));
+            }
+            Some(ValidIntegrity {
+                key,
+                witness_stream: settings.witness_stream.clone(),
+                subject: integrity::subject(&referenced.stream_name, &durable_name),
+                checkpoint_lines: positive("integrity.checkpointLines", settings.checkpoint_lines)?
+                    as u64,
+                checkpoint_interval,
+                replicas: usize::try_from(referenced.stream.spec.replicas.max(1)).unwrap_or(1),
+            })
+        }
+    };
+    let mut secret_versions = referenced.connection.secret_versions.clone();
+    if let Some(integrity) = &integrity {
+        secret_versions.push(integrity.key.secret_version.clone());
+        secret_versions.sort();
+        secret_versions.dedup();
+    }
     Ok(ValidConsumer {
         name: consumer.name_any(),
         namespace: consumer.namespace(),
@@ -213,7 +252,8 @@ pub fn validate(
         stream_name: referenced.stream_name.clone(),
         connection: referenced.stream.spec.connection.clone(),
         client_cert_has_ca: referenced.client_cert_has_ca(),
-        secret_versions: referenced.connection.secret_versions.clone(),
+        secret_versions,
+        integrity,
     })
 }
 
@@ -263,6 +303,7 @@ pub(crate) mod tests {
                 secret_versions: vec!["shop/nats-ca@4".into(), "shop/nats-creds@12".into()],
             },
             stream,
+            signing_key: None,
         }
     }
 
@@ -344,6 +385,39 @@ pub(crate) mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn integrity_settles_its_subject_defaults_and_rolls_pods_on_a_key_rotation() {
+        let spec = format!(
+            "{MINIMAL}integrity: {{enabled: true, signingKeySecretRef: {{name: signer, key: seed}}}}\n"
+        );
+        let mut stream = referenced(CONNECTION);
+        stream.signing_key = Some(crate::consumer::integrity::SigningKey {
+            secret: crate::crd::connection::SecretKeyRef {
+                name: "signer".into(),
+                key: "seed".into(),
+            },
+            public_key: "APUBLIC".into(),
+            secret_version: "shop/signer@3".into(),
+        });
+        let valid = validate(&consumer(&spec), &stream, DEFAULT_IMAGE).unwrap();
+        let integrity = valid.integrity.unwrap();
+        assert_eq!(
+            integrity.subject,
+            "audit-integrity.orders_audit.orders_reader"
+        );
+        assert_eq!(integrity.witness_stream, "AUDIT_INTEGRITY");
+        assert_eq!(integrity.checkpoint_lines, 10_000);
+        assert_eq!(integrity.checkpoint_interval, Duration::from_secs(10));
+        assert_eq!(
+            valid.secret_versions,
+            ["shop/nats-ca@4", "shop/nats-creds@12", "shop/signer@3"]
+        );
+        // Off, or on without the key read (never so after the pipeline's read): no trail.
+        let off = spec.replace("enabled: true", "enabled: false");
+        assert_eq!(validated(&off).integrity, None);
+        assert!(valid_with(&spec, CONNECTION).is_err());
     }
 
     #[test]

@@ -14,6 +14,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::connection::SecretKeyRef;
+
 /// A durable pull consumer of an AuditStream, and the `audit-consumer` pods that write every
 /// event it delivers as one log line and acknowledge it only after the line is written.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -244,6 +246,12 @@ pub struct AuditConsumerSpec {
     /// metrics port. Off by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySettings>,
+
+    /// A tamper-evident audit trail: every line a pod writes joins a hash chain, and the pods
+    /// publish their chain heads, signed, to an append-only witness stream on the AuditStream's
+    /// NATS, against which `audit-consumer verify` checks the logs later. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<IntegritySettings>,
 }
 
 fn default_ack_wait() -> String {
@@ -372,6 +380,55 @@ pub struct NetworkPolicySettings {
     pub metrics_from: Vec<NetworkPolicyPeer>,
 }
 
+/// The tamper-evident audit trail of the consumer pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.enabled || has(self.signingKeySecretRef)").message("integrity.enabled needs signingKeySecretRef: the Secret key holding the NKey seed that signs the checkpoints (`nk -gen account`)"))]
+pub struct IntegritySettings {
+    /// Chain every line and publish signed checkpoints.
+    pub enabled: bool,
+
+    /// A Secret key holding the NKey seed (`S...`, any NKey type, e.g. from
+    /// `nk -gen account`) whose Ed25519 key signs the checkpoints. It is mounted into the pods
+    /// as a file; its public key is shown in `status.integrity.publicKey`, and auditors verify
+    /// with that. Rotating it rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_secret_ref: Option<SecretKeyRef>,
+
+    /// A pod publishes its chain head after at most this many lines...
+    #[serde(default = "default_checkpoint_lines")]
+    #[schemars(range(min = 1, max = 100_000_000))]
+    pub checkpoint_lines: i64,
+
+    /// ...or this long after its previous checkpoint, whichever comes first (a duration such
+    /// as `10s`, the default; between `1s` and `1h`), and at shutdown. Lines written after the
+    /// last checkpoint are not witnessed yet.
+    #[serde(default = "default_checkpoint_interval")]
+    #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || (duration(self) >= duration('1s') && duration(self) <= duration('1h'))").message("checkpointInterval must be between 1s and 1h"))]
+    pub checkpoint_interval: String,
+
+    /// The witness stream on the AuditStream's NATS (created by the operator if missing, with
+    /// subjects `audit-integrity.>` and delete and purge denied; never deleted by it). One
+    /// witness stream serves every AuditConsumer of a NATS account; each publishes on
+    /// `audit-integrity.<stream>.<durable consumer>`.
+    #[serde(default = "default_witness_stream")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub witness_stream: String,
+}
+
+fn default_checkpoint_lines() -> i64 {
+    10_000
+}
+
+fn default_checkpoint_interval() -> String {
+    "10s".to_owned()
+}
+
+fn default_witness_stream() -> String {
+    "AUDIT_INTEGRITY".to_owned()
+}
+
 /// Observed state of an AuditConsumer, kstatus-compatible.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -385,7 +442,12 @@ pub struct AuditConsumerStatus {
     /// declared) and `WorkloadAvailable` (every desired pod is ready). With `maxDeliver`, also
     /// `MaxDeliveriesCounted`: whether the operator hears NATS's max-deliveries advisories
     /// (False with reason `AdvisorySubscriptionDenied` when NATS refuses its subscription;
-    /// not part of `Ready`, as the consumer works all the same).
+    /// not part of `Ready`, as the consumer works all the same). With `integrity`, also
+    /// `CheckpointsWitnessed`: False with reason `CheckpointsStalled` when events were
+    /// acknowledged but no checkpoint was witnessed within the checkpoint interval and a
+    /// grace period after, or `CheckpointsRejected` when checkpoints on the subject are not
+    /// signed by the signing key (not part of `Ready` either: events keep flowing, and a
+    /// Warning Event says what to check).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -440,6 +502,54 @@ pub struct AuditConsumerStatus {
     /// Stream sequence of the last event that reached `maxDeliver`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_max_delivered_sequence: Option<u64>,
+
+    /// When a pod last acknowledged an event, as last observed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ack_time: Option<String>,
+
+    /// With `integrity`, where the checkpoints go and the newest of each pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<IntegrityStatus>,
+}
+
+/// The witnessed checkpoints of an AuditConsumer's pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntegrityStatus {
+    /// The witness stream on NATS.
+    pub witness_stream: String,
+    /// The subject the pods publish their checkpoints on: what `audit-consumer verify
+    /// --integrity-subject` takes to check this AuditConsumer's logs.
+    pub subject: String,
+    /// The NKey public key of the signing key: what `audit-consumer verify --public-key`
+    /// takes.
+    pub public_key: String,
+    /// The newest checkpoint of each pod that published one recently (within ten checkpoint
+    /// intervals, at least a minute), by pod name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<PodCheckpoint>,
+    /// Messages on the subject in that period whose signature does not verify with the
+    /// signing key: forged, or signed with a key since rotated.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rejected_checkpoints: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
+}
+
+/// A pod's newest witnessed checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCheckpoint {
+    /// The pod.
+    pub pod: String,
+    /// Its chain (`<consumer>/<pod>/<start>`; a restarted container starts a new one).
+    pub chain: String,
+    /// How many of the chain's lines the checkpoint covers.
+    pub position: u64,
+    /// When the witness stream stored it (RFC 3339).
+    pub time: String,
 }
 
 impl AuditConsumer {

@@ -16,9 +16,10 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Capabilities, Container, ContainerPort, HTTPGetAction, KeyToPath, PodSecurityContext,
-            PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-            SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+            ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+            TopologySpreadConstraint, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -42,6 +43,8 @@ pub const HEALTH_PORT_NAME: &str = "metrics";
 pub const SECRET_VERSIONS_ANNOTATION: &str = "audit.eventsaudit.io/secret-versions";
 /// Directory under which each Secret volume is mounted.
 pub const SECRETS_DIR: &str = "/etc/audit-consumer/nats";
+/// The consumer's variable for `--integrity-pod`.
+const INTEGRITY_POD_ENV: &str = "AUDIT_CONSUMER_INTEGRITY_POD";
 /// The distroless `nonroot` user of the consumer image.
 const RUN_AS: i64 = 65532;
 /// Owner read, group read (the pod's fsGroup): the files are the pod's alone.
@@ -90,6 +93,15 @@ pub fn flags(valid: &ValidConsumer, secret_flags: Vec<Flag>) -> Vec<Flag> {
     }
     flags.extend(valid.connection.js_domain.clone().map(Flag::JsDomain));
     flags.extend(secret_flags);
+    if let Some(integrity) = &valid.integrity {
+        flags.extend([
+            Flag::Integrity,
+            Flag::IntegrityStream(integrity.witness_stream.clone()),
+            Flag::IntegritySubject(integrity.subject.clone()),
+            Flag::IntegrityCheckpointLines(integrity.checkpoint_lines),
+            Flag::IntegrityCheckpointInterval(integrity.checkpoint_interval),
+        ]);
+    }
     flags
 }
 
@@ -191,9 +203,26 @@ fn container(valid: &ValidConsumer, args: Vec<String>, mounts: Vec<VolumeMount>)
             seccomp_profile: Some(runtime_default()),
             ..SecurityContext::default()
         }),
+        env: valid.integrity.as_ref().map(|_| vec![pod_name_env()]),
         volume_mounts: non_empty(&mounts),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
+    }
+}
+
+/// The pod's name, which names its chains, from the downward API: not a secret, and exact
+/// even where a pod's host name is not its name.
+fn pod_name_env() -> EnvVar {
+    EnvVar {
+        name: INTEGRITY_POD_ENV.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
     }
 }
 
@@ -287,6 +316,11 @@ fn secret_files(valid: &ValidConsumer) -> SecretFiles {
         // Anonymous; an auth block with no single reference never gets this far (resolving
         // the connection refuses it).
         None => {}
+    }
+    if let Some(integrity) = &valid.integrity {
+        let key = &integrity.key.secret;
+        let [path] = files.add("integrity-key", &key.name, [(&key.key, "seed.nk")]);
+        files.flags.push(Flag::IntegrityKeyFile(path));
     }
     if let Some(tls) = &valid.connection.tls {
         if let Some(r) = &tls.ca_secret_ref {
@@ -573,6 +607,61 @@ mod tests {
         );
     }
 
+    fn with_integrity(spec: &str) -> ValidConsumer {
+        let key = nkeys::KeyPair::new_account();
+        ValidConsumer {
+            integrity: Some(crate::consumer::integrity::tests::valid_integrity(&key)),
+            ..valid_with(spec, CONNECTION).unwrap()
+        }
+    }
+
+    #[test]
+    fn integrity_mounts_the_key_as_a_file_and_names_the_pod_from_the_downward_api() {
+        let deployment = build(&with_integrity(SPEC));
+        let args = args(&deployment);
+        for expected in [
+            "--integrity",
+            "--integrity-key-file=/etc/audit-consumer/nats/integrity-key/seed.nk",
+            "--integrity-stream=AUDIT_INTEGRITY",
+            "--integrity-subject=audit-integrity.orders_audit.orders_reader",
+            "--integrity-checkpoint-lines=10000",
+            "--integrity-checkpoint-interval=10s",
+        ] {
+            assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+        }
+        let pod = pod(&deployment);
+        let key = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "nats-integrity-key")
+            .and_then(|v| v.secret.as_ref())
+            .unwrap();
+        assert_eq!(key.secret_name.as_deref(), Some("signer"));
+        assert_eq!(key.default_mode, Some(0o440));
+        let env = pod.containers[0].env.as_deref().unwrap();
+        assert_eq!(
+            env.len(),
+            1,
+            "the pod name only: no secret in the environment"
+        );
+        assert_eq!(env[0].name, "AUDIT_CONSUMER_INTEGRITY_POD");
+        assert_eq!(
+            env[0]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.name"
+        );
+        let without = build(&valid_with(SPEC, CONNECTION).unwrap());
+        let without = without.spec.unwrap().template.spec.unwrap();
+        assert_eq!(without.containers[0].env, None);
+    }
+
     /// Every command line the builder writes, read by the consumer's own parser: a flag the
     /// consumer does not know, or a value it cannot read, fails here rather than in a pod.
     #[test]
@@ -593,9 +682,12 @@ mod tests {
         ];
         for connection in connections {
             for spec in &specs {
-                for client_cert_has_ca in [false, true] {
+                for (client_cert_has_ca, integrity) in
+                    [(false, false), (true, false), (false, true)]
+                {
                     let valid = ValidConsumer {
                         client_cert_has_ca,
+                        integrity: integrity.then(|| with_integrity(spec).integrity).flatten(),
                         ..valid_with(spec, connection).unwrap()
                     };
                     let deployment = build(&valid);
@@ -613,6 +705,7 @@ mod tests {
                     assert_eq!(parsed.pull.heartbeat, valid.heartbeat);
                     assert_eq!(parsed.pull.batch, valid.batch);
                     assert_eq!(parsed.output.format, valid.format);
+                    assert_eq!(parsed.integrity.integrity, integrity);
                     assert_eq!(
                         parsed.runtime.health_listen.port(),
                         HEALTH_PORT,
