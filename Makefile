@@ -8,7 +8,7 @@ CARGO ?= cargo
 
 .PHONY: help
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 .PHONY: testenv
 testenv: ## Build (first run) or reuse the pinned test servers; prints their directory last.
@@ -83,6 +83,16 @@ bench-operator: ## The operator at scale: N = 100, 300, 1000 streams + consumers
 	  done; \
 	done; \
 	echo "bench-operator: figures in $$report"
+
+.PHONY: bench-operator-pods
+bench-operator-pods: ## The operator with real pods on the node: as many 1-replica AuditConsumers as it holds (root; docs/benchmarks.md).
+	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	images_dir=$${AUDIT_IMAGES_DIR:-$$(bash hack/images.sh | tail -n 1)}; \
+	$(CARGO) build --release --locked -p audit-operator -p audit-tests --bin audit-operator --bin audit-bench-operator; \
+	report=$(CURDIR)/target/bench-operator-pods.md; \
+	AUDIT_TESTENV_BIN="$$bin_dir" AUDIT_IMAGES_DIR="$$images_dir" target/release/audit-bench-operator \
+	  --pods $${AUDIT_BENCH_PODS:-max} $${AUDIT_BENCH_CONCURRENCY:-8} $${AUDIT_BENCH_IDLE:-60} | tee "$$report"; \
+	echo "bench-operator-pods: figures in $$report"
 
 .PHONY: bench-consumer
 bench-consumer: ## Consumer benchmarks (criterion + throughput against a real nats-server).

@@ -1,9 +1,12 @@
-//! The operator at scale (`make bench-operator`, figures in docs/benchmarks.md): N
-//! AuditStreams and N AuditConsumers (replicas 0) over 50 namespaces, applied in one bulk
-//! server-side apply as a GitOps tool does, on a fresh control plane (with
-//! kube-controller-manager) and one nats-server started by this process.
+//! The operator at scale (`make bench-operator`, `make bench-operator-pods`, figures in
+//! docs/benchmarks.md). Two modes:
 //!
 //!   audit-bench-operator N CONCURRENCY [IDLE_SECONDS]
+//!   audit-bench-operator --pods M|max CONCURRENCY [IDLE_SECONDS]
+//!
+//! The first: N AuditStreams and N AuditConsumers (replicas 0) over 50 namespaces, applied
+//! in one bulk server-side apply as a GitOps tool does, on a fresh control plane (with
+//! kube-controller-manager) and one nats-server started by this process; no pod runs.
 //!
 //! CONCURRENCY is the operator's `--concurrency` (0: no limit, the behaviour before the
 //! limit existed), so a run of each, back to back, compares the two under the same load.
@@ -16,6 +19,21 @@
 //!    interval; 0 skips both) with nothing changing;
 //! 4. restart: SIGTERM, a new operator process, until it has reconciled every resource.
 //!
+//! `--pods`: the same with real pods. It starts the project's real node (containerd, the
+//! kubelet, kube-scheduler, kube-proxy; `audit_tests::node`, as root, images from
+//! `AUDIT_IMAGES_DIR`) and its control plane, a nats-server on the node's address, and
+//! reads from the Node object how many consumer pods it holds: its allocatable CPU, memory
+//! and pods, less what pods already on it request, divided by a consumer pod's default
+//! requests (50m CPU, 64Mi). `max` takes that number as M. M AuditStreams and M
+//! AuditConsumers with `replicas: 1`, in namespaces enforcing the `restricted` Pod Security
+//! level: the baseline as above, then the bulk apply with the operator running (release
+//! build, outside the cluster as above, the consumer image the node holds): until the
+//! operator converged, until every consumer pod is Running and Ready on the kubelet, until
+//! every AuditConsumer is Ready. A pod the scheduler cannot place (an M above what the node
+//! holds) is a result, not an error: the run reports how many, the scheduler's reason and
+//! what the AuditConsumers say. Then the idle phase as above, with the pods running, and
+//! the memory the pods and their containerd shims take; no probe, no restart.
+//!
 //! Counted: wall times, the operator's peak RSS (VmHWM) and CPU seconds from /proc, its API
 //! requests by verb from the API server's audit log (every request of the operator's
 //! ServiceAccount is logged), NATS connections and JetStream API requests from nats-server's
@@ -26,8 +44,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use audit_tests::images::CONSUMER_IMAGE;
 use audit_tests::kube_env::ControlPlane;
 use audit_tests::nats::NatsServer;
+use audit_tests::node::Node;
 use audit_tests::operator::{OPERATOR_SERVICE_ACCOUNT, OperatorProcess, install_crds};
 use audit_tests::{http, tools, wait};
 use futures::StreamExt;
@@ -38,6 +58,9 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::{Value, json};
 
+#[path = "audit-bench-operator/pods.rs"]
+mod pods;
+
 const GROUP: &str = "audit.eventsaudit.io";
 const VERSION: &str = "v1alpha1";
 const NAMESPACES: usize = 50;
@@ -47,17 +70,27 @@ const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deleteco
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: audit-bench-operator N CONCURRENCY [IDLE_SECONDS]";
-    let count: usize = args
-        .first()
-        .ok_or_else(|| anyhow::anyhow!(usage))?
-        .parse()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: audit-bench-operator N CONCURRENCY [IDLE_SECONDS]\n       \
+                 audit-bench-operator --pods M|max CONCURRENCY [IDLE_SECONDS]";
+    let with_pods = args.first().is_some_and(|arg| arg == "--pods");
+    if with_pods {
+        args.remove(0);
+    }
+    let count = args.first().ok_or_else(|| anyhow::anyhow!(usage))?;
     let concurrency: u16 = args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     let idle = Duration::from_secs(args.get(2).map_or(Ok(60), |s| s.parse())?);
+    if with_pods {
+        let count = match count.as_str() {
+            "max" => None,
+            count => Some(count.parse()?),
+        };
+        return pods::run(count, concurrency, idle).await;
+    }
+    let count: usize = count.parse()?;
 
-    let bench = Bench::start(count).await?;
-    let mut report = Report::new(count, concurrency);
+    let bench = Bench::start(count, None).await?;
+    let mut report = Report::new(&format!("N = {count}"), concurrency);
 
     progress(&format!(
         "baseline: bulk apply of {count} + {count} with no operator"
@@ -153,42 +186,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    // The first requeue after the burst may still write: live state that changed after a
-    // stream was Ready (its consumer count, once its AuditConsumer made the durable) is
-    // written then. The idle period starts after it.
-    if !idle.is_zero() {
-        progress("settling for one requeue interval (60s)");
-        tokio::time::sleep(Duration::from_secs(65)).await;
-    }
-    let requests_settled = bench.operator_requests().await?;
-    let nats_settled = bench.nats_counters().await?;
-    report.set(
-        "API writes, first requeue after the burst",
-        writes(&diff(&requests_settled, &requests_burst)).to_string(),
-    );
-    progress(&format!("idle for {}s", idle.as_secs()));
-    tokio::time::sleep(idle).await;
-    let requests_idle = bench.operator_requests().await?;
-    let nats_idle = bench.nats_counters().await?;
-    let (requests_burst, nats_burst) = (requests_settled, nats_settled);
-    report.set(
-        "API writes, idle",
-        writes(&diff(&requests_idle, &requests_burst)).to_string(),
-    );
-    report.set(
-        "API requests, idle",
-        by_verb(&diff(&requests_idle, &requests_burst)),
-    );
-    if !idle.is_zero() {
-        report.set(
-            "JetStream API requests per minute, idle",
-            format!(
-                "{:.0}",
-                (nats_idle.api_requests - nats_burst.api_requests) as f64 * 60.0
-                    / idle.as_secs_f64()
-            ),
-        );
-    }
+    let (requests_idle, nats_idle) = idle_phase(&bench, &mut report, idle, &requests_burst).await?;
 
     progress("restart");
     operator.stop();
@@ -242,6 +240,56 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One requeue interval to settle, then `idle` with nothing changing (both skipped when
+/// `idle` is zero): the operator's writes and requests in each. Returns the counts at its end.
+async fn idle_phase(
+    bench: &Bench,
+    report: &mut Report,
+    idle: Duration,
+    requests_burst: &BTreeMap<String, u64>,
+) -> anyhow::Result<(BTreeMap<String, u64>, NatsCounters)> {
+    // The first requeue after the burst may still write: live state that changed after a
+    // stream was Ready (its consumer count, once its AuditConsumer made the durable) is
+    // written then. The idle period starts after it.
+    if !idle.is_zero() {
+        progress("settling for one requeue interval (60s)");
+        tokio::time::sleep(Duration::from_secs(65)).await;
+    }
+    let requests_settled = bench.operator_requests().await?;
+    let nats_settled = bench.nats_counters().await?;
+    report.set(
+        "API writes, first requeue after the burst",
+        writes(&diff(&requests_settled, requests_burst)).to_string(),
+    );
+    report.set(
+        "API requests, first requeue after the burst",
+        by_verb(&diff(&requests_settled, requests_burst)),
+    );
+    progress(&format!("idle for {}s", idle.as_secs()));
+    tokio::time::sleep(idle).await;
+    let requests_idle = bench.operator_requests().await?;
+    let nats_idle = bench.nats_counters().await?;
+    report.set(
+        "API writes, idle",
+        writes(&diff(&requests_idle, &requests_settled)).to_string(),
+    );
+    report.set(
+        "API requests, idle",
+        by_verb(&diff(&requests_idle, &requests_settled)),
+    );
+    if !idle.is_zero() {
+        report.set(
+            "JetStream API requests per minute, idle",
+            format!(
+                "{:.0}",
+                (nats_idle.api_requests - nats_settled.api_requests) as f64 * 60.0
+                    / idle.as_secs_f64()
+            ),
+        );
+    }
+    Ok((requests_idle, nats_idle))
+}
+
 fn progress(message: &str) {
     eprintln!("bench-operator: {message}");
 }
@@ -259,15 +307,28 @@ struct Bench {
     client: kube::Client,
     nats: NatsServer,
     objects_yaml: String,
+    /// Whether the consumers' pods run on the real node.
+    on_node: bool,
 }
 
 impl Bench {
-    async fn start(count: usize) -> anyhow::Result<Self> {
+    /// Without `node`, a control plane on 127.0.0.1 and AuditConsumers with no replica. With
+    /// it (already started, with its control plane), NATS on the node's address where pods
+    /// reach it, namespaces enforcing the `restricted` Pod Security level, and AuditConsumers
+    /// with one replica each.
+    async fn start(count: usize, node: Option<&Node>) -> anyhow::Result<Self> {
         progress("starting etcd, kube-apiserver, kube-controller-manager and nats-server");
         let control_plane = ControlPlane::shared();
         let client = control_plane.admin_client().await?;
         install_crds(&client).await?;
-        let nats = NatsServer::start().await?;
+        let nats = match node {
+            Some(node) => NatsServer::start_on(node.ip()).await?,
+            None => NatsServer::start().await?,
+        };
+        let labels = match node {
+            Some(_) => "\n  labels:\n    pod-security.kubernetes.io/enforce: restricted",
+            None => "",
+        };
         let mut namespaces = String::new();
         for namespace in (0..NAMESPACES)
             .map(namespace_name)
@@ -275,15 +336,17 @@ impl Bench {
         {
             writeln!(
                 namespaces,
-                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}"
+                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}{labels}"
             )?;
         }
         tools::run("kubectl", &["apply", "-f", "-"], Some(&namespaces))?;
-        let objects_yaml = objects_yaml(count, &nats.url())?;
+        let replicas = if node.is_some() { 1 } else { 0 };
+        let objects_yaml = objects_yaml(count, replicas, &nats.url())?;
         Ok(Self {
             client,
             nats,
             objects_yaml,
+            on_node: node.is_some(),
         })
     }
 
@@ -333,14 +396,19 @@ impl Bench {
 
     fn start_operator(&self, concurrency: u16) -> anyhow::Result<OperatorProcess> {
         // The shipped defaults (OperatorProcess sets fast test timings), but the
-        // concurrency under test.
-        OperatorProcess::start(&[
-            "--requeue-interval=60s",
-            "--retry-base-delay=1s",
-            "--retry-max-delay=5m",
-            "--nats-timeout=5s",
-            &format!("--concurrency={concurrency}"),
-        ])
+        // concurrency under test, and on the node the consumer image it holds (there is no
+        // registry to pull the default from).
+        let mut args = vec![
+            "--requeue-interval=60s".to_owned(),
+            "--retry-base-delay=1s".to_owned(),
+            "--retry-max-delay=5m".to_owned(),
+            "--nats-timeout=5s".to_owned(),
+            format!("--concurrency={concurrency}"),
+        ];
+        if self.on_node {
+            args.push(format!("--consumer-image={CONSUMER_IMAGE}"));
+        }
+        OperatorProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     async fn create_probe(&self) -> anyhow::Result<()> {
@@ -472,9 +540,9 @@ fn stream_object(namespace: &str, name: &str, subject: &str, server: &str) -> Va
     })
 }
 
-/// N AuditStreams with distinct subjects and one AuditConsumer (replicas 0) reading each,
-/// spread round-robin over the namespaces, as one multi-document YAML.
-fn objects_yaml(count: usize, server: &str) -> anyhow::Result<String> {
+/// N AuditStreams with distinct subjects and one AuditConsumer (`replicas` pods) reading
+/// each, spread round-robin over the namespaces, as one multi-document YAML.
+fn objects_yaml(count: usize, replicas: u32, server: &str) -> anyhow::Result<String> {
     let mut yaml = String::new();
     for index in 0..count {
         let namespace = namespace_name(index % NAMESPACES);
@@ -487,7 +555,7 @@ fn objects_yaml(count: usize, server: &str) -> anyhow::Result<String> {
             "metadata": { "name": name, "namespace": namespace },
             "spec": {
                 "streamRef": { "name": name },
-                "replicas": 0,
+                "replicas": replicas,
                 "deletionPolicy": "Delete",
             },
         });
@@ -798,16 +866,20 @@ fn histogram_quantile(metrics: &str, kind: &str, q: f64) -> String {
 
 /// The figures of one run, in the order they were taken.
 struct Report {
-    count: usize,
-    concurrency: u16,
+    title: String,
     rows: Vec<(String, String)>,
 }
 
 impl Report {
-    fn new(count: usize, concurrency: u16) -> Self {
+    /// `subject` names the run in the table's head, e.g. `N = 100`.
+    fn new(subject: &str, concurrency: u16) -> Self {
+        let concurrency = if concurrency == 0 {
+            "0 (no limit)".to_owned()
+        } else {
+            concurrency.to_string()
+        };
         Self {
-            count,
-            concurrency,
+            title: format!("{subject}, --concurrency {concurrency}"),
             rows: Vec::new(),
         }
     }
@@ -818,15 +890,7 @@ impl Report {
     }
 
     fn markdown(&self) -> String {
-        let mut text = format!(
-            "\n| N = {}, --concurrency {} | |\n|---|---|\n",
-            self.count,
-            if self.concurrency == 0 {
-                "0 (no limit)".to_owned()
-            } else {
-                self.concurrency.to_string()
-            }
-        );
+        let mut text = format!("\n| {} | |\n|---|---|\n", self.title);
         for (what, value) in &self.rows {
             let _ = writeln!(text, "| {what} | {value} |");
         }
