@@ -94,6 +94,12 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
+    /// How long a new AuditConsumer waits for the AuditStream it references to appear before
+    /// it is reported missing (Stalled, with a Warning): GitOps tools and `kubectl apply -f
+    /// <dir>` create both at once, in any order.
+    #[arg(long, env = "AUDIT_OPERATOR_MISSING_STREAM_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub missing_stream_grace: Duration,
+
     /// Reconciliations each controller runs at a time (0: no limit). Waiting ones queue; one
     /// object is never reconciled twice at once.
     #[arg(long, env = "AUDIT_OPERATOR_CONCURRENCY", default_value_t = crate::options::DEFAULT_CONCURRENCY)]
@@ -124,6 +130,7 @@ impl RunArgs {
             consumer_image: self.consumer_image.clone(),
             leader_election: self.lease_settings(),
             concurrency: self.concurrency,
+            missing_stream_grace: self.missing_stream_grace,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Options {
     pub leader_election: Option<LeaseSettings>,
     /// Reconciliations one controller runs at a time; 0 means no limit.
     pub concurrency: u16,
+    /// How long a new AuditConsumer waits for its AuditStream to appear.
+    pub missing_stream_grace: Duration,
 }
 
 /// Reconciliations in flight per controller. A reconciliation mostly waits on the API server
@@ -51,6 +53,7 @@ impl Default for Options {
             consumer_image: DEFAULT_CONSUMER_IMAGE.to_owned(),
             leader_election: None,
             concurrency: DEFAULT_CONCURRENCY,
+            missing_stream_grace: Duration::from_secs(60),
         }
     }
 }

@@ -159,6 +159,9 @@ impl OperatorProcess {
             .env("AUDIT_OPERATOR_RETRY_BASE_DELAY", "200ms")
             .env("AUDIT_OPERATOR_RETRY_MAX_DELAY", "2s")
             .env("AUDIT_OPERATOR_NATS_TIMEOUT", "2s")
+            // A missing AuditStream is reported at once, as the tests of that expect; the
+            // grace itself is tested with the flag.
+            .env("AUDIT_OPERATOR_MISSING_STREAM_GRACE", "0s")
             .current_dir(dir.path())
             .env("KUBECONFIG", operator_kubeconfig()?)
             .env("RUST_LOG", "info,audit_operator=debug");

@@ -988,3 +988,39 @@ fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+#[tokio::test]
+async fn a_consumer_applied_before_its_stream_waits_for_it_without_stalling() -> anyhow::Result<()>
+{
+    let env =
+        Env::start_with_operator_args("stream-later", &["--missing-stream-grace", "5m"]).await?;
+    // As `kubectl apply -f deploy/samples/` does: auditconsumer.yaml sorts first.
+    env.apply_consumer("early", json!({ "replicas": 0 }))
+        .await?;
+    let waiting = env.wait_condition("early", "StreamReady", "False").await?;
+    assert_eq!(waiting["reason"], "StreamNotReady", "{waiting}");
+    assert!(
+        waiting["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not exist yet")),
+        "{waiting}"
+    );
+    let stalled = env.condition("early", "Stalled").await?;
+    assert!(
+        stalled.as_ref().is_none_or(|c| c["status"] != "True"),
+        "waiting is not stalled: {stalled:?}"
+    );
+    env.apply_stream().await?;
+    env.wait_condition("early", "Ready", "True").await?;
+    let events = events_about(&env.client, &env.namespace, "early").await?;
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| (e.reason.clone(), e.note.clone()))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "no Warning while waiting: {warnings:?}"
+    );
+    Ok(())
+}

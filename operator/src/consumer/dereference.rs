@@ -2,7 +2,12 @@
 //! the Secrets of its connection (as the AuditStream controller does, through
 //! [`crate::connection`], so both resolve it identically and share its pooled NATS client).
 
-use k8s_openapi::api::core::v1::Secret;
+use std::time::Duration;
+
+use k8s_openapi::{
+    api::core::v1::Secret,
+    jiff::{SignedDuration, Timestamp},
+};
 use kube::{
     Api, ResourceExt,
     core::DeserializeGuard,
@@ -46,11 +51,15 @@ impl Referenced {
 /// Takes the AuditStream `consumer` references from the watch's cache, and reads its
 /// connection's Secrets. The cache, not a read: it is what the trigger that wakes an
 /// AuditConsumer when its AuditStream turns Ready sees, so the two always agree, and a
-/// thousand AuditConsumers reconciled at once do not make a thousand reads.
+/// thousand AuditConsumers reconciled at once do not make a thousand reads. Only a stream
+/// missing from the cache is read from `stream_api`: in a bulk apply the watch can lag a
+/// moment behind a stream created just before its consumer.
 pub async fn dereference(
     consumer: &AuditConsumer,
     streams: &Store<DeserializeGuard<AuditStream>>,
+    stream_api: &Api<AuditStream>,
     secrets: &Api<Secret>,
+    grace: Duration,
 ) -> Result<Referenced> {
     let name = &consumer.spec.stream_ref.name;
     let namespace = consumer.namespace().unwrap_or_default();
@@ -64,7 +73,13 @@ pub async fn dereference(
                 reason: "it cannot be read (see its own Events)".into(),
             });
         }
-        None => return Err(Error::StreamNotFound { name: name.clone() }),
+        None => match stream_api.get_opt(name).await.map_err(Error::Kube)? {
+            Some(stream) => stream,
+            None => {
+                let created = consumer.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                return Err(missing_stream(name, created, grace, Timestamp::now()));
+            }
+        },
     };
     ready(&stream)?;
     let connection = connection::dereference(secrets, &stream.spec.connection).await?;
@@ -74,6 +89,32 @@ pub async fn dereference(
         connection,
         signing_key: None,
     })
+}
+
+/// A referenced AuditStream that does not exist (pure): waited for during `grace` after the
+/// consumer's creation (`--missing-stream-grace`: a GitOps tool or `kubectl apply -f <dir>`
+/// creates both at once, in any order, and the consumer must not look failed for that
+/// moment), missing (`Stalled`, with a Warning) after that.
+pub fn missing_stream(
+    name: &str,
+    created: Option<Timestamp>,
+    grace: Duration,
+    now: Timestamp,
+) -> Error {
+    let grace = SignedDuration::try_from(grace).unwrap_or(SignedDuration::MAX);
+    let young = created
+        .and_then(|created| created.checked_add(grace).ok())
+        .is_some_and(|deadline| now < deadline);
+    if young {
+        Error::StreamNotReady {
+            name: name.to_owned(),
+            reason: "it does not exist yet".into(),
+        }
+    } else {
+        Error::StreamNotFound {
+            name: name.to_owned(),
+        }
+    }
 }
 
 /// The referenced AuditStream, whether Ready or not.
@@ -146,6 +187,24 @@ mod tests {
             Err(Error::StreamNotReady { .. })
         ));
         assert!(ready(&stream("{}")).is_err());
+    }
+
+    #[test]
+    fn a_missing_stream_is_waited_for_while_the_consumer_is_new() {
+        let created = Timestamp::from_second(1_000).unwrap();
+        let at = |s: i64| Timestamp::from_second(s).unwrap();
+        let grace = Duration::from_secs(60);
+        let young = missing_stream("orders", Some(created), grace, at(1_030));
+        assert!(matches!(young, Error::StreamNotReady { .. }), "{young}");
+        assert!(!young.needs_user_action());
+        assert!(young.to_string().contains("does not exist yet"), "{young}");
+        let old = missing_stream("orders", Some(created), grace, at(1_060));
+        assert!(matches!(old, Error::StreamNotFound { .. }), "{old}");
+        assert!(old.needs_user_action());
+        assert!(matches!(
+            missing_stream("orders", None, grace, at(1_000)),
+            Error::StreamNotFound { .. }
+        ));
     }
 
     #[test]

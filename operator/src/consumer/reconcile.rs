@@ -24,7 +24,10 @@ use super::{
 use crate::{
     conditions::{Status, held_at_generation},
     connection::PoolUser,
-    crd::consumer::{AuditConsumer, AuditConsumerStatus},
+    crd::{
+        consumer::{AuditConsumer, AuditConsumerStatus},
+        stream::AuditStream,
+    },
     error::{Error, Result},
     report::{self, Notice},
 };
@@ -247,19 +250,23 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
     let namespace = consumer.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let streams = &ctx.state.streams;
-    let mut referenced = match dereference::dereference(consumer, streams, &secrets).await {
-        Ok(referenced) => referenced,
-        Err(error) => {
-            let instance = ctx.options.instance.as_deref();
-            let error =
-                report::unless_namespace_terminating(&ctx.client, consumer, instance, error).await;
-            return Err(Failure {
-                stage: Stage::Stream,
-                stream_name: None,
-                error,
-            });
-        }
-    };
+    let stream_api: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
+    let grace = ctx.options.missing_stream_grace;
+    let mut referenced =
+        match dereference::dereference(consumer, streams, &stream_api, &secrets, grace).await {
+            Ok(referenced) => referenced,
+            Err(error) => {
+                let instance = ctx.options.instance.as_deref();
+                let error =
+                    report::unless_namespace_terminating(&ctx.client, consumer, instance, error)
+                        .await;
+                return Err(Failure {
+                    stage: Stage::Stream,
+                    stream_name: None,
+                    error,
+                });
+            }
+        };
     let stream_name = referenced.stream_name.clone();
     let at = |stage: Stage| {
         let stream_name = stream_name.clone();
