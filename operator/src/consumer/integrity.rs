@@ -37,9 +37,13 @@ use crate::{
 pub const WITNESS_SUBJECTS: &str = "audit-integrity.>";
 /// How long the witness stream may take to deliver the next stored checkpoint.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// How far back the status looks for checkpoints: ten intervals, at least a minute.
+/// How far back the status looks for checkpoints: ten intervals, at least a minute, at most
+/// a quarter of an hour (a busy consumer with a long interval checkpoints by line count,
+/// and every requeue reads what the period holds). A period shorter than the interval
+/// cannot make checkpoints look late: that judgement waits for the interval itself.
 const LOOKBACK_INTERVALS: u32 = 10;
 const MIN_LOOKBACK: Duration = Duration::from_secs(60);
+const MAX_LOOKBACK: Duration = Duration::from_secs(15 * 60);
 
 /// The signing key as the operator keeps it: where it is and its public half.
 #[derive(Clone, PartialEq, Eq)]
@@ -267,7 +271,7 @@ pub async fn observe(
 }
 
 fn lookback_start(interval: Duration, now: Timestamp) -> Timestamp {
-    let lookback = (interval * LOOKBACK_INTERVALS).max(MIN_LOOKBACK);
+    let lookback = (interval * LOOKBACK_INTERVALS).clamp(MIN_LOOKBACK, MAX_LOOKBACK);
     let lookback = k8s_openapi::jiff::SignedDuration::try_from(lookback).unwrap_or_default();
     now.checked_sub(lookback).unwrap_or(now)
 }
@@ -481,6 +485,17 @@ pub(crate) mod tests {
             payload,
             signature: Some(signature),
         }
+    }
+
+    #[test]
+    fn the_lookback_is_ten_intervals_between_a_minute_and_a_quarter_hour() {
+        let now = Timestamp::from_second(100_000).unwrap();
+        let back = |interval: u64| {
+            now.as_second() - lookback_start(Duration::from_secs(interval), now).as_second()
+        };
+        assert_eq!(back(1), 60);
+        assert_eq!(back(10), 100);
+        assert_eq!(back(3600), 900);
     }
 
     #[test]

@@ -525,7 +525,7 @@ pub struct IntegrityStatus {
     /// takes.
     pub public_key: String,
     /// The newest checkpoint of each pod that published one recently (within ten checkpoint
-    /// intervals, at least a minute), by pod name.
+    /// intervals, at least a minute and at most 15 minutes), by pod name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<PodCheckpoint>,
     /// Messages on the subject in that period whose signature does not verify with the
