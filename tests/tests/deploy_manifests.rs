@@ -91,6 +91,7 @@ const OPERATOR_NEEDS: &[&str] = &[
     "create serviceaccounts",
     "delete poddisruptionbudgets.policy",
     "create networkpolicies.networking.k8s.io",
+    "list pods",
 ];
 
 /// What it never does; granting any of these would be a needless risk.

@@ -384,6 +384,66 @@ async fn consumer_containers_are_hardened_as_their_own_process_sees_it() -> anyh
     Ok(())
 }
 
+/// A pod the node's real scheduler cannot place: the AuditConsumer's status names the pod and
+/// gives the scheduler's reason, stays Reconciling (not Stalled), and a fitting spec turns it
+/// Ready.
+#[tokio::test]
+async fn a_pod_that_cannot_be_scheduled_is_named_in_the_status_with_the_schedulers_reason()
+-> anyhow::Result<()> {
+    let env = Env::start("unschedulable").await?;
+    env.apply_sample_stream()?;
+    let resources = |cpu: &str| {
+        json!({ "pod": { "resources": {
+            "requests": { "cpu": cpu, "memory": "64Mi" },
+            "limits": { "cpu": cpu, "memory": "256Mi" },
+        } } })
+    };
+    // The node has two CPUs.
+    env.apply_consumer("greedy", resources("64"))?;
+    let object = wait::until(
+        "WorkloadAvailable reason PodsUnschedulable",
+        WAIT,
+        POLL,
+        || async {
+            let object = env.consumers.get("greedy").await?;
+            let unschedulable = operator_support::condition(&object, "WorkloadAvailable")
+                .is_some_and(|c| c["reason"] == "PodsUnschedulable");
+            Ok(unschedulable.then_some(object))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", env.operator.logs()))?;
+    let pods = env.pods("greedy").await?;
+    assert_eq!(pods.len(), 1);
+    let pod = pods[0].metadata.name.as_deref().unwrap_or_default();
+    let workload = operator_support::condition(&object, "WorkloadAvailable").unwrap();
+    let message = workload["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("0 of 1 pod(s) ready, 1 up to date; pod {pod} cannot be scheduled: 0/1 nodes are available")),
+        "{message}"
+    );
+    assert!(message.contains("Insufficient cpu"), "{message}");
+    let ready = operator_support::condition(&object, "Ready").unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "PodsUnschedulable");
+    assert_eq!(
+        operator_support::condition_status(&object, "Reconciling"),
+        "True"
+    );
+    assert_eq!(
+        operator_support::condition_status(&object, "Stalled"),
+        "False"
+    );
+
+    env.apply_consumer("greedy", resources("100m"))?;
+    let ready = env.wait_ready("greedy").await?;
+    assert_eq!(ready["reason"], "Ready", "{ready}");
+    let object = env.consumers.get("greedy").await?;
+    let workload = operator_support::condition(&object, "WorkloadAvailable").unwrap();
+    assert_eq!(workload["reason"], "WorkloadAvailable", "{workload}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_rollout_and_a_scale_down_drain_under_sigterm_and_lose_nothing() -> anyhow::Result<()> {
     let env = Env::start("drain").await?;

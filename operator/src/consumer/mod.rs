@@ -16,6 +16,7 @@ mod cleanup;
 pub mod dereference;
 pub mod integrity;
 pub mod max_deliveries;
+pub mod pods;
 mod reconcile;
 pub mod status;
 pub mod validate;

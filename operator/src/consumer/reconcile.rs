@@ -2,8 +2,13 @@
 //! the durable consumer and then the workload), then its status and the Events for what
 //! changed, what failed, and what NATS reported about deliveries given up.
 
+use std::time::Duration;
+
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Secret},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Pod, Secret},
+    },
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
@@ -18,6 +23,7 @@ use super::{
     integrity::{self, Checkpoints},
     max_deliveries::{self, Listening, Recorded, Unreported},
     object_ref,
+    pods::{self, PodTrouble},
     status::{self, Advisories, Failure, Report, Stage, Witnessing},
     validate::{self, ValidConsumer},
 };
@@ -56,6 +62,7 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
                 Some(seen) => Witnessing::Observed(seen),
                 None => Witnessing::NotWanted,
             },
+            pods: done.pod_trouble.as_ref(),
         },
         Err(failure) => Report {
             stream_name: failure.stream_name.clone(),
@@ -87,10 +94,22 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
         let stream = status.stream_name.as_deref().unwrap_or_default();
         report_given_up(consumer, stream, &unreported, recorded, ctx).await;
     }
+    let rolling_out =
+        matches!(&result, Ok(done) if !status::workload_available(consumer, &done.deployment));
     conclude(consumer, result, ctx).await?;
     status_written?;
-    Ok(Action::requeue(ctx.options.requeue_interval))
+    // A pod's trouble (unschedulable, crash loop) changes nothing the watches see: the
+    // Deployment's counts stay as they are. Look again soon while the rollout lasts.
+    let recheck = if rolling_out {
+        ctx.options.requeue_interval.min(ROLLOUT_RECHECK)
+    } else {
+        ctx.options.requeue_interval
+    };
+    Ok(Action::requeue(recheck))
 }
+
+/// How soon a consumer whose pods are not all ready is looked at again.
+const ROLLOUT_RECHECK: Duration = Duration::from_secs(10);
 
 /// Reports what the pipeline did: an Event for a change, or for a failure (which it returns).
 /// A stream not ready yet is no failure of this resource: the stream's watch requeues it.
@@ -243,6 +262,8 @@ struct Reconciled {
     deployment: Deployment,
     /// With integrity on, what the witness stream showed.
     checkpoints: Option<Checkpoints>,
+    /// While the workload is not available, why its pods are not ready, if one says.
+    pod_trouble: Option<PodTrouble>,
 }
 
 /// The pipeline; a failure says at which stage it stopped, for the detail conditions.
@@ -318,12 +339,19 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
         }
         None => None,
     };
+    let pod_trouble = if status::workload_available(consumer, &deployment) {
+        None
+    } else {
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+        pods::trouble(&pods::list(&api, &consumer.name_any()).await)
+    };
     Ok(Reconciled {
         stream_name,
         change,
         info,
         deployment,
         checkpoints,
+        pod_trouble,
     })
 }
 

@@ -18,6 +18,7 @@ use super::{
     build::selector_string,
     integrity::Checkpoints,
     max_deliveries::{Listening, counting_condition},
+    pods::PodTrouble,
 };
 use crate::{
     conditions::{self, Outcome, Phase, Status, Value},
@@ -104,6 +105,8 @@ pub struct Report<'a> {
     pub failure: Option<&'a Failure>,
     pub advisories: Advisories,
     pub witnessing: Witnessing<'a>,
+    /// Why the pods are not ready, when the workload is not available and a pod says why.
+    pub pods: Option<&'a PodTrouble>,
 }
 
 pub fn desired_status(
@@ -143,7 +146,7 @@ pub fn desired_status(
         ),
     );
     let workload = match (report.failure, report.workload) {
-        (None, Some(deployment)) => workload_condition(consumer, deployment),
+        (None, Some(deployment)) => workload_condition(consumer, deployment, report.pods),
         _ => detail(
             Stage::Workload,
             Value::new(Status::True, WORKLOAD_AVAILABLE, ""),
@@ -364,33 +367,47 @@ pub fn checkpoint_condition(seen: &Checkpoints, acked: &[Timestamp], now: Timest
 /// old pod left, and the status describing the Deployment's current generation. Right after a
 /// spec change the Deployment's status still describes the previous template, which must not
 /// read as a finished rollout.
-fn workload_condition(consumer: &AuditConsumer, deployment: &Deployment) -> Value {
+///
+/// While it is not available, `pods` says why when a pod does: the condition's reason becomes
+/// the pods' trouble (unschedulable, containers failing) and its message names the pod.
+fn workload_condition(
+    consumer: &AuditConsumer,
+    deployment: &Deployment,
+    pods: Option<&PodTrouble>,
+) -> Value {
     let default_status = DeploymentStatus::default();
     let status = deployment.status.as_ref().unwrap_or(&default_status);
     let desired = consumer.spec.replicas;
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
-    let total = status.replicas.unwrap_or(0);
-    let current = deployment.metadata.generation.is_some()
-        && status.observed_generation >= deployment.metadata.generation;
     let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
         c.type_ == "Progressing"
             && c.status == "False"
             && c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED)
     });
-    if current && ready >= desired && updated >= desired && total <= updated {
+    if workload_available(consumer, deployment) {
         Value::new(
             Status::True,
             WORKLOAD_AVAILABLE,
             format!("{ready} of {desired} pod(s) ready"),
         )
     } else if deadline_exceeded {
+        let why = pods.map_or_else(String::new, |trouble| format!("; {}", trouble.message));
         Value::new(
             Status::False,
             PROGRESS_DEADLINE_EXCEEDED,
             format!(
-                "{ready} of {desired} pod(s) ready and the rollout stopped progressing: see the pods' events and logs (kubectl describe pods -l {})",
+                "{ready} of {desired} pod(s) ready and the rollout stopped progressing{why}: see the pods' events and logs (kubectl describe pods -l {})",
                 selector_string(&consumer.name_any())
+            ),
+        )
+    } else if let Some(trouble) = pods {
+        Value::new(
+            Status::False,
+            trouble.reason,
+            format!(
+                "{ready} of {desired} pod(s) ready, {updated} up to date; {}",
+                trouble.message
             ),
         )
     } else {
@@ -400,6 +417,21 @@ fn workload_condition(consumer: &AuditConsumer, deployment: &Deployment) -> Valu
             format!("{ready} of {desired} pod(s) ready, {updated} up to date"),
         )
     }
+}
+
+/// Whether the Deployment has every desired pod updated and ready, no old pod left, and a
+/// status that describes its current generation.
+pub fn workload_available(consumer: &AuditConsumer, deployment: &Deployment) -> bool {
+    let Some(status) = deployment.status.as_ref() else {
+        return false;
+    };
+    let desired = consumer.spec.replicas;
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    let current = deployment.metadata.generation.is_some()
+        && status.observed_generation >= deployment.metadata.generation;
+    current && ready >= desired && updated >= desired && total <= updated
 }
 
 #[cfg(test)]
@@ -458,6 +490,7 @@ mod tests {
             failure: None,
             advisories: Advisories::NotWanted,
             witnessing: Witnessing::NotWanted,
+            pods: None,
         };
         let status = desired_status(&consumer(MINIMAL), &report, &at(1));
         assert_eq!(find(&status, READY).reason, "WorkloadProgressing");
@@ -475,6 +508,7 @@ mod tests {
             failure: None,
             advisories: Advisories::NotWanted,
             witnessing: Witnessing::NotWanted,
+            pods: None,
         };
         let status = desired_status(&consumer(MINIMAL), &report, &at(1));
         assert_eq!(find(&status, READY).reason, "WorkloadProgressing");
@@ -492,6 +526,7 @@ mod tests {
             failure: None,
             advisories,
             witnessing: Witnessing::NotWanted,
+            pods: None,
         };
         let refused = Advisories::Known(Listening::Refused {
             subject: subject.into(),
@@ -550,6 +585,7 @@ mod tests {
             failure: None,
             advisories: Advisories::NotWanted,
             witnessing: Witnessing::NotWanted,
+            pods: None,
         };
         let status = desired_status(&consumer(MINIMAL), &report, &at(1));
         assert_eq!(find(&status, READY).status, "True");
@@ -575,12 +611,63 @@ mod tests {
             failure: None,
             advisories: Advisories::NotWanted,
             witnessing: Witnessing::NotWanted,
+            pods: None,
         };
         let status = desired_status(&consumer(MINIMAL), &report, &at(1));
         assert_eq!(find(&status, READY).status, "False");
         assert_eq!(find(&status, READY).reason, "WorkloadProgressing");
         assert_eq!(find(&status, "Reconciling").status, "True");
         assert_eq!(find(&status, CONSUMER_READY).status, "True");
+    }
+
+    #[test]
+    fn a_pod_that_cannot_run_names_itself_and_why_while_the_rollout_lasts() {
+        let info = info(5, 0);
+        let workload = deployment(0);
+        let trouble = PodTrouble {
+            reason: crate::consumer::pods::PODS_UNSCHEDULABLE,
+            message: "pod r-1 cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu."
+                .into(),
+        };
+        let report = Report {
+            stream_name: Some("orders_audit".into()),
+            consumer: Some(&info),
+            workload: Some(&workload),
+            pods: Some(&trouble),
+            ..Report::default()
+        };
+        let status = desired_status(&consumer(MINIMAL), &report, &at(1));
+        let workload_condition = find(&status, WORKLOAD_AVAILABLE);
+        assert_eq!(workload_condition.reason, "PodsUnschedulable");
+        assert_eq!(
+            workload_condition.message,
+            "0 of 1 pod(s) ready, 1 up to date; pod r-1 cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu."
+        );
+        // Ready carries it too; a scheduler may still place the pod (a node added, another
+        // pod gone), so it is Reconciling until the Deployment's own deadline says Stalled.
+        assert_eq!(find(&status, READY).reason, "PodsUnschedulable");
+        assert_eq!(find(&status, "Reconciling").status, "True");
+        assert_eq!(find(&status, STALLED).status, "False");
+
+        let mut stuck = deployment(0);
+        stuck.status.as_mut().unwrap().conditions =
+            Some(vec![k8s_openapi::api::apps::v1::DeploymentCondition {
+                type_: "Progressing".into(),
+                status: "False".into(),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                ..Default::default()
+            }]);
+        let report = Report {
+            workload: Some(&stuck),
+            ..report
+        };
+        let status = desired_status(&consumer(MINIMAL), &report, &at(2));
+        assert_eq!(find(&status, STALLED).status, "True");
+        assert!(
+            find(&status, WORKLOAD_AVAILABLE)
+                .message
+                .contains("stopped progressing; pod r-1 cannot be scheduled"),
+        );
     }
 
     #[test]
@@ -615,6 +702,7 @@ mod tests {
             failure: None,
             advisories: Advisories::NotWanted,
             witnessing: Witnessing::NotWanted,
+            pods: None,
         };
         let mut resource = consumer(MINIMAL);
         resource.status = Some(desired_status(&resource, &report, &at(1)));
@@ -633,6 +721,7 @@ mod tests {
             failure: None,
             advisories: Advisories::NotWanted,
             witnessing: Witnessing::NotWanted,
+            pods: None,
         };
         let mut resource = consumer(MINIMAL);
         resource.status = Some(desired_status(&resource, &ok, &at(1)));
@@ -731,6 +820,7 @@ mod tests {
             failure: None,
             advisories: Advisories::NotWanted,
             witnessing: Witnessing::Observed(&checkpoints),
+            pods: None,
         };
         // An old pod acked at 1,000 (previous status), before any checkpoint could exist.
         resource.status = Some(AuditConsumerStatus {
