@@ -18,7 +18,7 @@ testenv: ## Build (first run) or reuse the pinned test servers; prints their dir
 lint: ## cargo fmt --check, clippy with warnings as errors, shellcheck and hadolint.
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	shellcheck --severity=warning --external-sources hack/*.sh hack/images/*.sh
+	shellcheck --severity=warning --external-sources hack/*.sh hack/lib/*.sh hack/images/*.sh
 	bash hack/images/hadolint.sh
 
 .PHONY: demo

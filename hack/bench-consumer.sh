@@ -14,6 +14,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=hack/lib/bench-nats.sh
+source hack/lib/bench-nats.sh
 EVENTS=${EVENTS:-1000000}
 BATCH=${BATCH:-256}
 MAX_BYTES=${MAX_BYTES:-4194304}
@@ -37,12 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin_dir/nats-server" -js -sd "$work/js" -a 127.0.0.1 -p "$NATS_PORT" >"$work/nats.log" 2>&1 &
-nats_pid=$!
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/${NATS_PORT}") 2>/dev/null && break
-    sleep 0.1
-done
+start_bench_nats "$bin_dir" "$work" "$NATS_PORT"
 
 "$target/examples/preload" "$URL" BENCH bench.events "$EVENTS"
 "$target/examples/witness_setup" "$URL" BENCH_INTEGRITY 'bench-integrity.>' "$work/seed.nk" >/dev/null

@@ -8,6 +8,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=hack/lib/bench-nats.sh
+source hack/lib/bench-nats.sh
 RATES=${RATES:-1000 10000 50000}
 PODS=${PODS:-1 3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
@@ -27,12 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin_dir/nats-server" -js -sd "$work/js" -a 127.0.0.1 -p "$NATS_PORT" >"$work/nats.log" 2>&1 &
-nats_pid=$!
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/${NATS_PORT}") 2>/dev/null && break
-    sleep 0.1
-done
+start_bench_nats "$bin_dir" "$work" "$NATS_PORT"
 
 echo "| events/s | pods | way | events counted | p50 ms | p99 ms | max ms |"
 echo "|---|---|---|---|---|---|---|"
