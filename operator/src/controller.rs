@@ -144,7 +144,18 @@ async fn reconcile_readable<R: Reconciler>(
     let result = finalizer(&api, R::FINALIZER, object, |event| async {
         match event {
             Event::Apply(object) => R::apply(ctx, &object).await,
-            Event::Cleanup(object) => R::cleanup(ctx, &object).await,
+            Event::Cleanup(object) => {
+                let cleaned = R::cleanup(ctx, &object).await;
+                if cleaned.is_ok() {
+                    // The finalizer goes next, and the object with it.
+                    ctx.metrics.forget_ready(
+                        R::Resource::kind(&()),
+                        &object.namespace().unwrap_or_default(),
+                        &object.name_any(),
+                    );
+                }
+                cleaned
+            }
         }
     })
     .await;

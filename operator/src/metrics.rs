@@ -1,7 +1,9 @@
 //! Prometheus metrics of the operator: reconciliations by kind and outcome, their duration,
 //! failures by reason, whether this replica leads, and what a deletion had to leave on NATS.
 
-use std::{borrow::Cow, time::Duration};
+use std::{borrow::Cow, collections::HashMap, sync::Mutex, time::Duration};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -38,6 +40,18 @@ struct DurableLabels {
     consumer: String,
 }
 
+/// One AuditStream or AuditConsumer and the reason of its `Ready` condition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
+    kind: Cow<'static, str>,
+    namespace: String,
+    name: String,
+    reason: String,
+}
+
+/// An object whose readiness this replica exports: kind, namespace, name.
+type ObjectKey = (Cow<'static, str>, String, String);
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     kind: Cow<'static, str>,
@@ -53,6 +67,10 @@ pub struct Metrics {
     max_deliveries: Family<ConsumerLabels, Counter>,
     streams_left_on_nats: Family<StreamLabels, Counter>,
     consumers_left_on_nats: Family<DurableLabels, Counter>,
+    ready: Family<ReadyLabels, Gauge>,
+    /// The reason each object's `ready` series carries now, so that a new reason replaces
+    /// the series instead of adding one.
+    ready_reasons: Mutex<HashMap<ObjectKey, String>>,
 }
 
 impl Default for Metrics {
@@ -102,7 +120,15 @@ impl Default for Metrics {
             "AuditConsumers with deletionPolicy Delete let go without deleting their durable consumer, because it could not be reached any more; it may remain on NATS",
             consumers_left_on_nats.clone(),
         );
+        let ready = Family::<ReadyLabels, Gauge>::default();
+        registry.register(
+            "ready",
+            "1 while an AuditStream's or AuditConsumer's Ready condition is True, else 0; reason is the condition's reason. Exported by the leader for the objects it reconciled, and dropped when one is deleted",
+            ready.clone(),
+        );
         Self {
+            ready,
+            ready_reasons: Mutex::default(),
             streams_left_on_nats,
             consumers_left_on_nats,
             max_deliveries,
@@ -179,6 +205,50 @@ impl Metrics {
             .inc();
     }
 
+    /// Exports whether `kind` `namespace/name` is Ready, from the conditions its status was
+    /// just given; a status without `Ready` exports nothing.
+    pub fn set_ready(
+        &self,
+        kind: Cow<'static, str>,
+        namespace: &str,
+        name: &str,
+        conditions: &[Condition],
+    ) {
+        let Some(ready) = conditions.iter().find(|c| c.type_ == "Ready") else {
+            return;
+        };
+        let key = (kind.clone(), namespace.to_owned(), name.to_owned());
+        let labels = |reason: String| ReadyLabels {
+            kind: kind.clone(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            reason,
+        };
+        let mut reasons = self.ready_reasons.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(previous) = reasons.insert(key, ready.reason.clone())
+            && previous != ready.reason
+        {
+            self.ready.remove(&labels(previous));
+        }
+        self.ready
+            .get_or_create(&labels(ready.reason.clone()))
+            .set(i64::from(ready.status == "True"));
+    }
+
+    /// Drops the readiness of `kind` `namespace/name`, which is gone.
+    pub fn forget_ready(&self, kind: Cow<'static, str>, namespace: &str, name: &str) {
+        let key = (kind, namespace.to_owned(), name.to_owned());
+        let mut reasons = self.ready_reasons.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = reasons.remove(&key) {
+            self.ready.remove(&ReadyLabels {
+                kind: key.0,
+                namespace: key.1,
+                name: key.2,
+                reason,
+            });
+        }
+    }
+
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
@@ -195,6 +265,49 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ready(status: &str, reason: &str) -> Vec<Condition> {
+        vec![Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        }]
+    }
+
+    #[test]
+    fn readiness_is_one_series_per_object_that_follows_its_reason_and_goes_with_it() {
+        let metrics = Metrics::default();
+        let kind = || Cow::Borrowed("AuditConsumer");
+        metrics.set_ready(
+            kind(),
+            "shop",
+            "reader",
+            &ready("False", "PodsUnschedulable"),
+        );
+        metrics.set_ready(kind(), "shop", "other", &ready("True", "Ready"));
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"audit_operator_ready{kind="AuditConsumer",namespace="shop",name="reader",reason="PodsUnschedulable"} 0"#),
+            "{text}"
+        );
+        metrics.set_ready(kind(), "shop", "reader", &ready("True", "Ready"));
+        let text = metrics.render();
+        assert!(!text.contains("PodsUnschedulable"), "{text}");
+        assert!(text.contains(
+            r#"audit_operator_ready{kind="AuditConsumer",namespace="shop",name="reader",reason="Ready"} 1"#
+        ));
+        metrics.forget_ready(kind(), "shop", "reader");
+        metrics.set_ready(kind(), "shop", "no-ready-yet", &[]);
+        let text = metrics.render();
+        assert!(!text.contains(r#"name="reader""#), "{text}");
+        assert!(!text.contains(r#"name="no-ready-yet""#), "{text}");
+        assert!(text.contains(r#"name="other",reason="Ready"} 1"#), "{text}");
+    }
 
     #[test]
     fn reconciliations_and_failures_are_counted_by_kind_and_reason() {

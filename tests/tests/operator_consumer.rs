@@ -91,6 +91,21 @@ impl Env {
         operator_support::operator_metric(&self.operator, sample).await
     }
 
+    /// The operator's `audit_operator_ready` samples for AuditConsumer `name` of this test.
+    async fn readiness_samples(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let metrics = audit_tests::http::get(self.operator.health_port(), "/metrics").await?;
+        let prefix = format!(
+            r#"audit_operator_ready{{kind="AuditConsumer",namespace="{}",name="{name}",reason="#,
+            self.namespace
+        );
+        Ok(metrics
+            .body
+            .lines()
+            .filter(|line| line.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// Deletes this test's namespace and waits until it is gone: every finalizer in it ran.
     async fn delete_namespace_and_wait(&self) -> anyhow::Result<()> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
@@ -508,6 +523,14 @@ async fn deletion_removes_the_durable_consumer_unless_retained() -> anyhow::Resu
         .await?;
     env.wait_condition("kept", "ConsumerReady", "True").await?;
     env.deployment("dropped").await?;
+    // No kubelet here: the pods never run, and the operator exports that.
+    let samples = wait::until("dropped's readiness exported", WAIT, POLL, || async {
+        let samples = env.readiness_samples("dropped").await?;
+        Ok((!samples.is_empty()).then_some(samples))
+    })
+    .await?;
+    assert_eq!(samples.len(), 1, "one series per object: {samples:?}");
+    assert!(samples[0].ends_with(" 0"), "{samples:?}");
 
     let logged_before_deletion = env.full_operator_log().len();
     env.consumers
@@ -529,6 +552,13 @@ async fn deletion_removes_the_durable_consumer_unless_retained() -> anyhow::Resu
     // Reconciliations queued with a stale copy (the Deployment's deletion wakes its owner)
     // run right after the object went; give them time to show themselves.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in ["dropped", "kept"] {
+        let samples = env.readiness_samples(name).await?;
+        assert!(
+            samples.is_empty(),
+            "deleted, no readiness left: {samples:?}"
+        );
+    }
     let deletion_log = env.full_operator_log()[logged_before_deletion..].to_owned();
     assert!(
         !deletion_log.contains("WARN") && !deletion_log.contains("ERROR"),

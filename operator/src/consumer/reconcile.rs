@@ -79,6 +79,12 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
     let mut status = status::desired_status(consumer, &report, &Time(Timestamp::now()));
     let unreported = ctx.state.max_deliveries.unreported(&key);
     let recorded = unreported.map(|u| max_deliveries::fold_into(&mut status, &u));
+    ctx.metrics.set_ready(
+        AuditConsumer::kind(&()),
+        &consumer.namespace().unwrap_or_default(),
+        &consumer.name_any(),
+        &status.conditions,
+    );
     // The Events go out even when the status write fails, so that failure cannot hide them.
     let status_written =
         report::apply_status_if_changed(&ctx.client, consumer, consumer.status.as_ref(), &status)

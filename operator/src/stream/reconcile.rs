@@ -31,6 +31,12 @@ pub(super) async fn apply(stream: &AuditStream, ctx: &Context) -> Result<Action>
         result.as_ref().map(|applied| &applied.info.state),
         &Time(Timestamp::now()),
     );
+    ctx.metrics.set_ready(
+        AuditStream::kind(&()),
+        &stream.namespace().unwrap_or_default(),
+        &stream.name_any(),
+        &status.conditions,
+    );
     // The Events go out even when the status write fails, so that failure cannot hide them.
     let status_written =
         report::apply_status_if_changed(&ctx.client, stream, stream.status.as_ref(), &status).await;
