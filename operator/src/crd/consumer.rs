@@ -439,7 +439,9 @@ pub struct AuditConsumerStatus {
 
     /// `Ready`, `Reconciling` and `Stalled` (kstatus), and the details: `StreamReady` (the
     /// AuditStream is Ready), `ConsumerReady` (the durable consumer exists on NATS as
-    /// declared) and `WorkloadAvailable` (every desired pod is ready). With `maxDeliver`, also
+    /// declared) and `WorkloadAvailable` (every desired pod is ready; while not, reason
+    /// `PodsUnschedulable` or `ContainersFailing` names a pod that cannot run and the
+    /// scheduler's or the kubelet's reason). With `maxDeliver`, also
     /// `MaxDeliveriesCounted`: whether the operator hears NATS's max-deliveries advisories
     /// (False with reason `AdvisorySubscriptionDenied` when NATS refuses its subscription;
     /// not part of `Ready`, as the consumer works all the same). With `integrity`, also
