@@ -329,6 +329,12 @@ pub struct RuntimeArgs {
     /// `audit_consumer=debug,async_nats=warn`).
     #[arg(long, env = "AUDIT_CONSUMER_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// File to write the fatal error to when the consumer exits with one: Kubernetes shows it
+    /// as the container's termination message (its `terminationMessagePath`, which the
+    /// operator sets to /dev/termination-log). Only the error, as logged; never event content.
+    #[arg(long, env = "AUDIT_CONSUMER_TERMINATION_LOG")]
+    pub termination_log: Option<PathBuf>,
 }
 
 impl Args {

@@ -39,6 +39,7 @@ pub enum Flag {
     IntegritySubject(String),
     IntegrityCheckpointLines(u64),
     IntegrityCheckpointInterval(Duration),
+    TerminationLog(PathBuf),
 }
 
 impl Flag {
@@ -70,6 +71,7 @@ impl Flag {
             Flag::IntegritySubject(_) => "integrity-subject",
             Flag::IntegrityCheckpointLines(_) => "integrity-checkpoint-lines",
             Flag::IntegrityCheckpointInterval(_) => "integrity-checkpoint-interval",
+            Flag::TerminationLog(_) => "termination-log",
         }
     }
 
@@ -87,7 +89,8 @@ impl Flag {
             | Flag::TlsCaFile(path)
             | Flag::TlsCertFile(path)
             | Flag::TlsKeyFile(path)
-            | Flag::IntegrityKeyFile(path) => path.display().to_string(),
+            | Flag::IntegrityKeyFile(path)
+            | Flag::TerminationLog(path) => path.display().to_string(),
             Flag::JsDomain(text)
             | Flag::Stream(text)
             | Flag::Consumer(text)
@@ -190,6 +193,7 @@ mod tests {
             Flag::IntegrityCheckpointInterval(_) => {
                 Flag::IntegrityCheckpointInterval(args.integrity.integrity_checkpoint_interval)
             }
+            Flag::TerminationLog(_) => Flag::TerminationLog(path(&args.runtime.termination_log)),
         }
     }
 
@@ -222,6 +226,7 @@ mod tests {
             Flag::IntegritySubject("witness.orders.reader".into()),
             Flag::IntegrityCheckpointLines(500),
             Flag::IntegrityCheckpointInterval(Duration::from_secs(30)),
+            Flag::TerminationLog(path("/dev/termination-log")),
         ] {
             assert_eq!(read_back(&flag, &parsed(&[&flag])), flag, "{flag}");
         }

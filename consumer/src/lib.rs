@@ -24,6 +24,7 @@ pub mod redact;
 pub mod shutdown;
 pub mod sink;
 mod swar;
+pub mod termination;
 pub mod worker;
 
 use std::os::fd::AsFd;

@@ -49,11 +49,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let termination_log = args.runtime.termination_log.clone();
     let result = runtime.block_on(audit_consumer::run(args));
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => failed(&err),
+        Err(err) => {
+            let message = failure_message(&err);
+            tracing::error!("{message}");
+            if let Some(path) = termination_log {
+                audit_consumer::termination::record(&path, &message);
+            }
+            ExitCode::from(err.exit_code())
+        }
     }
 }
 
@@ -79,14 +87,14 @@ fn verify(args: VerifyArgs) -> ExitCode {
         Ok(verdict) => ExitCode::from(verdict.exit_code()),
         // Whatever stopped the check, the log was not shown to be complete.
         Err(err) => {
-            failed(&err);
+            tracing::error!("{}", failure_message(&err));
             ExitCode::from(2)
         }
     }
 }
 
-/// Logs a fatal error with its causes; the exit status it calls for.
-fn failed(err: &audit_consumer::error::Error) -> ExitCode {
+/// A fatal error with its causes, as one line.
+fn failure_message(err: &audit_consumer::error::Error) -> String {
     let mut message = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
@@ -94,6 +102,5 @@ fn failed(err: &audit_consumer::error::Error) -> ExitCode {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    tracing::error!("{message}");
-    ExitCode::from(err.exit_code())
+    message
 }

@@ -225,7 +225,11 @@ async fn a_deleted_consumer_is_reported_and_exits_non_zero() -> anyhow::Result<(
     let js = jetstream::new(server.client().await?);
     create_stream_and_consumer(&js, "doomed", Duration::from_secs(30)).await?;
 
-    let mut consumer = ConsumerProcess::start(&server.url(), "doomed", &[])?;
+    // Where Kubernetes reads a container's termination message from.
+    let termination_log =
+        std::env::temp_dir().join(format!("audit-consumer-termination-{}", std::process::id()));
+    let termination_flag = format!("--termination-log={}", termination_log.display());
+    let mut consumer = ConsumerProcess::start(&server.url(), "doomed", &[&termination_flag])?;
     consumer.wait_ready(true, Duration::from_secs(30)).await?;
     js.get_stream(STREAM)
         .await?
@@ -240,6 +244,19 @@ async fn a_deleted_consumer_is_reported_and_exits_non_zero() -> anyhow::Result<(
     let stderr = consumer.stderr();
     assert!(stderr.contains("consumer was deleted"), "{stderr}");
     assert!(stderr.contains("does not exist"), "{stderr}");
+    // The fatal error alone, one line, as logged last.
+    let message = std::fs::read_to_string(&termination_log)?;
+    std::fs::remove_file(&termination_log)?;
+    assert!(message.contains("does not exist"), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        stderr
+            .trim_end()
+            .lines()
+            .last()
+            .is_some_and(|line| line.contains(&message)),
+        "the last log line carries the same error:\n{stderr}"
+    );
     // Standard error is a file here, as under a log collector: no colour codes.
     assert!(
         !stderr.contains('\u{1b}'),

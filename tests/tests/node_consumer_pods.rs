@@ -361,6 +361,21 @@ async fn consumer_containers_are_hardened_as_their_own_process_sees_it() -> anyh
         "a write to the container's root filesystem fails as read-only"
     );
 
+    // The one file it may write: its termination message, which the kubelet mounts
+    // writable over the read-only root.
+    let termination_mount = mountinfo
+        .lines()
+        .find(|line| line.split_whitespace().nth(4) == Some("/dev/termination-log"))
+        .expect("a termination-log mount");
+    let options = termination_mount.split_whitespace().nth(5).unwrap();
+    assert!(options.split(',').any(|o| o == "rw"), "{termination_mount}");
+    let termination_log = std::fs::metadata(format!("/proc/{pid}/root/dev/termination-log"))?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&termination_log.permissions());
+    assert!(
+        mode & 0o002 != 0 || std::os::unix::fs::MetadataExt::uid(&termination_log) == 65532,
+        "user 65532 can write its termination message (mode {mode:o})"
+    );
+
     // The credential is a file, never an argument or an environment value.
     let cmdline = String::from_utf8_lossy(&proc("cmdline")?).replace('\0', " ");
     let environ = String::from_utf8_lossy(&proc("environ")?).replace('\0', "\n");
@@ -369,6 +384,10 @@ async fn consumer_containers_are_hardened_as_their_own_process_sees_it() -> anyh
     assert!(
         cmdline.contains("--token-file"),
         "the consumer reads the token from a file: {cmdline}"
+    );
+    assert!(
+        cmdline.contains("--termination-log=/dev/termination-log"),
+        "{cmdline}"
     );
     assert_eq!(
         pods[0]

@@ -11,7 +11,7 @@
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::{Api, ResourceExt, api::ListParams};
 
-use super::build::selector_string;
+use super::build::{deployment::TERMINATION_MESSAGE_POLICY, selector_string};
 
 /// The scheduler cannot place a pod (not enough CPU or memory, taints, affinity, quota).
 pub const PODS_UNSCHEDULABLE: &str = "PodsUnschedulable";
@@ -117,20 +117,43 @@ fn stuck_container(pod: &Pod) -> Option<(&'static str, String)> {
                     container,
                     reason,
                     waiting.message.as_deref(),
+                    writes_own_message(pod, &container.name),
                 ),
             )
         })
     })
 }
 
-/// A crash loop is told by how the container last ended, never by its output: the kubelet's
-/// termination message falls back to the log's tail, which holds audit events. Other states
-/// carry the kubelet's own message (which image, which missing key).
+/// Whether `container`'s termination message can only be what the process wrote itself (the
+/// consumer writes its fatal error): policy `File`, the default. Under
+/// `FallbackToLogsOnError`, which pods made before that policy still have, it can be the
+/// log's tail, audit events included, and is never quoted.
+fn writes_own_message(pod: &Pod, container: &str) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|spec| {
+            spec.init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+        })
+        .find(|c| c.name == container)
+        .is_some_and(|c| {
+            c.termination_message_policy
+                .as_deref()
+                .is_none_or(|policy| policy == TERMINATION_MESSAGE_POLICY)
+        })
+}
+
+/// A crash loop is told by how the container last ended: exit code and, when only the
+/// process can have written it, its termination message (the consumer's fatal error). Other
+/// states carry the kubelet's own message (which image, which missing key).
 fn describe_waiting(
     pod: &str,
     container: &ContainerStatus,
     reason: &str,
     message: Option<&str>,
+    own_message: bool,
 ) -> String {
     let name = &container.name;
     if reason == "CrashLoopBackOff" {
@@ -140,12 +163,18 @@ fn describe_waiting(
             .and_then(|state| state.terminated.as_ref());
         let ended = match last {
             Some(terminated) => format!(
-                ", last exit code {}{}",
+                ", last exit code {}{}{}",
                 terminated.exit_code,
                 terminated
                     .reason
                     .as_deref()
                     .map(|reason| format!(" ({reason})"))
+                    .unwrap_or_default(),
+                terminated
+                    .message
+                    .as_deref()
+                    .filter(|message| own_message && !message.trim().is_empty())
+                    .map(|message| format!(": {}", quote(message)))
                     .unwrap_or_default()
             ),
             None => String::new(),
@@ -236,6 +265,59 @@ mod tests {
         assert_eq!(
             trouble.message,
             "pod p container audit-consumer: ImagePullBackOff: Back-off pulling image \"registry.example/audit-consumer:9\""
+        );
+    }
+
+    /// A crash-looping consumer container whose last run ended with `message`, under
+    /// `policy`.
+    fn crashing(policy: &str, message: &str) -> Pod {
+        let mut pod = pod(
+            "p",
+            serde_json::json!({
+                "containerStatuses": [{
+                    "name": "audit-consumer", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 4,
+                    "state": { "waiting": {
+                        "reason": "CrashLoopBackOff",
+                        "message": "back-off 1m20s restarting failed container=audit-consumer",
+                    } },
+                    "lastState": { "terminated": {
+                        "exitCode": 1, "reason": "Error", "message": message,
+                    } },
+                }],
+            }),
+        );
+        pod.spec = Some(
+            serde_json::from_value(serde_json::json!({
+                "containers": [{ "name": "audit-consumer", "terminationMessagePolicy": policy }],
+            }))
+            .unwrap(),
+        );
+        pod
+    }
+
+    #[test]
+    fn a_crash_loop_quotes_the_consumers_own_error_never_a_log_tail() {
+        let own = trouble(&[crashing(
+            "File",
+            "consumer ORDERS/reader does not exist and was not recreated within 5m",
+        )])
+        .unwrap();
+        assert_eq!(
+            own.message,
+            "pod p container audit-consumer: CrashLoopBackOff after 4 restart(s), last exit code 1 (Error): consumer ORDERS/reader does not exist and was not recreated within 5m; see kubectl logs p -c audit-consumer --previous"
+        );
+        // A pod from before the policy: its message may be the log's tail.
+        let tail = trouble(&[crashing(
+            "FallbackToLogsOnError",
+            "{\"user\":\"alice\",\"action\":\"login\"}",
+        )])
+        .unwrap();
+        assert!(!tail.message.contains("alice"), "{}", tail.message);
+        assert!(
+            tail.message.contains("last exit code 1 (Error); see"),
+            "{}",
+            tail.message
         );
     }
 

@@ -43,6 +43,10 @@ pub const HEALTH_PORT_NAME: &str = "metrics";
 pub const SECRET_VERSIONS_ANNOTATION: &str = "audit.eventsaudit.io/secret-versions";
 /// Directory under which each Secret volume is mounted.
 pub const SECRETS_DIR: &str = "/etc/audit-consumer/nats";
+/// Where the consumer writes its fatal error, and Kubernetes reads it (its default path).
+const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// Only the file, so that the status may quote a termination message (see `pods`).
+pub const TERMINATION_MESSAGE_POLICY: &str = "File";
 /// The consumer's variable for `--integrity-pod`.
 const INTEGRITY_POD_ENV: &str = "AUDIT_CONSUMER_INTEGRITY_POD";
 /// The distroless `nonroot` user of the consumer image.
@@ -85,6 +89,7 @@ pub fn flags(valid: &ValidConsumer, secret_flags: Vec<Flag>) -> Vec<Flag> {
         Flag::HealthListen(SocketAddr::from(([0, 0, 0, 0], HEALTH_PORT))),
         Flag::Batch(valid.batch),
         Flag::Expires(valid.expires),
+        Flag::TerminationLog(PathBuf::from(TERMINATION_MESSAGE_PATH)),
     ];
     flags.extend(valid.max_bytes.map(Flag::MaxBytes));
     flags.extend(valid.heartbeat.map(Flag::Heartbeat));
@@ -205,7 +210,10 @@ fn container(valid: &ValidConsumer, args: Vec<String>, mounts: Vec<VolumeMount>)
         }),
         env: valid.integrity.as_ref().map(|_| vec![pod_name_env()]),
         volume_mounts: non_empty(&mounts),
-        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        // The consumer writes its fatal error there itself; never the log's tail, which
+        // holds audit events and would reach `kubectl describe pod` and the status.
+        termination_message_path: Some(TERMINATION_MESSAGE_PATH.to_owned()),
+        termination_message_policy: Some(TERMINATION_MESSAGE_POLICY.to_owned()),
         ..Container::default()
     }
 }
@@ -453,6 +461,7 @@ mod tests {
                 "--health-listen=0.0.0.0:8080",
                 "--batch=100",
                 "--expires=30s",
+                "--termination-log=/dev/termination-log",
                 "--redact-keys=password,token",
                 "--js-domain=hub",
                 "--creds-file=/etc/audit-consumer/nats/creds/user.creds",
