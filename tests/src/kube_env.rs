@@ -20,7 +20,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tempfile::TempDir;
 
 use crate::certs::{TestCa, service_account_key};
-use crate::ports::free_port;
+use crate::ports::{free_ports, retry_lost_port_race};
 use crate::process::ServerProcess;
 use crate::testenv::testenv_bin;
 use crate::{node, wait};
@@ -104,17 +104,17 @@ impl ControlPlane {
         let dir = tempfile::Builder::new().prefix("audit-kube-").tempdir()?;
         let path = |name: &str| dir.path().join(name);
         let ca = write_certificates(dir.path())?;
-        let etcd = start_etcd(dir.path()).await?;
+        let etcd = retry_lost_port_race("etcd", || start_etcd(dir.path())).await?;
 
-        let api_port = free_port();
         let listen_ip = match placement {
             Placement::Loopback => std::net::Ipv4Addr::LOCALHOST,
             Placement::Node => node::layout().node_ip,
         };
-        let api_url = format!("https://{listen_ip}:{api_port}");
         std::fs::write(path("audit-policy.yaml"), audit_policy())?;
-        let apiserver_args = apiserver_args(dir.path(), placement, &etcd.url, listen_ip, api_port);
-        let apiserver = spawn_apiserver(&apiserver_args, &path("kube-apiserver.log"))?;
+        let (apiserver, apiserver_args, api_url) = retry_lost_port_race("kube-apiserver", || {
+            start_apiserver(dir.path(), placement, &etcd.url, listen_ip)
+        })
+        .await?;
 
         let kubeconfig_path = path("admin.kubeconfig");
         std::fs::write(
@@ -456,9 +456,16 @@ struct Etcd {
 
 /// Starts etcd with its data in `dir`, and waits until it reports healthy.
 async fn start_etcd(dir: &Path) -> anyhow::Result<Etcd> {
-    let port = free_port();
+    let [port, peer_port] = free_ports(2)[..] else {
+        unreachable!("free_ports(2) returns two ports")
+    };
     let url = format!("http://127.0.0.1:{port}");
-    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    // A retry after a lost port starts from an empty data directory.
+    let data_dir = dir.join("etcd");
+    if data_dir.exists() {
+        std::fs::remove_dir_all(&data_dir)?;
+    }
     let mut etcd = Command::new(testenv_bin("etcd"));
     etcd.arg("--name=default")
         .arg(format!("--data-dir={}", dir.join("etcd").display()))
@@ -469,7 +476,13 @@ async fn start_etcd(dir: &Path) -> anyhow::Result<Etcd> {
         .arg(format!("--initial-cluster=default={peer_url}"))
         .arg("--unsafe-no-fsync=true")
         .arg("--log-level=warn");
-    let process = ServerProcess::spawn("etcd", etcd, &dir.join("etcd.log"))?;
+    let log_path = dir.join("etcd.log");
+    // A retry's log starts empty, so that the tail it fails with is its own.
+    let _ = std::fs::remove_file(&log_path);
+    let mut process = ServerProcess::spawn("etcd", etcd, &log_path)?;
+    process
+        .wait_listening(std::net::Ipv4Addr::LOCALHOST, port, READY_TIMEOUT)
+        .await?;
     wait::until(
         "etcd to report healthy",
         READY_TIMEOUT,
@@ -588,6 +601,26 @@ rules:
 - level: None
 "
     )
+}
+
+/// Starts kube-apiserver on a new port of `listen_ip` and waits until it listens there;
+/// returns the process, its flags (for restarts) and its URL.
+async fn start_apiserver(
+    dir: &Path,
+    placement: Placement,
+    etcd_url: &str,
+    listen_ip: std::net::Ipv4Addr,
+) -> anyhow::Result<(ServerProcess, Vec<String>, String)> {
+    let port = free_ports(1)[0];
+    let args = apiserver_args(dir, placement, etcd_url, listen_ip, port);
+    let log_path = dir.join("kube-apiserver.log");
+    // A retry's log starts empty, so that the tail it fails with is its own.
+    let _ = std::fs::remove_file(&log_path);
+    let mut process = spawn_apiserver(&args, &log_path)?;
+    process
+        .wait_listening(listen_ip, port, READY_TIMEOUT)
+        .await?;
+    Ok((process, args, format!("https://{listen_ip}:{port}")))
 }
 
 fn spawn_apiserver(args: &[String], log_path: &Path) -> anyhow::Result<ServerProcess> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::ports::free_port;
+use crate::ports::{free_ports, retry_lost_port_race};
 use crate::process::ServerProcess;
 use crate::testenv::testenv_bin;
 
@@ -50,9 +50,24 @@ impl NatsServer {
     /// A standalone server whose configuration ends with `extra_config`, e.g. an
     /// `authorization { ... }` or `accounts { ... }` block for credential tests.
     pub async fn start_with_config(extra_config: &str) -> anyhow::Result<Self> {
-        let mut server = Self::prepare("nats", extra_config, None)?;
-        server.start_again().await?;
-        Ok(server)
+        Self::start_standalone(std::net::Ipv4Addr::LOCALHOST, extra_config, None).await
+    }
+
+    /// Starts a standalone server on new ports, again on other ports if another process took
+    /// one first.
+    async fn start_standalone(
+        ip: std::net::Ipv4Addr,
+        extra_config: &str,
+        jetstream_domain: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        retry_lost_port_race("nats-server", || async {
+            let mut server = Self::prepare("nats", extra_config, None)?;
+            server.listen_ip = ip;
+            server.jetstream_domain = jetstream_domain.map(str::to_owned);
+            server.start_again().await?;
+            Ok(server)
+        })
+        .await
     }
 
     /// A standalone server listening on `ip`, e.g. a real node's address, where both the
@@ -66,19 +81,13 @@ impl NatsServer {
         ip: std::net::Ipv4Addr,
         extra_config: &str,
     ) -> anyhow::Result<Self> {
-        let mut server = Self::prepare("nats", extra_config, None)?;
-        server.listen_ip = ip;
-        server.start_again().await?;
-        Ok(server)
+        Self::start_standalone(ip, extra_config, None).await
     }
 
     /// A standalone server whose JetStream belongs to `domain` (as in leaf-node setups): its
     /// API answers under `$JS.<domain>.API`.
     pub async fn start_with_jetstream_domain(domain: &str) -> anyhow::Result<Self> {
-        let mut server = Self::prepare("nats", "", None)?;
-        server.jetstream_domain = Some(domain.to_owned());
-        server.start_again().await?;
-        Ok(server)
+        Self::start_standalone(std::net::Ipv4Addr::LOCALHOST, "", Some(domain)).await
     }
 
     fn prepare(
@@ -86,11 +95,14 @@ impl NatsServer {
         extra_config: &str,
         cluster: Option<ClusterMembership>,
     ) -> anyhow::Result<Self> {
+        let [port, monitor_port] = free_ports(2)[..] else {
+            unreachable!("free_ports(2) returns two ports")
+        };
         Ok(Self {
             name: name.to_owned(),
             listen_ip: std::net::Ipv4Addr::LOCALHOST,
-            port: free_port(),
-            monitor_port: free_port(),
+            port,
+            monitor_port,
             extra_config: extra_config.to_owned(),
             jetstream_domain: None,
             cluster,
@@ -271,7 +283,12 @@ impl NatsCluster {
     /// address where pods reach them (routes stay on 127.0.0.1).
     pub async fn start_on(ip: std::net::Ipv4Addr, size: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(size >= 1, "a cluster has at least one node");
-        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        // The nodes name each other's route ports, so a lost port restarts the whole set.
+        retry_lost_port_race("nats-server cluster", || Self::start_once(ip, size)).await
+    }
+
+    async fn start_once(ip: std::net::Ipv4Addr, size: usize) -> anyhow::Result<Self> {
+        let route_ports = free_ports(size);
         let mut nodes = Vec::with_capacity(size);
         for (index, route_port) in route_ports.iter().enumerate() {
             let membership = ClusterMembership {

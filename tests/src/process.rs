@@ -110,6 +110,32 @@ impl ServerProcess {
         }
     }
 
+    /// Waits until something accepts connections on `ip:port`, failing with the log tail as
+    /// soon as the process exits (e.g. because another process took the port:
+    /// [`lost_port_race`](crate::ports::lost_port_race) of the error says so).
+    pub async fn wait_listening(
+        &mut self,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.ensure_running()?;
+            if tokio::net::TcpStream::connect((ip, port)).await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{} did not listen on {ip}:{port} within {timeout:?}; last lines of its log:\n{}",
+                    self.name,
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The last `lines` lines of the server's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log_path, lines)
