@@ -5,6 +5,8 @@
 #   in hack/testenv.versions into a cache outside the repository keyed by version;
 # - the deployment checkers, built the same way into the same directory: promtool (alerting
 #   rules), kube-score (manifest lint) and hack/kstatus (Flux's kstatus verdict on an object);
+# - versitygw, the S3-compatible object store with Object Lock for the archive output, built
+#   the same way and, like the checkers, versioned beside its binary;
 # - from Debian packages, installed when missing: the real node's container runtime
 #   (containerd, runc, the CNI plugins, podman, iptables, conntrack), shellcheck, and lua5.1
 #   (Argo CD's health checks run in a Lua 5.1 VM). That needs root; without it the script
@@ -109,6 +111,13 @@ build_kube_score() {
   mv gobin/kube-score "$1"
 }
 
+# Its Makefile sets main.Version the same way, so the store's log names the pinned release.
+build_versitygw() {
+  GOBIN="$PWD/gobin" go install -ldflags "-X=main.Version=${VERSITYGW}" \
+    "github.com/versity/versitygw/cmd/versitygw@${VERSITYGW}"
+  mv gobin/versitygw "$1"
+}
+
 # The project's own small program on Flux's kstatus library: a throwaway module requires the
 # library at its pinned version, and -mod=mod resolves the program's other imports to the
 # versions that library's go.mod selects, never to whatever is newest.
@@ -207,6 +216,7 @@ done
 install_binary helm build_helm
 install_binary promtool build_promtool "$PROMTOOL"
 install_binary kube-score build_kube_score "$KUBE_SCORE"
+install_binary versitygw build_versitygw "$VERSITYGW"
 # The program's source is part of its version: an edit rebuilds it.
 install_binary kstatus build_kstatus "${FLUX_CLI_UTILS}-$(cksum <"$here/kstatus/main.go" | cut -d' ' -f1)"
 install_debian_packages
