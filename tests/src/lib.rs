@@ -11,6 +11,8 @@
 //!   that control plane, running the [`images`] the Dockerfile builds.
 //! - [`kubelet`] is a small local kubelet: it registers a Node, binds a namespace's pods to
 //!   it and runs their containers as local processes, reporting their real status.
+//! - [`s3`] runs an S3-compatible object store (versitygw) with Object Lock for the archive
+//!   output.
 //! - [`process`] guarantees that no server outlives the test that started it.
 //! - [`manifests`] generates the Kustomize base from the Helm chart.
 
@@ -27,6 +29,7 @@ pub mod operator;
 pub mod pod_logs;
 pub mod ports;
 pub mod process;
+pub mod s3;
 pub mod testenv;
 pub mod tools;
 pub mod wait;
