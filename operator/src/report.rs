@@ -103,15 +103,40 @@ impl Notice {
     }
 }
 
-/// The Warning about a deletion of `what` (`stream`, `durable consumer`) that failed: the
-/// error, and how to let the resource go without it.
-pub fn deletion_failed(error: &Error, what: &str) -> Notice {
-    Notice::warning(
-        error.reason(),
-        format!(
-            "{error}; to let the resource go without deleting the {what}, set deletionPolicy: Retain"
-        ),
-    )
+/// The ending both cleanups share, once the deletion of `what` (`stream`, `durable consumer`)
+/// named `name` on NATS ended: a log line and a `Delete` Event about `object`, the reason and
+/// note of a deletion done (or retained), or the error and how to let the resource go without
+/// it (returned, so that the finalizer stays and the cleanup is tried again).
+pub async fn cleanup_ended<K>(
+    recorder: &Recorder,
+    object: &K,
+    what: &str,
+    name: &str,
+    ended: Result<(&'static str, String)>,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let reference = object.object_ref(&());
+    let namespace = object.meta().namespace.as_deref().unwrap_or_default();
+    match ended {
+        Ok((reason, note)) => {
+            tracing::info!(%what, %name, %namespace, reason, "{note}");
+            publish(recorder, &reference, "Delete", Notice::normal(reason, note)).await;
+            Ok(Action::await_change())
+        }
+        Err(error) => {
+            tracing::warn!(%what, %name, %namespace, %error, "cannot delete the {what}; set deletionPolicy: Retain to let the resource go without deleting it");
+            let notice = Notice::warning(
+                error.reason(),
+                format!(
+                    "{error}; to let the resource go without deleting the {what}, set deletionPolicy: Retain"
+                ),
+            );
+            publish(recorder, &reference, "Delete", notice).await;
+            Err(error)
+        }
+    }
 }
 
 /// Publishes `notice` about `action` (`Apply`, `Delete`, ...) as an Event; a failure to do so

@@ -19,16 +19,15 @@ use crate::{
 };
 
 pub(super) async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
-    let reference = consumer.object_ref(&());
     let durable = consumer.durable_name();
     let namespace = consumer.namespace().unwrap_or_default();
-    let (reason, note) = match consumer.spec.deletion_policy {
-        ConsumerDeletionPolicy::Retain => (
+    let ended = match consumer.spec.deletion_policy {
+        ConsumerDeletionPolicy::Retain => Ok((
             "Retained",
             format!("deletionPolicy is Retain: durable consumer {durable} stays on NATS"),
-        ),
+        )),
         ConsumerDeletionPolicy::Delete => match delete_durable(consumer, ctx).await {
-            Ok(Removal::Done { reason, note }) => (reason, note),
+            Ok(Removal::Done { reason, note }) => Ok((reason, note)),
             Ok(Removal::LeftOnNats { stream, why }) => {
                 let note = format!(
                     "{why}: durable consumer {durable} on stream {stream} is left on NATS (deletionPolicy Delete not carried out); if the stream still exists there, delete the consumer by hand"
@@ -41,25 +40,14 @@ pub(super) async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<A
                     &durable,
                 );
                 let notice = Notice::warning(Deletion::NotOurs.reason(), note);
-                report::publish(&ctx.recorder, &reference, "Delete", notice).await;
+                report::publish(&ctx.recorder, &consumer.object_ref(&()), "Delete", notice).await;
                 return Ok(release(consumer, ctx));
             }
-            Err(error) => {
-                warn!(consumer = %durable, %namespace, %error, "cannot delete the durable consumer; set deletionPolicy: Retain to let the resource go without deleting it");
-                let notice = report::deletion_failed(&error, "durable consumer");
-                report::publish(&ctx.recorder, &reference, "Delete", notice).await;
-                return Err(error);
-            }
+            Err(error) => Err(error),
         },
     };
-    info!(consumer = %durable, %namespace, reason, "{note}");
-    report::publish(
-        &ctx.recorder,
-        &reference,
-        "Delete",
-        Notice::normal(reason, note),
-    )
-    .await;
+    let what = "durable consumer";
+    report::cleanup_ended(&ctx.recorder, consumer, what, &durable, ended).await?;
     Ok(release(consumer, ctx))
 }
 

@@ -2,7 +2,7 @@
 //! deleted from NATS if it carries this resource's mark.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 use tracing::{info, warn};
 
 use super::{Context, apply};
@@ -11,19 +11,18 @@ use crate::{
     crd::stream::{AuditStream, DeletionPolicy},
     error::Result,
     ownership::{self, Deletion},
-    report::{self, Notice},
+    report,
 };
 
 pub(super) async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
-    let reference = stream.object_ref(&());
     let name = stream.stream_name();
     let namespace = stream.namespace().unwrap_or_default();
     let user = PoolUser::of(stream);
-    let (reason, note) = match stream.spec.deletion_policy {
-        DeletionPolicy::Retain => (
+    let ended = match stream.spec.deletion_policy {
+        DeletionPolicy::Retain => Ok((
             "Retained",
             format!("deletionPolicy is Retain: stream {name} and its data stay on NATS"),
-        ),
+        )),
         DeletionPolicy::Delete => match delete_from_nats(stream, ctx).await {
             Ok(Some(deletion)) => {
                 let note = match deletion {
@@ -33,7 +32,7 @@ pub(super) async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Actio
                         "stream {name} was not created or adopted by this resource; left it on NATS"
                     ),
                 };
-                (deletion.reason(), note)
+                Ok((deletion.reason(), note))
             }
             Ok(None) => {
                 // Holding the resource would hold its namespace forever: the credentials
@@ -50,24 +49,12 @@ pub(super) async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Actio
                 ctx.pool.release(&user);
                 return Ok(Action::await_change());
             }
-            Err(error) => {
-                warn!(stream = %name, %namespace, %error, "cannot delete stream; set deletionPolicy: Retain to let the resource go without deleting it");
-                let notice = report::deletion_failed(&error, "stream");
-                report::publish(&ctx.recorder, &reference, "Delete", notice).await;
-                return Err(error);
-            }
+            Err(error) => Err(error),
         },
     };
-    info!(stream = %name, %namespace, reason, "{note}");
-    report::publish(
-        &ctx.recorder,
-        &reference,
-        "Delete",
-        Notice::normal(reason, note),
-    )
-    .await;
+    let action = report::cleanup_ended(&ctx.recorder, stream, "stream", &name, ended).await?;
     ctx.pool.release(&user);
-    Ok(Action::await_change())
+    Ok(action)
 }
 
 /// Deletes the stream from NATS if it is this resource's. The credentials come from the

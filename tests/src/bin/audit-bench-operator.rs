@@ -109,31 +109,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
 
-    let requests_before = bench.operator_requests().await?;
-    let nats_before = bench.nats_counters().await?;
-    let cpu_before = cpu_seconds(&operator)?;
-    progress("burst: bulk apply with the operator running");
-    let started = Instant::now();
+    let before = Counters::take(&bench, &operator).await?;
     let probe = {
         let client = bench.client.clone();
         let watch = watch.clone();
         tokio::spawn(async move { change_probe_during_burst(client, watch).await })
     };
-    let apply = tokio::task::spawn_blocking({
-        let yaml = bench.objects_yaml.clone();
-        move || bulk_apply(&yaml)
-    })
-    .await??;
-    let applied = started.elapsed();
-    report.set("apply, operator running (s)", secs(apply));
-    watch
-        .wait_until(|ready| ready.converged(count), CONVERGE_TIMEOUT)
-        .await?;
-    let converged = started.elapsed();
-    report.set(
-        "converged after the apply's end (s)",
-        secs(converged.saturating_sub(applied)),
-    );
+    let (started, applied) = burst_apply(&bench, &watch, &mut report, count, &WITHOUT_PODS).await?;
     watch
         .wait_until(|ready| ready.all_ready(count), CONVERGE_TIMEOUT)
         .await?;
@@ -145,46 +127,20 @@ async fn main() -> anyhow::Result<()> {
         "spec change latency during the burst (s)",
         secs(probe.await??),
     );
-    bench.check_objects_exist(count).await?;
-    let requests_burst = bench.operator_requests().await?;
-    let nats_burst = bench.nats_counters().await?;
-    report.set("peak RSS, burst (MiB)", mib(peak_rss_kib(&operator)?));
-    report.set(
-        "CPU, burst (s)",
-        format!("{:.1}", cpu_seconds(&operator)? - cpu_before),
-    );
-    report.set(
-        "API requests, burst",
-        by_verb(&diff(&requests_burst, &requests_before)),
-    );
-    report.set("NATS connections held", nats_burst.connections.to_string());
-    report.set(
-        "NATS connections opened, burst",
-        (nats_burst.total_connections - nats_before.total_connections).to_string(),
-    );
-    report.set(
-        "JetStream API requests, burst",
-        (nats_burst.api_requests - nats_before.api_requests).to_string(),
-    );
-    let metrics = http::get(operator.health_port(), "/metrics").await?.body;
-    report.set("failed reconciliations, burst", failures(&metrics));
-    // The operator's log goes with its temporary directory; keep the burst's for a reader.
-    let kept_log = std::env::temp_dir().join(format!("bench-operator-{count}-{concurrency}.log"));
-    std::fs::copy(operator.log_path(), &kept_log)?;
-    progress(&format!(
-        "the operator's log of the burst: {}",
-        kept_log.display()
-    ));
-    for kind in ["AuditStream", "AuditConsumer"] {
-        report.set(
-            &format!("reconcile p50 / p99, {kind} (s, bucket bound)"),
-            format!(
-                "{} / {}",
-                histogram_quantile(&metrics, kind, 0.5),
-                histogram_quantile(&metrics, kind, 0.99)
-            ),
-        );
-    }
+    let burst = BurstRun {
+        count,
+        concurrency,
+        held: None,
+    };
+    let requests_burst = burst_figures(
+        &bench,
+        &operator,
+        &mut report,
+        &before,
+        &burst,
+        &WITHOUT_PODS,
+    )
+    .await?;
 
     let (requests_idle, nats_idle) = idle_phase(&bench, &mut report, idle, &requests_burst).await?;
 
@@ -238,6 +194,146 @@ async fn main() -> anyhow::Result<()> {
 
     print!("{}", report.markdown());
     Ok(())
+}
+
+/// How a mode's report names the burst's figures: with pods on the node, whose figure it is
+/// needs saying.
+struct Wording {
+    apply: &'static str,
+    operator: &'static str,
+    nats: &'static str,
+    log: &'static str,
+}
+
+const WITHOUT_PODS: Wording = Wording {
+    apply: "apply",
+    operator: "",
+    nats: "",
+    log: "bench-operator",
+};
+
+/// What the counters said before the burst, to tell what the burst did.
+struct Counters {
+    requests: BTreeMap<String, u64>,
+    nats: NatsCounters,
+    cpu: f64,
+}
+
+impl Counters {
+    async fn take(bench: &Bench, operator: &OperatorProcess) -> anyhow::Result<Self> {
+        Ok(Self {
+            requests: bench.operator_requests().await?,
+            nats: bench.nats_counters().await?,
+            cpu: cpu_seconds(operator)?,
+        })
+    }
+}
+
+/// The burst, both modes': the bulk apply with the operator running, timed, until every
+/// resource converged. Returns when the apply started and how long it ran.
+async fn burst_apply(
+    bench: &Bench,
+    watch: &Readiness,
+    report: &mut Report,
+    count: usize,
+    wording: &Wording,
+) -> anyhow::Result<(Instant, Duration)> {
+    progress(&format!(
+        "burst: bulk apply of {count} AuditStreams + {count} AuditConsumers"
+    ));
+    let started = Instant::now();
+    let apply = tokio::task::spawn_blocking({
+        let yaml = bench.objects_yaml.clone();
+        move || bulk_apply(&yaml)
+    })
+    .await??;
+    let applied = started.elapsed();
+    report.set(
+        &format!("{}, operator running (s)", wording.apply),
+        secs(apply),
+    );
+    watch
+        .wait_until(|ready| ready.converged(count), CONVERGE_TIMEOUT)
+        .await?;
+    report.set(
+        &format!("{}converged after the apply's end (s)", wording.operator),
+        secs(started.elapsed().saturating_sub(applied)),
+    );
+    Ok((started, applied))
+}
+
+/// The run a burst's figures are of.
+struct BurstRun {
+    count: usize,
+    concurrency: u16,
+    /// The row of the NATS connections held, when the mode tells them apart; otherwise the
+    /// server's count.
+    held: Option<(&'static str, String)>,
+}
+
+/// The burst's figures, both modes', from the counters `before` it to now; keeps the
+/// operator's log of it. The counts are taken before the check that every object exists,
+/// which opens a NATS connection of its own. Returns the API requests counted at its end.
+async fn burst_figures(
+    bench: &Bench,
+    operator: &OperatorProcess,
+    report: &mut Report,
+    before: &Counters,
+    run: &BurstRun,
+    wording: &Wording,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let requests = bench.operator_requests().await?;
+    let nats = bench.nats_counters().await?;
+    bench.check_objects_exist(run.count).await?;
+    let (held, connections) = run
+        .held
+        .clone()
+        .unwrap_or(("NATS connections held", nats.connections.to_string()));
+    report.set(held, connections);
+    let operator_figure = |what: &str| format!("{}{what}", wording.operator);
+    report.set(
+        &operator_figure("peak RSS, burst (MiB)"),
+        mib(peak_rss_kib(operator)?),
+    );
+    report.set(
+        &operator_figure("CPU, burst (s)"),
+        format!("{:.1}", cpu_seconds(operator)? - before.cpu),
+    );
+    report.set(
+        &operator_figure("API requests, burst"),
+        by_verb(&diff(&requests, &before.requests)),
+    );
+    report.set(
+        &format!("NATS connections opened, burst{}", wording.nats),
+        (nats.total_connections - before.nats.total_connections).to_string(),
+    );
+    report.set(
+        &format!("JetStream API requests, burst{}", wording.nats),
+        (nats.api_requests - before.nats.api_requests).to_string(),
+    );
+    let metrics = http::get(operator.health_port(), "/metrics").await?.body;
+    report.set("failed reconciliations, burst", failures(&metrics));
+    for kind in ["AuditStream", "AuditConsumer"] {
+        report.set(
+            &format!("reconcile p50 / p99, {kind} (s, bucket bound)"),
+            format!(
+                "{} / {}",
+                histogram_quantile(&metrics, kind, 0.5),
+                histogram_quantile(&metrics, kind, 0.99)
+            ),
+        );
+    }
+    // The operator's log goes with its temporary directory; keep the burst's for a reader.
+    let kept_log = std::env::temp_dir().join(format!(
+        "{}-{}-{}.log",
+        wording.log, run.count, run.concurrency
+    ));
+    std::fs::copy(operator.log_path(), &kept_log)?;
+    progress(&format!(
+        "the operator's log of the burst: {}",
+        kept_log.display()
+    ));
+    Ok(requests)
 }
 
 /// One requeue interval to settle, then `idle` with nothing changing (both skipped when

@@ -18,15 +18,22 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::Value;
 
 use super::{
-    Bench, CONVERGE_TIMEOUT, PROBE_NAMESPACE, Readiness, Report, bulk_apply, by_verb, cpu_seconds,
-    diff, failures, histogram_quantile, idle_phase, mib, peak_rss_kib, progress,
-    ready_for_generation, secs,
+    Bench, BurstRun, CONVERGE_TIMEOUT, Counters, PROBE_NAMESPACE, Readiness, Report, Wording,
+    burst_apply, burst_figures, idle_phase, mib, peak_rss_kib, progress, ready_for_generation,
+    secs,
 };
 
 /// A consumer pod's requests when its AuditConsumer sets none: the operator's default
 /// (`operator/src/consumer/build/deployment.rs`), which the scheduler places pods by.
 const POD_CPU_MILLIS: u64 = 50;
 const POD_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+
+const WITH_PODS: Wording = Wording {
+    apply: "bulk apply",
+    operator: "operator ",
+    nats: " (operator and pods)",
+    log: "bench-operator-pods",
+};
 
 pub(super) async fn run(
     count: Option<usize>,
@@ -93,27 +100,8 @@ pub(super) async fn run(
     let watch = Readiness::start(&bench.client);
     let pods = PodWatch::start(&bench.client);
 
-    let requests_before = bench.operator_requests().await?;
-    let nats_before = bench.nats_counters().await?;
-    let cpu_before = cpu_seconds(&operator)?;
-    progress(&format!(
-        "burst: bulk apply of {count} AuditStreams + {count} AuditConsumers with one replica each"
-    ));
-    let started = Instant::now();
-    let apply = tokio::task::spawn_blocking({
-        let yaml = bench.objects_yaml.clone();
-        move || bulk_apply(&yaml)
-    })
-    .await??;
-    let applied = started.elapsed();
-    report.set("bulk apply, operator running (s)", secs(apply));
-    watch
-        .wait_until(|ready| ready.converged(count), CONVERGE_TIMEOUT)
-        .await?;
-    report.set(
-        "operator converged after the apply's end (s)",
-        secs(started.elapsed().saturating_sub(applied)),
-    );
+    let before = Counters::take(&bench, &operator).await?;
+    let (started, applied) = burst_apply(&bench, &watch, &mut report, count, &WITH_PODS).await?;
     let placed = pods.wait_placed(count).await?;
     let pods_done = started.elapsed().saturating_sub(applied);
     if placed.unschedulable == 0 {
@@ -158,52 +146,16 @@ pub(super) async fn run(
     }
     // Taken before the check below, which opens a connection of its own.
     let (operator_connections, pod_connections) = bench.nats_connections_by_origin().await?;
-    let requests_burst = bench.operator_requests().await?;
-    let nats_burst = bench.nats_counters().await?;
-    bench.check_objects_exist(count).await?;
-    report.set(
-        "NATS connections held: operator / consumer pods",
-        format!("{operator_connections} / {pod_connections}"),
-    );
-    report.set(
-        "operator peak RSS, burst (MiB)",
-        mib(peak_rss_kib(&operator)?),
-    );
-    report.set(
-        "operator CPU, burst (s)",
-        format!("{:.1}", cpu_seconds(&operator)? - cpu_before),
-    );
-    report.set(
-        "operator API requests, burst",
-        by_verb(&diff(&requests_burst, &requests_before)),
-    );
-    report.set(
-        "NATS connections opened, burst (operator and pods)",
-        (nats_burst.total_connections - nats_before.total_connections).to_string(),
-    );
-    report.set(
-        "JetStream API requests, burst (operator and pods)",
-        (nats_burst.api_requests - nats_before.api_requests).to_string(),
-    );
-    let metrics = http::get(operator.health_port(), "/metrics").await?.body;
-    report.set("failed reconciliations, burst", failures(&metrics));
-    for kind in ["AuditStream", "AuditConsumer"] {
-        report.set(
-            &format!("reconcile p50 / p99, {kind} (s, bucket bound)"),
-            format!(
-                "{} / {}",
-                histogram_quantile(&metrics, kind, 0.5),
-                histogram_quantile(&metrics, kind, 0.99)
-            ),
-        );
-    }
-    let kept_log =
-        std::env::temp_dir().join(format!("bench-operator-pods-{count}-{concurrency}.log"));
-    std::fs::copy(operator.log_path(), &kept_log)?;
-    progress(&format!(
-        "the operator's log of the burst: {}",
-        kept_log.display()
-    ));
+    let burst = BurstRun {
+        count,
+        concurrency,
+        held: Some((
+            "NATS connections held: operator / consumer pods",
+            format!("{operator_connections} / {pod_connections}"),
+        )),
+    };
+    let requests_burst =
+        burst_figures(&bench, &operator, &mut report, &before, &burst, &WITH_PODS).await?;
 
     idle_phase(&bench, &mut report, idle, &requests_burst).await?;
     report.set(
