@@ -35,6 +35,8 @@ pub struct Args {
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
+    pub archive: ArchiveArgs,
+    #[command(flatten)]
     pub integrity: IntegrityArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -250,6 +252,149 @@ pub struct OutputArgs {
     pub redact_keys: Vec<String>,
 }
 
+/// Where the lines go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputKind {
+    /// Standard output, one write per batch; acked once written.
+    Stdout,
+    /// An S3 bucket, in create-only objects of many lines (segments); acked once stored.
+    Archive,
+}
+
+/// How segments are compressed before they are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    None,
+    /// gzip (RFC 1952): `zcat` and every log tool read it.
+    Gzip,
+}
+
+/// The S3 Object Lock retention mode put on every segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LockMode {
+    /// No retention: the bucket's default retention, if any, applies.
+    None,
+    /// Users with s3:BypassGovernanceRetention can still delete a segment early.
+    Governance,
+    /// Nobody, the account's root included, can delete a segment or shorten its retention
+    /// before it expires.
+    Compliance,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+#[command(next_help_heading = "Archive output (S3)")]
+pub struct ArchiveArgs {
+    /// Where the lines go: standard output, or an S3 bucket (--archive-*).
+    #[arg(long, env = "AUDIT_CONSUMER_OUTPUT", value_enum, default_value_t = OutputKind::Stdout)]
+    pub output: OutputKind,
+
+    /// S3 endpoint URL, e.g. https://minio.example:9000; default: AWS S3 for --archive-region.
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_ENDPOINT")]
+    pub archive_endpoint: Option<String>,
+
+    /// Region to sign requests for; default: the SDK's (AWS_REGION, the profile, ...).
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_REGION")]
+    pub archive_region: Option<String>,
+
+    /// The bucket segments are written to; with --archive-lock-mode it must have Object Lock.
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_BUCKET")]
+    pub archive_bucket: Option<String>,
+
+    /// Key prefix of every segment (e.g. `audit/`); keys continue with
+    /// `<stream>/<consumer>/<yyyy>/<mm>/<dd>/...`.
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_PREFIX", default_value = "")]
+    pub archive_prefix: String,
+
+    /// Path-style requests (`endpoint/bucket/key`), as MinIO, Ceph RGW and most
+    /// self-hosted stores need.
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_PATH_STYLE")]
+    pub archive_path_style: bool,
+
+    /// File holding the access key id; without it, the SDK's default credential chain
+    /// (web identity, pod identity, instance metadata, ...) is used.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_ARCHIVE_ACCESS_KEY_ID_FILE",
+        value_name = "PATH",
+        requires = "archive_secret_access_key_file"
+    )]
+    pub archive_access_key_id_file: Option<PathBuf>,
+
+    /// File holding the secret access key of --archive-access-key-id-file.
+    #[arg(
+        long,
+        env = "AUDIT_CONSUMER_ARCHIVE_SECRET_ACCESS_KEY_FILE",
+        value_name = "PATH",
+        requires = "archive_access_key_id_file"
+    )]
+    pub archive_secret_access_key_file: Option<PathBuf>,
+
+    /// PEM file with the CA certificate(s) that sign the endpoint's certificate (instead of
+    /// the system's roots).
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_CA_FILE", value_name = "PATH")]
+    pub archive_ca_file: Option<PathBuf>,
+
+    /// A segment is stored after this many lines...
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_SEGMENT_LINES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub archive_segment_lines: u64,
+
+    /// ...or this many bytes of lines (before compression)...
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    pub archive_segment_bytes: usize,
+
+    /// ...or this long after its first line, whichever comes first; and at shutdown.
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_SEGMENT_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub archive_segment_age: Duration,
+
+    /// Compression of the stored segments.
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_COMPRESSION", value_enum, default_value_t = Compression::None)]
+    pub archive_compression: Compression,
+
+    /// Object Lock retention put on every segment (needs --archive-retention).
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_LOCK_MODE", value_enum, default_value_t = LockMode::None)]
+    pub archive_lock_mode: LockMode,
+
+    /// How long each segment is retained under --archive-lock-mode, e.g. `365d`.
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_RETENTION", value_parser = humantime::parse_duration)]
+    pub archive_retention: Option<Duration>,
+
+    /// At shutdown, how long storing the last segment is retried before its events are
+    /// handed back (naked) for another pod to write.
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub archive_shutdown_timeout: Duration,
+}
+
+impl ArchiveArgs {
+    fn validate(&self) -> Result<(), String> {
+        if self.output != OutputKind::Archive {
+            return Ok(());
+        }
+        match &self.archive_bucket {
+            Some(bucket) if !bucket.trim().is_empty() => {}
+            _ => return Err("--output archive needs --archive-bucket".into()),
+        }
+        if self.archive_segment_bytes == 0 || self.archive_segment_age.is_zero() {
+            return Err(
+                "--archive-segment-bytes and --archive-segment-age must be non-zero".into(),
+            );
+        }
+        match (self.archive_lock_mode, self.archive_retention) {
+            (LockMode::None, Some(_)) => {
+                Err("--archive-retention needs --archive-lock-mode governance or compliance".into())
+            }
+            (LockMode::Governance | LockMode::Compliance, None) => Err(
+                "--archive-lock-mode needs --archive-retention (how long each segment is kept)"
+                    .into(),
+            ),
+            (_, Some(retention)) if retention < Duration::from_secs(86_400) => Err(format!(
+                "--archive-retention ({}) must be at least one day: S3 counts retention in days",
+                humantime::format_duration(retention)
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, ClapArgs)]
 #[command(next_help_heading = "Integrity (tamper-evident output)")]
 pub struct IntegrityArgs {
@@ -382,7 +527,7 @@ impl Args {
         if self.runtime.info_interval.is_zero() {
             return Err("--info-interval must be non-zero".into());
         }
-        Ok(())
+        self.archive.validate()
     }
 }
 

@@ -49,6 +49,9 @@ pub enum Error {
     #[error("standard output is closed ({0}); events are no longer being written")]
     OutputClosed(#[source] std::io::Error),
 
+    #[error("the archive cannot be used: {0}")]
+    Archive(String),
+
     #[error("cannot read the log {path}: {source}")]
     ReadLog {
         path: PathBuf,
@@ -73,6 +76,7 @@ impl Error {
             | Error::ReadSecret { .. }
             | Error::Connect(_)
             | Error::ReadLog { .. }
+            | Error::Archive(_)
             | Error::Witness { .. } => 2,
             _ => 1,
         }

@@ -6,8 +6,7 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::ValueEnum as _;
-
+use crate::config::{Compression, LockMode, OutputKind};
 use crate::format::Format;
 
 /// One option of `audit-consumer`, with its value in the type `Args` parses it into.
@@ -39,6 +38,22 @@ pub enum Flag {
     IntegritySubject(String),
     IntegrityCheckpointLines(u64),
     IntegrityCheckpointInterval(Duration),
+    Output(OutputKind),
+    ArchiveEndpoint(String),
+    ArchiveRegion(String),
+    ArchiveBucket(String),
+    ArchivePrefix(String),
+    /// `--archive-path-style`, a switch without a value.
+    ArchivePathStyle,
+    ArchiveAccessKeyIdFile(PathBuf),
+    ArchiveSecretAccessKeyFile(PathBuf),
+    ArchiveCaFile(PathBuf),
+    ArchiveSegmentLines(u64),
+    ArchiveSegmentBytes(usize),
+    ArchiveSegmentAge(Duration),
+    ArchiveCompression(Compression),
+    ArchiveLockMode(LockMode),
+    ArchiveRetention(Duration),
     TerminationLog(PathBuf),
 }
 
@@ -71,6 +86,21 @@ impl Flag {
             Flag::IntegritySubject(_) => "integrity-subject",
             Flag::IntegrityCheckpointLines(_) => "integrity-checkpoint-lines",
             Flag::IntegrityCheckpointInterval(_) => "integrity-checkpoint-interval",
+            Flag::Output(_) => "output",
+            Flag::ArchiveEndpoint(_) => "archive-endpoint",
+            Flag::ArchiveRegion(_) => "archive-region",
+            Flag::ArchiveBucket(_) => "archive-bucket",
+            Flag::ArchivePrefix(_) => "archive-prefix",
+            Flag::ArchivePathStyle => "archive-path-style",
+            Flag::ArchiveAccessKeyIdFile(_) => "archive-access-key-id-file",
+            Flag::ArchiveSecretAccessKeyFile(_) => "archive-secret-access-key-file",
+            Flag::ArchiveCaFile(_) => "archive-ca-file",
+            Flag::ArchiveSegmentLines(_) => "archive-segment-lines",
+            Flag::ArchiveSegmentBytes(_) => "archive-segment-bytes",
+            Flag::ArchiveSegmentAge(_) => "archive-segment-age",
+            Flag::ArchiveCompression(_) => "archive-compression",
+            Flag::ArchiveLockMode(_) => "archive-lock-mode",
+            Flag::ArchiveRetention(_) => "archive-retention",
             Flag::TerminationLog(_) => "termination-log",
         }
     }
@@ -79,7 +109,7 @@ impl Flag {
     /// them; none for a switch.
     fn value(&self) -> Option<String> {
         Some(match self {
-            Flag::Integrity => return None,
+            Flag::Integrity | Flag::ArchivePathStyle => return None,
             Flag::NatsUrl(list) | Flag::RedactKeys(list) => list.join(","),
             Flag::CredsFile(path)
             | Flag::NkeySeedFile(path)
@@ -90,29 +120,52 @@ impl Flag {
             | Flag::TlsCertFile(path)
             | Flag::TlsKeyFile(path)
             | Flag::IntegrityKeyFile(path)
+            | Flag::ArchiveAccessKeyIdFile(path)
+            | Flag::ArchiveSecretAccessKeyFile(path)
+            | Flag::ArchiveCaFile(path)
             | Flag::TerminationLog(path) => path.display().to_string(),
             Flag::JsDomain(text)
             | Flag::Stream(text)
             | Flag::Consumer(text)
             | Flag::IntegrityStream(text)
-            | Flag::IntegritySubject(text) => text.clone(),
+            | Flag::IntegritySubject(text)
+            | Flag::ArchiveEndpoint(text)
+            | Flag::ArchiveRegion(text)
+            | Flag::ArchiveBucket(text)
+            | Flag::ArchivePrefix(text) => text.clone(),
             Flag::Batch(count) => count.to_string(),
-            Flag::MaxBytes(bytes) => bytes.to_string(),
-            Flag::IntegrityCheckpointLines(count) => count.to_string(),
+            Flag::MaxBytes(bytes) | Flag::ArchiveSegmentBytes(bytes) => bytes.to_string(),
+            Flag::IntegrityCheckpointLines(count) | Flag::ArchiveSegmentLines(count) => {
+                count.to_string()
+            }
             // In the syntax the consumer parses durations with.
             Flag::Expires(duration)
             | Flag::Heartbeat(duration)
-            | Flag::IntegrityCheckpointInterval(duration) => {
+            | Flag::IntegrityCheckpointInterval(duration)
+            | Flag::ArchiveSegmentAge(duration) => {
                 humantime::format_duration(*duration).to_string()
             }
-            Flag::Format(format) => format
-                .to_possible_value()
-                .expect("every format has a name")
-                .get_name()
-                .to_owned(),
+            // In days, as retention is stated: humantime would write months of 30.44 days.
+            Flag::ArchiveRetention(duration) if duration.as_secs() % 86_400 == 0 => {
+                format!("{}d", duration.as_secs() / 86_400)
+            }
+            Flag::ArchiveRetention(duration) => humantime::format_duration(*duration).to_string(),
+            Flag::Format(format) => value_name(format),
+            Flag::Output(kind) => value_name(kind),
+            Flag::ArchiveCompression(compression) => value_name(compression),
+            Flag::ArchiveLockMode(mode) => value_name(mode),
             Flag::HealthListen(address) => address.to_string(),
         })
     }
+}
+
+/// The name clap parses a value of `T` from.
+fn value_name<T: clap::ValueEnum>(value: &T) -> String {
+    value
+        .to_possible_value()
+        .expect("every value has a name")
+        .get_name()
+        .to_owned()
 }
 
 /// `--name=value`: one argument, so that no value can be read as another option.
@@ -193,6 +246,42 @@ mod tests {
             Flag::IntegrityCheckpointInterval(_) => {
                 Flag::IntegrityCheckpointInterval(args.integrity.integrity_checkpoint_interval)
             }
+            Flag::Output(_) => Flag::Output(args.archive.output),
+            Flag::ArchiveEndpoint(_) => {
+                Flag::ArchiveEndpoint(args.archive.archive_endpoint.clone().unwrap_or_default())
+            }
+            Flag::ArchiveRegion(_) => {
+                Flag::ArchiveRegion(args.archive.archive_region.clone().unwrap_or_default())
+            }
+            Flag::ArchiveBucket(_) => {
+                Flag::ArchiveBucket(args.archive.archive_bucket.clone().unwrap_or_default())
+            }
+            Flag::ArchivePrefix(_) => Flag::ArchivePrefix(args.archive.archive_prefix.clone()),
+            Flag::ArchivePathStyle => {
+                assert!(args.archive.archive_path_style);
+                Flag::ArchivePathStyle
+            }
+            Flag::ArchiveAccessKeyIdFile(_) => {
+                Flag::ArchiveAccessKeyIdFile(path(&args.archive.archive_access_key_id_file))
+            }
+            Flag::ArchiveSecretAccessKeyFile(_) => {
+                Flag::ArchiveSecretAccessKeyFile(path(&args.archive.archive_secret_access_key_file))
+            }
+            Flag::ArchiveCaFile(_) => Flag::ArchiveCaFile(path(&args.archive.archive_ca_file)),
+            Flag::ArchiveSegmentLines(_) => {
+                Flag::ArchiveSegmentLines(args.archive.archive_segment_lines)
+            }
+            Flag::ArchiveSegmentBytes(_) => {
+                Flag::ArchiveSegmentBytes(args.archive.archive_segment_bytes)
+            }
+            Flag::ArchiveSegmentAge(_) => Flag::ArchiveSegmentAge(args.archive.archive_segment_age),
+            Flag::ArchiveCompression(_) => {
+                Flag::ArchiveCompression(args.archive.archive_compression)
+            }
+            Flag::ArchiveLockMode(_) => Flag::ArchiveLockMode(args.archive.archive_lock_mode),
+            Flag::ArchiveRetention(_) => {
+                Flag::ArchiveRetention(args.archive.archive_retention.unwrap_or_default())
+            }
             Flag::TerminationLog(_) => Flag::TerminationLog(path(&args.runtime.termination_log)),
         }
     }
@@ -226,6 +315,18 @@ mod tests {
             Flag::IntegritySubject("witness.orders.reader".into()),
             Flag::IntegrityCheckpointLines(500),
             Flag::IntegrityCheckpointInterval(Duration::from_secs(30)),
+            Flag::Output(OutputKind::Stdout),
+            Flag::ArchiveEndpoint("https://minio.storage:9000".into()),
+            Flag::ArchiveRegion("eu-central-1".into()),
+            Flag::ArchiveBucket("audit-trail".into()),
+            Flag::ArchivePrefix("audit/".into()),
+            Flag::ArchivePathStyle,
+            Flag::ArchiveCaFile(path("/s/archive-ca/ca.crt")),
+            Flag::ArchiveSegmentLines(100_000),
+            Flag::ArchiveSegmentBytes(64 << 20),
+            Flag::ArchiveSegmentAge(Duration::from_secs(300)),
+            Flag::ArchiveCompression(Compression::Gzip),
+            Flag::ArchiveCompression(Compression::None),
             Flag::TerminationLog(path("/dev/termination-log")),
         ] {
             assert_eq!(read_back(&flag, &parsed(&[&flag])), flag, "{flag}");
@@ -238,6 +339,18 @@ mod tests {
             (
                 Flag::TlsCertFile(path("/s/tls-client/tls.crt")),
                 Flag::TlsKeyFile(path("/s/tls-client/tls.key")),
+            ),
+            (
+                Flag::ArchiveAccessKeyIdFile(path("/s/archive-credentials/access-key-id")),
+                Flag::ArchiveSecretAccessKeyFile(path("/s/archive-credentials/secret-access-key")),
+            ),
+            (
+                Flag::ArchiveLockMode(LockMode::Compliance),
+                Flag::ArchiveRetention(Duration::from_secs(400 * 86_400)),
+            ),
+            (
+                Flag::ArchiveLockMode(LockMode::Governance),
+                Flag::ArchiveRetention(Duration::from_secs(86_400)),
             ),
         ] {
             let args = parsed(&[&first, &second]);

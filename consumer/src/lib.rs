@@ -1,10 +1,12 @@
 //! audit-consumer: drains a durable NATS JetStream pull consumer, writes one log line per audit
-//! event to standard output, and acks each event only after its line has been written.
+//! event to standard output (or into create-only objects of an S3 archive), and acks each event
+//! only after its line has been written (or its object stored).
 //!
 //! `run` wires the parts together; `main.rs` only parses arguments and sets up diagnostics.
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod backoff;
 pub mod bind;
 pub mod config;
@@ -34,6 +36,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::archive::Archive;
 use crate::config::Args;
 use crate::delivery_limit::DeliveryLimit;
 use crate::error::{Error, Result};
@@ -71,6 +74,15 @@ pub async fn run(args: Args) -> Result<()> {
     ) {
         (true, Some(path)) => Some(integrity::read_key(path).await?),
         _ => None,
+    };
+
+    // The bucket is checked before NATS: a wrong bucket or missing Object Lock is a
+    // configuration error the pod reports at once.
+    let archive = match args.archive.output {
+        config::OutputKind::Archive => {
+            Some(Box::new(Archive::start(&args, metrics.clone()).await?))
+        }
+        config::OutputKind::Stdout => None,
     };
 
     let client = connect::connect(&args.nats, metrics.clone()).await?;
@@ -118,6 +130,9 @@ pub async fn run(args: Args) -> Result<()> {
             RedactKeys::new(&args.output.redact_keys),
         ),
         sink: Sink::new(stdout),
+        archive,
+        keep_alive_due: None,
+        waiting: Default::default(),
         integrity,
         binding: args.binding,
         pull: args.pull,

@@ -55,6 +55,17 @@ impl Integrity {
         }
     }
 
+    /// The head of every line sealed so far, for an output that confirms lines later than
+    /// it takes new ones (the archive): [`Self::written_up_to`] it once they are stored.
+    pub fn head(&self) -> Option<chain::Head> {
+        self.chain.head()
+    }
+
+    /// After the output confirmed every line up to `head` (and maybe none after it).
+    pub fn written_up_to(&mut self, head: chain::Head) {
+        self.witness.written(head);
+    }
+
     /// After a failed write: some of the batch's lines may have reached the output, whole or
     /// torn, and the events come back to be written again. A new chain starts, so that the
     /// retry does not reuse positions; the old chain ends at its last line written in full.

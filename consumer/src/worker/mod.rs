@@ -8,11 +8,16 @@
 //! naked at its final delivery (see [`DeliveryLimit`]) is counted as terminated: NATS gives up
 //! on it.
 //!
+//! With `--output archive` the lines go into segments instead ([`archiving`]): a segment's
+//! events are held, kept alive with in-progress acks, and acked only once the store confirmed
+//! the segment's object.
+//!
 //! Trouble with the subscription (missed heartbeats, a deleted consumer, a lost connection,
 //! rejected pull requests) drops it and binds again after a bounded, jittered backoff. A
 //! consumer that stays missing for the grace period ends the process with an error, so that
 //! Kubernetes restarts it and the problem is visible.
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +29,9 @@ use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
+mod archiving;
+
+use crate::archive::Archive;
 use crate::backoff::Backoff;
 use crate::bind::{self, BindError};
 use crate::config::{BindingArgs, PullArgs};
@@ -44,7 +52,20 @@ pub struct Worker<W> {
     pub binding: BindingArgs,
     pub pull: PullArgs,
     pub renderer: LineRenderer,
+    /// Standard output; unused with an archive.
     pub sink: Sink<W>,
+    /// With `--output archive`: where the lines go instead of `sink`.
+    pub archive: Option<Box<Archive>>,
+    /// With an archive: when the held events' next in-progress acks are due (none while
+    /// nothing is held). One clock for every held event, across segments and subscriptions,
+    /// so that none goes longer than the keep-alive interval without one.
+    pub keep_alive_due: Option<Instant>,
+    /// Messages delivered but not yet rendered: with an archive, those that arrive while the
+    /// next segment is full and the last one is still being stored (kept alive like the held
+    /// events); at shutdown, what the subscription had delivered beyond the last batch. Naked
+    /// only after the subscription is gone, so that the server does not hand them straight
+    /// back to this pod's open pull request.
+    pub waiting: VecDeque<jetstream::Message>,
     /// With `--integrity`: seals every line into the pod's hash chain.
     pub integrity: Option<Integrity>,
     pub health: Arc<Health>,
@@ -77,7 +98,10 @@ impl<W: Write + Send> Worker<W> {
     pub async fn run(mut self) -> Result<()> {
         let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_MAX);
         let mut missing_since: Option<Instant> = None;
+        // With an archive, also the events held in the segment not yet stored: they outlive
+        // a subscription, and are acked when their segment is stored whichever one is bound.
         let mut in_flight = Vec::with_capacity(self.pull.batch as usize);
+        let mut hold = archiving::Hold::default();
         while !self.shutting_down() {
             let consumer = match bind::bind(&self.js, &self.binding).await {
                 Ok(consumer) => consumer,
@@ -112,8 +136,8 @@ impl<W: Write + Send> Worker<W> {
                 }
             };
             missing_since = None;
-            let mut messages = match self.subscribe(&consumer).await {
-                Ok(messages) => messages,
+            let mut subscription = match self.subscribe(&consumer).await {
+                Ok(messages) => Some(messages),
                 Err(err) => {
                     tracing::warn!(%err, "cannot start pulling; retrying");
                     self.pause(backoff.next_delay()).await;
@@ -129,10 +153,21 @@ impl<W: Write + Send> Worker<W> {
             self.health.contact();
             self.delivery_limit
                 .set(consumer.cached_info().config.max_deliver);
-            self.bound.send_replace(Some(consumer));
-
-            let (end, progressed) = self.pump(&mut messages, &mut in_flight).await?;
-            drop(messages);
+            let (end, progressed) = if self.archive.is_some() {
+                hold = archiving::Hold::new(
+                    &consumer.cached_info().config,
+                    u64::from(self.pull.batch),
+                );
+                self.bound.send_replace(Some(consumer));
+                self.pump_archive(&mut subscription, &mut in_flight, &hold)
+                    .await
+            } else {
+                self.bound.send_replace(Some(consumer));
+                let messages = subscription.as_mut().expect("just subscribed");
+                self.pump(messages, &mut in_flight).await?
+            };
+            // Stops pulling: the server delivers nothing more to this pull request.
+            drop(subscription);
             self.health.set_bound(false);
             if progressed {
                 backoff.reset();
@@ -160,8 +195,18 @@ impl<W: Write + Send> Worker<W> {
                     }
                 }
             }
-            self.pause(backoff.next_delay()).await;
+            // Held events are kept alive while no subscription is bound.
+            self.pause_holding(backoff.next_delay(), &in_flight, &hold)
+                .await;
         }
+        // The subscription is gone: nothing handed back from here on comes back to this pod.
+        if !in_flight.is_empty() {
+            // The last segment, at shutdown (also if it began between two subscriptions).
+            let reason = crate::archive::segment::CloseReason::Shutdown;
+            self.store_held(&mut in_flight, reason, &hold, &mut None)
+                .await;
+        }
+        self.hand_back_waiting().await;
         Ok(())
     }
 
@@ -228,7 +273,7 @@ impl<W: Write + Send> Worker<W> {
                     // and leave the rest to the server's redelivery.
                     self.take_ready(messages, in_flight, batch, &mut end);
                     self.commit(in_flight, started).await?;
-                    self.hand_back_ready(messages, None).await;
+                    self.park_ready(messages);
                     return Ok((StreamEnd::Shutdown, progressed));
                 }
                 Some(None) => return Ok((StreamEnd::Closed, progressed)),
@@ -250,15 +295,16 @@ impl<W: Write + Send> Worker<W> {
         }
     }
 
-    /// Adds the messages the subscription already holds, without waiting, up to `batch`.
+    /// Adds the messages the subscription already holds, without waiting, until `in_flight`
+    /// holds `up_to`.
     fn take_ready(
         &mut self,
         messages: &mut Stream,
         in_flight: &mut Vec<InFlight>,
-        batch: usize,
+        up_to: usize,
         end: &mut Option<StreamEnd>,
     ) {
-        while in_flight.len() < batch {
+        while in_flight.len() < up_to {
             match messages.next().now_or_never() {
                 Some(Some(Ok(message))) => self.accept(message, in_flight),
                 Some(Some(Err(err))) => {
@@ -274,7 +320,7 @@ impl<W: Write + Send> Worker<W> {
         }
     }
 
-    /// Renders one message into the sink buffer and keeps its acker for the commit.
+    /// Renders one message into the output's buffer and keeps its acker for the commit.
     fn accept(&mut self, message: jetstream::Message, in_flight: &mut Vec<InFlight>) {
         let info = message.info().ok();
         let meta = Metadata {
@@ -294,12 +340,17 @@ impl<W: Write + Send> Worker<W> {
                 .map_or(0, |info| info.published.unix_timestamp_nanos()),
             headers: message.headers.as_ref(),
         };
-        let line_start = self.sink.buffer().len();
-        let kind = self
-            .renderer
-            .render(&meta, &message.payload, self.sink.buffer());
+        let buffer = match &mut self.archive {
+            Some(archive) => archive.buffer(),
+            None => self.sink.buffer(),
+        };
+        let line_start = buffer.len();
+        let kind = self.renderer.render(&meta, &message.payload, buffer);
         if let Some(integrity) = &mut self.integrity {
-            integrity.seal(self.sink.buffer(), line_start);
+            integrity.seal(buffer, line_start);
+        }
+        if let Some(archive) = &mut self.archive {
+            archive.line_added(meta.stream_sequence);
         }
         if meta.delivered > 1 {
             self.metrics.redelivered();
@@ -332,22 +383,7 @@ impl<W: Write + Send> Worker<W> {
                 }
                 self.health.set_output_ok(true);
                 self.health.contact();
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |since| since.as_nanos() as i128);
-                for event in in_flight.drain(..) {
-                    if let Err(err) = event.acker.ack().await {
-                        // Written but not acked: the server redelivers it, and the
-                        // redelivery is what the metrics will count.
-                        tracing::warn!(%err, "ack not sent; the event will be redelivered");
-                        continue;
-                    }
-                    self.metrics.event(Outcome::Acked, event.kind);
-                    if event.published_nanos > 0 {
-                        self.metrics
-                            .end_to_end((now - event.published_nanos).max(0) as f64 / 1e9);
-                    }
-                }
+                self.ack_all(in_flight.drain(..)).await;
                 self.metrics.batch(started.elapsed().as_secs_f64());
                 Ok(true)
             }
@@ -362,25 +398,51 @@ impl<W: Write + Send> Worker<W> {
                     events = in_flight.len(),
                     "cannot write events to standard output; naking them for redelivery"
                 );
-                for event in in_flight.drain(..) {
-                    if let Err(err) = event
-                        .acker
-                        .ack_with(AckKind::Nak(Some(self.pull.nak_delay)))
-                        .await
-                    {
-                        tracing::warn!(%err, "nak not sent; the event will be redelivered after ack wait");
-                    }
-                    // Naked or left to the ack wait, a final delivery is given up all the same.
-                    if self.delivery_limit.is_final(event.delivered) {
-                        self.count_given_up(event.kind, event.stream_sequence, event.delivered);
-                    } else {
-                        self.metrics.event(Outcome::Naked, event.kind);
-                    }
-                }
+                self.nak_all(in_flight.drain(..), Some(self.pull.nak_delay))
+                    .await;
                 if err.kind() == ErrorKind::BrokenPipe {
                     return Err(Error::OutputClosed(err));
                 }
                 Ok(false)
+            }
+        }
+    }
+
+    /// Acks events whose lines the output has confirmed.
+    async fn ack_all(&mut self, events: impl IntoIterator<Item = InFlight>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as i128);
+        for event in events {
+            if let Err(err) = event.acker.ack().await {
+                // Written but not acked: the server redelivers it, and the redelivery is what
+                // the metrics will count.
+                tracing::warn!(%err, "ack not sent; the event will be redelivered");
+                continue;
+            }
+            self.metrics.event(Outcome::Acked, event.kind);
+            if event.published_nanos > 0 {
+                self.metrics
+                    .end_to_end((now - event.published_nanos).max(0) as f64 / 1e9);
+            }
+        }
+    }
+
+    /// Naks events whose lines the output did not take, for redelivery after `delay`.
+    async fn nak_all(
+        &mut self,
+        events: impl IntoIterator<Item = InFlight>,
+        delay: Option<Duration>,
+    ) {
+        for event in events {
+            if let Err(err) = event.acker.ack_with(AckKind::Nak(delay)).await {
+                tracing::warn!(%err, "nak not sent; the event will be redelivered after ack wait");
+            }
+            // Naked or left to the ack wait, a final delivery is given up all the same.
+            if self.delivery_limit.is_final(event.delivered) {
+                self.count_given_up(event.kind, event.stream_sequence, event.delivered);
+            } else {
+                self.metrics.event(Outcome::Naked, event.kind);
             }
         }
     }
@@ -390,20 +452,46 @@ impl<W: Write + Send> Worker<W> {
     /// ack wait.
     async fn hand_back_ready(&mut self, messages: &mut Stream, delay: Option<Duration>) {
         while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-            let info = message.info().ok();
-            let stream_sequence = info.as_ref().map_or(0, |info| info.stream_sequence);
-            let delivered = info.as_ref().map_or(0, |info| info.delivered);
-            let given_up = self.delivery_limit.is_final(delivered);
-            if let Err(err) = message.ack_with(AckKind::Nak(delay)).await {
-                tracing::debug!(%err, "nak not sent; the event will be redelivered after ack wait");
-            }
-            // Never rendered, so its kind is looked up for the count.
-            let kind = self.renderer.kind(&message.payload);
-            if given_up {
-                self.count_given_up(kind, stream_sequence, delivered);
-            } else {
-                self.metrics.event(Outcome::Naked, kind);
-            }
+            self.hand_back(message, delay).await;
+        }
+    }
+
+    /// Moves what the subscription has delivered into `waiting`, without waiting.
+    fn park_ready(&mut self, messages: &mut Stream) {
+        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            self.waiting.push_back(message);
+        }
+    }
+
+    /// Naks the messages never rendered, for redelivery at once (to another pod: called once
+    /// this one has stopped pulling).
+    async fn hand_back_waiting(&mut self) {
+        if !self.waiting.is_empty() {
+            tracing::info!(
+                events = self.waiting.len(),
+                "handing back the events delivered but not written"
+            );
+        }
+        while let Some(message) = self.waiting.pop_front() {
+            self.hand_back(message, None).await;
+        }
+    }
+
+    /// Naks one message never rendered.
+    async fn hand_back(&mut self, message: jetstream::Message, delay: Option<Duration>) {
+        let info = message.info().ok();
+        let stream_sequence = info.as_ref().map_or(0, |info| info.stream_sequence);
+        let delivered = info.as_ref().map_or(0, |info| info.delivered);
+        let given_up = self.delivery_limit.is_final(delivered);
+        if let Err(err) = message.ack_with(AckKind::Nak(delay)).await {
+            tracing::debug!(%err, "nak not sent; the event will be redelivered after ack wait");
+        }
+        // Never rendered, so its kind is looked up for the count.
+        let kind = self.renderer.kind(&message.payload);
+        if given_up {
+            self.count_given_up(kind, stream_sequence, delivered);
+        } else {
+            self.metrics.event(Outcome::Naked, kind);
         }
     }
 
