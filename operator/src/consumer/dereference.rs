@@ -32,6 +32,9 @@ pub struct Referenced {
     /// With integrity on, the signing key's public half (read after the stream: see
     /// [`super::integrity::read_signing_key`]).
     pub signing_key: Option<SigningKey>,
+    /// With an archive, the versions of the Secrets its pods mount (see
+    /// [`super::archive::read_secrets`]).
+    pub archive_secret_versions: Vec<String>,
 }
 
 impl Referenced {
@@ -88,6 +91,7 @@ pub async fn dereference(
         stream,
         connection,
         signing_key: None,
+        archive_secret_versions: Vec::new(),
     })
 }
 

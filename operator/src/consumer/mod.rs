@@ -11,6 +11,7 @@
 //! server refusing the operator's subscription to them.
 
 pub mod apply;
+pub mod archive;
 pub mod build;
 mod cleanup;
 pub mod dereference;
@@ -136,7 +137,7 @@ fn consumers_of_stream(
 }
 
 /// The AuditConsumers whose pods mount `secret`: their AuditStream's connection reads it, or
-/// it holds their integrity signing key.
+/// it holds their integrity signing key or their archive's credentials or CA.
 fn consumers_using_secret(
     consumers: &Store<Guarded>,
     streams: &Store<GuardedStream>,
@@ -149,7 +150,10 @@ fn consumers_using_secret(
         .into_iter()
         .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
         .filter(|c| c.namespace() == namespace)
-        .filter(|c| integrity::wanted_key(c).is_some_and(|key| key.name == name))
+        .filter(|c| {
+            integrity::wanted_key(c).is_some_and(|key| key.name == name)
+                || archive::secret_names(c).any(|secret| secret == name)
+        })
         .map(|c| object_ref(&c));
     streams
         .state()

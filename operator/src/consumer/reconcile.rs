@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use super::{
     Context, apply,
     apply::Change,
+    archive,
     build::{self, nats_consumer, workload_name},
     dereference,
     integrity::{self, Checkpoints},
@@ -305,6 +306,9 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
     };
 
     referenced.signing_key = integrity::read_signing_key(consumer, &secrets)
+        .await
+        .map_err(at(Stage::Consumer))?;
+    referenced.archive_secret_versions = archive::read_secrets(consumer, &secrets)
         .await
         .map_err(at(Stage::Consumer))?;
     let valid = validate::validate(consumer, &referenced, &ctx.options.consumer_image)

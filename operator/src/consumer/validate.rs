@@ -11,6 +11,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Times
 use kube::{Resource, ResourceExt};
 
 use super::{
+    archive::ValidArchive,
     dereference::Referenced,
     integrity::{self, ValidIntegrity},
 };
@@ -73,6 +74,8 @@ pub struct ValidConsumer {
     pub secret_versions: Vec<String>,
     /// The tamper-evident trail, when on.
     pub integrity: Option<ValidIntegrity>,
+    /// The archive output, when set (standard output otherwise).
+    pub archive: Option<ValidArchive>,
 }
 
 /// Where the consumer starts, with the start value parsed.
@@ -169,8 +172,19 @@ pub fn validate(
             "spec.heartbeat must be more than zero and at most half of spec.expires".into(),
         ));
     }
+    let archive = spec.archive.as_ref().map(ValidArchive::new).transpose()?;
     let max_ack_pending = spec.max_ack_pending.unwrap_or_else(|| {
-        (2 * i64::from(spec.replicas.max(1)) * i64::from(spec.batch.max(1))).max(1)
+        let per_pod = match &archive {
+            // A pod holds its open segment's events unacknowledged, and pulls on meanwhile.
+            Some(archive) => {
+                i64::try_from(archive.segment_lines).unwrap_or(i64::MAX)
+                    + 2 * i64::from(spec.batch.max(1))
+            }
+            None => 2 * i64::from(spec.batch.max(1)),
+        };
+        i64::from(spec.replicas.max(1))
+            .saturating_mul(per_pod)
+            .max(1)
     });
     let positive = |field: &str, value: i64| {
         usize::try_from(value)
@@ -215,9 +229,10 @@ pub fn validate(
     let mut secret_versions = referenced.connection.secret_versions.clone();
     if let Some(integrity) = &integrity {
         secret_versions.push(integrity.key.secret_version.clone());
-        secret_versions.sort();
-        secret_versions.dedup();
     }
+    secret_versions.extend(referenced.archive_secret_versions.iter().cloned());
+    secret_versions.sort();
+    secret_versions.dedup();
     Ok(ValidConsumer {
         name: consumer.name_any(),
         namespace: consumer.namespace(),
@@ -254,6 +269,7 @@ pub fn validate(
         client_cert_has_ca: referenced.client_cert_has_ca(),
         secret_versions,
         integrity,
+        archive,
     })
 }
 
@@ -304,6 +320,7 @@ pub(crate) mod tests {
             },
             stream,
             signing_key: None,
+            archive_secret_versions: Vec::new(),
         }
     }
 
@@ -335,6 +352,15 @@ pub(crate) mod tests {
         assert_eq!(valid.max_ack_pending, 300);
         let valid = validated(&format!("{MINIMAL}maxAckPending: 7\n"));
         assert_eq!(valid.max_ack_pending, 7);
+    }
+
+    #[test]
+    fn with_an_archive_every_pod_may_hold_a_whole_segment_and_pull_on() {
+        let archive = "archive: {bucket: trail, region: r, segment: {maxLines: 1000}}\n";
+        let valid = validated(&format!("{MINIMAL}replicas: 3\nbatch: 50\n{archive}"));
+        // 3 x (1000 held + 2 x 50 in flight)
+        assert_eq!(valid.max_ack_pending, 3300);
+        assert_eq!(valid.archive.unwrap().segment_lines, 1000);
     }
 
     #[test]

@@ -252,6 +252,14 @@ pub struct AuditConsumerSpec {
     /// NATS, against which `audit-consumer verify` checks the logs later. Off by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrity: Option<IntegritySettings>,
+
+    /// Write the lines to an S3 bucket (AWS S3, MinIO, Ceph RGW, ...) instead of the pods'
+    /// standard output: the same lines, gathered into segments, each stored once as an object
+    /// that is never overwritten, under Object Lock retention when `objectLock` is set. A
+    /// segment's events are acknowledged only after the store confirmed its object. For both
+    /// outputs, create two AuditConsumers on the AuditStream: each keeps its own position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSettings>,
 }
 
 fn default_ack_wait() -> String {
@@ -415,6 +423,166 @@ pub struct IntegritySettings {
     #[serde(default = "default_witness_stream")]
     #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
     pub witness_stream: String,
+}
+
+/// The archive output: an S3 bucket that keeps a write-once copy of the trail.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveSettings {
+    /// Name of the bucket. With `objectLock`, it must have been created with Object Lock
+    /// enabled (the pods refuse to start otherwise, and say so).
+    #[schemars(
+        length(min = 3, max = 63),
+        regex(pattern = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    )]
+    pub bucket: String,
+
+    /// Region of the bucket (e.g. `eu-central-1`; `us-east-1` for most other stores).
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[a-z0-9-]+$"))]
+    pub region: String,
+
+    /// URL of an S3-compatible store (e.g. `https://minio.storage:9000`); AWS S3 when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+    pub endpoint: Option<String>,
+
+    /// Address the bucket in the path (`https://host/bucket/key`) rather than the host name;
+    /// most self-hosted stores need it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_path_style: bool,
+
+    /// Prefix of every object key (e.g. `audit/`). Keys continue with
+    /// `<stream>/<durable consumer>/<yyyy>/<mm>/<dd>/`, so a time range is cheap to list.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 512))]
+    pub prefix: String,
+
+    /// A Secret holding the access key pair, mounted into the pods as files. When omitted,
+    /// the pods use the AWS SDK's default chain (workload identity, instance profile, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<ArchiveCredentialsRef>,
+
+    /// A Secret key holding the PEM CA bundle that signed the store's certificate, added to
+    /// the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+
+    /// When a segment closes and is stored: whichever limit is reached first.
+    #[serde(default)]
+    pub segment: SegmentLimits,
+
+    /// `Gzip` (the default: audit lines shrink several times) or `None`.
+    #[serde(default)]
+    pub compression: ArchiveCompression,
+
+    /// Object Lock retention set on every object: nobody, with `Compliance` not even the
+    /// account's root user, can delete or overwrite it before the period ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLockSettings>,
+}
+
+/// The Secret with the store's access key pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveCredentialsRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key of the access key id.
+    #[serde(default = "default_access_key_id_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub access_key_id_key: String,
+
+    /// Key of the secret access key.
+    #[serde(default = "default_secret_access_key_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub secret_access_key_key: String,
+}
+
+fn default_access_key_id_key() -> String {
+    "accessKeyId".to_owned()
+}
+
+fn default_secret_access_key_key() -> String {
+    "secretAccessKey".to_owned()
+}
+
+/// When an archive segment closes. The defaults suit a year of retention: few, large objects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentLimits {
+    /// Lines per segment (default 100000). A pod holds a segment's events unacknowledged
+    /// until it is stored, so this also bounds `maxAckPending`'s default.
+    #[serde(default = "default_segment_lines")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_lines: i64,
+
+    /// Uncompressed bytes per segment (default 64 MiB). A pod keeps up to two segments in
+    /// memory; its default memory limit grows to match.
+    #[serde(default = "default_segment_bytes")]
+    #[schemars(range(min = 1024, max = 1_073_741_824))]
+    pub max_bytes: i64,
+
+    /// Age of a segment's first line at which it closes (default `5m`; between `1s` and
+    /// `24h`): the longest a line waits to be archived.
+    #[serde(default = "default_segment_age")]
+    #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || (duration(self) >= duration('1s') && duration(self) <= duration('24h'))").message("segment.maxAge must be between 1s and 24h"))]
+    pub max_age: String,
+}
+
+impl Default for SegmentLimits {
+    fn default() -> Self {
+        Self {
+            max_lines: default_segment_lines(),
+            max_bytes: default_segment_bytes(),
+            max_age: default_segment_age(),
+        }
+    }
+}
+
+fn default_segment_lines() -> i64 {
+    100_000
+}
+
+fn default_segment_bytes() -> i64 {
+    64 << 20
+}
+
+fn default_segment_age() -> String {
+    "5m".to_owned()
+}
+
+/// Compression of archive segments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ArchiveCompression {
+    /// gzip (`.jsonl.gz` / `.log.gz` objects).
+    #[default]
+    Gzip,
+    /// Plain lines.
+    None,
+}
+
+/// Object Lock retention of archive objects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectLockSettings {
+    /// `Compliance` (nobody can shorten it) or `Governance` (users with a special permission
+    /// can).
+    pub mode: ObjectLockMode,
+
+    /// Days each object is retained from its upload (e.g. 365, or 400 for PCI DSS's twelve
+    /// months with a margin).
+    #[schemars(range(min = 1, max = 36500))]
+    pub retention_days: i32,
+}
+
+/// Object Lock mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ObjectLockMode {
+    Compliance,
+    Governance,
 }
 
 fn default_checkpoint_lines() -> i64 {

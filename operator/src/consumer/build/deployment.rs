@@ -11,7 +11,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
-use audit_consumer::flag::Flag;
+use audit_consumer::{config::OutputKind, flag::Flag};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
@@ -30,7 +30,10 @@ use k8s_openapi::{
 };
 
 use super::{labels, metadata, selector_labels, workload_name};
-use crate::{consumer::validate::ValidConsumer, crd::connection::AuthSecret};
+use crate::{
+    consumer::{archive::ValidArchive, validate::ValidConsumer},
+    crd::connection::AuthSecret,
+};
 
 /// Name of the consumer container.
 pub const CONTAINER_NAME: &str = "audit-consumer";
@@ -55,6 +58,8 @@ const RUN_AS: i64 = 65532;
 const SECRET_FILE_MODE: i32 = 0o440;
 /// Time the consumer gets beyond one pull expiry to write, ack and drain in-flight events.
 const DRAIN_MARGIN: Duration = Duration::from_secs(30);
+/// The consumer's default `--archive-shutdown-timeout`, which the operator leaves as it is.
+const ARCHIVE_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn build(valid: &ValidConsumer) -> Deployment {
     Deployment {
@@ -107,6 +112,38 @@ pub fn flags(valid: &ValidConsumer, secret_flags: Vec<Flag>) -> Vec<Flag> {
             Flag::IntegrityCheckpointInterval(integrity.checkpoint_interval),
         ]);
     }
+    if let Some(archive) = &valid.archive {
+        flags.extend(archive_flags(archive));
+    }
+    flags
+}
+
+/// The archive's settings; its Secrets' files come with the other files.
+fn archive_flags(archive: &ValidArchive) -> Vec<Flag> {
+    let mut flags = vec![
+        Flag::Output(OutputKind::Archive),
+        Flag::ArchiveBucket(archive.bucket.clone()),
+        Flag::ArchiveRegion(archive.region.clone()),
+    ];
+    flags.extend(archive.endpoint.clone().map(Flag::ArchiveEndpoint));
+    if archive.force_path_style {
+        flags.push(Flag::ArchivePathStyle);
+    }
+    if !archive.prefix.is_empty() {
+        flags.push(Flag::ArchivePrefix(archive.prefix.clone()));
+    }
+    flags.extend([
+        Flag::ArchiveSegmentLines(archive.segment_lines),
+        Flag::ArchiveSegmentBytes(archive.segment_bytes),
+        Flag::ArchiveSegmentAge(archive.segment_age),
+        Flag::ArchiveCompression(archive.compression),
+    ]);
+    if let Some((mode, retention)) = archive.lock {
+        flags.extend([
+            Flag::ArchiveLockMode(mode),
+            Flag::ArchiveRetention(retention),
+        ]);
+    }
     flags
 }
 
@@ -148,7 +185,7 @@ fn pod_template(valid: &ValidConsumer) -> PodTemplateSpec {
                 seccomp_profile: Some(runtime_default()),
                 ..PodSecurityContext::default()
             }),
-            termination_grace_period_seconds: Some(grace_period(valid.expires)),
+            termination_grace_period_seconds: Some(grace_period(valid)),
             volumes: non_empty(&files.volumes),
             node_selector: non_empty_map(&valid.pod.node_selector),
             tolerations: non_empty(&valid.pod.tolerations),
@@ -192,7 +229,7 @@ fn container(valid: &ValidConsumer, args: Vec<String>, mounts: Vec<VolumeMount>)
                 .pod
                 .resources
                 .clone()
-                .unwrap_or_else(default_resources),
+                .unwrap_or_else(|| default_resources(valid.archive.as_ref())),
         ),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -208,7 +245,8 @@ fn container(valid: &ValidConsumer, args: Vec<String>, mounts: Vec<VolumeMount>)
             seccomp_profile: Some(runtime_default()),
             ..SecurityContext::default()
         }),
-        env: valid.integrity.as_ref().map(|_| vec![pod_name_env()]),
+        // The pod's name names its chains and its archive segments.
+        env: (valid.integrity.is_some() || valid.archive.is_some()).then(|| vec![pod_name_env()]),
         volume_mounts: non_empty(&mounts),
         // The consumer writes its fatal error there itself; never the log's tail, which
         // holds audit events and would reach `kubectl describe pod` and the status.
@@ -235,9 +273,15 @@ fn pod_name_env() -> EnvVar {
 }
 
 /// Longer than the consumer's drain: an outstanding pull may run for one expiry, then
-/// in-flight events are written and acked.
-fn grace_period(expires: Duration) -> i64 {
-    i64::try_from((expires + DRAIN_MARGIN).as_secs()).unwrap_or(i64::MAX)
+/// in-flight events are written and acked; with an archive, the last segment is stored
+/// (retried for the consumer's `--archive-shutdown-timeout`) before its events are acked.
+fn grace_period(valid: &ValidConsumer) -> i64 {
+    let archive = if valid.archive.is_some() {
+        ARCHIVE_SHUTDOWN_TIMEOUT
+    } else {
+        Duration::ZERO
+    };
+    i64::try_from((valid.expires + DRAIN_MARGIN + archive).as_secs()).unwrap_or(i64::MAX)
 }
 
 fn runtime_default() -> SeccompProfile {
@@ -247,16 +291,18 @@ fn runtime_default() -> SeccompProfile {
     }
 }
 
-fn default_resources() -> ResourceRequirements {
-    let quantities = |cpu: &str, memory: &str| {
+/// With an archive, memory for a segment being filled beside one being stored (or retried).
+fn default_resources(archive: Option<&ValidArchive>) -> ResourceRequirements {
+    let quantities = |cpu: &str, memory_mib: usize| {
         BTreeMap::from([
             ("cpu".to_owned(), Quantity(cpu.to_owned())),
-            ("memory".to_owned(), Quantity(memory.to_owned())),
+            ("memory".to_owned(), Quantity(format!("{memory_mib}Mi"))),
         ])
     };
+    let segment_mib = archive.map_or(0, |archive| archive.segment_bytes.div_ceil(1 << 20));
     ResourceRequirements {
-        requests: Some(quantities("50m", "64Mi")),
-        limits: Some(quantities("1", "256Mi")),
+        requests: Some(quantities("50m", 64 + segment_mib)),
+        limits: Some(quantities("1", 256 + 2 * segment_mib)),
         ..ResourceRequirements::default()
     }
 }
@@ -329,6 +375,24 @@ fn secret_files(valid: &ValidConsumer) -> SecretFiles {
         let key = &integrity.key.secret;
         let [path] = files.add("integrity-key", &key.name, [(&key.key, "seed.nk")]);
         files.flags.push(Flag::IntegrityKeyFile(path));
+    }
+    if let Some(archive) = &valid.archive {
+        if let Some(r) = &archive.credentials {
+            let [id, secret] = files.add(
+                "archive-credentials",
+                &r.name,
+                [
+                    (&r.access_key_id_key, "access-key-id"),
+                    (&r.secret_access_key_key, "secret-access-key"),
+                ],
+            );
+            files.flags.push(Flag::ArchiveAccessKeyIdFile(id));
+            files.flags.push(Flag::ArchiveSecretAccessKeyFile(secret));
+        }
+        if let Some(r) = &archive.ca {
+            let [path] = files.add("archive-ca", &r.name, [(&r.key, "ca.crt")]);
+            files.flags.push(Flag::ArchiveCaFile(path));
+        }
     }
     if let Some(tls) = &valid.connection.tls {
         if let Some(r) = &tls.ca_secret_ref {
@@ -671,6 +735,78 @@ mod tests {
         assert_eq!(without.containers[0].env, None);
     }
 
+    const ARCHIVE: &str = "archive:\n  bucket: audit-trail\n  region: eu-central-1\n  endpoint: https://minio.storage:9000\n  forcePathStyle: true\n  prefix: trail/\n  credentialsSecretRef: {name: s3}\n  caSecretRef: {name: s3-ca, key: ca.crt}\n  segment: {maxLines: 50000, maxBytes: 33554432, maxAge: 10m}\n  objectLock: {mode: Compliance, retentionDays: 400}\n";
+
+    #[test]
+    fn an_archive_mounts_its_credentials_as_files_and_sizes_the_pod_for_two_segments() {
+        let spec = format!("{SPEC}{ARCHIVE}");
+        let deployment = deployment(&spec, CONNECTION);
+        let args = args(&deployment);
+        for expected in [
+            "--output=archive",
+            "--archive-bucket=audit-trail",
+            "--archive-region=eu-central-1",
+            "--archive-endpoint=https://minio.storage:9000",
+            "--archive-path-style",
+            "--archive-prefix=trail/",
+            "--archive-segment-lines=50000",
+            "--archive-segment-bytes=33554432",
+            "--archive-segment-age=10m",
+            "--archive-compression=gzip",
+            "--archive-lock-mode=compliance",
+            "--archive-retention=400d",
+            "--archive-access-key-id-file=/etc/audit-consumer/nats/archive-credentials/access-key-id",
+            "--archive-secret-access-key-file=/etc/audit-consumer/nats/archive-credentials/secret-access-key",
+            "--archive-ca-file=/etc/audit-consumer/nats/archive-ca/ca.crt",
+        ] {
+            assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+        }
+        let pod = pod(&deployment);
+        let credentials = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "nats-archive-credentials")
+            .and_then(|v| v.secret.as_ref())
+            .unwrap();
+        assert_eq!(credentials.secret_name.as_deref(), Some("s3"));
+        let keys: Vec<_> = credentials
+            .items
+            .iter()
+            .flatten()
+            .map(|item| item.key.as_str())
+            .collect();
+        assert_eq!(keys, ["accessKeyId", "secretAccessKey"]);
+        let container = &pod.containers[0];
+        let env = container.env.as_deref().unwrap();
+        assert_eq!(env.len(), 1, "the pod name only, which names the segments");
+        let resources = container.resources.as_ref().unwrap();
+        assert_eq!(
+            resources.limits.as_ref().unwrap()["memory"],
+            Quantity("320Mi".into())
+        );
+        assert_eq!(
+            resources.requests.as_ref().unwrap()["memory"],
+            Quantity("96Mi".into())
+        );
+        // The last segment's upload fits in the grace period.
+        assert_eq!(pod.termination_grace_period_seconds, Some(80));
+    }
+
+    #[test]
+    fn without_credentials_the_pods_use_the_sdk_default_chain() {
+        let spec = format!("{SPEC}archive: {{bucket: audit-trail, region: us-east-1}}\n");
+        let deployment = deployment(&spec, CONNECTION);
+        let args = args(&deployment);
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--archive-access-key-id-file"))
+        );
+        assert!(!args.iter().any(|a| a.starts_with("--archive-lock-mode")));
+        assert!(!args.iter().any(|a| a.starts_with("--archive-endpoint")));
+    }
+
     /// Every command line the builder writes, read by the consumer's own parser: a flag the
     /// consumer does not know, or a value it cannot read, fails here rather than in a pod.
     #[test]
@@ -688,6 +824,8 @@ mod tests {
             "streamRef: {name: orders}\n".to_owned(),
             "streamRef: {name: orders}\nbatch: 10000\nmaxBytes: 1048576\nexpires: 1m30s\nheartbeat: 45s\n".to_owned(),
             "streamRef: {name: orders}\nexpires: 1500ms\nformat: Json\nredactKeys: [a]\n".to_owned(),
+            format!("streamRef: {{name: orders}}\n{ARCHIVE}"),
+            "streamRef: {name: orders}\narchive: {bucket: b-1, region: r, compression: None, objectLock: {mode: Governance, retentionDays: 1}}\n".to_owned(),
         ];
         for connection in connections {
             for spec in &specs {
@@ -715,6 +853,10 @@ mod tests {
                     assert_eq!(parsed.pull.batch, valid.batch);
                     assert_eq!(parsed.output.format, valid.format);
                     assert_eq!(parsed.integrity.integrity, integrity);
+                    assert_eq!(
+                        parsed.archive.output == OutputKind::Archive,
+                        valid.archive.is_some()
+                    );
                     assert_eq!(
                         parsed.runtime.health_listen.port(),
                         HEALTH_PORT,

@@ -1,6 +1,6 @@
 //! The consumer pods' optional NetworkPolicy: egress only to the NATS ports (of the given
-//! peers, or anywhere, since a policy cannot name hosts) and to DNS; ingress only to the
-//! metrics port.
+//! peers, or anywhere, since a policy cannot name hosts), to DNS and, with an archive, to the
+//! object store's port; ingress only to the metrics port.
 
 use std::collections::BTreeSet;
 
@@ -30,6 +30,23 @@ pub fn build(valid: &ValidConsumer) -> Option<NetworkPolicy> {
         .filter_map(|url| server_port(url))
         .collect();
     let non_empty = |peers: &Vec<_>| (!peers.is_empty()).then(|| peers.clone());
+    let mut egress = vec![
+        NetworkPolicyEgressRule {
+            to: None,
+            ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+        },
+        NetworkPolicyEgressRule {
+            to: non_empty(&settings.nats_peers),
+            ports: Some(nats_ports.into_iter().map(|p| port("TCP", p)).collect()),
+        },
+    ];
+    if let Some(archive) = &valid.archive {
+        // The object store, wherever it is: a policy cannot name its host either.
+        egress.push(NetworkPolicyEgressRule {
+            to: None,
+            ports: Some(vec![port("TCP", archive.port())]),
+        });
+    }
     Some(NetworkPolicy {
         metadata: metadata(valid),
         spec: Some(NetworkPolicySpec {
@@ -42,16 +59,7 @@ pub fn build(valid: &ValidConsumer) -> Option<NetworkPolicy> {
                 from: non_empty(&settings.metrics_from),
                 ports: Some(vec![port("TCP", HEALTH_PORT.into())]),
             }]),
-            egress: Some(vec![
-                NetworkPolicyEgressRule {
-                    to: None,
-                    ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
-                },
-                NetworkPolicyEgressRule {
-                    to: non_empty(&settings.nats_peers),
-                    ports: Some(nats_ports.into_iter().map(|p| port("TCP", p)).collect()),
-                },
-            ]),
+            egress: Some(egress),
         }),
     })
 }
@@ -106,6 +114,22 @@ mod tests {
             Some(IntOrString::Int(8080))
         );
         assert!(ingress[0].from.is_none());
+    }
+
+    #[test]
+    fn an_archive_opens_the_store_port() {
+        let spec = "streamRef: {name: orders}\nnetworkPolicy: {enabled: true}\narchive: {bucket: trail, region: r, endpoint: 'https://minio.storage:9000'}\n";
+        let egress = build(&validated(spec))
+            .unwrap()
+            .spec
+            .unwrap()
+            .egress
+            .unwrap();
+        assert_eq!(egress.len(), 3);
+        assert_eq!(
+            egress[2].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(9000))
+        );
     }
 
     #[test]
