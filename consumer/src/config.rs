@@ -281,13 +281,9 @@ pub enum LockMode {
     Compliance,
 }
 
-#[derive(Debug, Clone, ClapArgs)]
-#[command(next_help_heading = "Archive output (S3)")]
-pub struct ArchiveArgs {
-    /// Where the lines go: standard output, or an S3 bucket (--archive-*).
-    #[arg(long, env = "AUDIT_CONSUMER_OUTPUT", value_enum, default_value_t = OutputKind::Stdout)]
-    pub output: OutputKind,
-
+/// How to reach the S3 store: shared by the archive output and `verify --archive`.
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct StoreArgs {
     /// S3 endpoint URL, e.g. https://minio.example:9000; default: AWS S3 for --archive-region.
     #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_ENDPOINT")]
     pub archive_endpoint: Option<String>,
@@ -295,15 +291,6 @@ pub struct ArchiveArgs {
     /// Region to sign requests for; default: the SDK's (AWS_REGION, the profile, ...).
     #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_REGION")]
     pub archive_region: Option<String>,
-
-    /// The bucket segments are written to; with --archive-lock-mode it must have Object Lock.
-    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_BUCKET")]
-    pub archive_bucket: Option<String>,
-
-    /// Key prefix of every segment (e.g. `audit/`); keys continue with
-    /// `<stream>/<consumer>/<yyyy>/<mm>/<dd>/...`.
-    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_PREFIX", default_value = "")]
-    pub archive_prefix: String,
 
     /// Path-style requests (`endpoint/bucket/key`), as MinIO, Ceph RGW and most
     /// self-hosted stores need.
@@ -333,6 +320,26 @@ pub struct ArchiveArgs {
     /// the system's roots).
     #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_CA_FILE", value_name = "PATH")]
     pub archive_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, ClapArgs)]
+#[command(next_help_heading = "Archive output (S3)")]
+pub struct ArchiveArgs {
+    /// Where the lines go: standard output, or an S3 bucket (--archive-*).
+    #[arg(long, env = "AUDIT_CONSUMER_OUTPUT", value_enum, default_value_t = OutputKind::Stdout)]
+    pub output: OutputKind,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// The bucket segments are written to; with --archive-lock-mode it must have Object Lock.
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_BUCKET")]
+    pub archive_bucket: Option<String>,
+
+    /// Key prefix of every segment (e.g. `audit/`); keys continue with
+    /// `<stream>/<consumer>/<yyyy>/<mm>/<dd>/...`.
+    #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_PREFIX", default_value = "")]
+    pub archive_prefix: String,
 
     /// A segment is stored after this many lines...
     #[arg(long, env = "AUDIT_CONSUMER_ARCHIVE_SEGMENT_LINES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]

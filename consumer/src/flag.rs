@@ -247,27 +247,37 @@ mod tests {
                 Flag::IntegrityCheckpointInterval(args.integrity.integrity_checkpoint_interval)
             }
             Flag::Output(_) => Flag::Output(args.archive.output),
-            Flag::ArchiveEndpoint(_) => {
-                Flag::ArchiveEndpoint(args.archive.archive_endpoint.clone().unwrap_or_default())
-            }
-            Flag::ArchiveRegion(_) => {
-                Flag::ArchiveRegion(args.archive.archive_region.clone().unwrap_or_default())
-            }
+            Flag::ArchiveEndpoint(_) => Flag::ArchiveEndpoint(
+                args.archive
+                    .store
+                    .archive_endpoint
+                    .clone()
+                    .unwrap_or_default(),
+            ),
+            Flag::ArchiveRegion(_) => Flag::ArchiveRegion(
+                args.archive
+                    .store
+                    .archive_region
+                    .clone()
+                    .unwrap_or_default(),
+            ),
             Flag::ArchiveBucket(_) => {
                 Flag::ArchiveBucket(args.archive.archive_bucket.clone().unwrap_or_default())
             }
             Flag::ArchivePrefix(_) => Flag::ArchivePrefix(args.archive.archive_prefix.clone()),
             Flag::ArchivePathStyle => {
-                assert!(args.archive.archive_path_style);
+                assert!(args.archive.store.archive_path_style);
                 Flag::ArchivePathStyle
             }
             Flag::ArchiveAccessKeyIdFile(_) => {
-                Flag::ArchiveAccessKeyIdFile(path(&args.archive.archive_access_key_id_file))
+                Flag::ArchiveAccessKeyIdFile(path(&args.archive.store.archive_access_key_id_file))
             }
-            Flag::ArchiveSecretAccessKeyFile(_) => {
-                Flag::ArchiveSecretAccessKeyFile(path(&args.archive.archive_secret_access_key_file))
+            Flag::ArchiveSecretAccessKeyFile(_) => Flag::ArchiveSecretAccessKeyFile(path(
+                &args.archive.store.archive_secret_access_key_file,
+            )),
+            Flag::ArchiveCaFile(_) => {
+                Flag::ArchiveCaFile(path(&args.archive.store.archive_ca_file))
             }
-            Flag::ArchiveCaFile(_) => Flag::ArchiveCaFile(path(&args.archive.archive_ca_file)),
             Flag::ArchiveSegmentLines(_) => {
                 Flag::ArchiveSegmentLines(args.archive.archive_segment_lines)
             }

@@ -311,22 +311,34 @@ async fn segments_hold_the_stdout_lines_under_retention_and_the_trail_verifies()
         );
     }
 
-    // The trail as the bucket holds it verifies against the witness stream.
-    let log_dir = tempfile::tempdir()?;
-    let log = log_dir.path().join("archive.log");
-    std::fs::write(&log, lines.join("\n") + "\n")?;
-    let output = tokio::process::Command::new(cargo_bin("audit-consumer"))
-        .arg("verify")
-        .args([
-            "--nats-url",
-            &server.url(),
-            "--public-key",
-            &key.public_key(),
-        ])
-        .arg(&log)
-        .stdin(Stdio::null())
-        .output()
-        .await?;
+    // The trail as the bucket holds it verifies against the witness stream, read straight
+    // from the bucket.
+    let verify = || {
+        let location = format!("s3://{BUCKET}/{PREFIX}");
+        let mut command = tokio::process::Command::new(cargo_bin("audit-consumer"));
+        command
+            .arg("verify")
+            .args([
+                "--nats-url",
+                &server.url(),
+                "--public-key",
+                &key.public_key(),
+            ])
+            .args([
+                "--archive",
+                &location,
+                "--archive-endpoint",
+                &store.endpoint(),
+            ])
+            .args(["--archive-region", REGION, "--archive-path-style"])
+            .arg("--archive-access-key-id-file")
+            .arg(&credentials.access_key_id)
+            .arg("--archive-secret-access-key-file")
+            .arg(&credentials.secret_access_key)
+            .stdin(Stdio::null());
+        command
+    };
+    let output = verify().output().await?;
     let report = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
@@ -335,6 +347,23 @@ async fn segments_hold_the_stdout_lines_under_retention_and_the_trail_verifies()
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(report.contains("complete=1"), "{report}");
+
+    // A segment hidden by a delete marker (what a plain delete does under Object Lock: the
+    // locked version stays, listings no longer show it) is found and located.
+    let hidden = segments.keys().nth(1).expect("four segments");
+    client
+        .delete_object()
+        .bucket(BUCKET)
+        .key(hidden)
+        .send()
+        .await?;
+    let output = verify().output().await?;
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "verify: {report}");
+    assert!(
+        report.contains("finding=missing positions=301-600"),
+        "the hidden segment's lines are not reported missing: {report}"
+    );
     drop(logger.terminate());
     Ok(())
 }

@@ -221,7 +221,7 @@ impl Naming {
 }
 
 /// `20261204T023015Z` (or with `.123456789` before the `Z`): sorts as text in time order.
-fn basic_timestamp(unix_nanos: i128, with_nanos: bool) -> String {
+pub(crate) fn basic_timestamp(unix_nanos: i128, with_nanos: bool) -> String {
     let time = time::OffsetDateTime::from_unix_timestamp_nanos(unix_nanos)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let mut text = format!(

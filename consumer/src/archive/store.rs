@@ -21,7 +21,7 @@ use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use crate::config::{ArchiveArgs, LockMode};
+use crate::config::{ArchiveArgs, LockMode, StoreArgs};
 use crate::connect::read_secret;
 use crate::error::{Error, Result};
 
@@ -67,71 +67,15 @@ pub struct Store {
 }
 
 impl Store {
-    /// Builds the client from the flags: static credentials from files or the SDK's default
-    /// chain, the endpoint's CA, path-style addressing.
+    /// The archive's store, from the flags.
     pub async fn connect(args: &ArchiveArgs) -> Result<Self> {
-        let mut trust = TrustStore::default();
-        if let Some(path) = &args.archive_ca_file {
-            let pem = tokio::fs::read(path)
-                .await
-                .map_err(|source| Error::ReadSecret {
-                    what: "archive CA",
-                    path: path.clone(),
-                    source,
-                })?;
-            trust = TrustStore::empty().with_pem_certificate(pem);
-        }
-        let tls = TlsContext::builder()
-            .with_trust_store(trust)
-            .build()
-            .map_err(|err| Error::Config(format!("--archive-ca-file: {err}")))?;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .tls_context(tls)
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
-        if let Some(region) = &args.archive_region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let (Some(id), Some(secret)) = (
-            &args.archive_access_key_id_file,
-            &args.archive_secret_access_key_file,
-        ) {
-            let id = read_secret("archive access key id", id).await?;
-            let secret = read_secret("archive secret access key", secret).await?;
-            loader = loader.credentials_provider(Credentials::new(
-                id,
-                secret,
-                None,
-                None,
-                "audit-consumer-files",
-            ));
-        }
-        let shared = loader.load().await;
-        if shared.region().is_none() {
-            return Err(Error::Config(
-                "the archive has no region: set --archive-region (or AWS_REGION)".into(),
-            ));
-        }
-        // Bounded attempts: a store that accepts the connection and then hangs must not hold
-        // the worker (and its shutdown) forever; the SDK's own retries come on top.
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .operation_attempt_timeout(Duration::from_secs(120))
-            .build();
-        let mut config = aws_sdk_s3::config::Builder::from(&shared)
-            .timeout_config(timeouts)
-            .force_path_style(args.archive_path_style);
-        if let Some(endpoint) = &args.archive_endpoint {
-            config = config.endpoint_url(endpoint);
-        }
         let lock = match (args.archive_lock_mode, args.archive_retention) {
             (LockMode::Governance, Some(period)) => Some((ObjectLockMode::Governance, period)),
             (LockMode::Compliance, Some(period)) => Some((ObjectLockMode::Compliance, period)),
             _ => None,
         };
         Ok(Self {
-            client: Client::from_conf(config.build()),
+            client: client(&args.store).await?,
             bucket: args.archive_bucket.clone().unwrap_or_default(),
             lock,
         })
@@ -267,6 +211,131 @@ impl Store {
             Ok(PutOutcome::KeyTaken)
         }
     }
+}
+
+/// The archive as `verify --archive` reads it: listing and reading only, so that the
+/// verifier's credentials need no write permission at all.
+pub struct ArchiveReader {
+    client: Client,
+    bucket: String,
+}
+
+impl ArchiveReader {
+    pub async fn connect(args: &StoreArgs, bucket: &str) -> Result<Self> {
+        Ok(Self {
+            client: client(args).await?,
+            bucket: bucket.to_owned(),
+        })
+    }
+
+    /// Every key under `prefix`, in the store's (lexicographic) order.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|err| {
+                Error::Archive(format!(
+                    "cannot list s3://{}/{prefix}: {}",
+                    self.bucket,
+                    describe(&err)
+                ))
+            })?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|object| object.key().map(str::to_owned)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// One object's bytes, as stored.
+    pub async fn read(&self, key: &str) -> Result<Vec<u8>> {
+        let failed = |reason: String| {
+            Error::Archive(format!("cannot read s3://{}/{key}: {reason}", self.bucket))
+        };
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|err| failed(describe(&err)))?;
+        let body = object
+            .body
+            .collect()
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        Ok(body.into_bytes().to_vec())
+    }
+}
+
+/// An S3 client from the flags: static credentials from files or the SDK's default chain,
+/// the endpoint's CA, path-style addressing, bounded attempts.
+pub async fn client(args: &StoreArgs) -> Result<Client> {
+    let mut trust = TrustStore::default();
+    if let Some(path) = &args.archive_ca_file {
+        let pem = tokio::fs::read(path)
+            .await
+            .map_err(|source| Error::ReadSecret {
+                what: "archive CA",
+                path: path.clone(),
+                source,
+            })?;
+        trust = TrustStore::empty().with_pem_certificate(pem);
+    }
+    let tls = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|err| Error::Config(format!("--archive-ca-file: {err}")))?;
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .tls_context(tls)
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+    if let Some(region) = &args.archive_region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let (Some(id), Some(secret)) = (
+        &args.archive_access_key_id_file,
+        &args.archive_secret_access_key_file,
+    ) {
+        let id = read_secret("archive access key id", id).await?;
+        let secret = read_secret("archive secret access key", secret).await?;
+        loader = loader.credentials_provider(Credentials::new(
+            id,
+            secret,
+            None,
+            None,
+            "audit-consumer-files",
+        ));
+    }
+    let shared = loader.load().await;
+    if shared.region().is_none() {
+        return Err(Error::Config(
+            "the archive has no region: set --archive-region (or AWS_REGION)".into(),
+        ));
+    }
+    // Bounded attempts: a store that accepts the connection and then hangs must not hold
+    // the worker (and its shutdown) forever; the SDK's own retries come on top.
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(120))
+        .build();
+    let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        .timeout_config(timeouts)
+        .force_path_style(args.archive_path_style);
+    if let Some(endpoint) = &args.archive_endpoint {
+        config = config.endpoint_url(endpoint);
+    }
+    Ok(Client::from_conf(config.build()))
 }
 
 fn status<E, R>(err: &SdkError<E, R>) -> Option<u16>

@@ -25,7 +25,8 @@ use nkeys::KeyPair;
 
 use super::head::{self, StoredHead};
 use super::verify::{ChainReport, Finding, Location, Status, Verifier};
-use crate::config::NatsArgs;
+use crate::archive::store::ArchiveReader;
+use crate::config::{NatsArgs, StoreArgs};
 use crate::error::{Error, Result};
 
 /// How long the witness stream may take to deliver its next head.
@@ -74,6 +75,20 @@ pub struct VerifyArgs {
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     pub since: Option<SystemTime>,
 
+    /// Only the archive segments opened before this time (RFC 3339; with --archive).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak, requires = "archive")]
+    pub until: Option<SystemTime>,
+
+    /// Check the segments of an archive instead of files: `s3://<bucket>/<prefix>`, where the
+    /// prefix is the AuditConsumer's `archive.prefix`, optionally followed by
+    /// `<stream>/<consumer>/` or a date (`<yyyy>/<mm>/`). With --since and --until, only the
+    /// segments opened in that range. Read-only credentials suffice.
+    #[arg(long, value_name = "S3_URL", conflicts_with = "files")]
+    pub archive: Option<String>,
+
+    #[command(flatten)]
+    pub store: StoreArgs,
+
     /// Log files to check, in any order; none, or `-`, reads standard input.
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -108,7 +123,10 @@ pub async fn run(args: VerifyArgs, out: &mut impl Write) -> Result<Verdict> {
         .collect::<Result<Vec<_>>>()?;
 
     let mut verifier = Verifier::default();
-    let sources = read_logs(&args.files, &mut verifier)?;
+    let sources = match &args.archive {
+        Some(location) => read_archive(location, &args, &mut verifier).await?,
+        None => read_logs(&args.files, &mut verifier)?,
+    };
     let mut rejected = Vec::new();
     let heads = read_heads(&args).await?;
     for stored in &heads {
@@ -185,29 +203,110 @@ fn read_logs(files: &[PathBuf], verifier: &mut Verifier) -> Result<Vec<String>> 
             names.push(path.display().to_string());
             Box::new(std::fs::File::open(path).map_err(read_error)?)
         };
-        let mut reader = BufReader::with_capacity(1 << 20, reader);
-        let mut line = Vec::new();
-        let mut number = 0;
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line).map_err(read_error)? == 0 {
-                break;
-            }
-            number += 1;
-            // The newline is not hashed; a carriage return before it was added on the way
-            // (a chained line never contains one unescaped).
-            let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            verifier.add_line(
-                text,
-                Location {
-                    source,
-                    line: number,
-                },
-            );
-        }
+        let reader = BufReader::with_capacity(1 << 20, reader);
+        add_lines(reader, source, verifier).map_err(read_error)?;
     }
     Ok(names)
+}
+
+/// Feeds every segment under an `s3://bucket/prefix` location to the verifier, in key order
+/// (which is time order within a day); returns the segments' URLs as the sources' names.
+async fn read_archive(
+    location: &str,
+    args: &VerifyArgs,
+    verifier: &mut Verifier,
+) -> Result<Vec<String>> {
+    let (bucket, prefix) = parse_archive_location(location)?;
+    let reader = ArchiveReader::connect(&args.store, bucket).await?;
+    let since = args.since.map(opened_at);
+    let until = args.until.map(opened_at);
+    let keys: Vec<String> = reader
+        .keys(prefix)
+        .await?
+        .into_iter()
+        .filter(|key| is_segment_in(key, since.as_deref(), until.as_deref()))
+        .collect();
+    if keys.is_empty() {
+        tracing::warn!(location, "no archive segment found under this location");
+    }
+    let mut names = Vec::with_capacity(keys.len());
+    for (source, key) in keys.iter().enumerate() {
+        let url = format!("s3://{bucket}/{key}");
+        let body = reader.read(key).await?;
+        let read_error = |err| Error::ReadLog {
+            path: PathBuf::from(&url),
+            source: err,
+        };
+        if key.ends_with(".gz") {
+            let gunzip = BufReader::new(flate2::read::MultiGzDecoder::new(&body[..]));
+            add_lines(gunzip, source, verifier).map_err(read_error)?;
+        } else {
+            add_lines(&body[..], source, verifier).map_err(read_error)?;
+        }
+        names.push(url);
+    }
+    Ok(names)
+}
+
+/// `s3://bucket/prefix` into the bucket and the prefix.
+fn parse_archive_location(location: &str) -> Result<(&str, &str)> {
+    location
+        .strip_prefix("s3://")
+        .map(|rest| rest.split_once('/').unwrap_or((rest, "")))
+        .filter(|(bucket, _)| !bucket.is_empty())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "--archive {location:?} is not an s3://<bucket>/<prefix> location"
+            ))
+        })
+}
+
+/// A time as segment names start with it (`20261204T023015Z`), which sorts as text.
+fn opened_at(at: SystemTime) -> String {
+    let nanos = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as i128);
+    crate::archive::segment::basic_timestamp(nanos, false)
+}
+
+/// Whether a key names a segment opened in `[since, until)`.
+fn is_segment_in(key: &str, since: Option<&str>, until: Option<&str>) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let is_segment = [".jsonl", ".jsonl.gz", ".log", ".log.gz"]
+        .iter()
+        .any(|extension| name.ends_with(extension));
+    let opened = name.split('_').next().unwrap_or_default();
+    is_segment
+        && since.is_none_or(|since| opened >= since)
+        && until.is_none_or(|until| opened < until)
+}
+
+/// Feeds every line of `reader` to the verifier, numbered from 1 within `source`.
+fn add_lines(
+    mut reader: impl BufRead,
+    source: usize,
+    verifier: &mut Verifier,
+) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        number += 1;
+        // The newline is not hashed; a carriage return before it was added on the way
+        // (a chained line never contains one unescaped).
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        verifier.add_line(
+            text,
+            Location {
+                source,
+                line: number,
+            },
+        );
+    }
 }
 
 async fn read_heads(args: &VerifyArgs) -> Result<Vec<StoredHead>> {
@@ -303,6 +402,36 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn an_archive_location_is_a_bucket_and_a_prefix() {
+        assert_eq!(
+            parse_archive_location("s3://trail/prod/AUDIT/").unwrap(),
+            ("trail", "prod/AUDIT/")
+        );
+        assert_eq!(parse_archive_location("s3://trail").unwrap(), ("trail", ""));
+        for wrong in ["trail/prod", "s3:///prod", "https://trail/prod"] {
+            assert!(parse_archive_location(wrong).is_err(), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn segments_are_chosen_by_their_opening_time() {
+        let key = "p/AUDIT/c/2026/12/04/20261204T101500Z_pod-0_20261204T100000.000000001Z_000002_00000000000000000001-00000000000000000300.jsonl.gz";
+        assert!(is_segment_in(key, None, None));
+        assert!(is_segment_in(
+            key,
+            Some("20261204T101500Z"),
+            Some("20261204T101501Z")
+        ));
+        assert!(!is_segment_in(key, Some("20261204T101501Z"), None));
+        assert!(!is_segment_in(key, None, Some("20261204T101500Z")));
+        assert!(!is_segment_in("p/AUDIT/c/notes.txt", None, None));
+        assert_eq!(
+            opened_at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_379_300)),
+            "20261204T101500Z"
+        );
+    }
 
     #[test]
     fn the_command_line_reads_keys_files_and_connection_options() {
