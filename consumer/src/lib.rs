@@ -76,12 +76,15 @@ pub async fn run(args: Args) -> Result<()> {
         _ => None,
     };
 
+    // One start for the archive's run and the chain: `verify --archive` finds a chain's
+    // segments by it.
+    let started_unix_nanos = integrity::now_nanos();
     // The bucket is checked before NATS: a wrong bucket or missing Object Lock is a
     // configuration error the pod reports at once.
     let archive = match args.archive.output {
-        config::OutputKind::Archive => {
-            Some(Box::new(Archive::start(&args, metrics.clone()).await?))
-        }
+        config::OutputKind::Archive => Some(Box::new(
+            Archive::start(&args, started_unix_nanos, metrics.clone()).await?,
+        )),
         config::OutputKind::Stdout => None,
     };
 
@@ -117,6 +120,7 @@ pub async fn run(args: Args) -> Result<()> {
                 args.output.format,
                 &args.binding.consumer,
                 &args.integrity.pod_name(),
+                started_unix_nanos,
                 witness,
             );
             (Some(integrity), Some(task))

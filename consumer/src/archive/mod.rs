@@ -72,7 +72,12 @@ pub struct Archive {
 
 impl Archive {
     /// Connects to the store and checks the bucket; a bucket that cannot be used is fatal.
-    pub async fn start(args: &Args, metrics: Arc<Metrics>) -> Result<Self> {
+    /// `started_unix_nanos` names the run in every key (and is the chain's start).
+    pub async fn start(
+        args: &Args,
+        started_unix_nanos: i128,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
         let archive = &args.archive;
         let store = Store::connect(archive).await?;
         store.check().await?;
@@ -82,7 +87,7 @@ impl Archive {
             &args.binding.stream,
             &args.binding.consumer,
             &args.integrity.pod_name(),
-            unix_nanos(),
+            started_unix_nanos,
             args.output.format,
             gzip,
         );

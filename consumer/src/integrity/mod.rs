@@ -31,8 +31,15 @@ pub struct Integrity {
 }
 
 impl Integrity {
-    pub fn new(format: Format, consumer: &str, pod: &str, witness: Witness) -> Self {
-        let chain = Chain::new(format, chain::chain_id(consumer, pod, now_nanos()));
+    /// The first chain starts at `start_nanos`, the archive's run when archiving.
+    pub fn new(
+        format: Format,
+        consumer: &str,
+        pod: &str,
+        start_nanos: i128,
+        witness: Witness,
+    ) -> Self {
+        let chain = Chain::new(format, chain::chain_id(consumer, pod, start_nanos));
         tracing::info!(chain = %chain.id(), "integrity on: starting a chain");
         Self {
             format,
@@ -91,7 +98,7 @@ pub async fn read_key(path: &Path) -> Result<KeyPair> {
     })
 }
 
-fn now_nanos() -> i128 {
+pub(crate) fn now_nanos() -> i128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos() as i128)
