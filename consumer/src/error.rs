@@ -64,6 +64,13 @@ pub enum Error {
          --integrity-stream and the connection options"
     )]
     Witness { stream: String, reason: String },
+
+    #[error("cannot write the report to {path}: {source}")]
+    WriteReport {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -77,8 +84,21 @@ impl Error {
             | Error::Connect(_)
             | Error::ReadLog { .. }
             | Error::Archive(_)
-            | Error::Witness { .. } => 2,
+            | Error::Witness { .. }
+            | Error::WriteReport { .. } => 2,
             _ => 1,
         }
+    }
+
+    /// The error with its causes, as one line.
+    pub fn describe(&self) -> String {
+        let mut message = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        message
     }
 }

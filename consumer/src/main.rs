@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let message = failure_message(&err);
+            let message = err.describe();
             tracing::error!("{message}");
             if let Some(path) = termination_log {
                 audit_consumer::termination::record(&path, &message);
@@ -82,25 +82,14 @@ fn verify(args: VerifyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let unwitnessed_ok = args.unwitnessed_ok;
     let result = runtime.block_on(verify_command::run(args, &mut std::io::stdout().lock()));
     match result {
-        Ok(verdict) => ExitCode::from(verdict.exit_code()),
+        Ok(verdict) => ExitCode::from(verdict.exit_code(unwitnessed_ok)),
         // Whatever stopped the check, the log was not shown to be complete.
         Err(err) => {
-            tracing::error!("{}", failure_message(&err));
+            tracing::error!("{}", err.describe());
             ExitCode::from(2)
         }
     }
-}
-
-/// A fatal error with its causes, as one line.
-fn failure_message(err: &audit_consumer::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 /// Kubernetes keeps at most this many bytes of a container's termination message.
-const LIMIT: usize = 4096;
+pub const LIMIT: usize = 4096;
 
 /// Writes `message` to `path`, cut to what Kubernetes keeps (at a character boundary). A
 /// failure is only logged: the process is exiting with its error anyway.

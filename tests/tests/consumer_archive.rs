@@ -4,7 +4,9 @@
 //! longer than `ack_wait` in an open segment are kept alive, not redelivered; a store outage
 //! loses nothing (events stay held and unacked, the pod turns unready, the upload is retried);
 //! a pod stopped while the store is down hands its events back for the next pod; a bucket
-//! without Object Lock is refused at start-up with a message that says what to do.
+//! without Object Lock is refused at start-up with a message that says what to do; an
+//! incremental verify reads only what was stored since, plus each run's segment before, and
+//! still finds a segment deleted outside its window from the gap in the run's numbers.
 
 mod consumer_support;
 
@@ -163,6 +165,40 @@ async fn wait_stopped(mut consumer: ConsumerProcess) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `audit-consumer verify --archive` over the whole prefix, read-only, plus `extra`.
+fn verify_archive(
+    server: &NatsServer,
+    store: &ObjectStore,
+    credentials: &CredentialFiles,
+    key: &KeyPair,
+    extra: &[&str],
+) -> tokio::process::Command {
+    let location = format!("s3://{BUCKET}/{PREFIX}");
+    let mut command = tokio::process::Command::new(cargo_bin("audit-consumer"));
+    command
+        .arg("verify")
+        .args([
+            "--nats-url",
+            &server.url(),
+            "--public-key",
+            &key.public_key(),
+        ])
+        .args([
+            "--archive",
+            &location,
+            "--archive-endpoint",
+            &store.endpoint(),
+        ])
+        .args(["--archive-region", REGION, "--archive-path-style"])
+        .arg("--archive-access-key-id-file")
+        .arg(&credentials.access_key_id)
+        .arg("--archive-secret-access-key-file")
+        .arg(&credentials.secret_access_key)
+        .args(extra)
+        .stdin(Stdio::null());
+    command
+}
+
 #[tokio::test]
 async fn segments_hold_the_stdout_lines_under_retention_and_the_trail_verifies()
 -> anyhow::Result<()> {
@@ -313,31 +349,7 @@ async fn segments_hold_the_stdout_lines_under_retention_and_the_trail_verifies()
 
     // The trail as the bucket holds it verifies against the witness stream, read straight
     // from the bucket.
-    let verify = || {
-        let location = format!("s3://{BUCKET}/{PREFIX}");
-        let mut command = tokio::process::Command::new(cargo_bin("audit-consumer"));
-        command
-            .arg("verify")
-            .args([
-                "--nats-url",
-                &server.url(),
-                "--public-key",
-                &key.public_key(),
-            ])
-            .args([
-                "--archive",
-                &location,
-                "--archive-endpoint",
-                &store.endpoint(),
-            ])
-            .args(["--archive-region", REGION, "--archive-path-style"])
-            .arg("--archive-access-key-id-file")
-            .arg(&credentials.access_key_id)
-            .arg("--archive-secret-access-key-file")
-            .arg(&credentials.secret_access_key)
-            .stdin(Stdio::null());
-        command
-    };
+    let verify = || verify_archive(&server, &store, &credentials, &key, &[]);
     let output = verify().output().await?;
     let report = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
@@ -365,6 +377,165 @@ async fn segments_hold_the_stdout_lines_under_retention_and_the_trail_verifies()
         "the hidden segment's lines are not reported missing: {report}"
     );
     drop(logger.terminate());
+    Ok(())
+}
+
+/// Runs an incremental `verify --archive --since <since> --unwitnessed-ok --report-file`;
+/// returns the exit status, the printed report and the report file's object (printed as
+/// written, for the test's log).
+async fn verify_since(
+    verify: tokio::process::Command,
+    report_file: &Path,
+) -> anyhow::Result<(Option<i32>, String, serde_json::Value)> {
+    let mut verify = verify;
+    let output = verify.output().await?;
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let text = std::fs::read_to_string(report_file)?;
+    anyhow::ensure!(text.len() <= 4096, "the report has {} bytes", text.len());
+    println!("report file: {text}");
+    let report = serde_json::from_str(&text)
+        .map_err(|err| anyhow::anyhow!("the report file is not JSON ({err}): {text}"))?;
+    Ok((output.status.code(), printed, report))
+}
+
+#[tokio::test]
+async fn an_incremental_verify_reads_what_was_stored_since_and_the_listing_finds_a_deleted_segment()
+-> anyhow::Result<()> {
+    let server = NatsServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    create_stream_and_consumer(&js, "archiver", Duration::from_secs(30)).await?;
+    js.create_stream(stream::Config {
+        name: WITNESS.into(),
+        subjects: vec!["audit-integrity.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    // Without Object Lock, so that a segment can really be deleted.
+    let store = ObjectStore::start().await?;
+    store.create_bucket(BUCKET).await?;
+    let credentials = CredentialFiles::new(&store)?;
+    let key = KeyPair::new_account();
+    let dir = tempfile::tempdir()?;
+    let seed_file = dir.path().join("seed.nk");
+    std::fs::write(&seed_file, key.seed()?)?;
+    let report_file = dir.path().join("report.json");
+
+    let archiver = start_archiver(
+        &server,
+        "archiver",
+        &archive_options(
+            &store,
+            &credentials,
+            &[
+                "--archive-segment-lines",
+                "100",
+                "--archive-segment-age",
+                "2s",
+                "--integrity",
+                "--integrity-key-file",
+                &path_arg(&seed_file),
+                "--integrity-pod",
+                "archiver-0",
+                "--integrity-checkpoint-interval",
+                "1s",
+            ],
+        ),
+    )?;
+    archiver.wait_ready(true, Duration::from_secs(30)).await?;
+    publish_events(&js, "first", 300).await?;
+    wait_until_drained(&js, "archiver").await?;
+    let first: Vec<String> = store.keys(BUCKET, PREFIX).await?;
+    anyhow::ensure!(first.len() >= 3, "{first:?}");
+
+    // `since` on a whole second after the first batch was stored, and the second batch
+    // stored after it: stores list their objects' times in whole seconds.
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
+    let since_at = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs() + 1);
+    tokio::time::sleep(since_at.duration_since(SystemTime::now())? + Duration::from_millis(100))
+        .await;
+    let since = {
+        let at = time::OffsetDateTime::from(since_at);
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        )
+    };
+    publish_events(&js, "second", 300).await?;
+    wait_until_drained(&js, "archiver").await?;
+    let all = store.keys(BUCKET, PREFIX).await?;
+    let new = all.len() - first.len();
+    anyhow::ensure!(new >= 3, "{all:?}");
+
+    let incremental = || {
+        verify_archive(
+            &server,
+            &store,
+            &credentials,
+            &key,
+            &[
+                "--since",
+                &since,
+                "--unwitnessed-ok",
+                "--report-file",
+                &path_arg(&report_file),
+            ],
+        )
+    };
+    // While the archiver runs, the newest lines may wait for their head: not a failure.
+    let (status, printed, report) = verify_since(incremental(), &report_file).await?;
+    assert_eq!(status, Some(0), "{printed}");
+    assert!(
+        ["complete", "unwitnessed"].contains(&report["verdict"].as_str().unwrap_or_default()),
+        "{report}"
+    );
+    // The new segments and the one before them.
+    assert_eq!(report["segments"], new + 1, "{report}");
+    assert_eq!(report["since"], since.as_str(), "{report}");
+    wait_stopped(archiver).await?;
+
+    let (status, printed, report) = verify_since(incremental(), &report_file).await?;
+    assert_eq!(status, Some(0), "{printed}");
+    assert_eq!(report["verdict"], "complete", "{report}");
+    assert_eq!(
+        (&report["chains"], &report["complete"], &report["problems"]),
+        (&1.into(), &1.into(), &0.into()),
+        "{report}"
+    );
+    assert_eq!(report["missingSegments"], 0, "{report}");
+    assert!(report["verifiedThrough"].as_str().is_some(), "{report}");
+
+    let mut full = verify_archive(&server, &store, &credentials, &key, &[]);
+    let output = full.output().await?;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{printed}");
+    assert!(printed.contains("complete=1"), "{printed}");
+
+    // A middle segment of the first batch deleted: outside the window, yet a gap in the
+    // run's numbers.
+    store
+        .client()
+        .delete_object()
+        .bucket(BUCKET)
+        .key(&first[1])
+        .send()
+        .await?;
+    let (status, printed, report) = verify_since(incremental(), &report_file).await?;
+    assert_eq!(status, Some(1), "{printed}");
+    let finding = format!("finding=missing_segments numbers=2 after={}", first[0]);
+    assert!(printed.contains(&finding), "{printed}");
+    assert_eq!(report["verdict"], "problems", "{report}");
+    assert_eq!(report["missingSegments"], 1, "{report}");
+    assert_eq!(report["segments"], new + 1, "{report}");
+    let findings = report["findings"].as_array().expect("findings");
+    assert!(
+        findings.len() == 1 && findings[0].as_str().is_some_and(|f| f.ends_with(&finding)),
+        "{report}"
+    );
     Ok(())
 }
 

@@ -4,8 +4,10 @@
 //! object; until then they are held, unacknowledged, and kept alive with in-progress acks.
 //!
 //! `segment` holds the pure rules (when a segment closes, how its key is named); `store` is the
-//! S3 client; [`Archive`] joins them for the worker.
+//! S3 client; [`Archive`] joins them for the worker. `listing` is the reading side's: what
+//! `verify --archive` learns from the keys alone.
 
+pub mod listing;
 pub mod segment;
 pub mod store;
 

@@ -241,7 +241,7 @@ pub(crate) fn basic_timestamp(unix_nanos: i128, with_nanos: bool) -> String {
 }
 
 /// Keeps what is safe in any store's keys and in a URL path; everything else becomes `-`.
-fn key_safe(name: &str) -> String {
+pub(crate) fn key_safe(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '.') {

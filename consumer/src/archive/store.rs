@@ -21,6 +21,7 @@ use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use super::listing::Listed;
 use crate::config::{ArchiveArgs, LockMode, StoreArgs};
 use crate::connect::read_secret;
 use crate::error::{Error, Result};
@@ -228,9 +229,10 @@ impl ArchiveReader {
         })
     }
 
-    /// Every key under `prefix`, in the store's (lexicographic) order.
-    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
+    /// Every object under `prefix` with when the store took it, in the store's
+    /// (lexicographic) order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let mut listed = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
@@ -246,13 +248,16 @@ impl ArchiveReader {
                     describe(&err)
                 ))
             })?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|object| object.key().map(str::to_owned)),
-            );
+            listed.extend(page.contents().iter().filter_map(|object| {
+                Some(Listed {
+                    key: object.key()?.to_owned(),
+                    stored: object
+                        .last_modified()
+                        .and_then(|at| SystemTime::try_from(*at).ok()),
+                })
+            }));
         }
-        Ok(keys)
+        Ok(listed)
     }
 
     /// One object's bytes, as stored.

@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod head;
+pub mod report;
 pub mod verify;
 pub mod verify_command;
 pub mod witness;

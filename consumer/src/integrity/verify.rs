@@ -35,6 +35,8 @@ struct ChainInput {
     heads: BTreeMap<u64, blake3::Hash>,
     /// Two trusted heads at one position with different hashes.
     conflicting_heads: BTreeSet<u64>,
+    /// The first position expected (0 and 1 alike: the chain's start).
+    floor: u64,
 }
 
 /// One thing found about one chain.
@@ -165,6 +167,23 @@ impl Verifier {
         }
     }
 
+    /// Positions below `first_position` are not expected: the input starts the chain there,
+    /// its earlier part having been checked before (an incremental check of an archive).
+    /// Only missing lines are judged differently; the line at the floor must still link to
+    /// a predecessor.
+    pub fn set_floor(&mut self, chain: &str, first_position: u64) {
+        match self.chains.get_mut(chain) {
+            Some(input) => input.floor = first_position,
+            None => {
+                let input = ChainInput {
+                    floor: first_position,
+                    ..ChainInput::default()
+                };
+                self.chains.insert(chain.to_owned(), input);
+            }
+        }
+    }
+
     /// One report per chain seen in the lines or the heads, ordered by chain id.
     pub fn reports(&self) -> Vec<ChainReport> {
         self.chains
@@ -240,7 +259,7 @@ impl ChainInput {
         );
 
         let last_line = by_seq.keys().next_back().copied().unwrap_or(0);
-        let mut expected = 1;
+        let mut expected = self.floor.max(1);
         for &seq in by_seq.keys() {
             if seq > expected {
                 findings.push(Finding::Missing {
@@ -260,7 +279,7 @@ impl ChainInput {
             });
         } else if last_line > witnessed {
             findings.push(Finding::Unwitnessed {
-                from: witnessed + 1,
+                from: witnessed.max(self.floor.saturating_sub(1)) + 1,
                 to: last_line,
             });
         }
@@ -468,6 +487,42 @@ mod tests {
                 at: at(10)
             }]
         );
+    }
+
+    #[test]
+    fn below_the_floor_nothing_is_expected_and_the_rest_is_checked_as_before() {
+        let (lines, heads) = chain_of(ID, 10);
+        let from_fifth = |lines: &[Vec<u8>], heads: &[&Head]| {
+            let mut verifier = Verifier::default();
+            verifier.set_floor(ID, 5);
+            for (index, line) in lines.iter().enumerate() {
+                verifier.add_line(line, at(index + 1));
+            }
+            for head in heads {
+                verifier.add_checkpoint(&checkpoint(head));
+            }
+            verifier.reports().remove(0)
+        };
+        let report = from_fifth(&lines[4..], &[&heads[3], &heads[9]]);
+        assert_eq!(report.status(), Status::Complete, "{report:?}");
+        assert_eq!(report.lines, 6);
+
+        let mut cut = lines[4..].to_vec();
+        cut.remove(2);
+        let report = from_fifth(&cut, &[&heads[9]]);
+        assert_eq!(report.findings, [Finding::Missing { from: 7, to: 7 }]);
+
+        let report = from_fifth(&lines[4..8], &[&heads[9]]);
+        assert_eq!(report.findings, [Finding::Truncated { from: 9, to: 10 }]);
+
+        // Without a head since the floor, only what was read is unwitnessed.
+        let report = from_fifth(&lines[4..], &[&heads[1]]);
+        assert_eq!(report.findings, [Finding::Unwitnessed { from: 5, to: 10 }]);
+
+        let mut edited = lines[4..].to_vec();
+        edited[0][0] = b'X';
+        let report = from_fifth(&edited, &[&heads[9]]);
+        assert_eq!(report.findings, [Finding::Altered { seq: 5, at: at(1) }]);
     }
 
     #[test]

@@ -8,13 +8,19 @@
 //! chain=<id> finding=missing positions=17-18
 //! chain=<id> finding=altered position=42 at=pod-a.log:45
 //! head stream_seq=12 subject=<subject> finding=rejected reason="..."
-//! summary chains=2 complete=1 unwitnessed=0 problems=1 rejected_heads=1
+//! run=<pod>_<start> finding=missing_segments numbers=3-4 after=<key>
+//! summary chains=2 complete=1 unwitnessed=0 problems=1 rejected_heads=1 missing_segments=2
 //! ```
 //!
 //! Exit status: 0 when every chain is complete, 1 when anything is missing, altered,
 //! reordered or truncated or a head is rejected, 3 when there is no problem but some lines are
-//! not witnessed yet, 2 when the check could not be made.
+//! not witnessed yet (0 with `--unwitnessed-ok`), 2 when the check could not be made.
+//!
+//! With `--archive`, a check covers a window of store time, `[--since, --until)`: see
+//! [`crate::archive::listing`] for what is read, and `docs/archive.md` for what an
+//! incremental check cannot see.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -23,8 +29,10 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use clap::Parser;
 use nkeys::KeyPair;
 
-use super::head::{self, StoredHead};
+use super::head::{self, Rejected, StoredHead};
+use super::report::{self, Report};
 use super::verify::{ChainReport, Finding, Location, Status, Verifier};
+use crate::archive::listing::{self, Gap, Listed, Run, Window};
 use crate::archive::store::ArchiveReader;
 use crate::config::{NatsArgs, StoreArgs};
 use crate::error::{Error, Result};
@@ -39,9 +47,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
     about = "Checks audit-consumer output written with --integrity against the chain heads \
              witnessed on NATS: per chain, complete, or which positions are missing, altered, \
              reordered or truncated.",
-    after_help = "Exit status: 0 every chain complete; 1 a problem found (or a head rejected); \
-                  3 no problem, but lines after the last witnessed head; 2 the check could \
-                  not be made."
+    after_help = "Exit status: 0 every chain complete; 1 a problem found (a head rejected, \
+                  a segment missing); 3 no problem, but lines after the last witnessed head \
+                  (0 with --unwitnessed-ok); 2 the check could not be made."
 )]
 pub struct VerifyArgs {
     #[command(flatten)]
@@ -72,19 +80,35 @@ pub struct VerifyArgs {
     pub integrity_subject: Option<String>,
 
     /// Only the heads published at or after this time (RFC 3339, e.g. 2026-11-28T00:00:00Z).
+    /// With --archive, an incremental check: the segments the store took at or after it,
+    /// plus each of their runs' newest segment from before it; the previous check's
+    /// `verifiedThrough`.
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     pub since: Option<SystemTime>,
 
-    /// Only the archive segments opened before this time (RFC 3339; with --archive).
+    /// With --archive: only the segments the store took, and the heads published, before this
+    /// time (RFC 3339). Default: when the check starts, rounded up to the whole second (the
+    /// check waits for it).
     #[arg(long, value_parser = humantime::parse_rfc3339_weak, requires = "archive")]
     pub until: Option<SystemTime>,
 
     /// Check the segments of an archive instead of files: `s3://<bucket>/<prefix>`, where the
     /// prefix is the AuditConsumer's `archive.prefix`, optionally followed by
-    /// `<stream>/<consumer>/` or a date (`<yyyy>/<mm>/`). With --since and --until, only the
-    /// segments opened in that range. Read-only credentials suffice.
+    /// `<stream>/<consumer>/`. Every run's segment numbers are checked for gaps over the
+    /// whole listing. Read-only credentials (list and get) suffice.
     #[arg(long, value_name = "S3_URL", conflicts_with = "files")]
     pub archive: Option<String>,
+
+    /// Exit 0, not 3, when nothing is wrong but the newest lines are not witnessed yet: what
+    /// a scheduled check expects, as the next one reads them again with their heads.
+    #[arg(long, env = "AUDIT_CONSUMER_VERIFY_UNWITNESSED_OK")]
+    pub unwitnessed_ok: bool,
+
+    /// Also write the outcome to this file as one JSON object of at most 4096 bytes (a
+    /// container's termination message): the verdict, the window, the counts and the
+    /// problem findings that fit.
+    #[arg(long, value_name = "PATH", env = "AUDIT_CONSUMER_VERIFY_REPORT_FILE")]
+    pub report_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub store: StoreArgs,
@@ -102,87 +126,226 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub fn exit_code(self) -> u8 {
+    pub fn exit_code(self, unwitnessed_ok: bool) -> u8 {
         match self {
             Verdict::Complete => 0,
             Verdict::Problems => 1,
+            Verdict::Unwitnessed if unwitnessed_ok => 0,
             Verdict::Unwitnessed => 3,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Complete => "complete",
+            Verdict::Unwitnessed => "unwitnessed",
+            Verdict::Problems => "problems",
         }
     }
 }
 
+/// Checks, prints the findings to `out`, and writes the report file if asked for, also
+/// when the check could not be made.
 pub async fn run(args: VerifyArgs, out: &mut impl Write) -> Result<Verdict> {
-    let trusted = args
-        .public_key
+    let until = match args.until {
+        Some(until) => until,
+        None => default_until(args.archive.is_some()).await,
+    };
+    let checked = check(&args, until, out).await;
+    let Some(path) = &args.report_file else {
+        return checked.map(|report| report.verdict);
+    };
+    let text = match &checked {
+        Ok(checked) => checked.report(args.since, until).to_json(report::LIMIT),
+        Err(err) => report::failed(&err.describe(), report::LIMIT),
+    };
+    let written = std::fs::write(path, text).map_err(|source| Error::WriteReport {
+        path: path.clone(),
+        source,
+    });
+    match (checked, written) {
+        (Ok(checked), Ok(())) => Ok(checked.verdict),
+        (Err(err), _) | (Ok(_), Err(err)) => Err(err),
+    }
+}
+
+/// What a check found, beyond the lines printed.
+struct Checked {
+    verdict: Verdict,
+    sources: usize,
+    chains: usize,
+    complete: usize,
+    unwitnessed: usize,
+    problems: usize,
+    rejected_heads: usize,
+    missing_segments: u64,
+    problem_lines: Vec<String>,
+}
+
+impl Checked {
+    fn new(reports: &[ChainReport], rejected_heads: usize, gaps: &[Gap], sources: usize) -> Self {
+        let count = |status| {
+            reports
+                .iter()
+                .filter(|report| report.status() == status)
+                .count()
+        };
+        let (complete, unwitnessed, problems) = (
+            count(Status::Complete),
+            count(Status::Unwitnessed),
+            count(Status::Problems),
+        );
+        let verdict = if problems > 0 || rejected_heads > 0 || !gaps.is_empty() {
+            Verdict::Problems
+        } else if unwitnessed > 0 {
+            Verdict::Unwitnessed
+        } else {
+            Verdict::Complete
+        };
+        Self {
+            verdict,
+            sources,
+            chains: reports.len(),
+            complete,
+            unwitnessed,
+            problems,
+            rejected_heads,
+            missing_segments: gaps.iter().map(Gap::numbers).sum(),
+            problem_lines: Vec::new(),
+        }
+    }
+
+    fn summary_line(&self, archive: bool) -> String {
+        let mut line = format!(
+            "summary chains={} complete={} unwitnessed={} problems={} rejected_heads={}",
+            self.chains, self.complete, self.unwitnessed, self.problems, self.rejected_heads
+        );
+        if archive {
+            line.push_str(&format!(" missing_segments={}", self.missing_segments));
+        }
+        line
+    }
+
+    fn report(&self, since: Option<SystemTime>, until: SystemTime) -> Report {
+        Report {
+            verdict: self.verdict.label(),
+            since: since.map(report::rfc3339),
+            verified_through: report::rfc3339(until),
+            segments: self.sources,
+            chains: self.chains,
+            complete: self.complete,
+            unwitnessed: self.unwitnessed,
+            problems: self.problems,
+            rejected_heads: self.rejected_heads,
+            missing_segments: self.missing_segments,
+            findings: self.problem_lines.clone(),
+            findings_omitted: None,
+        }
+    }
+}
+
+async fn check(args: &VerifyArgs, until: SystemTime, out: &mut impl Write) -> Result<Checked> {
+    let trusted = trusted_keys(&args.public_key)?;
+    let mut verifier = Verifier::default();
+    // Without an archive the logs' heads may still be coming: no end to the heads.
+    let heads = read_heads(args, args.archive.is_some().then_some(until)).await?;
+    let (rejected, witnessed) = add_heads(&heads, &trusted, &mut verifier);
+    let (sources, gaps) = match &args.archive {
+        Some(location) => {
+            let window = Window {
+                since: args.since,
+                until,
+            };
+            read_archive(location, args, &window, &witnessed, &mut verifier).await?
+        }
+        None => (read_logs(&args.files, &mut verifier)?, Vec::new()),
+    };
+    let reports = verifier.reports();
+    let mut checked = Checked::new(&reports, rejected.len(), &gaps, sources.len());
+    let mut printer = Printer {
+        out,
+        problem_lines: Vec::new(),
+    };
+    for report in &reports {
+        printer.line(summary_line(report), false)?;
+        for finding in &report.findings {
+            let line = finding_line(&report.chain, finding, &sources);
+            printer.line(line, finding.is_problem())?;
+        }
+    }
+    for (stored, reason) in &rejected {
+        printer.line(rejected_line(stored, reason), true)?;
+    }
+    for gap in &gaps {
+        printer.line(gap_line(gap), true)?;
+    }
+    printer.line(checked.summary_line(args.archive.is_some()), false)?;
+    checked.problem_lines = printer.problem_lines;
+    Ok(checked)
+}
+
+/// Gives the verifier the heads that open with a trusted key; returns the others with why,
+/// and the chains witnessed.
+fn add_heads<'a>(
+    heads: &'a [StoredHead],
+    trusted: &[KeyPair],
+    verifier: &mut Verifier,
+) -> (Vec<(&'a StoredHead, Rejected)>, BTreeSet<String>) {
+    let mut rejected = Vec::new();
+    let mut witnessed = BTreeSet::new();
+    for stored in heads {
+        match head::open(&stored.payload, stored.signature.as_deref(), trusted) {
+            Ok(checkpoint) => {
+                verifier.add_checkpoint(&checkpoint);
+                witnessed.insert(checkpoint.chain);
+            }
+            Err(reason) => rejected.push((stored, reason)),
+        }
+    }
+    (rejected, witnessed)
+}
+
+/// Writes the report's lines and keeps the problem lines for the report file.
+struct Printer<'a, W> {
+    out: &'a mut W,
+    problem_lines: Vec<String>,
+}
+
+impl<W: Write> Printer<'_, W> {
+    fn line(&mut self, text: String, is_problem: bool) -> Result<()> {
+        writeln!(self.out, "{text}").map_err(Error::OutputClosed)?;
+        if is_problem {
+            self.problem_lines.push(text);
+        }
+        Ok(())
+    }
+}
+
+fn trusted_keys(public_keys: &[String]) -> Result<Vec<KeyPair>> {
+    public_keys
         .iter()
         .map(|key| {
             KeyPair::from_public_key(key.trim()).map_err(|_| {
                 Error::Config(format!("--public-key {key:?} is not an NKey public key"))
             })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
 
-    let mut verifier = Verifier::default();
-    let sources = match &args.archive {
-        Some(location) => read_archive(location, &args, &mut verifier).await?,
-        None => read_logs(&args.files, &mut verifier)?,
-    };
-    let mut rejected = Vec::new();
-    let heads = read_heads(&args).await?;
-    for stored in &heads {
-        match head::open(&stored.payload, stored.signature.as_deref(), &trusted) {
-            Ok(checkpoint) => verifier.add_checkpoint(&checkpoint),
-            Err(reason) => rejected.push((stored, reason)),
-        }
+/// The default end of the window: now, rounded up to a whole second, which `wait`s for.
+/// Stores list `LastModified` in whole seconds: with the end on one and the listing after
+/// it, a segment listed before the end was stored before it, and one stored later, even
+/// in the same second as the listing, falls in the next window.
+async fn default_until(wait: bool) -> SystemTime {
+    let now = SystemTime::now();
+    let since_epoch = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let end = SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs() + 1);
+    if wait {
+        tokio::time::sleep(end.duration_since(now).unwrap_or_default()).await;
     }
-
-    let reports = verifier.reports();
-    let write =
-        |out: &mut dyn Write, text: String| writeln!(out, "{text}").map_err(Error::OutputClosed);
-    for report in &reports {
-        write(out, summary_line(report))?;
-        for finding in &report.findings {
-            write(out, finding_line(&report.chain, finding, &sources))?;
-        }
-    }
-    for (stored, reason) in &rejected {
-        write(
-            out,
-            format!(
-                "head stream_seq={} subject={} finding=rejected reason={}",
-                stored.stream_sequence,
-                stored.subject,
-                quoted(&reason.to_string())
-            ),
-        )?;
-    }
-    let count = |status| {
-        reports
-            .iter()
-            .filter(|report| report.status() == status)
-            .count()
-    };
-    let (complete, unwitnessed, problems) = (
-        count(Status::Complete),
-        count(Status::Unwitnessed),
-        count(Status::Problems),
-    );
-    write(
-        out,
-        format!(
-            "summary chains={} complete={complete} unwitnessed={unwitnessed} \
-             problems={problems} rejected_heads={}",
-            reports.len(),
-            rejected.len()
-        ),
-    )?;
-    Ok(if problems > 0 || !rejected.is_empty() {
-        Verdict::Problems
-    } else if unwitnessed > 0 {
-        Verdict::Unwitnessed
-    } else {
-        Verdict::Complete
-    })
+    end
 }
 
 /// Feeds every line of `files` (standard input for none or `-`) to the verifier; returns the
@@ -209,43 +372,62 @@ fn read_logs(files: &[PathBuf], verifier: &mut Verifier) -> Result<Vec<String>> 
     Ok(names)
 }
 
-/// Feeds every segment under an `s3://bucket/prefix` location to the verifier, in key order
-/// (which is time order within a day); returns the segments' URLs as the sources' names.
+/// Feeds the segments of the window under an `s3://bucket/prefix` location to the verifier,
+/// in key order (time order within a run); returns the segments' URLs as the sources'
+/// names, and the gaps in every run's numbers over the whole listing.
 async fn read_archive(
     location: &str,
     args: &VerifyArgs,
+    window: &Window,
+    witnessed: &BTreeSet<String>,
     verifier: &mut Verifier,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Vec<Gap>)> {
     let (bucket, prefix) = parse_archive_location(location)?;
     let reader = ArchiveReader::connect(&args.store, bucket).await?;
-    let since = args.since.map(opened_at);
-    let until = args.until.map(opened_at);
-    let keys: Vec<String> = reader
-        .keys(prefix)
+    let listing: Vec<Listed> = reader
+        .list(prefix)
         .await?
         .into_iter()
-        .filter(|key| is_segment_in(key, since.as_deref(), until.as_deref()))
+        .filter(|listed| listing::is_segment(&listed.key))
         .collect();
-    if keys.is_empty() {
+    if listing.is_empty() {
         tracing::warn!(location, "no archive segment found under this location");
     }
-    let mut names = Vec::with_capacity(keys.len());
-    for (source, key) in keys.iter().enumerate() {
-        let url = format!("s3://{bucket}/{key}");
-        let body = reader.read(key).await?;
-        let read_error = |err| Error::ReadLog {
-            path: PathBuf::from(&url),
-            source: err,
-        };
-        if key.ends_with(".gz") {
-            let gunzip = BufReader::new(flate2::read::MultiGzDecoder::new(&body[..]));
-            add_lines(gunzip, source, verifier).map_err(read_error)?;
-        } else {
-            add_lines(&body[..], source, verifier).map_err(read_error)?;
+    let runs: BTreeSet<Run> = witnessed
+        .iter()
+        .filter_map(|chain| Run::of_chain(chain))
+        .collect();
+    let selected = listing::select(&listing, window, &runs);
+    let mut names = Vec::with_capacity(selected.len());
+    for (source, segment) in selected.iter().enumerate() {
+        let url = format!("s3://{bucket}/{}", segment.key);
+        let body = reader.read(segment.key).await?;
+        let first =
+            add_segment(segment.key, &body, source, verifier).map_err(|err| Error::ReadLog {
+                path: PathBuf::from(&url),
+                source: err,
+            })?;
+        if let (true, Some((chain, position))) = (segment.continues_run, first) {
+            verifier.set_floor(&chain, position);
         }
         names.push(url);
     }
-    Ok(names)
+    Ok((names, listing::gaps(&listing)))
+}
+
+/// Feeds one segment's lines to the verifier; returns its first line's chain and position.
+fn add_segment(
+    key: &str,
+    body: &[u8],
+    source: usize,
+    verifier: &mut Verifier,
+) -> std::io::Result<Option<(String, u64)>> {
+    if key.ends_with(".gz") {
+        let gunzip = BufReader::new(flate2::read::MultiGzDecoder::new(body));
+        add_lines(gunzip, source, verifier)
+    } else {
+        add_lines(body, source, verifier)
+    }
 }
 
 /// `s3://bucket/prefix` into the bucket and the prefix.
@@ -261,55 +443,41 @@ fn parse_archive_location(location: &str) -> Result<(&str, &str)> {
         })
 }
 
-/// A time as segment names start with it (`20261204T023015Z`), which sorts as text.
-fn opened_at(at: SystemTime) -> String {
-    let nanos = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as i128);
-    crate::archive::segment::basic_timestamp(nanos, false)
-}
-
-/// Whether a key names a segment opened in `[since, until)`.
-fn is_segment_in(key: &str, since: Option<&str>, until: Option<&str>) -> bool {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    let is_segment = [".jsonl", ".jsonl.gz", ".log", ".log.gz"]
-        .iter()
-        .any(|extension| name.ends_with(extension));
-    let opened = name.split('_').next().unwrap_or_default();
-    is_segment
-        && since.is_none_or(|since| opened >= since)
-        && until.is_none_or(|until| opened < until)
-}
-
-/// Feeds every line of `reader` to the verifier, numbered from 1 within `source`.
+/// Feeds every line of `reader` to the verifier, numbered from 1 within `source`; returns
+/// the first chained line's chain and position.
 fn add_lines(
     mut reader: impl BufRead,
     source: usize,
     verifier: &mut Verifier,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<(String, u64)>> {
     let mut line = Vec::new();
     let mut number = 0;
+    let mut first = None;
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
+            return Ok(first);
         }
         number += 1;
         // The newline is not hashed; a carriage return before it was added on the way
         // (a chained line never contains one unescaped).
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
-        verifier.add_line(
+        let chained = verifier.add_line(
             text,
             Location {
                 source,
                 line: number,
             },
         );
+        if chained && first.is_none() {
+            first = super::chain::parse(text).map(|link| (link.chain.to_owned(), link.seq));
+        }
     }
 }
 
-async fn read_heads(args: &VerifyArgs) -> Result<Vec<StoredHead>> {
+/// The heads published in `[--since, until)`.
+async fn read_heads(args: &VerifyArgs, until: Option<SystemTime>) -> Result<Vec<StoredHead>> {
     let failed = |reason: String| Error::Witness {
         stream: args.integrity_stream.clone(),
         reason,
@@ -335,7 +503,15 @@ async fn read_heads(args: &VerifyArgs) -> Result<Vec<StoredHead>> {
     .await
     .map_err(failed)?;
     let _ = client.drain().await;
-    Ok(heads)
+    let until = until.map(|until| {
+        until
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as i128)
+    });
+    Ok(heads
+        .into_iter()
+        .filter(|head| until.is_none_or(|until| head.stored_nanos < until))
+        .collect())
 }
 
 fn summary_line(report: &ChainReport) -> String {
@@ -346,6 +522,28 @@ fn summary_line(report: &ChainReport) -> String {
         report.lines,
         report.witnessed
     )
+}
+
+fn rejected_line(stored: &StoredHead, reason: &Rejected) -> String {
+    format!(
+        "head stream_seq={} subject={} finding=rejected reason={}",
+        stored.stream_sequence,
+        stored.subject,
+        quoted(&reason.to_string())
+    )
+}
+
+fn gap_line(gap: &Gap) -> String {
+    let numbers = if gap.from == gap.to {
+        gap.from.to_string()
+    } else {
+        format!("{}-{}", gap.from, gap.to)
+    };
+    let mut line = format!("run={} finding=missing_segments numbers={numbers}", gap.run);
+    if let Some(after) = &gap.after {
+        line.push_str(&format!(" after={}", quoted(after)));
+    }
+    line
 }
 
 fn finding_line(chain: &str, finding: &Finding, sources: &[String]) -> String {
@@ -416,24 +614,6 @@ mod tests {
     }
 
     #[test]
-    fn segments_are_chosen_by_their_opening_time() {
-        let key = "p/AUDIT/c/2026/12/04/20261204T101500Z_pod-0_20261204T100000.000000001Z_000002_00000000000000000001-00000000000000000300.jsonl.gz";
-        assert!(is_segment_in(key, None, None));
-        assert!(is_segment_in(
-            key,
-            Some("20261204T101500Z"),
-            Some("20261204T101501Z")
-        ));
-        assert!(!is_segment_in(key, Some("20261204T101501Z"), None));
-        assert!(!is_segment_in(key, None, Some("20261204T101500Z")));
-        assert!(!is_segment_in("p/AUDIT/c/notes.txt", None, None));
-        assert_eq!(
-            opened_at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_379_300)),
-            "20261204T101500Z"
-        );
-    }
-
-    #[test]
     fn the_command_line_reads_keys_files_and_connection_options() {
         VerifyArgs::command().debug_assert();
         let args = VerifyArgs::try_parse_from([
@@ -454,7 +634,38 @@ mod tests {
         assert_eq!(args.integrity_stream, "AUDIT_INTEGRITY");
         assert_eq!(args.files, [PathBuf::from("pod-a.log"), PathBuf::from("-")]);
         assert!(args.since.is_some());
+        assert!(!args.unwitnessed_ok && args.report_file.is_none());
         assert!(VerifyArgs::try_parse_from(["verify", "--nats-url", "nats://a:4222"]).is_err());
+    }
+
+    #[test]
+    fn an_unwitnessed_tail_may_pass() {
+        assert_eq!(Verdict::Unwitnessed.exit_code(false), 3);
+        assert_eq!(Verdict::Unwitnessed.exit_code(true), 0);
+        assert_eq!(Verdict::Problems.exit_code(true), 1);
+    }
+
+    #[test]
+    fn a_gap_names_its_run_the_numbers_and_the_segment_before() {
+        let gap = |from, to, after: Option<&str>| Gap {
+            run: Run {
+                consumer: "c".into(),
+                pod: "pod-0".into(),
+                start: "20261204T100000.000000001Z".into(),
+            },
+            from,
+            to,
+            after: after.map(str::to_owned),
+        };
+        assert_eq!(
+            gap_line(&gap(3, 4, Some("p/AUDIT/c/2026/12/04/k.jsonl"))),
+            "run=pod-0_20261204T100000.000000001Z finding=missing_segments numbers=3-4 \
+             after=p/AUDIT/c/2026/12/04/k.jsonl"
+        );
+        assert_eq!(
+            gap_line(&gap(1, 1, None)),
+            "run=pod-0_20261204T100000.000000001Z finding=missing_segments numbers=1"
+        );
     }
 
     #[test]
