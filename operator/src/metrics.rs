@@ -68,6 +68,8 @@ pub struct Metrics {
     streams_left_on_nats: Family<StreamLabels, Counter>,
     consumers_left_on_nats: Family<DurableLabels, Counter>,
     ready: Family<ReadyLabels, Gauge>,
+    archive_problems: Family<ConsumerLabels, Gauge>,
+    archive_verified_through: Family<ConsumerLabels, Gauge>,
     /// The reason each object's `ready` series carries now, so that a new reason replaces
     /// the series instead of adding one.
     ready_reasons: Mutex<HashMap<ObjectKey, String>>,
@@ -126,7 +128,21 @@ impl Default for Metrics {
             "1 while an AuditStream's or AuditConsumer's Ready condition is True, else 0; reason is the condition's reason. Exported by the leader for the objects it reconciled, and dropped when one is deleted",
             ready.clone(),
         );
+        let archive_problems = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "archive_verification_problems",
+            "Problems the last finished verification of an AuditConsumer's archive found (missing, altered, reordered or truncated lines, missing segments, rejected heads); 0 when intact, -1 when the last run could not check",
+            archive_problems.clone(),
+        );
+        let archive_verified_through = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "archive_verified_through_timestamp_seconds",
+            "Unix time up to which every segment stored in an AuditConsumer's archive has been verified",
+            archive_verified_through.clone(),
+        );
         Self {
+            archive_problems,
+            archive_verified_through,
             ready,
             ready_reasons: Mutex::default(),
             streams_left_on_nats,
@@ -235,8 +251,37 @@ impl Metrics {
             .set(i64::from(ready.status == "True"));
     }
 
+    /// Exports what the last verification of `namespace/name`'s archive found: its problems
+    /// (-1 when it could not check), and up to when the archive is verified.
+    pub fn set_archive_verification(
+        &self,
+        namespace: &str,
+        name: &str,
+        problems: i64,
+        verified_through: Option<i64>,
+    ) {
+        let labels = ConsumerLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.archive_problems.get_or_create(&labels).set(problems);
+        if let Some(seconds) = verified_through {
+            self.archive_verified_through
+                .get_or_create(&labels)
+                .set(seconds);
+        }
+    }
+
     /// Drops the readiness of `kind` `namespace/name`, which is gone.
     pub fn forget_ready(&self, kind: Cow<'static, str>, namespace: &str, name: &str) {
+        if kind == "AuditConsumer" {
+            let labels = ConsumerLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            };
+            self.archive_problems.remove(&labels);
+            self.archive_verified_through.remove(&labels);
+        }
         let key = (kind, namespace.to_owned(), name.to_owned());
         let mut reasons = self.ready_reasons.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(reason) = reasons.remove(&key) {

@@ -91,6 +91,7 @@ const OPERATOR_NEEDS: &[&str] = &[
     "create serviceaccounts",
     "delete poddisruptionbudgets.policy",
     "create networkpolicies.networking.k8s.io",
+    "patch cronjobs.batch",
     "list pods",
 ];
 

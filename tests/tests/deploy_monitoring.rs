@@ -367,7 +367,64 @@ async fn operator_metrics_after_a_real_run(nats: &NatsServer) -> anyhow::Result<
     )
     .await
     .map_err(with_log)?;
+    archive_verified(&client, &namespace, &consumers)
+        .await
+        .map_err(with_log)?;
     scrape(operator.health_port()).await
+}
+
+/// An AuditConsumer whose archive is verified on a schedule, and one finished run of it:
+/// what the verification's metrics need to be exported.
+async fn archive_verified(
+    client: &kube::Client,
+    namespace: &str,
+    consumers: &kube::Api<DynamicObject>,
+) -> anyhow::Result<()> {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let seed = nkeys::KeyPair::new_account().seed()?;
+    let secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "signer" },
+        "stringData": { "seed": seed },
+    }))?;
+    secrets.create(&Default::default(), &secret).await?;
+    operator_support::apply(
+        consumers,
+        AUDIT_CONSUMER,
+        "archived",
+        json!({
+            "streamRef": { "name": "orders" },
+            "replicas": 0,
+            "integrity": { "enabled": true, "signingKeySecretRef": { "name": "signer", "key": "seed" } },
+            "archive": {
+                "bucket": "trail",
+                "region": "us-east-1",
+                "endpoint": "http://127.0.0.1:9000",
+                "verification": {},
+            },
+        }),
+    )
+    .await?;
+    operator_support::finished_verification_pod(
+        client,
+        namespace,
+        "archived",
+        "1",
+        0,
+        &json!({ "verdict": "complete", "verifiedThrough": "2026-12-04T10:00:00Z" }),
+    )
+    .await?;
+    wait::until(
+        "the verification's result in the status",
+        WAIT,
+        POLL,
+        || async {
+            let status = consumers.get("archived").await?.data["status"].clone();
+            Ok((status["archive"]["verification"]["result"] == "Complete").then_some(()))
+        },
+    )
+    .await
 }
 
 #[tokio::test]

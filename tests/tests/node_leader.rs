@@ -38,7 +38,7 @@ const LEASE_DURATION: SignedDuration = SignedDuration::from_secs(15);
 /// A container's `finishedAt` is cut to the second: the process ended before this much later.
 const FINISHED_AT_PRECISION: SignedDuration = SignedDuration::from_secs(1);
 /// What the operator watches: a new leader must list none of them again.
-const WATCHED: [&str; 7] = [
+const WATCHED: [&str; 8] = [
     "auditstreams",
     "auditconsumers",
     "secrets",
@@ -46,6 +46,7 @@ const WATCHED: [&str; 7] = [
     "serviceaccounts",
     "poddisruptionbudgets",
     "networkpolicies",
+    "cronjobs",
 ];
 
 /// The tests share the operator, and their failovers are timed to the second: one at a time.

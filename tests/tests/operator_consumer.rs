@@ -12,6 +12,7 @@ use audit_tests::nats::NatsServer;
 use audit_tests::operator::OperatorProcess;
 use audit_tests::wait;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -1052,5 +1053,255 @@ async fn a_consumer_applied_before_its_stream_waits_for_it_without_stalling() ->
         warnings.is_empty(),
         "no Warning while waiting: {warnings:?}"
     );
+    Ok(())
+}
+
+/// A Secret `name` with an access key pair under the archive's default keys.
+async fn put_key_pair(env: &Env, name: &str, id: &str, secret: &str) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    let object: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": name },
+        "stringData": { "accessKeyId": id, "secretAccessKey": secret },
+    }))?;
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply("archive-test").force(),
+            &Patch::Apply(&object),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_archive_verification_runs_read_only_on_a_schedule_and_its_findings_turn_false()
+-> anyhow::Result<()> {
+    let env = Env::start_with_operator_args("verification", &["--requeue-interval", "2s"]).await?;
+    env.apply_stream().await?;
+    let key = nkeys::KeyPair::new_account();
+    put_signing_key(&env, "signer", &key.seed()?).await?;
+    put_key_pair(&env, "archive-writer", "WRITERID", "writer-secret-4f1").await?;
+    put_key_pair(&env, "archive-reader", "READERID", "reader-secret-8c2").await?;
+    let integrity =
+        json!({ "enabled": true, "signingKeySecretRef": { "name": "signer", "key": "seed" } });
+    let archive = |verification: Value| {
+        json!({
+            "bucket": "trail",
+            "region": "us-east-1",
+            "endpoint": "http://127.0.0.1:9000",
+            "forcePathStyle": true,
+            "prefix": "audit/",
+            "credentialsSecretRef": { "name": "archive-writer" },
+            "verification": verification,
+        })
+    };
+
+    // The schema refuses a verification without integrity, or with the writer's key pair.
+    let refused = env
+        .apply_consumer(
+            "unchained",
+            json!({ "replicas": 0, "archive": archive(json!({})) }),
+        )
+        .await
+        .expect_err("a verification without integrity");
+    assert!(
+        refused.to_string().contains("turn integrity on"),
+        "{refused}"
+    );
+    let refused = env
+        .apply_consumer(
+            "writer",
+            json!({ "replicas": 0, "integrity": integrity, "archive": archive(json!({
+                "credentialsSecretRef": { "name": "archive-writer" },
+            })) }),
+        )
+        .await
+        .expect_err("the writer's credentials for the verifier");
+    assert!(
+        refused.to_string().contains("credentials of its own"),
+        "{refused}"
+    );
+
+    env.apply_consumer(
+        "archived",
+        json!({ "replicas": 0, "integrity": integrity, "networkPolicy": { "enabled": true }, "archive": archive(json!({
+            "schedule": "5 * * * *",
+            "credentialsSecretRef": { "name": "archive-reader" },
+        })) }),
+    )
+    .await?;
+    let pending = env
+        .wait_condition("archived", "ArchiveVerified", "Unknown")
+        .await?;
+    assert_eq!(pending["reason"], "NotVerifiedYet", "{pending}");
+    assert_eq!(
+        env.condition("archived", "Ready").await?.unwrap()["status"],
+        "True"
+    );
+
+    // The CronJob: verify with the reader's key pair as files, never the writer's or the
+    // signing key, no secret value anywhere in it.
+    let jobs: Api<CronJob> = Api::namespaced(env.client.clone(), &env.namespace);
+    let job = wait::until("the verification CronJob", WAIT, POLL, || async {
+        Ok(jobs.get_opt("archived-audit-verify").await?)
+    })
+    .await?;
+    let text = serde_json::to_string(&job)?;
+    for secret in [
+        "READERID",
+        "reader-secret-8c2",
+        "WRITERID",
+        "writer-secret-4f1",
+    ] {
+        assert!(!text.contains(secret), "{secret} in the CronJob");
+    }
+    let spec = &job.spec;
+    assert_eq!(spec.schedule, "5 * * * *");
+    let pod = spec
+        .job_template
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert_eq!(args[0], "verify", "{args:?}");
+    for expected in [
+        "--archive=s3://trail/audit/ORDERS/archived/".to_owned(),
+        format!("--public-key={}", key.public_key()),
+        "--integrity-subject=audit-integrity.ORDERS.archived".to_owned(),
+        "--report-file=/dev/termination-log".to_owned(),
+    ] {
+        assert!(args.contains(&expected), "{expected} in {args:?}");
+    }
+    let mounted: Vec<String> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect();
+    assert!(
+        mounted.contains(&"archive-reader".to_owned()),
+        "{mounted:?}"
+    );
+    assert!(
+        !mounted.contains(&"archive-writer".to_owned()),
+        "{mounted:?}"
+    );
+    assert!(!mounted.contains(&"signer".to_owned()), "{mounted:?}");
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.namespace);
+    assert!(accounts.get_opt("archived-audit-verify").await?.is_some());
+    // The consumer pods' NetworkPolicy covers the verifier's too.
+    let policies: Api<NetworkPolicy> = Api::namespaced(env.client.clone(), &env.namespace);
+    let policy = policies.get("archived-audit-consumer").await?;
+    let selector = serde_json::to_string(&policy.spec.unwrap().pod_selector)?;
+    assert!(selector.contains("audit-verify"), "{selector}");
+
+    // A complete run: True, and the next run starts where it ended.
+    let through = "2026-12-04T10:00:00Z";
+    operator_support::finished_verification_pod(
+        &env.client,
+        &env.namespace,
+        "archived",
+        "1",
+        0,
+        &json!({ "verdict": "complete", "verifiedThrough": through, "segments": 4,
+                 "chains": 1, "complete": 1, "problems": 0, "findings": [] }),
+    )
+    .await?;
+    let verified = env
+        .wait_condition("archived", "ArchiveVerified", "True")
+        .await?;
+    assert!(
+        verified["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(through),
+        "{verified}"
+    );
+    wait::until(
+        "the next run starting where this one ended",
+        WAIT,
+        POLL,
+        || async {
+            let job = jobs.get("archived-audit-verify").await?;
+            let pod = job.spec.job_template.spec.unwrap().template.spec.unwrap();
+            let args = pod.containers[0].args.clone().unwrap_or_default();
+            Ok(args.contains(&format!("--since={through}")).then_some(()))
+        },
+    )
+    .await?;
+    let problems = format!(
+        r#"audit_operator_archive_verification_problems{{namespace="{}",name="archived"}}"#,
+        env.namespace
+    );
+    assert_eq!(env.operator_metric(&problems).await?, 0.0);
+
+    // A run that found a segment missing: False, named, one Warning, the metric.
+    let finding = "run=archived-audit-consumer-0_20261204T090000.000000000Z finding=missing_segments numbers=3-3";
+    operator_support::finished_verification_pod(
+        &env.client,
+        &env.namespace,
+        "archived",
+        "2",
+        1,
+        &json!({ "verdict": "problems", "since": through, "verifiedThrough": "2026-12-04T11:00:00Z",
+                 "segments": 2, "chains": 1, "complete": 0, "problems": 1, "missingSegments": 1,
+                 "findings": [finding] }),
+    )
+    .await?;
+    let found = env
+        .wait_condition("archived", "ArchiveVerified", "False")
+        .await?;
+    assert_eq!(found["reason"], "ArchiveProblems", "{found}");
+    assert!(
+        found["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("numbers=3-3"),
+        "{found}"
+    );
+    let status =
+        env.consumers.get("archived").await?.data["status"]["archive"]["verification"].clone();
+    assert_eq!(status["result"], "Problems", "{status}");
+    assert_eq!(
+        status["verifiedThrough"], through,
+        "held for the next run: {status}"
+    );
+    assert_eq!(
+        env.condition("archived", "Ready").await?.unwrap()["status"],
+        "True",
+        "not part of Ready"
+    );
+    wait::until("the problems metric", WAIT, POLL, || async {
+        Ok((env.operator_metric(&problems).await? >= 2.0).then_some(()))
+    })
+    .await?;
+    // Reconciled again and again (every 2 s): one Warning for the one transition.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        env.event_occurrences("archived", "ArchiveProblems").await?,
+        1
+    );
+
+    // Verification turned off: the CronJob, its account, the condition and the status go.
+    env.apply_consumer(
+        "archived",
+        json!({ "replicas": 0, "integrity": integrity, "archive": archive(Value::Null) }),
+    )
+    .await?;
+    wait::until("the verification removed", WAIT, POLL, || async {
+        let gone = jobs.get_opt("archived-audit-verify").await?.is_none()
+            && accounts.get_opt("archived-audit-verify").await?.is_none()
+            && env
+                .condition("archived", "ArchiveVerified")
+                .await?
+                .is_none();
+        Ok(gone.then_some(()))
+    })
+    .await?;
     Ok(())
 }

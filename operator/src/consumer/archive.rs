@@ -17,8 +17,8 @@ use crate::{
     crd::{
         connection::SecretKeyRef,
         consumer::{
-            ArchiveCompression, ArchiveCredentialsRef, ArchiveSettings, AuditConsumer,
-            ObjectLockMode,
+            ArchiveCompression, ArchiveCredentialsRef, ArchiveSettings,
+            ArchiveVerificationSettings, AuditConsumer, ObjectLockMode,
         },
     },
     duration,
@@ -28,7 +28,7 @@ use crate::{
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// The archive settings, checked, in the consumer's own types.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ValidArchive {
     pub bucket: String,
     pub region: String,
@@ -43,6 +43,8 @@ pub struct ValidArchive {
     pub compression: Compression,
     /// The Object Lock mode and period, when set.
     pub lock: Option<(LockMode, Duration)>,
+    /// The scheduled verification, when set.
+    pub verification: Option<ArchiveVerificationSettings>,
 }
 
 impl ValidArchive {
@@ -93,6 +95,7 @@ impl ValidArchive {
                 ArchiveCompression::None => Compression::None,
             },
             lock,
+            verification: settings.verification.clone(),
         })
     }
 
@@ -111,43 +114,60 @@ impl ValidArchive {
     }
 }
 
-/// The names of the Secrets `consumer`'s pods mount for its archive.
+/// The names of the Secrets `consumer`'s pods and its verifier's mount for its archive.
 pub fn secret_names(consumer: &AuditConsumer) -> impl Iterator<Item = String> {
     consumer
         .spec
         .archive
         .iter()
-        .flat_map(secret_keys)
+        .flat_map(|settings| [secret_keys(settings), verifier_keys(settings)])
+        .flatten()
         .map(|key| key.name)
 }
 
 /// Every Secret key the pods mount for the archive.
 fn secret_keys(settings: &ArchiveSettings) -> Vec<SecretKeyRef> {
-    let mut keys = Vec::new();
-    if let Some(credentials) = &settings.credentials_secret_ref {
-        for key in [
-            &credentials.access_key_id_key,
-            &credentials.secret_access_key_key,
-        ] {
-            keys.push(SecretKeyRef {
-                name: credentials.name.clone(),
-                key: key.clone(),
-            });
-        }
-    }
+    let mut keys = credential_keys(settings.credentials_secret_ref.as_ref());
     keys.extend(settings.ca_secret_ref.clone());
     keys
 }
 
-/// Reads the Secrets `consumer`'s archive names, and returns their versions for the pod
-/// template (so that a rotated key rolls the pods). A missing Secret or key is reported now,
-/// in the consumer's condition, rather than as a pod stuck in `ContainerCreating`.
+/// The Secret keys only the verifier mounts: its read-only credentials. (It mounts the CA
+/// too, which the pods' keys include.)
+fn verifier_keys(settings: &ArchiveSettings) -> Vec<SecretKeyRef> {
+    let credentials = settings.verification.as_ref();
+    credential_keys(credentials.and_then(|v| v.credentials_secret_ref.as_ref()))
+}
+
+fn credential_keys(credentials: Option<&ArchiveCredentialsRef>) -> Vec<SecretKeyRef> {
+    let Some(credentials) = credentials else {
+        return Vec::new();
+    };
+    [
+        &credentials.access_key_id_key,
+        &credentials.secret_access_key_key,
+    ]
+    .into_iter()
+    .map(|key| SecretKeyRef {
+        name: credentials.name.clone(),
+        key: key.clone(),
+    })
+    .collect()
+}
+
+/// Reads the Secrets `consumer`'s archive names, and returns the versions of those its pods
+/// mount, for the pod template (so that a rotated key rolls the pods; the verifier's are read
+/// afresh by each run). A missing Secret or key is reported now, in the consumer's condition,
+/// rather than as a pod stuck in `ContainerCreating`.
 pub async fn read_secrets(consumer: &AuditConsumer, secrets: &Api<Secret>) -> Result<Vec<String>> {
     let Some(settings) = &consumer.spec.archive else {
         return Ok(Vec::new());
     };
     let mut fetched = BTreeMap::new();
-    for key in secret_keys(settings) {
+    for key in secret_keys(settings)
+        .into_iter()
+        .chain(verifier_keys(settings))
+    {
         if fetched.contains_key(&key.name) {
             continue;
         }
@@ -169,11 +189,16 @@ pub fn secret_versions(
     settings: &ArchiveSettings,
     fetched: &BTreeMap<String, Secret>,
 ) -> Result<Vec<String>> {
-    for key in secret_keys(settings) {
+    for key in secret_keys(settings)
+        .into_iter()
+        .chain(verifier_keys(settings))
+    {
         resolve::text(fetched, &key)?;
     }
+    let mounted: Vec<String> = secret_keys(settings).into_iter().map(|k| k.name).collect();
     Ok(fetched
         .values()
+        .filter(|secret| mounted.contains(&secret.name_any()))
         .map(|secret| {
             format!(
                 "{}/{}@{}",

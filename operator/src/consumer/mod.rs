@@ -15,6 +15,7 @@ pub mod archive;
 pub mod build;
 mod cleanup;
 pub mod dereference;
+pub mod features;
 pub mod integrity;
 pub mod max_deliveries;
 pub mod pods;
@@ -100,6 +101,7 @@ pub async fn run(
             .owns_stream(watches.service_accounts.listen())
             .owns_stream(watches.disruption_budgets.listen())
             .owns_stream(watches.network_policies.listen())
+            .owns_stream(watches.cron_jobs.listen())
             .watches_stream(watches.stream_readiness_changes.listen(), move |stream| {
                 consumers_of_stream(&by_stream, &stream.name_any(), stream.namespace())
             })

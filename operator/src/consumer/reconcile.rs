@@ -20,7 +20,7 @@ use super::{
     apply::Change,
     archive,
     build::{self, nats_consumer, workload_name},
-    dereference,
+    dereference, features,
     integrity::{self, Checkpoints},
     max_deliveries::{self, Listening, Recorded, Unreported},
     object_ref,
@@ -77,7 +77,12 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
             ..Report::default()
         },
     };
-    let mut status = status::desired_status(consumer, &report, &Time(Timestamp::now()));
+    let now = Time(Timestamp::now());
+    let mut status = status::desired_status(consumer, &report, &now);
+    let previous = consumer.status.clone().unwrap_or_default();
+    let features = features::observe(consumer, ctx).await;
+    features.contribute(&previous, &mut status, &now);
+    features.record(&ctx.metrics, consumer, &status);
     let unreported = ctx.state.max_deliveries.unreported(&key);
     let recorded = unreported.map(|u| max_deliveries::fold_into(&mut status, &u));
     ctx.metrics.set_ready(
@@ -94,6 +99,9 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
         report_refused_subscription(consumer, refused, ctx).await;
     }
     report_checkpoints_turning_false(consumer, &status, ctx).await;
+    for notice in features.notices(&previous, &status) {
+        warning(consumer, ctx, notice).await;
+    }
     if let (Some(unreported), Some(recorded)) = (unreported, recorded) {
         ctx.state
             .max_deliveries
@@ -112,6 +120,7 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
     } else {
         ctx.options.requeue_interval
     };
+    let recheck = features.requeue().map_or(recheck, |wish| wish.min(recheck));
     Ok(Action::requeue(recheck))
 }
 
@@ -389,6 +398,7 @@ async fn apply_workload(
             apply::remove_owned(client, &namespace, &name, &uid, &cached.disruption_budgets).await?
         }
     }
+    apply_verification(consumer, valid, ctx).await?;
     match build::network_policy::build(valid) {
         Some(policy) => {
             drop(apply::apply_owned(client, &policy, &uid, &cached.network_policies).await?)
@@ -398,4 +408,39 @@ async fn apply_workload(
         }
     }
     Ok(deployment)
+}
+
+/// The archive's scheduled verification: its ServiceAccount and CronJob, or neither. The
+/// CronJob's next run starts at the `verifiedThrough` of the last written status.
+async fn apply_verification(
+    consumer: &AuditConsumer,
+    valid: &ValidConsumer,
+    ctx: &Context,
+) -> Result<()> {
+    let client = &ctx.client;
+    let uid = consumer.uid().unwrap_or_default();
+    let namespace = consumer.namespace().unwrap_or_default();
+    let name = build::verification::verifier_name(&valid.name);
+    let cached = &ctx.state.workloads;
+    let since = consumer.status.as_ref().and_then(|s| {
+        s.archive
+            .as_ref()?
+            .verification
+            .as_ref()?
+            .verified_through
+            .as_deref()
+    });
+    match build::verification::service_account(valid) {
+        Some(account) => {
+            drop(apply::apply_owned(client, &account, &uid, &cached.service_accounts).await?)
+        }
+        None => {
+            apply::remove_owned(client, &namespace, &name, &uid, &cached.service_accounts).await?
+        }
+    }
+    match build::verification::cron_job(valid, since) {
+        Some(job) => drop(apply::apply_owned(client, &job, &uid, &cached.cron_jobs).await?),
+        None => apply::remove_owned(client, &namespace, &name, &uid, &cached.cron_jobs).await?,
+    }
+    Ok(())
 }

@@ -104,6 +104,7 @@ use super::connection::SecretKeyRef;
 #[x_kube(validation = Rule::new("(self.deliverPolicy == 'ByStartTime') == has(self.startTime)").message("set startTime exactly when deliverPolicy is ByStartTime"))]
 #[x_kube(validation = Rule::new("has(self.startSequence) == has(oldSelf.startSequence) && (!has(self.startSequence) || self.startSequence == oldSelf.startSequence) && has(self.startTime) == has(oldSelf.startTime) && (!has(self.startTime) || self.startTime == oldSelf.startTime)").message("startSequence and startTime are immutable: NATS cannot move a durable consumer's start; create a new AuditConsumer instead"))]
 #[x_kube(validation = Rule::new("!has(self.maxDeliver) || !has(self.backoff) || self.maxDeliver >= size(self.backoff)").message("maxDeliver must be at least the number of backoff delays"))]
+#[x_kube(validation = Rule::new("!has(self.archive) || !has(self.archive.verification) || (has(self.integrity) && self.integrity.enabled)").message("archive.verification checks the archive against the witnessed chain heads: turn integrity on (integrity.enabled with a signingKeySecretRef)"))]
 pub struct AuditConsumerSpec {
     /// The AuditStream to consume, in the same namespace. Its connection (servers,
     /// credentials, TLS, domain) is used by the operator and by the consumer pods. Immutable.
@@ -428,6 +429,7 @@ pub struct IntegritySettings {
 /// The archive output: an S3 bucket that keeps a write-once copy of the trail.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.verification) || !has(self.credentialsSecretRef) || (has(self.verification.credentialsSecretRef) && self.verification.credentialsSecretRef.name != self.credentialsSecretRef.name)").message("archive.verification needs credentials of its own (verification.credentialsSecretRef, a Secret other than credentialsSecretRef's) allowed only s3:ListBucket and s3:GetObject: the verifier must not be able to write the archive it checks"))]
 pub struct ArchiveSettings {
     /// Name of the bucket. With `objectLock`, it must have been created with Object Lock
     /// enabled (the pods refuse to start otherwise, and say so).
@@ -479,6 +481,47 @@ pub struct ArchiveSettings {
     /// account's root user, can delete or overwrite it before the period ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<ObjectLockSettings>,
+
+    /// Verify the archive on a schedule: a CronJob of the consumer image, with read-only
+    /// credentials, checks every segment stored since the previous run against the
+    /// witnessed chain heads (and the whole listing for missing segments), and the status
+    /// (`archive.verification`, condition `ArchiveVerified`) says what it found. Needs
+    /// `integrity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<ArchiveVerificationSettings>,
+}
+
+/// The scheduled verification of an archive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveVerificationSettings {
+    /// When to run, in cron syntax (five fields, the CronJob's time zone: UTC unless
+    /// `timeZone` says otherwise), e.g. `17 * * * *` (the default: hourly). Each run covers
+    /// what was stored since the previous run's `verifiedThrough`.
+    #[serde(default = "default_verification_schedule")]
+    #[schemars(length(min = 9, max = 128), regex(pattern = r"^(\S+\s+){4}\S+$"))]
+    pub schedule: String,
+
+    /// Time zone of the schedule (an IANA name such as `Europe/Berlin`); UTC when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+/-]+$"))]
+    pub time_zone: Option<String>,
+
+    /// A Secret holding a read-only access key pair (s3:ListBucket and s3:GetObject only),
+    /// mounted into the verifier's pods as files. When omitted, the verifier uses the AWS
+    /// SDK's default chain with a ServiceAccount of its own (`<name>-audit-verify`), which a
+    /// workload identity can map to a read-only role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<ArchiveCredentialsRef>,
+
+    /// Compute resources of the verifier; 50m CPU and 128Mi requested, 1 CPU and 512Mi as
+    /// limits by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_verification_schedule() -> String {
+    "17 * * * *".to_owned()
 }
 
 /// The Secret with the store's access key pair.
@@ -617,7 +660,11 @@ pub struct AuditConsumerStatus {
     /// acknowledged but no checkpoint was witnessed within the checkpoint interval and a
     /// grace period after, or `CheckpointsRejected` when checkpoints on the subject are not
     /// signed by the signing key (not part of `Ready` either: events keep flowing, and a
-    /// Warning Event says what to check).
+    /// Warning Event says what to check). With `archive.verification`, also
+    /// `ArchiveVerified`: Unknown (`NotVerifiedYet`) until the first run finished, False with
+    /// reason `ArchiveProblems` and the first findings when a run found the archive not as
+    /// written, or `VerificationFailed` when a run could not check it (not part of `Ready`:
+    /// a Warning Event and the `AuditArchiveVerificationProblems` alert say so).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -680,6 +727,49 @@ pub struct AuditConsumerStatus {
     /// With `integrity`, where the checkpoints go and the newest of each pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrity: Option<IntegrityStatus>,
+
+    /// With `archive`, what its scheduled verification found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveStatus>,
+}
+
+/// The archive's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveStatus {
+    /// The last finished run of the scheduled verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationStatus>,
+}
+
+/// What the last finished verification run reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationStatus {
+    /// When the run finished (RFC 3339).
+    pub last_run_time: String,
+    /// `Complete`, `Problems` or `Failed` (the check could not be made).
+    pub result: String,
+    /// Everything stored before this time has been checked (RFC 3339); the next run starts
+    /// here. Unset until a run succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_through: Option<String>,
+    /// Segments the run read.
+    #[serde(default)]
+    pub segments: u64,
+    /// Chains the run checked, and how many of them were complete.
+    #[serde(default)]
+    pub chains: u64,
+    #[serde(default)]
+    pub chains_complete: u64,
+    /// Problems found (missing, altered, reordered or truncated lines, missing segments,
+    /// rejected heads); 0 when the archive is intact.
+    #[serde(default)]
+    pub problems: u64,
+    /// The first findings, as `audit-consumer verify` prints them, or why the check could
+    /// not be made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
 }
 
 /// The witnessed checkpoints of an AuditConsumer's pods.

@@ -8,7 +8,7 @@
 //!   referenced Secret when they reconcile), so no Secret's data is held in memory for
 //!   watching's sake;
 //! - the kinds the AuditConsumer controller owns (Deployments, ServiceAccounts,
-//!   PodDisruptionBudgets, NetworkPolicies), with no cache: only their changes matter, which
+//!   PodDisruptionBudgets, NetworkPolicies, the archive verifications' CronJobs), with no cache: only their changes matter, which
 //!   wake their owner.
 //!
 //! Changes go out through [`Relay`]s, filtered as [`crate::triggers`] says, to the controllers
@@ -26,6 +26,7 @@ use std::sync::Arc;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    batch::v1::CronJob,
     core::v1::{Secret, ServiceAccount},
     networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
@@ -67,6 +68,7 @@ pub struct Watches {
     pub service_accounts: Relay<ServiceAccount>,
     pub disruption_budgets: Relay<PodDisruptionBudget>,
     pub network_policies: Relay<NetworkPolicy>,
+    pub cron_jobs: Relay<CronJob>,
     /// The workload objects as last seen, so that a reconciliation that finds nothing to
     /// change reads and writes nothing (see `consumer::apply::apply_owned`).
     pub workloads: WorkloadCaches,
@@ -88,6 +90,7 @@ impl Watches {
         let (disruption_budgets, disruption_budget_writer) =
             reflector::store::<PodDisruptionBudget>();
         let (network_policies, network_policy_writer) = reflector::store::<NetworkPolicy>();
+        let (cron_jobs, cron_job_writer) = reflector::store::<CronJob>();
         let (progress, unsynced) = watch::channel(BTreeSet::from([
             "AuditStreams",
             "AuditConsumers",
@@ -96,6 +99,7 @@ impl Watches {
             "ServiceAccounts",
             "PodDisruptionBudgets",
             "NetworkPolicies",
+            "CronJobs",
         ]));
         let progress = Arc::new(progress);
         let watches = Watches {
@@ -109,11 +113,13 @@ impl Watches {
             service_accounts: Relay::default(),
             disruption_budgets: Relay::default(),
             network_policies: Relay::default(),
+            cron_jobs: Relay::default(),
             workloads: WorkloadCaches {
                 deployments,
                 service_accounts,
                 disruption_budgets,
                 network_policies,
+                cron_jobs,
             },
             unsynced,
         };
@@ -184,6 +190,15 @@ impl Watches {
                 any(),
                 watches.network_policies.clone(),
                 Some(network_policy_writer),
+                progress.clone(),
+            )
+            .boxed(),
+            every_change(
+                "CronJobs",
+                scoped(client, namespace),
+                any(),
+                watches.cron_jobs.clone(),
+                Some(cron_job_writer),
                 progress,
             )
             .boxed(),
@@ -210,6 +225,8 @@ pub struct WorkloadCaches {
     pub service_accounts: Store<ServiceAccount>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
     pub network_policies: Store<NetworkPolicy>,
+    /// The archives' scheduled verifications.
+    pub cron_jobs: Store<CronJob>,
 }
 
 /// What a watch saw happen to an object.

@@ -214,3 +214,64 @@ pub fn chart_operator(replicas: u32, values: &'static [&'static str]) -> &'stati
         .unwrap_or_else(|e| panic!("the operator chart did not install: {e:#}"))
     })
 }
+
+/// A pod of AuditConsumer `consumer`'s archive verification that ended with `exit_code`,
+/// leaving `report` as its termination message: what the kubelet reports when a run of the
+/// CronJob finished. Bound to a node that does not exist, so that no kubelet touches it; its
+/// status is written through the API server's `pods/status`, as a kubelet writes it.
+pub async fn finished_verification_pod(
+    client: &kube::Client,
+    namespace: &str,
+    consumer: &str,
+    run: &str,
+    exit_code: i32,
+    report: &Value,
+) -> anyhow::Result<()> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let name = format!("{consumer}-audit-verify-{run}");
+    let pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app.kubernetes.io/name": "audit-verify",
+                "app.kubernetes.io/instance": consumer,
+            },
+        },
+        "spec": {
+            "nodeName": "no-such-node",
+            "restartPolicy": "Never",
+            "securityContext": { "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } },
+            "containers": [{
+                "name": "audit-verify",
+                "image": "audit-consumer:test",
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": { "drop": ["ALL"] },
+                },
+            }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = json!({ "status": {
+        "phase": if exit_code == 0 { "Succeeded" } else { "Failed" },
+        "containerStatuses": [{
+            "name": "audit-verify",
+            "image": "audit-consumer:test",
+            "imageID": "",
+            "ready": false,
+            "restartCount": 0,
+            "state": { "terminated": {
+                "exitCode": exit_code,
+                "reason": if exit_code == 0 { "Completed" } else { "Error" },
+                "message": report.to_string(),
+                "startedAt": now,
+                "finishedAt": now,
+            }},
+        }],
+    }});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}

@@ -32,7 +32,10 @@ use k8s_openapi::{
 use super::{labels, metadata, selector_labels, workload_name};
 use crate::{
     consumer::{archive::ValidArchive, validate::ValidConsumer},
-    crd::connection::AuthSecret,
+    crd::{
+        connection::{AuthSecret, SecretKeyRef},
+        consumer::ArchiveCredentialsRef,
+    },
 };
 
 /// Name of the consumer container.
@@ -47,7 +50,7 @@ pub const SECRET_VERSIONS_ANNOTATION: &str = "audit.eventsaudit.io/secret-versio
 /// Directory under which each Secret volume is mounted.
 pub const SECRETS_DIR: &str = "/etc/audit-consumer/nats";
 /// Where the consumer writes its fatal error, and Kubernetes reads it (its default path).
-const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+pub(super) const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// Only the file, so that the status may quote a termination message (see `pods`).
 pub const TERMINATION_MESSAGE_POLICY: &str = "File";
 /// The consumer's variable for `--integrity-pod`.
@@ -177,14 +180,7 @@ fn pod_template(valid: &ValidConsumer) -> PodTemplateSpec {
             service_account_name: Some(workload_name(&valid.name)),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(RUN_AS),
-                run_as_group: Some(RUN_AS),
-                fs_group: Some(RUN_AS),
-                seccomp_profile: Some(runtime_default()),
-                ..PodSecurityContext::default()
-            }),
+            security_context: Some(restricted_pod()),
             termination_grace_period_seconds: Some(grace_period(valid)),
             volumes: non_empty(&files.volumes),
             node_selector: non_empty_map(&valid.pod.node_selector),
@@ -231,20 +227,7 @@ fn container(valid: &ValidConsumer, args: Vec<String>, mounts: Vec<VolumeMount>)
                 .clone()
                 .unwrap_or_else(|| default_resources(valid.archive.as_ref())),
         ),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_container()),
         // The pod's name names its chains and its archive segments.
         env: (valid.integrity.is_some() || valid.archive.is_some()).then(|| vec![pod_name_env()]),
         volume_mounts: non_empty(&mounts),
@@ -282,6 +265,37 @@ fn grace_period(valid: &ValidConsumer) -> i64 {
         Duration::ZERO
     };
     i64::try_from((valid.expires + DRAIN_MARGIN + archive).as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Beyond the Pod Security Standards' restricted profile: non-root, no privilege
+/// escalation, no capability, a read-only root file system, the runtime's seccomp profile.
+pub(super) fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        seccomp_profile: Some(runtime_default()),
+        ..SecurityContext::default()
+    }
+}
+
+/// The pod's side of [`restricted_container`]; the Secret files belong to its group.
+pub(super) fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(runtime_default()),
+        ..PodSecurityContext::default()
+    }
 }
 
 fn runtime_default() -> SeccompProfile {
@@ -343,42 +357,83 @@ fn topology_spread(valid: &ValidConsumer) -> Vec<TopologySpreadConstraint> {
 /// One read-only Secret volume per referenced Secret use, and the flags naming the files.
 fn secret_files(valid: &ValidConsumer) -> SecretFiles {
     let mut files = SecretFiles::default();
-    match valid.connection.auth_secret() {
-        Some(AuthSecret::Creds(r)) => {
-            let [path] = files.add("creds", &r.name, [(&r.key, "user.creds")]);
-            files.flags.push(Flag::CredsFile(path));
-        }
-        Some(AuthSecret::NKey(r)) => {
-            let [path] = files.add("nkey", &r.name, [(&r.key, "seed.nk")]);
-            files.flags.push(Flag::NkeySeedFile(path));
-        }
-        Some(AuthSecret::UserPassword(r)) => {
-            // The user name comes from the Secret too, and stays a file like the password:
-            // pod arguments are readable by anyone who can read the Deployment.
-            let [user, password] = files.add(
-                "password",
-                &r.name,
-                [(&r.username_key, "username"), (&r.password_key, "password")],
-            );
-            files.flags.push(Flag::UserFile(user));
-            files.flags.push(Flag::PasswordFile(password));
-        }
-        Some(AuthSecret::Token(r)) => {
-            let [path] = files.add("token", &r.name, [(&r.key, "token")]);
-            files.flags.push(Flag::TokenFile(path));
-        }
-        // Anonymous; an auth block with no single reference never gets this far (resolving
-        // the connection refuses it).
-        None => {}
-    }
+    files.add_connection(valid);
     if let Some(integrity) = &valid.integrity {
         let key = &integrity.key.secret;
         let [path] = files.add("integrity-key", &key.name, [(&key.key, "seed.nk")]);
         files.flags.push(Flag::IntegrityKeyFile(path));
     }
     if let Some(archive) = &valid.archive {
-        if let Some(r) = &archive.credentials {
-            let [id, secret] = files.add(
+        files.add_archive(archive.credentials.as_ref(), archive.ca.as_ref());
+    }
+    files
+}
+
+impl SecretFiles {
+    /// The files of the AuditStream's connection: NATS credentials and TLS material.
+    pub(super) fn add_connection(&mut self, valid: &ValidConsumer) {
+        let files = self;
+        match valid.connection.auth_secret() {
+            Some(AuthSecret::Creds(r)) => {
+                let [path] = files.add("creds", &r.name, [(&r.key, "user.creds")]);
+                files.flags.push(Flag::CredsFile(path));
+            }
+            Some(AuthSecret::NKey(r)) => {
+                let [path] = files.add("nkey", &r.name, [(&r.key, "seed.nk")]);
+                files.flags.push(Flag::NkeySeedFile(path));
+            }
+            Some(AuthSecret::UserPassword(r)) => {
+                // The user name comes from the Secret too, and stays a file like the password:
+                // pod arguments are readable by anyone who can read the Deployment.
+                let [user, password] = files.add(
+                    "password",
+                    &r.name,
+                    [(&r.username_key, "username"), (&r.password_key, "password")],
+                );
+                files.flags.push(Flag::UserFile(user));
+                files.flags.push(Flag::PasswordFile(password));
+            }
+            Some(AuthSecret::Token(r)) => {
+                let [path] = files.add("token", &r.name, [(&r.key, "token")]);
+                files.flags.push(Flag::TokenFile(path));
+            }
+            // Anonymous; an auth block with no single reference never gets this far (resolving
+            // the connection refuses it).
+            None => {}
+        }
+        if let Some(tls) = &valid.connection.tls {
+            if let Some(r) = &tls.ca_secret_ref {
+                let [path] = files.add("tls-ca", &r.name, [(&r.key, "ca.crt")]);
+                files.flags.push(Flag::TlsCaFile(path));
+            }
+            if let Some(r) = &tls.client_cert_secret_ref {
+                let pair = [("tls.crt", "tls.crt"), ("tls.key", "tls.key")];
+                if tls.ca_secret_ref.is_none() && valid.client_cert_has_ca {
+                    let [cert, key, ca] = files.add(
+                        "tls-client",
+                        &r.name,
+                        [pair[0], pair[1], ("ca.crt", "ca.crt")],
+                    );
+                    files.flags.push(Flag::TlsCertFile(cert));
+                    files.flags.push(Flag::TlsKeyFile(key));
+                    files.flags.push(Flag::TlsCaFile(ca));
+                } else {
+                    let [cert, key] = files.add("tls-client", &r.name, pair);
+                    files.flags.push(Flag::TlsCertFile(cert));
+                    files.flags.push(Flag::TlsKeyFile(key));
+                }
+            }
+        }
+    }
+
+    /// The files of an archive's access key pair (the pods' or the verifier's) and CA.
+    pub(super) fn add_archive(
+        &mut self,
+        credentials: Option<&ArchiveCredentialsRef>,
+        ca: Option<&SecretKeyRef>,
+    ) {
+        if let Some(r) = credentials {
+            let [id, secret] = self.add(
                 "archive-credentials",
                 &r.name,
                 [
@@ -386,45 +441,21 @@ fn secret_files(valid: &ValidConsumer) -> SecretFiles {
                     (&r.secret_access_key_key, "secret-access-key"),
                 ],
             );
-            files.flags.push(Flag::ArchiveAccessKeyIdFile(id));
-            files.flags.push(Flag::ArchiveSecretAccessKeyFile(secret));
+            self.flags.push(Flag::ArchiveAccessKeyIdFile(id));
+            self.flags.push(Flag::ArchiveSecretAccessKeyFile(secret));
         }
-        if let Some(r) = &archive.ca {
-            let [path] = files.add("archive-ca", &r.name, [(&r.key, "ca.crt")]);
-            files.flags.push(Flag::ArchiveCaFile(path));
-        }
-    }
-    if let Some(tls) = &valid.connection.tls {
-        if let Some(r) = &tls.ca_secret_ref {
-            let [path] = files.add("tls-ca", &r.name, [(&r.key, "ca.crt")]);
-            files.flags.push(Flag::TlsCaFile(path));
-        }
-        if let Some(r) = &tls.client_cert_secret_ref {
-            let pair = [("tls.crt", "tls.crt"), ("tls.key", "tls.key")];
-            if tls.ca_secret_ref.is_none() && valid.client_cert_has_ca {
-                let [cert, key, ca] = files.add(
-                    "tls-client",
-                    &r.name,
-                    [pair[0], pair[1], ("ca.crt", "ca.crt")],
-                );
-                files.flags.push(Flag::TlsCertFile(cert));
-                files.flags.push(Flag::TlsKeyFile(key));
-                files.flags.push(Flag::TlsCaFile(ca));
-            } else {
-                let [cert, key] = files.add("tls-client", &r.name, pair);
-                files.flags.push(Flag::TlsCertFile(cert));
-                files.flags.push(Flag::TlsKeyFile(key));
-            }
+        if let Some(r) = ca {
+            let [path] = self.add("archive-ca", &r.name, [(&r.key, "ca.crt")]);
+            self.flags.push(Flag::ArchiveCaFile(path));
         }
     }
-    files
 }
 
 #[derive(Default)]
-struct SecretFiles {
-    volumes: Vec<Volume>,
-    mounts: Vec<VolumeMount>,
-    flags: Vec<Flag>,
+pub(super) struct SecretFiles {
+    pub volumes: Vec<Volume>,
+    pub mounts: Vec<VolumeMount>,
+    pub flags: Vec<Flag>,
 }
 
 impl SecretFiles {
@@ -467,11 +498,11 @@ impl SecretFiles {
     }
 }
 
-fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
+pub(super) fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
     (!items.is_empty()).then(|| items.to_vec())
 }
 
-fn non_empty_map(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+pub(super) fn non_empty_map(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
     (!map.is_empty()).then(|| map.clone())
 }
 

@@ -11,6 +11,7 @@ pub mod nats_consumer;
 pub mod network_policy;
 pub mod pdb;
 pub mod service_account;
+pub mod verification;
 
 use std::collections::BTreeMap;
 

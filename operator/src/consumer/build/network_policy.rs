@@ -2,17 +2,23 @@
 //! peers, or anywhere, since a policy cannot name hosts), to DNS and, with an archive, to the
 //! object store's port; ingress only to the metrics port.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::{
     api::networking::v1::{
         NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort,
         NetworkPolicySpec,
     },
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, LabelSelectorRequirement},
+        util::intstr::IntOrString,
+    },
 };
 
-use super::{deployment::HEALTH_PORT, metadata, selector_labels};
+use super::{
+    APP_NAME, INSTANCE_LABEL, NAME_LABEL, deployment::HEALTH_PORT, metadata, selector_labels,
+    verification,
+};
 use crate::consumer::validate::ValidConsumer;
 
 /// The policy, or `None` when the spec does not enable one.
@@ -50,10 +56,7 @@ pub fn build(valid: &ValidConsumer) -> Option<NetworkPolicy> {
     Some(NetworkPolicy {
         metadata: metadata(valid),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(&valid.name)),
-                ..LabelSelector::default()
-            }),
+            pod_selector: Some(pods(valid)),
             policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: non_empty(&settings.metrics_from),
@@ -62,6 +65,32 @@ pub fn build(valid: &ValidConsumer) -> Option<NetworkPolicy> {
             egress: Some(egress),
         }),
     })
+}
+
+/// The consumer pods and, with a scheduled verification of the archive, the verifier's,
+/// which reach the same NATS and the same store.
+fn pods(valid: &ValidConsumer) -> LabelSelector {
+    let verified = valid
+        .archive
+        .as_ref()
+        .is_some_and(|archive| archive.verification.is_some());
+    if !verified {
+        return LabelSelector {
+            match_labels: Some(selector_labels(&valid.name)),
+            ..LabelSelector::default()
+        };
+    }
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            INSTANCE_LABEL.to_owned(),
+            valid.name.clone(),
+        )])),
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: NAME_LABEL.to_owned(),
+            operator: "In".to_owned(),
+            values: Some(vec![APP_NAME.to_owned(), verification::APP_NAME.to_owned()]),
+        }]),
+    }
 }
 
 /// The TCP port of a NATS server URL, with the scheme's default when none is written.
