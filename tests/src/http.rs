@@ -13,9 +13,15 @@ pub struct Response {
 
 /// `GET http://127.0.0.1:<port><path>`; the connection closes after the response.
 pub async fn get(port: u16, path: &str) -> anyhow::Result<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    get_from(std::net::Ipv4Addr::LOCALHOST, port, path).await
+}
+
+/// `GET http://<ip>:<port><path>`, for a server on an address the test environment made
+/// (the node's, from 198.18.0.0/15).
+pub async fn get_from(ip: std::net::Ipv4Addr, port: u16, path: &str) -> anyhow::Result<Response> {
+    let mut stream = TcpStream::connect((ip, port)).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
         .await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;

@@ -3,8 +3,8 @@
 //!
 //! Alone ([`ControlPlane::shared`]) it listens on 127.0.0.1 and no container runs; everything
 //! else is the real thing: schema validation and CEL rules, RBAC, Pod Security admission,
-//! garbage collection, and the Deployment and ReplicaSet controllers. With a real node
-//! ([`crate::node::Node::shared`]) the API server listens on the node's address instead, where
+//! garbage collection, the Deployment, ReplicaSet, CronJob and Job controllers. With a real
+//! node ([`crate::node::Node::shared`]) the API server listens on the node's address instead, where
 //! the kubelet and the pods (through the `kubernetes` Service) reach it, authorizes kubelets
 //! with the Node authorizer and reaches them for `kubectl logs` and `exec`.
 
@@ -558,6 +558,9 @@ fn controllers(placement: Placement) -> String {
         "root-ca-cert-publisher",
         // The EndpointSlices kube-proxy programs Services from.
         "endpointslice",
+        // The archive's scheduled verification: a CronJob, and the Jobs it starts.
+        "cronjob",
+        "job",
     ];
     if placement == Placement::Node {
         // Lifts the not-ready taint the kubelet registers its Node with, once it is Ready, and

@@ -27,6 +27,7 @@ pub const REGION: &str = "eu-central-1";
 
 /// One versitygw process with its root directory and versioning directory in a temp dir.
 pub struct ObjectStore {
+    ip: std::net::Ipv4Addr,
     port: u16,
     access_key: String,
     secret_key: String,
@@ -38,11 +39,17 @@ pub struct ObjectStore {
 impl ObjectStore {
     /// Starts a store with fresh root credentials (random, so no test shares them).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Starts a store listening on `ip` only: the node's address, for pods to reach.
+    pub async fn start_on(ip: std::net::Ipv4Addr) -> anyhow::Result<Self> {
         retry_lost_port_race("versitygw", || async {
             let dir = tempfile::Builder::new().prefix("audit-s3-").tempdir()?;
             std::fs::create_dir_all(dir.path().join("root"))?;
             std::fs::create_dir_all(dir.path().join("versions"))?;
             let mut store = Self {
+                ip,
                 port: free_port(),
                 access_key: format!("AKTEST{:010}", fastrand::u64(..10_000_000_000)),
                 secret_key: (0..32).map(|_| fastrand::alphanumeric()).collect(),
@@ -61,7 +68,7 @@ impl ObjectStore {
         let mut command = Command::new(testenv_bin("versitygw"));
         command
             .arg("--port")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.ip, self.port))
             .arg("--region")
             .arg(REGION)
             .arg("--health")
@@ -78,7 +85,7 @@ impl ObjectStore {
         let mut process =
             ServerProcess::spawn("versitygw", command, &self.dir.path().join("versitygw.log"))?;
         process
-            .wait_listening(std::net::Ipv4Addr::LOCALHOST, self.port, READY_TIMEOUT)
+            .wait_listening(self.ip, self.port, READY_TIMEOUT)
             .await?;
         self.process = Some(process);
         crate::wait::until(
@@ -86,7 +93,7 @@ impl ObjectStore {
             READY_TIMEOUT,
             Duration::from_millis(50),
             || async {
-                Ok(crate::http::get(self.port, "/health")
+                Ok(crate::http::get_from(self.ip, self.port, "/health")
                     .await
                     .ok()
                     .filter(|response| response.status == 200)
@@ -106,9 +113,9 @@ impl ObjectStore {
         }
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://<ip>:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.ip, self.port)
     }
 
     pub fn access_key(&self) -> &str {

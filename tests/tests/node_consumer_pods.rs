@@ -16,6 +16,7 @@ use audit_tests::nats::NatsServer;
 use audit_tests::node::Node;
 use audit_tests::operator::ChartRelease;
 use audit_tests::pod_logs::PodLogs;
+use audit_tests::s3::ObjectStore;
 use audit_tests::{tools, wait};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -792,5 +793,250 @@ async fn real_pods_witness_their_lines_and_verify_locates_each_tampering() -> an
     }
     std::fs::write(victim, pristine)?;
     assert_eq!(verify(&env, &status, &files)?.0, 0, "restored");
+    Ok(())
+}
+
+/// The condition `type_` of AuditConsumer `name` once its status is `status`.
+async fn wait_condition(env: &Env, name: &str, type_: &str, status: &str) -> anyhow::Result<Value> {
+    wait::until(
+        &format!("AuditConsumer {name} {type_}={status}"),
+        WAIT,
+        POLL,
+        || async {
+            let object = env.consumer_status(name).await?;
+            Ok(object["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == type_ && c["status"] == status)
+                .cloned())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", env.operator.logs()))
+}
+
+/// The verification runs' Jobs and pods, their states and logs: for a failure message.
+fn verification_runs(env: &Env) -> String {
+    let selector = "app.kubernetes.io/name=audit-verify";
+    let get =
+        |args: &[&str]| tools::run("kubectl", args, None).unwrap_or_else(|e| format!("{e:#}"));
+    format!(
+        "{}\n{}\n{}",
+        get(&[
+            "get",
+            "jobs,pods",
+            "-o",
+            "wide",
+            "--namespace",
+            &env.namespace,
+            "-l",
+            selector
+        ]),
+        get(&[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[*].status}",
+            "--namespace",
+            &env.namespace,
+            "-l",
+            selector
+        ]),
+        get(&[
+            "logs",
+            "--namespace",
+            &env.namespace,
+            "-l",
+            selector,
+            "--tail",
+            "40"
+        ]),
+    )
+}
+
+/// One run of the verification CronJob now, as `kubectl create job --from` starts one.
+fn run_verification(env: &Env, consumer: &str, run: &str) -> anyhow::Result<()> {
+    tools::run(
+        "kubectl",
+        &[
+            "create",
+            "job",
+            "--namespace",
+            &env.namespace,
+            &format!("{consumer}-verify-{run}"),
+            &format!("--from=cronjob/{consumer}-audit-verify"),
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a_deleted_segment()
+-> anyhow::Result<()> {
+    let env = Env::start("archive").await?;
+    let store = ObjectStore::start_on(env.node.ip()).await?;
+    // Without Object Lock, so that the test can delete a segment as an intruder would.
+    store.create_bucket("trail").await?;
+    env.apply_sample_stream()?;
+    let key = nkeys::KeyPair::new_account();
+    let key_pair = |name: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": name },
+            "stringData": { "accessKeyId": store.access_key(), "secretAccessKey": store.secret_key() },
+        })
+    };
+    env.kubectl_apply(&serde_json::to_string(&json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": [
+            { "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "audit-signer" },
+              "stringData": { "seed": key.seed()? } },
+            key_pair("archive-writer"),
+            // The store has one user; a read-only one is the store's IAM's business, which
+            // this test does not prove. The verifier mounts this Secret, never the writer's.
+            key_pair("archive-reader"),
+        ],
+    }))?)?;
+    env.apply_consumer(
+        "archiver",
+        json!({
+            "replicas": 1, "batch": 50, "expires": "2s",
+            "integrity": {
+                "enabled": true,
+                "signingKeySecretRef": { "name": "audit-signer", "key": "seed" },
+                "checkpointInterval": "1s",
+            },
+            "archive": {
+                "bucket": "trail",
+                "region": audit_tests::s3::REGION,
+                "endpoint": store.endpoint(),
+                "forcePathStyle": true,
+                "credentialsSecretRef": { "name": "archive-writer" },
+                "segment": { "maxLines": 100, "maxAge": "2s" },
+                // Once a year: the test starts its runs itself.
+                "verification": {
+                    "schedule": "0 0 1 1 *",
+                    "credentialsSecretRef": { "name": "archive-reader" },
+                },
+            },
+        }),
+    )?;
+    env.wait_ready("archiver").await?;
+    let pending = wait_condition(&env, "archiver", "ArchiveVerified", "Unknown").await?;
+    assert_eq!(pending["reason"], "NotVerifiedYet", "{pending}");
+
+    let js = env.jetstream().await?;
+    let total = 500;
+    for n in 0..total {
+        js.publish(
+            format!("audit.archive.{n}"),
+            event(n, &format!("evt-{n}")).into(),
+        )
+        .await?
+        .await?;
+    }
+    // Acknowledged only once stored: every event is in a segment when this returns.
+    env.wait_all_acknowledged("archiver", total as u64).await?;
+    let keys = store.keys("trail", "AUDIT-EVENTS/archiver/").await?;
+    assert!(keys.len() >= 5, "at most 100 lines per segment: {keys:?}");
+    let mut stored = 0;
+    for key in &keys {
+        let body = store.get("trail", key).await?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(&body[..]),
+            &mut text,
+        )?;
+        stored += text
+            .lines()
+            .filter(|line| line.contains("\"chain\""))
+            .count();
+    }
+    assert!(
+        stored >= total,
+        "{stored} chained lines stored for {total} events"
+    );
+
+    // A run in a real container, with the reader's key pair: the archive is whole.
+    let covered = wait::until("checkpoints covering every line", WAIT, POLL, || async {
+        let status = env.consumer_status("archiver").await?;
+        let covered: u64 = status["integrity"]["checkpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["position"].as_u64())
+            .sum();
+        Ok((covered >= total as u64).then_some(covered))
+    })
+    .await?;
+    assert!(covered >= total as u64);
+    run_verification(&env, "archiver", "1")?;
+    let verified = wait_condition(&env, "archiver", "ArchiveVerified", "True")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", verification_runs(&env)))?;
+    let status = env.consumer_status("archiver").await?;
+    let last = &status["archive"]["verification"];
+    assert_eq!(last["result"], "Complete", "{verified}\n{last}");
+    assert!(
+        last["segments"].as_u64() >= Some(keys.len() as u64),
+        "{last}"
+    );
+    let through = last["verifiedThrough"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!through.is_empty(), "{last}");
+
+    // An intruder deletes the second segment; the next run, whose window holds nothing of
+    // it, finds the gap in the listing.
+    let second = keys
+        .iter()
+        .find(|key| key.contains("_000002_"))
+        .ok_or_else(|| anyhow::anyhow!("no second segment in {keys:?}"))?;
+    store
+        .client()
+        .delete_object()
+        .bucket("trail")
+        .key(second)
+        .send()
+        .await?;
+    wait::until(
+        "the next run starting where the last ended",
+        WAIT,
+        POLL,
+        || async {
+            let out = tools::run(
+                "kubectl",
+                &[
+                    "get",
+                    "cronjob",
+                    "archiver-audit-verify",
+                    "--namespace",
+                    &env.namespace,
+                    "-o",
+                    "json",
+                ],
+                None,
+            )?;
+            Ok(out.contains(&format!("--since={through}")).then_some(()))
+        },
+    )
+    .await?;
+    run_verification(&env, "archiver", "2")?;
+    let found = wait_condition(&env, "archiver", "ArchiveVerified", "False")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", verification_runs(&env)))?;
+    assert_eq!(found["reason"], "ArchiveProblems", "{found}");
+    assert!(
+        found["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("missing_segments numbers=2"),
+        "{found}"
+    );
+    let last = env.consumer_status("archiver").await?["archive"]["verification"].clone();
+    assert_eq!(last["verifiedThrough"], through.as_str(), "held: {last}");
     Ok(())
 }

@@ -1058,20 +1058,7 @@ async fn a_consumer_applied_before_its_stream_waits_for_it_without_stalling() ->
 
 /// A Secret `name` with an access key pair under the archive's default keys.
 async fn put_key_pair(env: &Env, name: &str, id: &str, secret: &str) -> anyhow::Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
-    let object: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": { "name": name },
-        "stringData": { "accessKeyId": id, "secretAccessKey": secret },
-    }))?;
-    secrets
-        .patch(
-            name,
-            &PatchParams::apply("archive-test").force(),
-            &Patch::Apply(&object),
-        )
-        .await?;
-    Ok(())
+    operator_support::put_key_pair(&env.client, &env.namespace, name, id, secret).await
 }
 
 #[tokio::test]

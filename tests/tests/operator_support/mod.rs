@@ -275,3 +275,28 @@ pub async fn finished_verification_pod(
         .await?;
     Ok(())
 }
+
+/// A Secret `name` with an access key pair under the archive's default keys, created or
+/// replaced.
+pub async fn put_key_pair(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    id: &str,
+    secret: &str,
+) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let object: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": name },
+        "stringData": { "accessKeyId": id, "secretAccessKey": secret },
+    }))?;
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply("archive-test").force(),
+            &Patch::Apply(&object),
+        )
+        .await?;
+    Ok(())
+}
