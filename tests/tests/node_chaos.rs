@@ -3,13 +3,14 @@
 //! with 2 replicas and leader election) while a publisher sends events with unique ids and a
 //! seeded schedule injects faults: consumer containers killed, pods deleted, NATS nodes
 //! (the stream leader among them) stopped and restarted, the operator leader killed, the API
-//! server restarted, rolling updates, scaling 3 -> 1 -> 3, and output stalled for longer
-//! than `ackWait`.
+//! server restarted, rolling updates, scaling 3 -> 1 -> 3, output stalled for longer
+//! than `ackWait`, and the object store unreachable for 30 s. A second AuditConsumer on the
+//! same stream archives every event into a real S3 store (versitygw) on the node's address.
 //!
 //! At the end every event the stream acknowledged must appear in the pods' output (collected
 //! from the container log files on the node, as a node-level log agent would), duplicates must be
-//! redeliveries, the durable consumer must have acknowledged everything, every resource must
-//! be Ready, and deleting the resources must leave nothing behind on NATS or in Kubernetes.
+//! redeliveries, every such event must also be in a segment of the archive, both durable
+//! consumers must have acknowledged everything, every resource must be Ready, and deleting the resources must leave nothing behind on NATS or in Kubernetes.
 //!
 //! `make test` runs a short variant; `make chaos` the long one, which writes the figures to
 //! `docs/reliability.md`. Settings (environment): `AUDIT_CHAOS_EVENTS` (at least this many
@@ -31,6 +32,7 @@ use audit_tests::kube_env::ControlPlane;
 use audit_tests::nats::NatsCluster;
 use audit_tests::node::{LogLine, Node, NodeLogs};
 use audit_tests::operator::ChartRelease;
+use audit_tests::s3::ObjectStore;
 use audit_tests::wait;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -44,6 +46,11 @@ const WAIT: Duration = Duration::from_secs(240);
 const POLL: Duration = Duration::from_millis(250);
 const STREAM: &str = "CHAOS";
 const CONSUMER: &str = "sink";
+/// The AuditConsumer writing to the archive, and its bucket.
+const ARCHIVER: &str = "archive";
+const BUCKET: &str = "chaos-trail";
+/// How long the object store is unreachable.
+const STORE_OUTAGE: Duration = Duration::from_secs(30);
 /// Short, so that a stalled pod's events are redelivered to the others within the run.
 const ACK_WAIT: Duration = Duration::from_secs(10);
 /// How long a pod's output stalls: its pipe (64 KiB) fills within seconds at the soak's rate,
@@ -72,10 +79,11 @@ enum Fault {
     RollingUpdate,
     ScaleDownAndUp,
     StallOutput,
+    StopObjectStore,
 }
 
 impl Fault {
-    const ALL: [Fault; 9] = [
+    const ALL: [Fault; 10] = [
         Fault::KillConsumerContainer,
         Fault::DeleteConsumerPod,
         Fault::RestartNatsStreamLeader,
@@ -85,6 +93,7 @@ impl Fault {
         Fault::RollingUpdate,
         Fault::ScaleDownAndUp,
         Fault::StallOutput,
+        Fault::StopObjectStore,
     ];
 
     fn describe(self) -> &'static str {
@@ -98,6 +107,7 @@ impl Fault {
             Fault::RollingUpdate => "rolling update of the consumer (spec change)",
             Fault::ScaleDownAndUp => "consumer scaled 3 -> 1 -> 3",
             Fault::StallOutput => "a pod's output stalled for 30 s (ackWait 10 s)",
+            Fault::StopObjectStore => "the object store unreachable for 30 s (archive output)",
         }
     }
 }
@@ -136,6 +146,7 @@ struct Soak {
     published: Arc<Mutex<Published>>,
     rng: fastrand::Rng,
     rollouts: u32,
+    store: ObjectStore,
 }
 
 /// A consumer output line: its event id, delivery count and stream sequence.
@@ -188,6 +199,16 @@ impl Soak {
         let streams = operator_support::api(&client, &namespace, AUDIT_STREAM);
         let consumers = operator_support::api(&client, &namespace, AUDIT_CONSUMER);
         let logs = node.tail_logs(&namespace);
+        let store = ObjectStore::start_on(node.ip()).await?;
+        store.create_bucket(BUCKET).await?;
+        operator_support::put_key_pair(
+            &client,
+            &namespace,
+            "archive-writer",
+            store.access_key(),
+            store.secret_key(),
+        )
+        .await?;
         let soak = Self {
             node,
             control_plane,
@@ -202,9 +223,11 @@ impl Soak {
             published: Arc::default(),
             rng: fastrand::Rng::with_seed(seed),
             rollouts: 0,
+            store,
         };
         soak.apply_stream().await?;
         soak.apply_consumer(3).await?;
+        soak.apply_archiver().await?;
         soak.wait_all_ready(3).await?;
         Ok(soak)
     }
@@ -246,6 +269,33 @@ impl Soak {
         Ok(())
     }
 
+    /// The second AuditConsumer: two pods archiving every event, small segments stored often.
+    async fn apply_archiver(&self) -> anyhow::Result<()> {
+        operator_support::apply(
+            &self.consumers,
+            AUDIT_CONSUMER,
+            ARCHIVER,
+            json!({
+                "streamRef": { "name": "events" },
+                "replicas": 2,
+                "batch": 50,
+                "expires": "2s",
+                "ackWait": format!("{}s", ACK_WAIT.as_secs()),
+                "deletionPolicy": "Delete",
+                "archive": {
+                    "bucket": BUCKET,
+                    "region": audit_tests::s3::REGION,
+                    "endpoint": self.store.endpoint(),
+                    "forcePathStyle": true,
+                    "credentialsSecretRef": { "name": "archive-writer" },
+                    "segment": { "maxLines": 200, "maxAge": "2s" },
+                },
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Ready for the current generation, with `replicas` ready pods, and the operator's two
     /// replicas ready.
     async fn all_ready(&self, replicas: u32) -> anyhow::Result<bool> {
@@ -262,6 +312,8 @@ impl Soak {
         let consumer = self.consumers.get(CONSUMER).await?;
         let consumer_pods =
             consumer.data["status"]["readyReplicas"].as_u64() == Some(replicas.into());
+        let archiver = self.consumers.get(ARCHIVER).await?;
+        let archiver_pods = archiver.data["status"]["readyReplicas"].as_u64() == Some(2);
         let operators: Api<Deployment> =
             Api::namespaced(self.client.clone(), &self.operator.namespace);
         let operator_status = operators
@@ -272,6 +324,8 @@ impl Soak {
         Ok(ready(&stream)
             && ready(&consumer)
             && consumer_pods
+            && ready(&archiver)
+            && archiver_pods
             && operator_status.ready_replicas == Some(2)
             && operator_status.updated_replicas == Some(2))
     }
@@ -313,6 +367,48 @@ impl Soak {
             }))
         })
         .await
+    }
+
+    /// Waits until the archive's durable consumer acknowledged an event the stream stored
+    /// after `sequence` (so its segment is stored); returns how long after `since` that was.
+    async fn wait_archived_after(&self, sequence: u64, since: Instant) -> anyhow::Result<Duration> {
+        wait::until("the archive storing again", WAIT, POLL, || async {
+            let floor = self.ack_floor(ARCHIVER).await?;
+            Ok((floor > sequence).then(|| since.elapsed()))
+        })
+        .await
+    }
+
+    /// The stream sequence up to which durable consumer `durable` acknowledged everything.
+    async fn ack_floor(&self, durable: &str) -> anyhow::Result<u64> {
+        let mut consumer: jetstream::consumer::PullConsumer = self
+            .js
+            .get_stream(STREAM)
+            .await?
+            .get_consumer(durable)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(consumer.info().await?.ack_floor.stream_sequence)
+    }
+
+    /// The event ids in every archive segment.
+    async fn archived_ids(&self) -> anyhow::Result<std::collections::HashSet<String>> {
+        let mut ids = std::collections::HashSet::new();
+        for key in self.store.keys(BUCKET, "").await? {
+            let body = self.store.get(BUCKET, &key).await?;
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut flate2::read::MultiGzDecoder::new(&body[..]),
+                &mut text,
+            )?;
+            for line in text.lines() {
+                let value: Value = serde_json::from_str(line)?;
+                if let Some(id) = value["event"]["id"].as_str() {
+                    ids.insert(id.to_owned());
+                }
+            }
+        }
+        Ok(ids)
     }
 
     async fn consumer_pods(&self) -> anyhow::Result<Vec<Pod>> {
@@ -457,6 +553,11 @@ impl Soak {
                 tokio::time::sleep(STALL).await;
                 drop(stalled);
             }
+            Fault::StopObjectStore => {
+                self.store.stop().await;
+                tokio::time::sleep(STORE_OUTAGE).await;
+                self.store.start_again().await?;
+            }
         }
         Ok(())
     }
@@ -595,10 +696,13 @@ async fn the_pipeline_loses_no_event_under_faults() -> anyhow::Result<()> {
         soak.inject(fault)
             .await
             .map_err(|e| anyhow::anyhow!("injecting '{}': {e:#}", fault.describe()))?;
-        let writing_again = soak
-            .wait_writing_after(sequence_at_fault, at_wall)
-            .await
-            .map_err(|e| anyhow::anyhow!("after '{}': {e:#}", fault.describe()))?;
+        // The object store's outage stops only the archive: it is back when the archive's
+        // durable consumer acknowledges an event from after the fault.
+        let writing_again = match fault {
+            Fault::StopObjectStore => soak.wait_archived_after(sequence_at_fault, at).await,
+            _ => soak.wait_writing_after(sequence_at_fault, at_wall).await,
+        }
+        .map_err(|e| anyhow::anyhow!("after '{}': {e:#}", fault.describe()))?;
         soak.wait_all_ready(3)
             .await
             .map_err(|e| anyhow::anyhow!("after '{}': {e:#}", fault.describe()))?;
@@ -665,6 +769,20 @@ async fn the_pipeline_loses_no_event_under_faults() -> anyhow::Result<()> {
         );
     }
 
+    // Every acknowledged event is in the archive too, and its durable acknowledged all.
+    wait::until("every acknowledged event archived", WAIT, POLL, || async {
+        let archived = soak.archived_ids().await?;
+        let missing = published
+            .acknowledged
+            .keys()
+            .filter(|id| !archived.contains(*id))
+            .count();
+        let floor = soak.ack_floor(ARCHIVER).await?;
+        Ok((missing == 0 && floor == published.last_sequence).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", soak.operator.logs()))?;
+
     // The durable consumer acknowledged everything, as NATS and the status say.
     wait::until(
         "the durable consumer to acknowledge everything",
@@ -704,7 +822,8 @@ async fn the_pipeline_loses_no_event_under_faults() -> anyhow::Result<()> {
     while let Some(name) = futures::StreamExt::next(&mut consumer_names).await {
         durables.push(name?);
     }
-    assert_eq!(durables, [CONSUMER]);
+    durables.sort();
+    assert_eq!(durables, [ARCHIVER, CONSUMER]);
     let replica_sets: Api<ReplicaSet> = Api::namespaced(soak.client.clone(), &soak.namespace);
     let active: Vec<String> = replica_sets
         .list(&ListParams::default())
@@ -714,7 +833,11 @@ async fn the_pipeline_loses_no_event_under_faults() -> anyhow::Result<()> {
         .filter(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0)
         .filter_map(|rs| rs.metadata.name)
         .collect();
-    assert_eq!(active.len(), 1, "one ReplicaSet runs pods: {active:?}");
+    assert_eq!(
+        active.len(),
+        2,
+        "one ReplicaSet per AuditConsumer runs pods: {active:?}"
+    );
     assert_eq!(soak.consumer_pods().await?.len(), 3);
 
     let stdout = soak.logs.stdout();
@@ -734,9 +857,11 @@ async fn the_pipeline_loses_no_event_under_faults() -> anyhow::Result<()> {
     }
 
     // Deleting the resources leaves nothing behind (both have deletionPolicy Delete).
-    soak.consumers
-        .delete(CONSUMER, &DeleteParams::default())
-        .await?;
+    for consumer in [CONSUMER, ARCHIVER] {
+        soak.consumers
+            .delete(consumer, &DeleteParams::default())
+            .await?;
+    }
     soak.streams
         .delete("events", &DeleteParams::default())
         .await?;
@@ -746,6 +871,7 @@ async fn the_pipeline_loses_no_event_under_faults() -> anyhow::Result<()> {
     wait::until("nothing left after deletion", WAIT, POLL, || async {
         let pods: Api<Pod> = Api::namespaced(soak.client.clone(), &soak.namespace);
         let left = soak.consumers.get_opt(CONSUMER).await?.is_some()
+            || soak.consumers.get_opt(ARCHIVER).await?.is_some()
             || soak.streams.get_opt("events").await?.is_some()
             || !deployments
                 .list(&ListParams::default())
