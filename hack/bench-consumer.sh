@@ -6,11 +6,13 @@
 # ceiling: no parsing, no output), and twice with the real audit-consumer binary writing to
 # /dev/null, without and with --integrity (hash-chained lines, signed heads published to a
 # witness stream at the default checkpoint settings), all with the same batch and max-bytes
-# settings and explicit per-message acks. Prints events/s for each, the ratios, and the
+# settings and explicit per-message acks; then once more with --output archive into a local
+# versitygw object store (the operator's defaults: 100000-line segments, gzip), whose events
+# are acked only once their segment is stored. Prints events/s for each, the ratios, and the
 # peak RSS of each process.
 #
 # Environment: EVENTS (default 1000000), BATCH (256), MAX_BYTES (4194304), ROUNDS (1),
-# NATS_PORT (14333), HEALTH_PORT (18333). Only 127.0.0.1 is used.
+# NATS_PORT (14333), HEALTH_PORT (18333), S3_PORT (19333). Only 127.0.0.1 is used.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,6 +24,7 @@ MAX_BYTES=${MAX_BYTES:-4194304}
 ROUNDS=${ROUNDS:-1}
 NATS_PORT=${NATS_PORT:-14333}
 HEALTH_PORT=${HEALTH_PORT:-18333}
+S3_PORT=${S3_PORT:-19333}
 URL="nats://127.0.0.1:${NATS_PORT}"
 
 bin_dir=$(bash hack/testenv.sh | tail -1)
@@ -32,14 +35,29 @@ target=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 nats_pid=""
 consumer_pid=""
+store_pid=""
 cleanup() {
     [[ -n "$consumer_pid" ]] && kill "$consumer_pid" 2>/dev/null || true
+    [[ -n "$store_pid" ]] && kill "$store_pid" 2>/dev/null && wait "$store_pid" 2>/dev/null || true
     [[ -n "$nats_pid" ]] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 start_bench_nats "$bin_dir" "$work" "$NATS_PORT"
+
+# The object store: versitygw's posix backend, where a bucket is a directory of its root.
+mkdir -p "$work/s3/root/bench" "$work/s3/versions"
+printf 'benchkey' >"$work/s3-id"
+printf 'benchsecretbenchsecret' >"$work/s3-secret"
+ROOT_ACCESS_KEY_ID=benchkey ROOT_SECRET_ACCESS_KEY=benchsecretbenchsecret \
+    "$bin_dir/versitygw" --port "127.0.0.1:${S3_PORT}" --region us-east-1 --quiet \
+    posix --versioning-dir "$work/s3/versions" "$work/s3/root" >"$work/s3.log" 2>&1 &
+store_pid=$!
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/${S3_PORT}") 2>/dev/null && break
+    sleep 0.1
+done
 
 "$target/examples/preload" "$URL" BENCH bench.events "$EVENTS"
 "$target/examples/witness_setup" "$URL" BENCH_INTEGRITY 'bench-integrity.>' "$work/seed.nk" >/dev/null
@@ -85,13 +103,23 @@ for round in $(seq "$ROUNDS"); do
     drain "chained-$round" --integrity --integrity-key-file "$work/seed.nk" \
         --integrity-stream BENCH_INTEGRITY --integrity-subject "bench-integrity.chained-$round"
     read -r chained_rate chained_secs chained_rss heads <<<"$drained"
+    drain "archived-$round" --output archive --archive-bucket bench \
+        --archive-endpoint "http://127.0.0.1:${S3_PORT}" --archive-region us-east-1 \
+        --archive-path-style --archive-access-key-id-file "$work/s3-id" \
+        --archive-secret-access-key-file "$work/s3-secret" --archive-compression gzip \
+        --archive-segment-lines 100000 --archive-segment-age 5s
+    read -r archived_rate archived_secs archived_rss _ <<<"$drained"
+    segments=$(find "$work/s3/root/bench" -type f -name '*.gz' | wc -l)
     awk -v c="$ceiling_rate" -v cr="$ceiling_rss" -v r="$round" \
         -v p="$plain_rate" -v ps="$plain_secs" -v pr="$plain_rss" \
+        -v a="$archived_rate" -v as="$archived_secs" -v ar="$archived_rss" -v g="$segments" \
         -v i="$chained_rate" -v is="$chained_secs" -v ir="$chained_rss" -v h="$heads" 'BEGIN {
         printf "round %d: ceiling %.0f events/s (peak RSS %.1f MiB)\n", r, c, cr / 1024
         printf "  audit-consumer             %.0f events/s (%.2fs, peak RSS %.1f MiB), ratio %.1f%%\n",
             p, ps, pr / 1024, 100 * p / c
         printf "  audit-consumer --integrity %.0f events/s (%.2fs, peak RSS %.1f MiB), ratio %.1f%%, %.1f%% of plain, %d heads\n",
             i, is, ir / 1024, 100 * i / c, 100 * i / p, h
+        printf "  audit-consumer --output archive %.0f events/s (%.2fs, peak RSS %.1f MiB), ratio %.1f%%, %.1f%% of plain, %d segments\n",
+            a, as, ar / 1024, 100 * a / c, 100 * a / p, g
     }'
 done
