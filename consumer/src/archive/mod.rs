@@ -233,7 +233,10 @@ impl Archive {
     fn prepare(&mut self, reason: CloseReason) -> Prepared {
         let span = self.segment.span();
         let lines = self.segment.lines();
-        let raw = std::mem::take(self.segment.buffer());
+        // The next segment starts with room for as much as this one held: growing a buffer of
+        // tens of MiB by doubling would copy it several times over.
+        let room = self.segment.bytes().len();
+        let raw = std::mem::replace(self.segment.buffer(), Vec::with_capacity(room));
         self.segment.clear(&self.limits);
         let gzip = self.gzip;
         // Compressing and hashing tens of MiB takes a while: off the runtime's async threads.

@@ -180,7 +180,8 @@ pub struct AuditConsumerSpec {
 
     /// Most events delivered but not yet acknowledged, across all pods. Defaults to twice
     /// `replicas` times `batch`, so every pod can hold a batch in flight while fetching the
-    /// next.
+    /// next; with `archive`, to `replicas` times (twice `segment.maxLines` plus twice
+    /// `batch`), so every pod can fill a segment while the previous one is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_ack_pending: Option<i64>,
@@ -556,7 +557,7 @@ fn default_secret_access_key_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct SegmentLimits {
     /// Lines per segment (default 100000). A pod holds a segment's events unacknowledged
-    /// until it is stored, so this also bounds `maxAckPending`'s default.
+    /// until it is stored, so this also sets `maxAckPending`'s default.
     #[serde(default = "default_segment_lines")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub max_lines: i64,
