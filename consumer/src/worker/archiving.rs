@@ -103,7 +103,7 @@ impl<W: std::io::Write + Send> Worker<W> {
                     // stores once it has stopped pulling; the rest waits to be handed back.
                     if self.waiting.is_empty() {
                         let up_to = held.len() + batch;
-                        self.take_ready(messages, held, up_to, &mut end);
+                        self.take_ready_into_segment(messages, held, hold, up_to, &mut end);
                     }
                     self.park_ready(messages);
                     *subscription = None;
@@ -112,10 +112,12 @@ impl<W: std::io::Write + Send> Worker<W> {
                 Some(None) => {}
                 Some(Some(None)) => return (StreamEnd::Closed, progressed),
                 Some(Some(Some(Err(err)))) => return (StreamEnd::Failed(err), progressed),
-                Some(Some(Some(Ok(message)))) if self.waiting.is_empty() => {
+                Some(Some(Some(Ok(message))))
+                    if self.waiting.is_empty() && self.close_reason(held, hold).is_none() =>
+                {
                     self.accept(message, held);
                     let up_to = held.len() + batch - 1;
-                    self.take_ready(messages, held, up_to, &mut end);
+                    self.take_ready_into_segment(messages, held, hold, up_to, &mut end);
                 }
                 // Behind what already waits, in the order delivered.
                 Some(Some(Some(Ok(message)))) => self.waiting.push_back(message),
@@ -141,6 +143,26 @@ impl<W: std::io::Write + Send> Worker<W> {
             }
             if let Some(end) = end {
                 return (end, progressed);
+            }
+        }
+    }
+
+    /// Takes what has already arrived into the open segment while it has room, so that a
+    /// segment closes at exactly its line count (not up to a batch beyond it); what does not
+    /// fit is read into the next segment after this one is stored.
+    fn take_ready_into_segment(
+        &mut self,
+        messages: &mut Stream,
+        held: &mut Vec<InFlight>,
+        hold: &Hold,
+        up_to: usize,
+        end: &mut Option<StreamEnd>,
+    ) {
+        while held.len() < up_to && self.close_reason(held, hold).is_none() {
+            let before = held.len();
+            self.take_ready(messages, held, before + 1, end);
+            if held.len() == before {
+                return;
             }
         }
     }
