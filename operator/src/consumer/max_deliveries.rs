@@ -42,15 +42,11 @@ use tracing::{debug, warn};
 
 use super::Guarded;
 use crate::{
-    conditions::{Status, Value},
     connection::SubscriptionRefused,
     crd::consumer::{AuditConsumer, AuditConsumerStatus},
     error::{Error, Result},
 };
 
-/// Reason of the `MaxDeliveriesCounted` condition and of the Warning Event when NATS refused
-/// the subscription.
-pub const SUBSCRIPTION_DENIED: &str = "AdvisorySubscriptionDenied";
 /// How long after a `SUB` a refusal is still to be expected; ample for one round trip.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// How often a refused subscription is tried again: at the reconciliations (every
@@ -119,6 +115,17 @@ pub struct Unreported {
     written: Option<Recorded>,
 }
 
+#[cfg(test)]
+impl Unreported {
+    pub fn new_for_tests(new: Tally, counted: u64, written: Option<Recorded>) -> Self {
+        Self {
+            new,
+            counted,
+            written,
+        }
+    }
+}
+
 /// The status fields after adding `unreported` to what `previous` (the status as read) holds.
 /// Counts only grow, so the larger of the read and the written total is the current one.
 pub fn fold(previous: Recorded, unreported: &Unreported) -> Recorded {
@@ -138,19 +145,6 @@ pub fn fold_into(status: &mut AuditConsumerStatus, unreported: &Unreported) -> R
     status.max_deliveries_reached = Some(recorded.total);
     status.last_max_delivered_sequence = recorded.last_sequence;
     recorded
-}
-
-/// The Warning Event's message after `new` more events reached `max_deliver`.
-pub fn warning(new: u64, recorded: Recorded, max_deliver: i64, stream: &str) -> String {
-    let last = recorded.last_sequence.map_or_else(String::new, |seq| {
-        format!(", the last at stream sequence {seq}")
-    });
-    format!(
-        "{new} more event(s) reached maxDeliver ({max_deliver}) and will not be redelivered ({} in all{last}). \
-         They remain in stream {stream}: fix the sink (see the consumer pods' logs) or raise or remove spec.maxDeliver, \
-         then replay them with a new AuditConsumer using deliverPolicy: ByStartSequence from their sequence",
-        recorded.total
-    )
 }
 
 /// The server's refusal of one of a watch's subscriptions.
@@ -176,42 +170,6 @@ pub enum Listening {
     Subscribed { subject: String },
     /// The server refused the subscription to `subject`, in `message`.
     Refused { subject: String, message: String },
-}
-
-/// The `MaxDeliveriesCounted` condition.
-pub fn counting_condition(listening: &Listening) -> Value {
-    match listening {
-        Listening::Subscribed { subject } => Value::new(
-            Status::True,
-            "AdvisoriesSubscribed",
-            format!(
-                "counting the events that reach maxDeliver from NATS's advisories on {subject}"
-            ),
-        ),
-        Listening::Refused { subject, message } => Value::new(
-            Status::False,
-            SUBSCRIPTION_DENIED,
-            format!(
-                "NATS refused the operator's subscription to the max-deliveries advisories ({message}), \
-                 so events that reach maxDeliver are not counted in status.maxDeliveriesReached nor reported \
-                 in MaxDeliveriesReached Events; the consumer itself works. Grant the operator's NATS user \
-                 permission to subscribe to $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.> (or to {subject}); \
-                 the operator subscribes again at its next periodic check"
-            ),
-        ),
-    }
-}
-
-/// Whether `status` already reports a refused subscription: the Warning Event goes out when
-/// the condition turns False, not at every reconciliation while it stays so.
-pub fn refusal_reported(status: Option<&AuditConsumerStatus>) -> bool {
-    status.is_some_and(|status| {
-        status.conditions.iter().any(|c| {
-            c.type_ == super::status::MAX_DELIVERIES_COUNTED
-                && Status::False.of(c)
-                && c.reason == SUBSCRIPTION_DENIED
-        })
-    })
 }
 
 /// One AuditConsumer's subscription and counts.
@@ -600,30 +558,6 @@ mod tests {
     }
 
     #[test]
-    fn the_warning_says_how_many_where_and_what_to_do() {
-        let text = warning(
-            2,
-            Recorded {
-                total: 7,
-                last_sequence: Some(17),
-            },
-            3,
-            "ORDERS",
-        );
-        for part in [
-            "2 more event(s)",
-            "maxDeliver (3)",
-            "7 in all",
-            "stream sequence 17",
-            "stream ORDERS",
-            "spec.maxDeliver",
-            "ByStartSequence",
-        ] {
-            assert!(text.contains(part), "{part:?} missing from {text}");
-        }
-    }
-
-    #[test]
     fn a_refusal_stands_until_a_later_subscription_goes_unanswered() {
         let subscribed = Instant::now();
         let later = |seconds: u64| subscribed + Duration::from_secs(seconds);
@@ -646,42 +580,5 @@ mod tests {
             "no refusal of the new subscription came: the permission was granted"
         );
         assert!(standing(subscribed, None, later(1)).is_none());
-    }
-
-    #[test]
-    fn a_refusal_says_which_permission_to_grant_and_that_the_consumer_works() {
-        let subject = advisory_subject("ORDERS", "reader");
-        let Value {
-            status,
-            reason,
-            message,
-        } = counting_condition(&Listening::Refused {
-            subject: subject.clone(),
-            message: format!("Permissions Violation for Subscription to \"{subject}\""),
-        });
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "AdvisorySubscriptionDenied")
-        );
-        for part in [
-            "Permissions Violation for Subscription",
-            "subscribe to $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
-            "not counted in status.maxDeliveriesReached",
-            "the consumer itself works",
-        ] {
-            assert!(message.contains(part), "{part:?} missing from {message}");
-        }
-        let Value {
-            status,
-            reason,
-            message,
-        } = counting_condition(&Listening::Subscribed {
-            subject: subject.clone(),
-        });
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("True", "AdvisoriesSubscribed")
-        );
-        assert!(message.contains(&subject), "{message}");
     }
 }

@@ -1,13 +1,14 @@
 //! The AuditConsumer controller: reconciles each AuditConsumer through the pipeline
 //! [`dereference`] (AuditStream, Secrets) -> [`validate`] -> [`build`] (durable consumer,
-//! workload objects) -> [`apply`] (NATS, server-side apply) -> [`status`], run by
-//! `reconcile`, and deletes the durable consumer per `deletionPolicy` behind a finalizer
-//! (`cleanup`).
+//! workload objects) -> [`apply`] (NATS, server-side apply) -> [`status`], then the optional
+//! [`features`] (max-deliveries advisories, witnessed checkpoints, the archive's verification)
+//! in one loop, run by `reconcile`, and deletes the durable consumer per `deletionPolicy`
+//! behind a finalizer (`cleanup`).
 //!
 //! Besides AuditConsumers it watches the objects it owns (a deleted or hand-edited Deployment
 //! is put back at once), the AuditStreams (a stream turning Ready requeues its consumers) and
-//! Secrets (a rotated credential or integrity signing key rolls the pods that mount it). An AuditConsumer with a
-//! `maxDeliver` is also woken by NATS's advisories about events that reached it, and by the
+//! Secrets (a rotated credential or integrity signing key rolls the pods that mount it). An
+//! AuditConsumer with a `maxDeliver` is also woken by NATS's advisories about events that reached it, and by the
 //! server refusing the operator's subscription to them.
 
 pub mod apply;

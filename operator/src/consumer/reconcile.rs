@@ -1,6 +1,7 @@
 //! Applying an AuditConsumer: the pipeline (dereference -> validate -> build -> apply, for
-//! the durable consumer and then the workload), then its status and the Events for what
-//! changed, what failed, and what NATS reported about deliveries given up.
+//! the durable consumer and then the workload), then the optional features in one loop
+//! (`features`), then its status and the Events for what changed, what failed, and what the
+//! features have to say.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use k8s_openapi::{
         apps::v1::Deployment,
         core::v1::{Pod, Secret},
     },
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
@@ -20,71 +21,31 @@ use super::{
     apply::Change,
     archive,
     build::{self, nats_consumer, workload_name},
-    dereference, features,
-    integrity::{self, Checkpoints},
-    max_deliveries::{self, Listening, Recorded, Unreported},
-    object_ref,
+    dereference,
+    features::{self, Seen},
+    integrity,
     pods::{self, PodTrouble},
-    status::{self, Advisories, Failure, Report, Stage, Witnessing},
+    status::{self, Failure, Report, Stage},
     validate::{self, ValidConsumer},
 };
 use crate::{
-    conditions::{Status, held_at_generation},
+    conditions::held_at_generation,
     connection::PoolUser,
-    crd::{
-        consumer::{AuditConsumer, AuditConsumerStatus},
-        stream::AuditStream,
-    },
+    crd::{consumer::AuditConsumer, stream::AuditStream},
     error::{Error, Result},
     report::{self, Notice},
 };
 
 /// Applies `consumer` and reports the outcome: status, Events, log lines.
 pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
-    let result = pipeline(consumer, ctx).await;
-    let key = object_ref(consumer);
-    let advisories = match consumer.spec.max_deliver {
-        None => Advisories::NotWanted,
-        Some(_) => ctx
-            .state
-            .max_deliveries
-            .listening(&key)
-            .map_or(Advisories::Unknown, Advisories::Known),
-    };
-    let integrity_on = integrity::wanted_key(consumer).is_some();
-    let report = match &result {
-        Ok(done) => Report {
-            stream_name: Some(done.stream_name.clone()),
-            consumer: Some(&done.info),
-            workload: Some(&done.deployment),
-            failure: None,
-            advisories: advisories.clone(),
-            witnessing: match &done.checkpoints {
-                Some(seen) => Witnessing::Observed(seen),
-                None => Witnessing::NotWanted,
-            },
-            pods: done.pod_trouble.as_ref(),
-        },
-        Err(failure) => Report {
-            stream_name: failure.stream_name.clone(),
-            failure: Some(failure),
-            advisories: advisories.clone(),
-            witnessing: if integrity_on {
-                Witnessing::Unknown
-            } else {
-                Witnessing::NotWanted
-            },
-            ..Report::default()
-        },
-    };
+    let mut seen = Seen::default();
+    let result = pipeline(consumer, ctx, &mut seen).await;
+    let features = features::observe(consumer, &seen, ctx).await;
     let now = Time(Timestamp::now());
-    let mut status = status::desired_status(consumer, &report, &now);
     let previous = consumer.status.clone().unwrap_or_default();
-    let features = features::observe(consumer, ctx).await;
+    let mut status = status::desired_status(consumer, &report(&result), &now);
     features.contribute(&previous, &mut status, &now);
     features.record(&ctx.metrics, consumer, &status);
-    let unreported = ctx.state.max_deliveries.unreported(&key);
-    let recorded = unreported.map(|u| max_deliveries::fold_into(&mut status, &u));
     ctx.metrics.set_ready(
         AuditConsumer::kind(&()),
         &consumer.namespace().unwrap_or_default(),
@@ -95,19 +56,9 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
     let status_written =
         report::apply_status_if_changed(&ctx.client, consumer, consumer.status.as_ref(), &status)
             .await;
-    if let Advisories::Known(refused @ Listening::Refused { .. }) = &advisories {
-        report_refused_subscription(consumer, refused, ctx).await;
-    }
-    report_checkpoints_turning_false(consumer, &status, ctx).await;
+    features.written(ctx, &status);
     for notice in features.notices(&previous, &status) {
         warning(consumer, ctx, notice).await;
-    }
-    if let (Some(unreported), Some(recorded)) = (unreported, recorded) {
-        ctx.state
-            .max_deliveries
-            .reported(&key, &unreported, recorded);
-        let stream = status.stream_name.as_deref().unwrap_or_default();
-        report_given_up(consumer, stream, &unreported, recorded, ctx).await;
     }
     let rolling_out =
         matches!(&result, Ok(done) if !status::workload_available(consumer, &done.deployment));
@@ -122,6 +73,24 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
     };
     let recheck = features.requeue().map_or(recheck, |wish| wish.min(recheck));
     Ok(Action::requeue(recheck))
+}
+
+/// What the pipeline observed, for the status.
+fn report(result: &Result<Reconciled, Failure>) -> Report<'_> {
+    match result {
+        Ok(done) => Report {
+            stream_name: Some(done.stream_name.clone()),
+            consumer: Some(&done.info),
+            workload: Some(&done.deployment),
+            failure: None,
+            pods: done.pod_trouble.as_ref(),
+        },
+        Err(failure) => Report {
+            stream_name: failure.stream_name.clone(),
+            failure: Some(failure),
+            ..Report::default()
+        },
+    }
 }
 
 /// How soon a consumer whose pods are not all ready is looked at again.
@@ -199,71 +168,6 @@ fn change_event(
     })
 }
 
-/// A Warning when NATS refuses the subscription to the max-deliveries advisories: once, when
-/// the condition turns False, not at every reconciliation while it stays so.
-async fn report_refused_subscription(consumer: &AuditConsumer, refused: &Listening, ctx: &Context) {
-    if max_deliveries::refusal_reported(consumer.status.as_ref()) {
-        return;
-    }
-    let note = max_deliveries::counting_condition(refused).message;
-    let notice = Notice::warning(max_deliveries::SUBSCRIPTION_DENIED, note);
-    warning(consumer, ctx, notice).await;
-}
-
-/// A Warning when `CheckpointsWitnessed` turns False (or changes its reason while False): once,
-/// not at every reconciliation while it stays so.
-async fn report_checkpoints_turning_false(
-    consumer: &AuditConsumer,
-    status: &AuditConsumerStatus,
-    ctx: &Context,
-) {
-    let find = |conditions: &[Condition]| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == status::CHECKPOINTS_WITNESSED)
-            .filter(|c| Status::False.of(c))
-            .map(|c| (c.reason.clone(), c.message.clone()))
-    };
-    let Some((reason, message)) = find(&status.conditions) else {
-        return;
-    };
-    let before = consumer
-        .status
-        .as_ref()
-        .and_then(|s| find(&s.conditions))
-        .map(|(reason, _)| reason);
-    if before.as_deref() == Some(reason.as_str()) {
-        return;
-    }
-    let reason: &'static str = if reason == status::CHECKPOINTS_REJECTED {
-        status::CHECKPOINTS_REJECTED
-    } else {
-        status::CHECKPOINTS_STALLED
-    };
-    warning(consumer, ctx, Notice::warning(reason, message)).await;
-}
-
-/// A Warning and the metric for the events NATS gave up on since the last written status.
-async fn report_given_up(
-    consumer: &AuditConsumer,
-    stream: &str,
-    unreported: &Unreported,
-    recorded: Recorded,
-    ctx: &Context,
-) {
-    if unreported.new.count == 0 {
-        return;
-    }
-    ctx.metrics.record_max_deliveries(
-        &consumer.namespace().unwrap_or_default(),
-        &consumer.name_any(),
-        unreported.new.count,
-    );
-    let max_deliver = consumer.spec.max_deliver.unwrap_or_default();
-    let note = max_deliveries::warning(unreported.new.count, recorded, max_deliver, stream);
-    warning(consumer, ctx, Notice::warning("MaxDeliveriesReached", note)).await;
-}
-
 /// Logs `notice` as a warning and publishes it about `consumer`.
 async fn warning(consumer: &AuditConsumer, ctx: &Context, notice: Notice) {
     warn!(consumer = %consumer.durable_name(), namespace = consumer.namespace().unwrap_or_default(), reason = notice.reason, "{}", notice.note);
@@ -276,35 +180,22 @@ struct Reconciled {
     change: Change,
     info: async_nats::jetstream::consumer::Info,
     deployment: Deployment,
-    /// With integrity on, what the witness stream showed.
-    checkpoints: Option<Checkpoints>,
     /// While the workload is not available, why its pods are not ready, if one says.
     pod_trouble: Option<PodTrouble>,
 }
 
-/// The pipeline; a failure says at which stage it stopped, for the detail conditions.
-async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled, Failure> {
+/// The pipeline; a failure says at which stage it stopped, for the detail conditions. What it
+/// got to see goes into `seen`, also when it stops, for the features.
+async fn pipeline(
+    consumer: &AuditConsumer,
+    ctx: &Context,
+    seen: &mut Seen,
+) -> Result<Reconciled, Failure> {
     let namespace = consumer.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let streams = &ctx.state.streams;
-    let stream_api: Api<AuditStream> = Api::namespaced(ctx.client.clone(), &namespace);
-    let grace = ctx.options.missing_stream_grace;
-    let mut referenced =
-        match dereference::dereference(consumer, streams, &stream_api, &secrets, grace).await {
-            Ok(referenced) => referenced,
-            Err(error) => {
-                let instance = ctx.options.instance.as_deref();
-                let error =
-                    report::unless_namespace_terminating(&ctx.client, consumer, instance, error)
-                        .await;
-                return Err(Failure {
-                    stage: Stage::Stream,
-                    stream_name: None,
-                    error,
-                });
-            }
-        };
+    let mut referenced = read_stream(consumer, &secrets, ctx).await?;
     let stream_name = referenced.stream_name.clone();
+    seen.stream_name = Some(stream_name.clone());
     let at = |stage: Stage| {
         let stream_name = stream_name.clone();
         move |error: Error| Failure {
@@ -322,6 +213,7 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
         .map_err(at(Stage::Consumer))?;
     let valid = validate::validate(consumer, &referenced, &ctx.options.consumer_image)
         .map_err(at(Stage::Consumer))?;
+    seen.valid = Some(valid.clone());
     let desired = nats_consumer::desired_config(&valid);
     let nats = ctx
         .pool
@@ -337,27 +229,13 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
     let (change, info) = apply::apply_consumer(&nats.context, &stream_name, &desired)
         .await
         .map_err(at(Stage::Consumer))?;
-    // Listen once the durable exists: NATS advises only while someone listens.
-    if valid.max_deliver > 0 {
-        let subject = max_deliveries::advisory_subject(&stream_name, &valid.durable_name);
-        ctx.state
-            .max_deliveries
-            .watch(&object_ref(consumer), &nats.client, subject)
-            .await
-            .map_err(at(Stage::Consumer))?;
-    } else {
-        ctx.state.max_deliveries.forget(&object_ref(consumer));
-    }
+    seen.client = Some(nats.client.clone());
+    seen.jetstream = Some(nats.context.clone());
 
     let deployment = apply_workload(consumer, &valid, ctx)
         .await
         .map_err(at(Stage::Workload))?;
-    let checkpoints = match &valid.integrity {
-        Some(integrity) => {
-            Some(integrity::observe(&nats.context, integrity, Timestamp::now()).await)
-        }
-        None => None,
-    };
+    seen.deployment = Some(deployment.clone());
     let pod_trouble = if status::workload_available(consumer, &deployment) {
         None
     } else {
@@ -369,9 +247,35 @@ async fn pipeline(consumer: &AuditConsumer, ctx: &Context) -> Result<Reconciled,
         change,
         info,
         deployment,
-        checkpoints,
         pod_trouble,
     })
+}
+
+/// Step 1: the AuditStream and the Secrets it names; a failure is the stream stage's.
+async fn read_stream(
+    consumer: &AuditConsumer,
+    secrets: &Api<Secret>,
+    ctx: &Context,
+) -> Result<dereference::Referenced, Failure> {
+    let streams = &ctx.state.streams;
+    let stream_api: Api<AuditStream> = Api::namespaced(
+        ctx.client.clone(),
+        &consumer.namespace().unwrap_or_default(),
+    );
+    let grace = ctx.options.missing_stream_grace;
+    match dereference::dereference(consumer, streams, &stream_api, secrets, grace).await {
+        Ok(referenced) => Ok(referenced),
+        Err(error) => {
+            let instance = ctx.options.instance.as_deref();
+            let error =
+                report::unless_namespace_terminating(&ctx.client, consumer, instance, error).await;
+            Err(Failure {
+                stage: Stage::Stream,
+                stream_name: None,
+                error,
+            })
+        }
+    }
 }
 
 /// Applies every workload object the spec asks for and removes the optional ones it no longer

@@ -18,7 +18,10 @@ use super::{
 use crate::{
     crd::{
         connection::NatsConnection,
-        consumer::{AuditConsumer, DeliverPolicy, LogFormat, NetworkPolicySettings, PodSettings},
+        consumer::{
+            AuditConsumer, AuditConsumerSpec, DeliverPolicy, LogFormat, NetworkPolicySettings,
+            PodSettings,
+        },
     },
     duration,
     error::{Error, Result},
@@ -95,6 +98,61 @@ pub fn validate(
     default_image: &str,
 ) -> Result<ValidConsumer> {
     let spec = &consumer.spec;
+    let durable_name = names(consumer)?;
+    let start = start(spec)?;
+    let delivery = delivery(spec)?;
+    let archive = spec.archive.as_ref().map(ValidArchive::new).transpose()?;
+    let max_ack_pending = spec
+        .max_ack_pending
+        .unwrap_or_else(|| default_max_ack_pending(spec, archive.as_ref()));
+    let batch = u32::try_from(positive("batch", spec.batch.into())?)
+        .map_err(|_| Error::InvalidSpec("spec.batch is too large".into()))?;
+    let max_bytes = spec
+        .max_bytes
+        .map(|bytes| positive("maxBytes", bytes))
+        .transpose()?;
+    let integrity = integrity(spec, referenced, &durable_name)?;
+    let secret_versions = secret_versions(referenced, integrity.as_ref());
+    Ok(ValidConsumer {
+        name: consumer.name_any(),
+        namespace: consumer.namespace(),
+        owner: consumer.controller_owner_ref(&()),
+        mark: owner_of(consumer),
+        durable_name,
+        description: spec.description.clone(),
+        filter_subjects: spec.filter_subjects.clone(),
+        start,
+        ack_wait: delivery.ack_wait,
+        backoff: delivery.backoff,
+        max_deliver: delivery.max_deliver,
+        max_ack_pending,
+        replicas: spec.replicas,
+        image: spec
+            .image
+            .clone()
+            .unwrap_or_else(|| default_image.to_owned()),
+        batch,
+        max_bytes,
+        expires: delivery.expires,
+        heartbeat: delivery.heartbeat,
+        format: match spec.format {
+            LogFormat::Json => Format::Json,
+            LogFormat::Text => Format::Text,
+        },
+        redact_keys: spec.redact_keys.clone(),
+        pod: spec.pod.clone(),
+        network_policy: spec.network_policy.clone().filter(|policy| policy.enabled),
+        stream_name: referenced.stream_name.clone(),
+        connection: referenced.stream.spec.connection.clone(),
+        client_cert_has_ca: referenced.client_cert_has_ca(),
+        secret_versions,
+        integrity,
+        archive,
+    })
+}
+
+/// The durable name, after checking that the names fit where they go (pure).
+fn names(consumer: &AuditConsumer) -> Result<String> {
     let name = consumer.metadata.name.as_deref().unwrap_or_default();
     if name.len() > MAX_NAME_LENGTH {
         return Err(Error::InvalidSpec(format!(
@@ -112,38 +170,65 @@ pub fn validate(
             "durable name {durable_name:?} may hold only letters, digits, '-' and '_' (at most 255): set spec.durableName"
         )));
     }
-    let parse = |field: &str, value: &str| -> Result<Duration> {
-        duration::parse(value).map_err(|e| Error::InvalidSpec(format!("spec.{field}: {e}")))
-    };
-    let start = match (spec.deliver_policy, spec.start_sequence, &spec.start_time) {
-        (DeliverPolicy::ByStartSequence, Some(sequence), None) if sequence > 0 => {
-            Start::Sequence(sequence.unsigned_abs())
-        }
-        (DeliverPolicy::ByStartTime, None, Some(time)) => {
-            let invalid = |e: &dyn std::fmt::Display| {
-                Error::InvalidSpec(format!(
-                    "spec.startTime {time:?} is not an RFC 3339 time such as 2026-11-22T00:00:00Z: {e}"
-                ))
-            };
-            time.parse::<Timestamp>().map_err(|e| invalid(&e))?;
-            // What NATS is sent comes from async-nats' own RFC 3339 reader, which is stricter
-            // than jiff's in places: a time it refuses is an invalid spec, never a silent
-            // fallback to delivering everything.
-            serde_json::from_value::<async_nats::jetstream::consumer::DeliverPolicy>(
-                serde_json::json!({ "deliver_policy": "by_start_time", "opt_start_time": time }),
-            )
-            .map_err(|e| invalid(&e))?;
-            Start::Time(time.clone())
-        }
-        (DeliverPolicy::ByStartSequence | DeliverPolicy::ByStartTime, ..)
-        | (_, Some(_), _)
-        | (_, _, Some(_)) => {
-            return Err(Error::InvalidSpec(
-                "set spec.startSequence exactly with deliverPolicy ByStartSequence, and spec.startTime exactly with ByStartTime".into(),
-            ));
-        }
-        (policy, None, None) => Start::Policy(policy),
-    };
+    Ok(durable_name)
+}
+
+fn parse(field: &str, value: &str) -> Result<Duration> {
+    duration::parse(value).map_err(|e| Error::InvalidSpec(format!("spec.{field}: {e}")))
+}
+
+fn positive(field: &str, value: i64) -> Result<usize> {
+    usize::try_from(value)
+        .ok()
+        .filter(|value| *value > 0)
+        .ok_or_else(|| Error::InvalidSpec(format!("spec.{field} must be at least 1")))
+}
+
+/// Where delivery starts: the policy with exactly the start it needs.
+fn start(spec: &AuditConsumerSpec) -> Result<Start> {
+    Ok(
+        match (spec.deliver_policy, spec.start_sequence, &spec.start_time) {
+            (DeliverPolicy::ByStartSequence, Some(sequence), None) if sequence > 0 => {
+                Start::Sequence(sequence.unsigned_abs())
+            }
+            (DeliverPolicy::ByStartTime, None, Some(time)) => {
+                let invalid = |e: &dyn std::fmt::Display| {
+                    Error::InvalidSpec(format!(
+                        "spec.startTime {time:?} is not an RFC 3339 time such as 2026-11-22T00:00:00Z: {e}"
+                    ))
+                };
+                time.parse::<Timestamp>().map_err(|e| invalid(&e))?;
+                // What NATS is sent comes from async-nats' own RFC 3339 reader, which is
+                // stricter than jiff's in places: a time it refuses is an invalid spec, never
+                // a silent fallback to delivering everything.
+                serde_json::from_value::<async_nats::jetstream::consumer::DeliverPolicy>(
+                    serde_json::json!({ "deliver_policy": "by_start_time", "opt_start_time": time }),
+                )
+                .map_err(|e| invalid(&e))?;
+                Start::Time(time.clone())
+            }
+            (DeliverPolicy::ByStartSequence | DeliverPolicy::ByStartTime, ..)
+            | (_, Some(_), _)
+            | (_, _, Some(_)) => {
+                return Err(Error::InvalidSpec(
+                    "set spec.startSequence exactly with deliverPolicy ByStartSequence, and spec.startTime exactly with ByStartTime".into(),
+                ));
+            }
+            (policy, None, None) => Start::Policy(policy),
+        },
+    )
+}
+
+/// The acknowledgement and pull timings, checked against each other.
+struct Delivery {
+    ack_wait: Duration,
+    backoff: Vec<Duration>,
+    max_deliver: i64,
+    expires: Duration,
+    heartbeat: Option<Duration>,
+}
+
+fn delivery(spec: &AuditConsumerSpec) -> Result<Delivery> {
     let backoff = spec
         .backoff
         .iter()
@@ -172,107 +257,75 @@ pub fn validate(
             "spec.heartbeat must be more than zero and at most half of spec.expires".into(),
         ));
     }
-    let archive = spec.archive.as_ref().map(ValidArchive::new).transpose()?;
-    let max_ack_pending = spec.max_ack_pending.unwrap_or_else(|| {
-        let per_pod = match &archive {
-            // A pod holds a segment's events unacknowledged while it is stored, and fills the
-            // next one meanwhile: with room for one segment only, reading would stop at every
-            // upload (measured: 15% less throughput, docs/benchmarks.md).
-            Some(archive) => i64::try_from(archive.segment_lines)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(2)
-                .saturating_add(2 * i64::from(spec.batch.max(1))),
-            None => 2 * i64::from(spec.batch.max(1)),
-        };
-        i64::from(spec.replicas.max(1))
-            .saturating_mul(per_pod)
-            .max(1)
-    });
-    let positive = |field: &str, value: i64| {
-        usize::try_from(value)
-            .ok()
-            .filter(|value| *value > 0)
-            .ok_or_else(|| Error::InvalidSpec(format!("spec.{field} must be at least 1")))
-    };
-    let batch = u32::try_from(positive("batch", spec.batch.into())?)
-        .map_err(|_| Error::InvalidSpec("spec.batch is too large".into()))?;
-    let max_bytes = spec
-        .max_bytes
-        .map(|bytes| positive("maxBytes", bytes))
-        .transpose()?;
-    let integrity = match spec.integrity.as_ref().filter(|i| i.enabled) {
-        None => None,
-        Some(settings) => {
-            let key = referenced.signing_key.clone().ok_or_else(|| {
-                Error::InvalidSpec(
-                    "spec.integrity.enabled needs spec.integrity.signingKeySecretRef".into(),
-                )
-            })?;
-            let checkpoint_interval = parse(
-                "integrity.checkpointInterval",
-                &settings.checkpoint_interval,
-            )?;
-            if checkpoint_interval < Duration::from_secs(1) {
-                return Err(Error::InvalidSpec(
-                    "spec.integrity.checkpointInterval must be at least 1s".into(),
-                ));
-            }
-            Some(ValidIntegrity {
-                key,
-                witness_stream: settings.witness_stream.clone(),
-                subject: integrity::subject(&referenced.stream_name, &durable_name),
-                checkpoint_lines: positive("integrity.checkpointLines", settings.checkpoint_lines)?
-                    as u64,
-                checkpoint_interval,
-                replicas: usize::try_from(referenced.stream.spec.replicas.max(1)).unwrap_or(1),
-            })
-        }
-    };
-    let mut secret_versions = referenced.connection.secret_versions.clone();
-    if let Some(integrity) = &integrity {
-        secret_versions.push(integrity.key.secret_version.clone());
-    }
-    secret_versions.extend(referenced.archive_secret_versions.iter().cloned());
-    secret_versions.sort();
-    secret_versions.dedup();
-    Ok(ValidConsumer {
-        name: consumer.name_any(),
-        namespace: consumer.namespace(),
-        owner: consumer.controller_owner_ref(&()),
-        mark: owner_of(consumer),
-        durable_name,
-        description: spec.description.clone(),
-        filter_subjects: spec.filter_subjects.clone(),
-        start,
+    Ok(Delivery {
         // NATS uses the first backoff delay as the ack wait; stating it keeps the desired
         // configuration equal to what the server reports.
         ack_wait: backoff.first().copied().unwrap_or(ack_wait),
         backoff,
         max_deliver,
-        max_ack_pending,
-        replicas: spec.replicas,
-        image: spec
-            .image
-            .clone()
-            .unwrap_or_else(|| default_image.to_owned()),
-        batch,
-        max_bytes,
         expires,
         heartbeat,
-        format: match spec.format {
-            LogFormat::Json => Format::Json,
-            LogFormat::Text => Format::Text,
-        },
-        redact_keys: spec.redact_keys.clone(),
-        pod: spec.pod.clone(),
-        network_policy: spec.network_policy.clone().filter(|policy| policy.enabled),
-        stream_name: referenced.stream_name.clone(),
-        connection: referenced.stream.spec.connection.clone(),
-        client_cert_has_ca: referenced.client_cert_has_ca(),
-        secret_versions,
-        integrity,
-        archive,
     })
+}
+
+/// Without a `maxAckPending`: room for what every pod holds at once.
+fn default_max_ack_pending(spec: &AuditConsumerSpec, archive: Option<&ValidArchive>) -> i64 {
+    let per_pod = match archive {
+        // A pod holds a segment's events unacknowledged while it is stored, and fills the
+        // next one meanwhile: with room for one segment only, reading would stop at every
+        // upload (measured: 15% less throughput, docs/benchmarks.md).
+        Some(archive) => i64::try_from(archive.segment_lines)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(2)
+            .saturating_add(2 * i64::from(spec.batch.max(1))),
+        None => 2 * i64::from(spec.batch.max(1)),
+    };
+    i64::from(spec.replicas.max(1))
+        .saturating_mul(per_pod)
+        .max(1)
+}
+
+/// The integrity settings, when on, with the signing key read.
+fn integrity(
+    spec: &AuditConsumerSpec,
+    referenced: &Referenced,
+    durable_name: &str,
+) -> Result<Option<ValidIntegrity>> {
+    let Some(settings) = spec.integrity.as_ref().filter(|i| i.enabled) else {
+        return Ok(None);
+    };
+    let key = referenced.signing_key.clone().ok_or_else(|| {
+        Error::InvalidSpec("spec.integrity.enabled needs spec.integrity.signingKeySecretRef".into())
+    })?;
+    let checkpoint_interval = parse(
+        "integrity.checkpointInterval",
+        &settings.checkpoint_interval,
+    )?;
+    if checkpoint_interval < Duration::from_secs(1) {
+        return Err(Error::InvalidSpec(
+            "spec.integrity.checkpointInterval must be at least 1s".into(),
+        ));
+    }
+    Ok(Some(ValidIntegrity {
+        key,
+        witness_stream: settings.witness_stream.clone(),
+        subject: integrity::subject(&referenced.stream_name, durable_name),
+        checkpoint_lines: positive("integrity.checkpointLines", settings.checkpoint_lines)? as u64,
+        checkpoint_interval,
+        replicas: usize::try_from(referenced.stream.spec.replicas.max(1)).unwrap_or(1),
+    }))
+}
+
+/// The versions of every Secret the pods read: a change rolls them.
+fn secret_versions(referenced: &Referenced, integrity: Option<&ValidIntegrity>) -> Vec<String> {
+    let mut versions = referenced.connection.secret_versions.clone();
+    if let Some(integrity) = integrity {
+        versions.push(integrity.key.secret_version.clone());
+    }
+    versions.extend(referenced.archive_secret_versions.iter().cloned());
+    versions.sort();
+    versions.dedup();
+    versions
 }
 
 #[cfg(test)]

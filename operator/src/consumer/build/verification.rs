@@ -145,39 +145,44 @@ pub fn cron_job(valid: &ValidConsumer, since: Option<&str>) -> Option<CronJob> {
                     labels: Some(labels.clone()),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(JobSpec {
-                    // A store or NATS not reachable is tried again; a finding is final.
-                    backoff_limit: Some(2),
-                    pod_failure_policy: Some(PodFailurePolicy {
-                        rules: vec![PodFailurePolicyRule {
-                            action: "FailJob".to_owned(),
-                            on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
-                                container_name: Some(CONTAINER_NAME.to_owned()),
-                                operator: "In".to_owned(),
-                                values: vec![EXIT_PROBLEMS],
-                            }),
-                            on_pod_conditions: None,
-                        }],
-                    }),
-                    active_deadline_seconds: Some(ACTIVE_DEADLINE_SECONDS),
-                    template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta {
-                            labels: Some(labels),
-                            annotations: Some(BTreeMap::from([(
-                                "kubectl.kubernetes.io/default-container".to_owned(),
-                                CONTAINER_NAME.to_owned(),
-                            )])),
-                            ..ObjectMeta::default()
-                        }),
-                        spec: Some(pod),
-                    },
-                    ..JobSpec::default()
-                }),
+                spec: Some(job_spec(labels, pod)),
             },
             ..CronJobSpec::default()
         },
         status: None,
     })
+}
+
+/// One run: retried when the store or NATS could not be reached, never after a finding.
+fn job_spec(labels: BTreeMap<String, String>, pod: PodSpec) -> JobSpec {
+    JobSpec {
+        // A store or NATS not reachable is tried again; a finding is final.
+        backoff_limit: Some(2),
+        pod_failure_policy: Some(PodFailurePolicy {
+            rules: vec![PodFailurePolicyRule {
+                action: "FailJob".to_owned(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some(CONTAINER_NAME.to_owned()),
+                    operator: "In".to_owned(),
+                    values: vec![EXIT_PROBLEMS],
+                }),
+                on_pod_conditions: None,
+            }],
+        }),
+        active_deadline_seconds: Some(ACTIVE_DEADLINE_SECONDS),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels),
+                annotations: Some(BTreeMap::from([(
+                    "kubectl.kubernetes.io/default-container".to_owned(),
+                    CONTAINER_NAME.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(pod),
+        },
+        ..JobSpec::default()
+    }
 }
 
 /// `audit-consumer verify`'s command line: this consumer's part of the archive, its witnessed

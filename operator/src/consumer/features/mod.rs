@@ -1,25 +1,49 @@
 //! The AuditConsumer's optional features, in one shape. After the pipeline ran, each feature
-//! observes what it needs ([`observe`], I/O) and then contributes through [`Feature`] (pure):
-//! its condition(s) and status fields, its notices (Events, each once per transition) and how
-//! soon it wants the consumer looked at again. `reconcile::apply` calls them in a loop; a new
-//! feature is a module here and one line in [`observe`].
+//! observes what it needs ([`observe`], I/O, from what the pipeline [`Seen`]) and then
+//! contributes through [`Feature`] (pure): its condition(s) and status fields, its notices
+//! (Events, each once per transition) and how soon it wants the consumer looked at again.
+//! `reconcile::apply` calls them in a loop; a new feature is a module here and one line in
+//! [`observe`]. Every feature is registered for every consumer: one the spec does not ask for
+//! removes what it left in the status.
 //!
 //! The features' conditions are not part of `Ready`: each reports on something the consumer
-//! keeps working without.
+//! keeps working without. (The pods' trouble is not a feature: it explains
+//! `WorkloadAvailable`, which is part of `Ready`, so it stays in the workload stage.)
 
+pub mod checkpoints;
+pub mod max_deliveries;
 pub mod verification;
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use async_nats::jetstream;
+use k8s_openapi::{
+    api::apps::v1::Deployment,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
 
-use super::Context;
+use super::{Context, validate::ValidConsumer};
 use crate::{
     conditions::{self, Status, Value},
     crd::consumer::{AuditConsumer, AuditConsumerStatus},
     metrics::Metrics,
     report::Notice,
 };
+
+/// What the pipeline got to see before it ended (or stopped at a failure): what the features
+/// observe from.
+#[derive(Default)]
+pub struct Seen {
+    /// The consumer, once it validated.
+    pub valid: Option<ValidConsumer>,
+    /// The stream's name on NATS, once the AuditStream was read.
+    pub stream_name: Option<String>,
+    /// The connection the durable consumer was applied through, once it was.
+    pub client: Option<async_nats::Client>,
+    pub jetstream: Option<jetstream::Context>,
+    /// The Deployment as applied, once the whole workload was.
+    pub deployment: Option<Deployment>,
+}
 
 /// One feature's contribution to a reconciliation's outcome.
 pub trait Feature: Send + Sync {
@@ -43,29 +67,32 @@ pub trait Feature: Send + Sync {
     /// Its metrics, from the status just computed.
     fn record(&self, _metrics: &Metrics, _consumer: &AuditConsumer, _status: &AuditConsumerStatus) {
     }
+
+    /// After the status write was attempted: what the feature keeps in the operator's memory
+    /// about what the status now says.
+    fn written(&self, _ctx: &Context, _status: &AuditConsumerStatus) {}
 }
 
 /// The features one reconciliation observed.
 pub struct Features(Vec<Box<dyn Feature>>);
 
-/// What each feature the consumer asks for observed.
-pub async fn observe(consumer: &AuditConsumer, ctx: &Context) -> Features {
-    let mut features: Vec<Box<dyn Feature>> = Vec::new();
-    if let Some(verification) = verification::observe(consumer, ctx).await {
-        features.push(Box::new(verification));
-    }
-    Features(features)
+/// What each feature observed; every feature is here, in the order of its conditions.
+pub async fn observe(consumer: &AuditConsumer, seen: &Seen, ctx: &Context) -> Features {
+    Features(vec![
+        Box::new(max_deliveries::observe(consumer, seen, ctx).await),
+        Box::new(checkpoints::observe(consumer, seen).await),
+        Box::new(verification::observe(consumer, ctx).await),
+    ])
 }
 
 impl Features {
-    /// Every feature's contribution to `status`; what a feature turned off leaves goes first.
+    /// Every feature's contribution to `status`.
     pub fn contribute(
         &self,
         previous: &AuditConsumerStatus,
         status: &mut AuditConsumerStatus,
         now: &Time,
     ) {
-        verification::forget(status);
         for feature in &self.0 {
             feature.contribute(previous, status, now);
         }
@@ -98,6 +125,12 @@ impl Features {
             feature.record(metrics, consumer, status);
         }
     }
+
+    pub fn written(&self, ctx: &Context, status: &AuditConsumerStatus) {
+        for feature in &self.0 {
+            feature.written(ctx, status);
+        }
+    }
 }
 
 /// Sets condition `type_` to `value` in `status`, after every other condition, keeping the
@@ -114,6 +147,18 @@ pub fn set_condition(
     let generation = status.observed_generation;
     let condition = conditions::condition(&previous.conditions, type_, value, generation, now);
     status.conditions.push(condition);
+}
+
+/// Keeps condition `type_` exactly as `previous` has it (after every other condition), or none
+/// if it has none: the feature could not observe this time.
+pub fn keep_condition(
+    previous: &AuditConsumerStatus,
+    status: &mut AuditConsumerStatus,
+    type_: &str,
+) {
+    status.conditions.retain(|c| c.type_ != type_);
+    let kept = previous.conditions.iter().find(|c| c.type_ == type_);
+    status.conditions.extend(kept.cloned());
 }
 
 /// Removes condition `type_`: the feature was turned off.

@@ -72,8 +72,16 @@ pub struct Verification {
     pub running: bool,
 }
 
+/// The feature: what was seen, or `None` when the consumer asks for no verification (then
+/// neither its condition nor its status stays).
+pub struct Verifying(pub Option<Verification>);
+
 /// Lists the verifier's pods, when `consumer` asks for a verification (I/O).
-pub async fn observe(consumer: &AuditConsumer, ctx: &Context) -> Option<Verification> {
+pub async fn observe(consumer: &AuditConsumer, ctx: &Context) -> Verifying {
+    Verifying(observe_runs(consumer, ctx).await)
+}
+
+async fn observe_runs(consumer: &AuditConsumer, ctx: &Context) -> Option<Verification> {
     let settings = consumer.spec.archive.as_ref()?.verification.as_ref()?;
     let namespace = consumer.namespace().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -273,10 +281,37 @@ impl Feature for Verification {
     }
 }
 
-/// Without a verification, neither its condition nor its status stays.
-pub fn forget(status: &mut AuditConsumerStatus) {
-    remove_condition(status, ARCHIVE_VERIFIED);
-    status.archive = None;
+impl Feature for Verifying {
+    fn contribute(
+        &self,
+        previous: &AuditConsumerStatus,
+        status: &mut AuditConsumerStatus,
+        now: &Time,
+    ) {
+        match &self.0 {
+            Some(verification) => verification.contribute(previous, status, now),
+            None => {
+                remove_condition(status, ARCHIVE_VERIFIED);
+                status.archive = None;
+            }
+        }
+    }
+
+    fn notices(&self, previous: &AuditConsumerStatus, status: &AuditConsumerStatus) -> Vec<Notice> {
+        self.0
+            .as_ref()
+            .map_or_else(Vec::new, |v| v.notices(previous, status))
+    }
+
+    fn requeue(&self) -> Option<Duration> {
+        self.0.as_ref().and_then(Feature::requeue)
+    }
+
+    fn record(&self, metrics: &Metrics, consumer: &AuditConsumer, status: &AuditConsumerStatus) {
+        if let Some(verification) = &self.0 {
+            verification.record(metrics, consumer, status);
+        }
+    }
 }
 
 #[cfg(test)]
