@@ -49,7 +49,7 @@ pub async fn run(connection: &Connection, args: &CheckArgs, out: &mut impl Write
     loop {
         match look(&connection.client, args, &mut watch).await {
             Ok(summary) => return out.write_all(summary.as_bytes()).map_err(Error::Output),
-            Err(why) if Instant::now() + POLL > deadline => {
+            Err(why) if Instant::now() >= deadline => {
                 return Err(Error::CheckTimedOut {
                     timeout: args.timeout,
                     why,
@@ -57,7 +57,7 @@ pub async fn run(connection: &Connection, args: &CheckArgs, out: &mut impl Write
             }
             Err(why) => tracing::debug!(%why, "not ready yet"),
         }
-        sleep(POLL).await;
+        sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
 }
 
