@@ -527,3 +527,97 @@ async fn check_passes_while_an_operator_leads_from_a_ready_pod_and_fails_without
     drop(env);
     Ok(())
 }
+
+#[test]
+fn every_shipped_role_of_the_plugin_is_accepted_by_the_api_server() {
+    let applied = tools::run(
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=audit-tests",
+            "-f",
+            "deploy/rbac/",
+        ],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for role in [
+        "kubectl-audit-viewer",
+        "kubectl-audit-verifier",
+        "kubectl-audit-check",
+    ] {
+        assert!(
+            applied.contains(&format!("clusterrole.rbac.authorization.k8s.io/{role}")),
+            "{applied}"
+        );
+    }
+}
+
+#[test]
+fn the_krew_manifest_lists_each_release_archive_with_its_sha256() -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let dist = tempfile::tempdir()?;
+    std::fs::write(dist.path().join("kubectl-audit"), "#!/bin/sh\n")?;
+    let mut digests = Vec::new();
+    for (os, arch) in [("linux", "amd64"), ("darwin", "arm64")] {
+        let archive = format!("kubectl-audit_v9.8.7_{os}_{arch}.tar.gz");
+        let status = Command::new("tar")
+            .args(["-czf", &archive, "kubectl-audit"])
+            .current_dir(dist.path())
+            .status()?;
+        assert!(status.success());
+        let bytes = std::fs::read(dist.path().join(&archive))?;
+        digests.push((
+            os,
+            arch,
+            archive,
+            format!("{:x}", sha2::Sha256::digest(&bytes)),
+        ));
+    }
+    let output = Command::new("bash")
+        .arg(workspace_root().join("hack/krew-manifest.sh"))
+        .args(["v9.8.7"])
+        .arg(dist.path())
+        .output()?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let manifest: serde_yaml::Value = serde_yaml::from_slice(&output.stdout)?;
+    assert_eq!(
+        manifest["apiVersion"],
+        "krew.googlecontainertools.github.com/v1alpha2"
+    );
+    assert_eq!(manifest["kind"], "Plugin");
+    assert_eq!(
+        manifest["metadata"]["name"], "audit",
+        "installed as `kubectl audit`"
+    );
+    assert_eq!(manifest["spec"]["version"], "v9.8.7");
+    let platforms = manifest["spec"]["platforms"].as_sequence().unwrap();
+    assert_eq!(platforms.len(), 2, "only the platforms with an archive");
+    for (platform, (os, arch, archive, sha256)) in platforms.iter().zip(&digests) {
+        assert_eq!(platform["selector"]["matchLabels"]["os"], *os);
+        assert_eq!(platform["selector"]["matchLabels"]["arch"], *arch);
+        assert_eq!(
+            platform["uri"].as_str().unwrap(),
+            format!(
+                "https://github.com/eventsaudit/audit-operator/releases/download/v9.8.7/{archive}"
+            )
+        );
+        assert_eq!(platform["sha256"].as_str().unwrap(), sha256);
+        assert_eq!(platform["bin"], "kubectl-audit");
+    }
+    // Without an archive there is nothing honest to write.
+    let empty = tempfile::tempdir()?;
+    let none = Command::new("bash")
+        .arg(workspace_root().join("hack/krew-manifest.sh"))
+        .args(["v9.8.7"])
+        .arg(empty.path())
+        .output()?;
+    assert_eq!(none.status.code(), Some(1));
+    Ok(())
+}

@@ -299,6 +299,41 @@ async fn the_samples_run_in_real_containers_and_kubectl_logs_shows_every_event_o
     assert!(seen.values().all(|&count| count == 1), "each exactly once");
 
     env.wait_all_acknowledged("audit-log", total as u64).await?;
+
+    // The plugin merges both pods' lines into the stream's order: every sequence once.
+    let merged = kubectl_audit_exits(&env, &["logs", "audit-log"], 0);
+    let sequences: Vec<u64> = merged
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| line["stream_seq"].as_u64())
+        .collect();
+    assert_eq!(
+        sequences,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "in stream order"
+    );
+    let status = kubectl_audit_exits(&env, &["status", "audit-log"], 0);
+    for pod in &pods {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        assert!(
+            status.contains(&format!(
+                "    {name} Running, ready, restarts 0 (node {})",
+                env.node.name()
+            )),
+            "{status}"
+        );
+    }
+    let json: Value = serde_json::from_str(&kubectl_audit_exits(
+        &env,
+        &["status", "audit-log", "-o", "json"],
+        0,
+    ))?;
+    assert_eq!(
+        json["consumers"][0]["pods"].as_array().map(Vec::len),
+        Some(2),
+        "{json}"
+    );
+    assert_eq!(json["consumers"][0]["pending"], 0, "{json}");
     Ok(())
 }
 
@@ -855,6 +890,30 @@ fn verification_runs(env: &Env) -> String {
     )
 }
 
+/// The `kubectl-audit` plugin as the administrator, in this test's namespace.
+fn kubectl_audit(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(audit_tests::cargo_bin("kubectl-audit"))
+        .args(args)
+        .args(["--namespace", &env.namespace])
+        .env("KUBECONFIG", ControlPlane::shared().kubeconfig_path())
+        .output()
+        .expect("running kubectl-audit")
+}
+
+/// The plugin's standard output, failing with both streams unless it exited with `code`.
+fn kubectl_audit_exits(env: &Env, args: &[&str], code: i32) -> String {
+    let output = kubectl_audit(env, args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "kubectl audit {}:\n{stdout}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// One run of the verification CronJob now, as `kubectl create job --from` starts one.
 fn run_verification(env: &Env, consumer: &str, run: &str) -> anyhow::Result<()> {
     tools::run(
@@ -1024,7 +1083,13 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
         },
     )
     .await?;
-    run_verification(&env, "archiver", "2")?;
+    // `kubectl audit verify` runs it now, follows it and exits with its verdict.
+    let report = kubectl_audit_exits(&env, &["verify", "archiver"], 1);
+    assert!(
+        report.contains(": problems\n") && report.contains("missing_segments numbers=2"),
+        "{report}\n{}",
+        verification_runs(&env)
+    );
     let found = wait_condition(&env, "archiver", "ArchiveVerified", "False")
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\n{}", verification_runs(&env)))?;
@@ -1038,5 +1103,18 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
     );
     let last = env.consumer_status("archiver").await?["archive"]["verification"].clone();
     assert_eq!(last["verifiedThrough"], through.as_str(), "held: {last}");
+
+    // The same report as JSON, for scripts; and status shows the run and the checkpoints.
+    let json: Value = serde_json::from_str(&kubectl_audit_exits(
+        &env,
+        &["verify", "archiver", "-o", "json"],
+        1,
+    ))?;
+    assert_eq!(json["verdict"], "problems", "{json}");
+    assert!(json["missingSegments"].as_u64() >= Some(1), "{json}");
+    let status = kubectl_audit_exits(&env, &["status", "archiver"], 0);
+    assert!(status.contains("  Verification     Problems "), "{status}");
+    assert!(status.contains("missing_segments numbers=2"), "{status}");
+    assert!(status.contains(" witnessed line "), "{status}");
     Ok(())
 }
