@@ -242,8 +242,9 @@ fn render(report: &RunReport, namespace: &str, consumer: &str, job: &str) -> Str
         "  problems {}, rejected heads {}, missing segments {}\n",
         report.problems, report.rejected_heads, report.missing_segments
     );
+    // Only a clean run moves the status' verifiedThrough; this is how far this one read.
     text += &format!(
-        "  verified through {}\n",
+        "  checked through {}\n",
         report.verified_through.as_deref().unwrap_or("-")
     );
     if let Some(error) = &report.error {

@@ -266,9 +266,6 @@ AuditConsumer <ns>/reader: Ready
     );
     let logs = Plugin::run(&viewer, &env.namespace, &["logs", "reader"]);
     assert_eq!(logs.code(), Some(0), "{}", logs.stderr());
-    // ...and nothing more: it cannot start a verification.
-    let verify = Plugin::run(&viewer, &env.namespace, &["verify", "reader"]);
-    assert_eq!(verify.code(), Some(2));
     Ok(())
 }
 
@@ -399,13 +396,48 @@ async fn status_of_a_resource_that_is_not_ready_shows_the_whole_message() -> any
         missing.stderr()
     );
 
-    // verify says what to configure when there is no archive verification.
+    // verify says what to configure when there is no archive verification...
     let verify = env.plugin(&["verify", "orphan"]);
     assert_eq!(verify.code(), Some(2));
     assert!(
-        verify.stderr().contains("spec.archive.verification"),
+        verify
+            .stderr()
+            .contains("has no scheduled archive verification to run: set spec.archive"),
         "{}",
         verify.stderr()
+    );
+    // ...and, with one, that the operator has not made its CronJob yet (the stream is
+    // missing here, so it never will).
+    env.apply_consumer(
+        "unverified",
+        "missing",
+        json!({
+            "replicas": 0,
+            "integrity": { "enabled": true, "signingKeySecretRef": { "name": "signer", "key": "seed" } },
+            "archive": {
+                "bucket": "trail",
+                "region": "us-east-1",
+                "verification": { "credentialsSecretRef": { "name": "archive-reader" } },
+            },
+        }),
+    )
+    .await?;
+    let no_cron_job = env.plugin(&["verify", "unverified"]);
+    assert_eq!(no_cron_job.code(), Some(2));
+    assert!(
+        no_cron_job.stderr().contains("has not created CronJob")
+            && no_cron_job.stderr().contains("unverified-audit-verify"),
+        "{}",
+        no_cron_job.stderr()
+    );
+    // The viewer role reads the AuditConsumer but may not go on to the CronJob and Jobs.
+    let viewer = viewer_kubeconfig(&env, "reader-only")?;
+    let forbidden = Plugin::run(&viewer, &env.namespace, &["verify", "unverified"]);
+    assert_eq!(forbidden.code(), Some(2));
+    assert!(
+        forbidden.stderr().contains("forbidden"),
+        "{}",
+        forbidden.stderr()
     );
     Ok(())
 }
