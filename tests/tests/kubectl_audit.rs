@@ -257,6 +257,18 @@ AuditConsumer <ns>/reader: Ready
     assert_eq!(consumer["warningEvents"], json!([]));
     assert!(consumer["integrity"].is_null() && consumer["archive"].is_null());
 
+    // -A: every namespace, this test's among them.
+    let everywhere: Value =
+        serde_json::from_str(&env.plugin(&["status", "-A", "-o", "json"]).success())?;
+    assert!(
+        everywhere["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["namespace"] == env.namespace.as_str() && c["name"] == "reader"),
+        "{everywhere}"
+    );
+
     // The shipped read-only role is enough for status (and logs, which reads the same pods).
     let viewer = viewer_kubeconfig(&env, "auditor")?;
     let as_viewer = Plugin::run(&viewer, &env.namespace, &["status", "orders"]).success();
