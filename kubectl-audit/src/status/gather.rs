@@ -352,3 +352,115 @@ fn container_state(container: &ContainerStatus) -> (String, Option<String>, Opti
         ("Running".to_owned(), None, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer() -> AuditConsumer {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "audit.eventsaudit.io/v1alpha1",
+            "kind": "AuditConsumer",
+            "metadata": { "name": "reader", "namespace": "ns", "generation": 2 },
+            "spec": { "streamRef": { "name": "orders" }, "replicas": 2 },
+            "status": {
+                "observedGeneration": 1,
+                "integrity": {
+                    "witnessStream": "AUDIT_INTEGRITY", "subject": "audit-integrity.ORDERS.reader",
+                    "publicKey": "A...", "checkpoints": [
+                        { "pod": "reader-a", "chain": "reader/reader-a/t0", "position": 7, "time": "2026-01-01T00:00:00Z" },
+                    ],
+                },
+            },
+        }))
+        .unwrap()
+    }
+
+    fn event(kind: &str, name: &str, last: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": format!("{name}.1"), "namespace": "ns" },
+            "eventTime": last,
+            "type": "Warning",
+            "reason": "Stalled",
+            "note": "a long message\nwith a second line",
+            "regarding": { "kind": kind, "name": name, "namespace": "ns" },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_recent_events_about_the_object_itself_are_shown() {
+        let since: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let events = [
+            event("AuditConsumer", "reader", "2026-01-01T00:30:00.000000Z"),
+            event("AuditConsumer", "reader", "2025-12-31T23:00:00.000000Z"),
+            event("AuditStream", "reader", "2026-01-01T00:30:00.000000Z"),
+            event("AuditConsumer", "writer", "2026-01-01T00:30:00.000000Z"),
+        ];
+        let shown = events_about(&events, &consumer(), since);
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert_eq!(shown[0].message, "a long message\nwith a second line");
+    }
+
+    #[test]
+    fn a_pod_shows_its_checkpoint_why_it_waits_and_how_it_last_ended() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "reader-a" },
+            "spec": { "nodeName": "n1", "containers": [] },
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [{
+                    "name": "audit-consumer", "ready": false, "restartCount": 3, "image": "i", "imageID": "",
+                    "state": { "waiting": { "reason": "CrashLoopBackOff", "message": "back-off 40s" } },
+                    "lastState": { "terminated": { "exitCode": 78, "reason": "Error", "message": "cannot reach NATS" } },
+                }],
+            },
+        }))
+        .unwrap();
+        let status = consumer().status.unwrap();
+        let report = pod_report(&pod, &status.integrity.unwrap().checkpoints);
+        assert_eq!(report.state, "Waiting");
+        assert_eq!(report.reason.as_deref(), Some("CrashLoopBackOff"));
+        assert_eq!((report.ready, report.restarts), (false, 3));
+        let last = report.last_termination.unwrap();
+        assert_eq!(
+            (last.exit_code, last.message.as_deref()),
+            (78, Some("cannot reach NATS"))
+        );
+        assert_eq!(report.checkpoint.unwrap().position, 7);
+        assert_eq!(report.node.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn an_unscheduled_pod_says_why() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "reader-b" },
+            "status": {
+                "phase": "Pending",
+                "conditions": [{ "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                 "message": "0/1 nodes are available: 1 Insufficient cpu." }],
+            },
+        }))
+        .unwrap();
+        let report = pod_report(&pod, &[]);
+        assert_eq!(report.state, "Pending");
+        assert_eq!(report.reason.as_deref(), Some("Unschedulable"));
+        assert_eq!(
+            report.message.as_deref(),
+            Some("0/1 nodes are available: 1 Insufficient cpu.")
+        );
+        assert!(report.checkpoint.is_none());
+    }
+
+    #[test]
+    fn a_consumer_without_a_ready_condition_has_no_ready_and_keeps_its_generations() {
+        let report = consumer_report(&consumer(), &[], &[]);
+        assert!(report.ready.is_none());
+        assert_eq!(
+            (report.generation, report.observed_generation),
+            (Some(2), Some(1))
+        );
+        assert_eq!(report.replicas.desired, 2);
+        assert!(report.archive.is_none());
+    }
+}

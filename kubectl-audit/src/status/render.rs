@@ -416,6 +416,20 @@ mod tests {
     }
 
     #[test]
+    fn a_status_behind_its_spec_or_missing_says_so() {
+        let mut out = String::new();
+        generation(&mut out, Some(3), Some(2));
+        assert_eq!(
+            out,
+            "  Generation       3, but the status describes 2: the operator has not caught up\n"
+        );
+        let mut current = String::new();
+        generation(&mut current, Some(2), Some(2));
+        assert!(current.is_empty());
+        assert!(headline(None).contains("kubectl audit check"));
+    }
+
+    #[test]
     fn ages_read_like_kubectl() {
         assert_eq!(age(59), "59s");
         assert_eq!(age(600), "10m");
