@@ -665,3 +665,32 @@ fn the_krew_manifest_lists_each_release_archive_with_its_sha256() -> anyhow::Res
     assert_eq!(none.status.code(), Some(1));
     Ok(())
 }
+
+#[test]
+fn the_docs_name_every_flag_and_environment_variable_of_every_command() {
+    let docs = std::fs::read_to_string(workspace_root().join("docs/kubectl-audit.md")).unwrap();
+    let flag = regex::Regex::new(r"--[a-z][a-z-]+").unwrap();
+    let env = regex::Regex::new(r"env: ([A-Z_]+)=").unwrap();
+    for command in ["status", "check", "verify", "logs"] {
+        let help = Command::new(cargo_bin("kubectl-audit"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        for name in flag.find_iter(&help).map(|m| m.as_str()) {
+            if name == "--help" || name == "--version" {
+                continue;
+            }
+            assert!(
+                docs.contains(name),
+                "docs/kubectl-audit.md does not mention {command} {name}"
+            );
+        }
+        for variable in env.captures_iter(&help).map(|c| c[1].to_owned()) {
+            assert!(
+                docs.contains(&variable),
+                "docs/kubectl-audit.md does not mention {variable}"
+            );
+        }
+    }
+}
