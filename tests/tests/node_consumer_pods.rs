@@ -312,6 +312,14 @@ async fn the_samples_run_in_real_containers_and_kubectl_logs_shows_every_event_o
         (1..=total as u64).collect::<Vec<_>>(),
         "in stream order"
     );
+    // The chart's operator pod leads and is Ready, as `kubectl audit check` sees it; the
+    // Lease is found without being told where.
+    let check = kubectl_audit_exits(&env, &["check", "--timeout", "60s"], 0);
+    assert!(
+        check.contains(&format!("Leader: pod {}/", env.operator.namespace))
+            && check.ends_with("The audit-operator is ready.\n"),
+        "{check}"
+    );
     let status = kubectl_audit_exits(&env, &["status", "audit-log"], 0);
     for pod in &pods {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
