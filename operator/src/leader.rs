@@ -29,6 +29,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
+/// Name of the leader-election Lease, in the operator's namespace (`--lease-namespace`);
+/// `kubectl audit check` looks for it by this name.
+pub const LEASE_NAME: &str = "audit-operator-leader";
+
 /// Where the Lease lives, who we are, and the timing (the Kubernetes defaults).
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
@@ -46,7 +50,7 @@ impl LeaseSettings {
     pub fn new(namespace: String, identity: String) -> Self {
         Self {
             namespace,
-            name: "audit-operator-leader".to_owned(),
+            name: LEASE_NAME.to_owned(),
             identity,
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),

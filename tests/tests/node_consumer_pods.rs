@@ -299,7 +299,190 @@ async fn the_samples_run_in_real_containers_and_kubectl_logs_shows_every_event_o
     assert!(seen.values().all(|&count| count == 1), "each exactly once");
 
     env.wait_all_acknowledged("audit-log", total as u64).await?;
+
+    // The plugin merges both pods' lines into the stream's order: every sequence once.
+    let merged = kubectl_audit_exits(&env, &["logs", "audit-log"], 0);
+    let sequences: Vec<u64> = merged
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| line["stream_seq"].as_u64())
+        .collect();
+    assert_eq!(
+        sequences,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "in stream order"
+    );
+    // The chart's operator pod leads and is Ready, as `kubectl audit check` sees it; the
+    // Lease is found without being told where.
+    let check = kubectl_audit_exits(&env, &["check", "--timeout", "60s"], 0);
+    assert!(
+        check.contains(&format!("Leader: pod {}/", env.operator.namespace))
+            && check.ends_with("The audit-operator is ready.\n"),
+        "{check}"
+    );
+    let status = kubectl_audit_exits(&env, &["status", "audit-log"], 0);
+    for pod in &pods {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        assert!(
+            status.contains(&format!(
+                "    {name} Running, ready, restarts 0 (node {})",
+                env.node.name()
+            )),
+            "{status}"
+        );
+    }
+    let json: Value = serde_json::from_str(&kubectl_audit_exits(
+        &env,
+        &["status", "audit-log", "-o", "json"],
+        0,
+    ))?;
+    assert_eq!(
+        json["consumers"][0]["pods"].as_array().map(Vec::len),
+        Some(2),
+        "{json}"
+    );
+    assert_eq!(json["consumers"][0]["pending"], 0, "{json}");
+
+    // A container killed and restarted: its lines before the kill are in its previous
+    // container's log, which `kubectl audit logs` reads too, also while following.
+    let killed = pods[0].metadata.name.clone().unwrap_or_default();
+    let container = pods[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|statuses| statuses[0].container_id.clone())
+        .ok_or_else(|| anyhow::anyhow!("{killed} has no container id"))?;
+    let before_kill = tools::run(
+        "kubectl",
+        &["logs", "--namespace", &env.namespace, &killed, "--tail=-1"],
+        None,
+    )?;
+    let before_kill: Vec<String> = before_kill.lines().map(str::to_owned).collect();
+    assert!(
+        !audit_events(&before_kill)?.is_empty(),
+        "{killed} wrote events before the kill, which only its previous container's log holds after"
+    );
+    env.node.kill_container(&container)?;
+    let pods_api: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    wait::until(
+        &format!("{killed} restarted and ready"),
+        WAIT,
+        POLL,
+        || async {
+            let pod = pods_api.get(&killed).await?;
+            let status = pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default();
+            Ok(status
+                .first()
+                .filter(|c| c.restart_count == 1 && c.ready)
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let follow = FollowedLogs::start(&env, "audit-log")?;
+    let more = 30;
+    for n in total..total + more {
+        js.publish(
+            format!("audit.orders.{n}"),
+            event(n, &format!("evt-{n}")).into(),
+        )
+        .await?
+        .await?;
+    }
+    let all = (total + more) as u64;
+    env.wait_all_acknowledged("audit-log", all).await?;
+    let followed = follow.until_sequence(all)?;
+    let merged = kubectl_audit_exits(&env, &["logs", "audit-log"], 0);
+    let sequences = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter_map(|line| line["stream_seq"].as_u64())
+            .collect()
+    };
+    let after_restart = sequences(&merged);
+    assert!(
+        after_restart.windows(2).all(|pair| pair[0] <= pair[1]),
+        "in stream order: {after_restart:?}"
+    );
+    // A line written but not acknowledged before the kill is delivered, and written, again.
+    let distinct: std::collections::BTreeSet<u64> = after_restart.iter().copied().collect();
+    assert_eq!(
+        distinct,
+        (1..=all).collect(),
+        "every line, the killed container's included"
+    );
+    let distinct_followed: std::collections::BTreeSet<u64> =
+        sequences(&followed.join("\n")).into_iter().collect();
+    assert_eq!(
+        distinct_followed,
+        (1..=all).collect(),
+        "followed: every line"
+    );
     Ok(())
+}
+
+/// `kubectl audit logs -f` running in the background, its lines collected by a thread.
+struct FollowedLogs {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl FollowedLogs {
+    fn start(env: &Env, consumer: &str) -> anyhow::Result<Self> {
+        let mut child = std::process::Command::new(audit_tests::cargo_bin("kubectl-audit"))
+            .args(["logs", "-f", consumer, "--namespace", &env.namespace])
+            .env("KUBECONFIG", ControlPlane::shared().kubeconfig_path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    /// The lines printed until one with stream sequence `last` and a few seconds after; then
+    /// stops the plugin.
+    fn until_sequence(mut self, last: u64) -> anyhow::Result<Vec<String>> {
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).map_err(|e| {
+                anyhow::anyhow!(
+                    "kubectl audit logs -f: no line with stream_seq {last} ({e}); got:\n{}",
+                    lines.join("\n")
+                )
+            })?;
+            let done = serde_json::from_str::<Value>(&line)
+                .is_ok_and(|parsed| parsed["stream_seq"].as_u64() == Some(last));
+            lines.push(line);
+            if done {
+                // Lines of other pods held back for their order may still follow it.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(3)) {
+                    lines.push(line);
+                }
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Ok(lines);
+            }
+        }
+    }
+}
+
+impl Drop for FollowedLogs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// One line of `/proc/<pid>/status`, e.g. `Uid`.
@@ -855,6 +1038,30 @@ fn verification_runs(env: &Env) -> String {
     )
 }
 
+/// The `kubectl-audit` plugin as the administrator, in this test's namespace.
+fn kubectl_audit(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(audit_tests::cargo_bin("kubectl-audit"))
+        .args(args)
+        .args(["--namespace", &env.namespace])
+        .env("KUBECONFIG", ControlPlane::shared().kubeconfig_path())
+        .output()
+        .expect("running kubectl-audit")
+}
+
+/// The plugin's standard output, failing with both streams unless it exited with `code`.
+fn kubectl_audit_exits(env: &Env, args: &[&str], code: i32) -> String {
+    let output = kubectl_audit(env, args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "kubectl audit {}:\n{stdout}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// One run of the verification CronJob now, as `kubectl create job --from` starts one.
 fn run_verification(env: &Env, consumer: &str, run: &str) -> anyhow::Result<()> {
     tools::run(
@@ -1024,7 +1231,13 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
         },
     )
     .await?;
-    run_verification(&env, "archiver", "2")?;
+    // `kubectl audit verify` runs it now, follows it and exits with its verdict.
+    let report = kubectl_audit_exits(&env, &["verify", "archiver"], 1);
+    assert!(
+        report.contains(": problems\n") && report.contains("missing_segments numbers=2"),
+        "{report}\n{}",
+        verification_runs(&env)
+    );
     let found = wait_condition(&env, "archiver", "ArchiveVerified", "False")
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\n{}", verification_runs(&env)))?;
@@ -1038,5 +1251,18 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
     );
     let last = env.consumer_status("archiver").await?["archive"]["verification"].clone();
     assert_eq!(last["verifiedThrough"], through.as_str(), "held: {last}");
+
+    // The same report as JSON, for scripts; and status shows the run and the checkpoints.
+    let json: Value = serde_json::from_str(&kubectl_audit_exits(
+        &env,
+        &["verify", "archiver", "-o", "json"],
+        1,
+    ))?;
+    assert_eq!(json["verdict"], "problems", "{json}");
+    assert!(json["missingSegments"].as_u64() >= Some(1), "{json}");
+    let status = kubectl_audit_exits(&env, &["status", "archiver"], 0);
+    assert!(status.contains("  Verification     Problems "), "{status}");
+    assert!(status.contains("missing_segments numbers=2"), "{status}");
+    assert!(status.contains(" witnessed line "), "{status}");
     Ok(())
 }
