@@ -15,7 +15,9 @@
 //!   output.
 //! - [`process`] guarantees that no server outlives the test that started it.
 //! - [`manifests`] generates the Kustomize base from the Helm chart.
+//! - [`api_reference`] generates `docs/reference/api.md` from the CRDs.
 
+pub mod api_reference;
 pub mod certs;
 pub mod http;
 pub mod images;
