@@ -57,6 +57,10 @@ crds: ## Regenerate crds/ and the Helm chart's copy from the Rust types.
 	mkdir -p deploy/helm/audit-operator/crds
 	$(CARGO) run --quiet --locked --bin audit-operator -- crd --output-dir deploy/helm/audit-operator/crds
 
+.PHONY: api-reference
+api-reference: ## Regenerate docs/reference/api.md from the CRDs in crds/ (tests/src/api_reference.rs).
+	$(CARGO) run --quiet --locked -p audit-tests --bin api-reference
+
 .PHONY: kustomize-base
 kustomize-base: ## Regenerate the Kustomize base and production budget from the Helm chart (tests/src/manifests.rs).
 	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \

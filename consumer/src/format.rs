@@ -577,10 +577,19 @@ mod tests {
         }
     }
 
+    /// The attributes docs/audit-consumer.md ("Output") lists are the ones recognised.
     #[test]
-    fn recognised_attributes_are_the_ones_the_readme_lists() {
+    fn recognised_attributes_are_the_ones_the_docs_list() {
         let listed = "specversion id type source subject time timestamp datacontenttype \
                       dataschema data data_base64";
+        let docs = include_str!("../../docs/audit-consumer.md")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            docs.contains(&format!("(`{listed}`)")),
+            "docs/audit-consumer.md lists the recognised attributes as `{listed}`"
+        );
         for name in listed.split_whitespace() {
             assert_eq!(
                 recognised_field(name.as_bytes()),

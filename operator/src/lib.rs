@@ -6,7 +6,8 @@
 //!
 //! Both controllers ([`stream`], [`consumer`]) run in one shell ([`controller`]) through the
 //! pipeline dereference -> validate -> build -> apply -> status, and reach NATS through
-//! [`connection`]; the README's Architecture section maps every module.
+//! [`connection`]; docs/development.md's Architecture section maps every
+//! module.
 
 #![forbid(unsafe_code)]
 

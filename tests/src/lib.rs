@@ -15,8 +15,12 @@
 //!   output.
 //! - [`process`] guarantees that no server outlives the test that started it.
 //! - [`manifests`] generates the Kustomize base from the Helm chart.
+//! - [`api_reference`] generates `docs/reference/api.md` from the CRDs; [`docs`] reads the
+//!   Markdown pages (their links, anchors and YAML examples) for the tests that check them.
 
+pub mod api_reference;
 pub mod certs;
+pub mod docs;
 pub mod http;
 pub mod images;
 pub mod kube_env;

@@ -444,7 +444,7 @@ async fn a_killed_pod_leaves_an_unwitnessed_tail_and_its_replacement_a_new_chain
     Ok(())
 }
 
-/// The hash of a line as the README defines it (BLAKE3 of the line without its newline),
+/// The hash of a line as docs/integrity.md defines it (BLAKE3 of the line without its newline),
 /// in the heads' lowercase hex.
 fn blake3_hex(line: &str) -> String {
     blake3::hash(line.as_bytes()).to_hex().to_string()

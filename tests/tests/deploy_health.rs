@@ -6,7 +6,7 @@
 //! The objects are fixtures in `tests/fixtures/health/`, captured from the operator on a real
 //! API server by `the_fixtures_are_what_the_operator_writes`, which fails when they are stale
 //! and rewrites them with `AUDIT_UPDATE_FIXTURES=1` (`make health-fixtures`). Each fixture's
-//! expected verdicts are in `verdicts.yaml`, the table the README's GitOps section documents.
+//! expected verdicts are in `verdicts.yaml`, the table docs/gitops.md documents.
 
 mod operator_support;
 

@@ -2,7 +2,7 @@
 //! checked by `values.schema.json`, `helm lint --strict` clean with every option on, the
 //! rendered chart and the Kustomize overlays free of kube-score findings (accepted ones are
 //! annotated, with the reason, on the objects themselves), and an upgrade from the previous
-//! chart layout that follows the README: CRDs first, then `helm upgrade`.
+//! chart layout that follows docs/installing-and-upgrading.md: CRDs first, then `helm upgrade`.
 
 use std::process::{Command, Stdio};
 
@@ -67,7 +67,7 @@ fn the_values_schema_rejects_wrong_types_and_unknown_keys_with_a_clear_message()
             "helm's message for {value} does not say {message:?}:\n{stderr}"
         );
     }
-    // What the README and the tests set must still pass.
+    // What the docs and the tests set must still pass.
     run(
         "helm",
         &template_args(
@@ -204,7 +204,7 @@ async fn an_installation_of_the_previous_chart_upgrades_as_documented() -> anyho
         "the previous chart's CRDs are the current ones: the test proves nothing"
     );
 
-    // The README's upgrade path: Helm never upgrades a chart's crds/, so they go first.
+    // The upgrade path of docs/installing-and-upgrading.md: Helm never upgrades a chart's crds/, so they go first.
     run(
         "kubectl",
         &["apply", "--server-side", "--force-conflicts", "-f", "-"],
