@@ -503,3 +503,92 @@ fn escape(prose: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.test}
+spec:
+  group: example.test
+  names: {kind: Widget, plural: widgets, singular: widget, shortNames: [wd]}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            x-kubernetes-validations:
+            - {message: "size is immutable", rule: "self.size == oldSelf.size || self.size > 1"}
+            properties:
+              size: {type: integer, format: int32, minimum: 1.0, description: "How big.\n\nA <b> tag stays text, `a|b` too."}
+              mode: {type: string, default: Fast, enum: [Fast, Slow]}
+              labels: {type: object, additionalProperties: {type: string}}
+              items:
+                type: array
+                items: {type: object, required: [name], properties: {name: {type: string, maxLength: 8}}}
+"#;
+
+    fn rows() -> Vec<String> {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(CRD).unwrap();
+        render(&[crd])
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("| <a id="))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn every_field_path_gets_a_row_with_its_anchor_depth_first() {
+        let ids: Vec<String> = rows()
+            .iter()
+            .map(|row| row.split('"').nth(1).unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "widget-v1-spec",
+                "widget-v1-spec.items",
+                "widget-v1-spec.items[].name",
+                "widget-v1-spec.labels",
+                "widget-v1-spec.mode",
+                "widget-v1-spec.size",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_row_holds_type_required_default_constraints_and_rules() {
+        let rows = rows();
+        let row = |path: &str| {
+            rows.iter()
+                .find(|r| r.contains(&format!("`{path}`")))
+                .unwrap()
+                .clone()
+        };
+        assert!(row("spec").contains(
+            "CEL: size is immutable (rule `self.size == oldSelf.size \\|\\| self.size > 1`)"
+        ));
+        assert!(row("spec.items").contains("| []object |"));
+        assert!(row("spec.items[].name").contains("| string | yes |  | maxLength 8 |"));
+        assert!(row("spec.labels").contains("| map[string]string |"));
+        assert!(row("spec.mode").contains("| string |  | `Fast` | one of `Fast`, `Slow` |"));
+        assert!(
+            row("spec.size").contains(
+                "| integer (int32) | yes |  | minimum 1 | How big.<br><br>A &lt;b> tag stays text, `a\\|b` too. |"
+            ),
+            "{}",
+            row("spec.size")
+        );
+    }
+}
