@@ -48,7 +48,21 @@ async fn replicated_stream_accepts_publishes_with_one_node_down() -> anyhow::Res
         ..Default::default()
     })
     .await?;
-    js.publish("replicated.before", "one".into()).await?.await?;
+    // The stream's subjects reach every node's interest a moment after it was created:
+    // until then a publish through another node finds no stream ("no responders").
+    wait::until(
+        "a first publish to the new R3 stream",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let js = js.clone();
+            async move {
+                let ack = js.publish("replicated.before", "one".into()).await?;
+                Ok(Some(ack.await?))
+            }
+        },
+    )
+    .await?;
 
     // Kill the stream's leader, the hardest node to lose: the others must elect a new one.
     let mut replicated = js.get_stream("SMOKE_R3").await?;
