@@ -174,6 +174,39 @@ fn verify_archive(
     extra: &[&str],
 ) -> tokio::process::Command {
     let location = format!("s3://{BUCKET}/{PREFIX}");
+    verify_location(server, store, credentials, key, &location, extra)
+}
+
+/// Checks each segment on its own (`--archive s3://<bucket>/<key>`); returns the exit
+/// status and the printed report of each.
+async fn verify_each_object(
+    server: &NatsServer,
+    store: &ObjectStore,
+    credentials: &CredentialFiles,
+    key: &KeyPair,
+    objects: &[&String],
+) -> anyhow::Result<Vec<(Option<i32>, String)>> {
+    let mut outcomes = Vec::new();
+    for object in objects {
+        let location = format!("s3://{BUCKET}/{object}");
+        let output = verify_location(server, store, credentials, key, &location, &[])
+            .output()
+            .await?;
+        let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        println!("{object}:\n{printed}");
+        outcomes.push((output.status.code(), printed));
+    }
+    Ok(outcomes)
+}
+
+fn verify_location(
+    server: &NatsServer,
+    store: &ObjectStore,
+    credentials: &CredentialFiles,
+    key: &KeyPair,
+    location: &str,
+    extra: &[&str],
+) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(cargo_bin("audit-consumer"));
     command
         .arg("verify")
@@ -185,7 +218,7 @@ fn verify_archive(
         ])
         .args([
             "--archive",
-            &location,
+            location,
             "--archive-endpoint",
             &store.endpoint(),
         ])
@@ -359,6 +392,16 @@ async fn segments_hold_the_stdout_lines_under_retention_and_the_trail_verifies()
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(report.contains("complete=1"), "{report}");
+
+    // Every segment ends at a witnessed head, so each object checks on its own: from the
+    // head before its first line to the head that names it.
+    let objects: Vec<&String> = segments.keys().collect();
+    for (status, printed) in
+        verify_each_object(&server, &store, &credentials, &key, &objects).await?
+    {
+        assert_eq!(status, Some(0), "{printed}");
+        assert!(printed.contains("complete=1 "), "{printed}");
+    }
 
     // A segment hidden by a delete marker (what a plain delete does under Object Lock: the
     // locked version stays, listings no longer show it) is found and located.
@@ -535,6 +578,57 @@ async fn an_incremental_verify_reads_what_was_stored_since_and_the_listing_finds
     assert!(
         findings.len() == 1 && findings[0].as_str().is_some_and(|f| f.ends_with(&finding)),
         "{report}"
+    );
+
+    // Accepted after an investigation, exactly as reported: the check passes again, and
+    // still says what it accepted.
+    let accepted = findings[0].as_str().unwrap_or_default().to_owned();
+    let mut accepting = incremental();
+    accepting.args(["--accept-finding", &accepted]);
+    let (status, printed, report) = verify_since(accepting, &report_file).await?;
+    assert_eq!(status, Some(0), "{printed}");
+    assert!(
+        printed.contains(&format!("{accepted} accepted=true")),
+        "{printed}"
+    );
+    assert!(printed.contains(" accepted=1"), "{printed}");
+    assert_eq!(report["verdict"], "complete", "{report}");
+    assert_eq!(report["accepted"], 1, "{report}");
+    assert_eq!(report["missingSegments"], 0, "{report}");
+
+    // One object checked on its own: intact, it is complete; cut by its last line and put
+    // back in place, the check of it alone finds the cut.
+    let objects = segments(&store).await?;
+    let (cut_key, cut_lines) = objects.iter().nth(2).expect("segments");
+    let intact: Vec<&String> = objects.keys().take(2).collect();
+    for (status, printed) in
+        verify_each_object(&server, &store, &credentials, &key, &intact).await?
+    {
+        assert_eq!(status, Some(0), "{printed}");
+        assert!(printed.contains("complete=1 "), "{printed}");
+    }
+    let kept = cut_lines[..cut_lines.len() - 1].join("\n") + "\n";
+    let body = if cut_key.ends_with(".gz") {
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gzip, kept.as_bytes())?;
+        gzip.finish()?
+    } else {
+        kept.into_bytes()
+    };
+    store
+        .client()
+        .put_object()
+        .bucket(BUCKET)
+        .key(cut_key)
+        .body(body.into())
+        .send()
+        .await?;
+    let outcome = verify_each_object(&server, &store, &credentials, &key, &[cut_key]).await?;
+    let (status, printed) = &outcome[0];
+    assert_eq!(*status, Some(1), "{printed}");
+    assert!(
+        printed.contains("finding=truncated positions="),
+        "{printed}"
     );
     Ok(())
 }

@@ -50,6 +50,11 @@ impl PendingUpload {
         &self.upload.key
     }
 
+    /// The size of the object this attempt writes.
+    pub fn bytes(&self) -> u64 {
+        self.upload.body.len() as u64
+    }
+
     pub async fn send(self) -> Result<PutOutcome, PutError> {
         self.store.put_once(self.upload).await
     }

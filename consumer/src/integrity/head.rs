@@ -2,7 +2,8 @@
 //!
 //! The message payload is `{"chain":…,"seq":…,"hash":…,"time":…,"signer":…}` (`hash` in
 //! lowercase hex, `time` when the covered lines had been written, RFC 3339 UTC, `signer` the
-//! NKey public key). The `Audit-Signature` header holds the Ed25519 signature of the payload
+//! NKey public key), with `"segment":{"key":…,"bytes":…}` added on a head that ends an
+//! archive segment (the object holding the lines up to it). The `Audit-Signature` header holds the Ed25519 signature of the payload
 //! bytes exactly as stored, in unpadded URL-safe base64. Verification uses the trusted public
 //! keys it is given, never the `signer` field, which only helps an operator rotating keys.
 
@@ -29,6 +30,18 @@ pub struct Checkpoint {
     pub hash: String,
     pub time: String,
     pub signer: String,
+    /// The archive object whose last line this head is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<SegmentEnd>,
+}
+
+/// The archive object a head ends: signed with the head, so an object's own end is known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEnd {
+    /// Its key in the bucket.
+    pub key: String,
+    /// Its size as stored (compressed, when it is).
+    pub bytes: u64,
 }
 
 impl Checkpoint {
@@ -41,6 +54,7 @@ impl Checkpoint {
             hash: head.hash.to_hex().to_string(),
             time: String::from_utf8(time).expect("RFC 3339 is ASCII"),
             signer,
+            segment: None,
         }
     }
 }

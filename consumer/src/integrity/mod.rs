@@ -64,14 +64,15 @@ impl Integrity {
     }
 
     /// The head of every line sealed so far, for an output that confirms lines later than
-    /// it takes new ones (the archive): [`Self::written_up_to`] it once they are stored.
+    /// it takes new ones (the archive): [`Self::segment_stored`] once they are stored.
     pub fn head(&self) -> Option<chain::Head> {
         self.chain.head()
     }
 
-    /// After the output confirmed every line up to `head` (and maybe none after it).
-    pub fn written_up_to(&mut self, head: chain::Head) {
-        self.witness.written(head);
+    /// After the archive stored a segment whose last line is `head`'s (and maybe none after
+    /// it): the head is witnessed as that segment's end.
+    pub fn segment_stored(&mut self, head: chain::Head, segment: head::SegmentEnd) {
+        self.witness.segment_stored(head, segment);
     }
 
     /// After a failed write: some of the batch's lines may have reached the output, whole or

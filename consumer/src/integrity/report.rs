@@ -24,6 +24,9 @@ pub struct Report {
     pub problems: usize,
     pub rejected_heads: usize,
     pub missing_segments: u64,
+    /// Problems found that the check was told to accept.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub accepted: usize,
     /// The problem lines exactly as printed.
     pub findings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,6 +56,10 @@ impl Report {
         self.findings.truncate(kept);
         json(&self)
     }
+}
+
+fn is_zero(count: &usize) -> bool {
+    *count == 0
 }
 
 /// The report of a check that could not be made, with its message cut to fit `limit`.

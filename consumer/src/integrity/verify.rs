@@ -37,6 +37,10 @@ struct ChainInput {
     conflicting_heads: BTreeSet<u64>,
     /// The first position expected (0 and 1 alike: the chain's start).
     floor: u64,
+    /// The last position expected, when the input is one object of the chain checked on its
+    /// own: heads after it are not judged, and the object's first line must link to the
+    /// head before it.
+    ceiling: Option<u64>,
 }
 
 /// One thing found about one chain.
@@ -62,6 +66,10 @@ pub enum Finding {
     Unwitnessed { from: u64, to: u64 },
     /// The same line twice (a log shipper delivered it again). Not a problem.
     Duplicate { seq: u64, at: Location },
+    /// An object checked on its own starts at `seq`, but no head vouches for the line before
+    /// it (written before heads were published at every segment's end): its link to the
+    /// previous object can only be checked together with that one. Not a problem by itself.
+    Unlinked { seq: u64 },
 }
 
 impl Finding {
@@ -69,7 +77,7 @@ impl Finding {
     pub fn is_problem(&self) -> bool {
         !matches!(
             self,
-            Finding::Unwitnessed { .. } | Finding::Duplicate { .. }
+            Finding::Unwitnessed { .. } | Finding::Duplicate { .. } | Finding::Unlinked { .. }
         )
     }
 }
@@ -108,11 +116,12 @@ impl ChainReport {
     pub fn status(&self) -> Status {
         if self.findings.iter().any(Finding::is_problem) {
             Status::Problems
-        } else if self
-            .findings
-            .iter()
-            .any(|finding| matches!(finding, Finding::Unwitnessed { .. }))
-        {
+        } else if self.findings.iter().any(|finding| {
+            matches!(
+                finding,
+                Finding::Unwitnessed { .. } | Finding::Unlinked { .. }
+            )
+        }) {
             Status::Unwitnessed
         } else {
             Status::Complete
@@ -184,6 +193,26 @@ impl Verifier {
         }
     }
 
+    /// Limits the check to the lines read from `source`, one object checked on its own: each
+    /// chain with lines there is expected from its first position there to the one
+    /// `end_of(chain)` gives (the head that ends the object), or to its last line there
+    /// without one; chains without lines there are dropped.
+    pub fn confine_to_source(&mut self, source: usize, end_of: impl Fn(&str) -> Option<u64>) {
+        self.chains.retain(|chain, input| {
+            let positions = input
+                .lines
+                .iter()
+                .filter(|entry| entry.at.source == source)
+                .map(|entry| entry.seq);
+            let (Some(first), Some(last)) = (positions.clone().min(), positions.max()) else {
+                return false;
+            };
+            input.floor = first;
+            input.ceiling = Some(end_of(chain).unwrap_or(last).max(last));
+            true
+        });
+    }
+
     /// One report per chain seen in the lines or the heads, ordered by chain id.
     pub fn reports(&self) -> Vec<ChainReport> {
         self.chains
@@ -245,12 +274,35 @@ impl ChainInput {
                 altered.insert(seq - 1, before.at);
             }
         }
-        for (seq, hash) in &self.heads {
+        let heads: BTreeMap<u64, blake3::Hash> = match self.ceiling {
+            Some(ceiling) => self
+                .heads
+                .range(..=ceiling)
+                .map(|(s, h)| (*s, *h))
+                .collect(),
+            None => self.heads.clone(),
+        };
+        for (seq, hash) in &heads {
             if let Some(entry) = by_seq.get(seq)
                 && entry.hash != *hash
             {
                 altered.insert(*seq, entry.at);
             }
+            // A line whose predecessor is not at hand still links to a head at its place.
+            if let Some(next) = by_seq.get(&(seq + 1))
+                && !by_seq.contains_key(seq)
+                && next.prev.is_some_and(|prev| prev != *hash)
+            {
+                altered.insert(seq + 1, next.at);
+            }
+        }
+        let mut unlinked = None;
+        if self.ceiling.is_some()
+            && self.floor > 1
+            && by_seq.contains_key(&self.floor)
+            && !heads.contains_key(&(self.floor - 1))
+        {
+            unlinked = Some(Finding::Unlinked { seq: self.floor });
         }
         findings.extend(
             altered
@@ -269,7 +321,7 @@ impl ChainInput {
             }
             expected = seq + 1;
         }
-        let witnessed = self.heads.keys().next_back().copied().unwrap_or(0);
+        let witnessed = heads.keys().next_back().copied().unwrap_or(0);
         if by_seq.is_empty() {
             findings.push(Finding::Absent { to: witnessed });
         } else if witnessed > last_line {
@@ -286,8 +338,10 @@ impl ChainInput {
         findings.extend(
             self.conflicting_heads
                 .iter()
+                .filter(|seq| self.ceiling.is_none_or(|ceiling| **seq <= ceiling))
                 .map(|&seq| Finding::ConflictingHeads { seq }),
         );
+        findings.extend(unlinked);
         ChainReport {
             chain: chain.to_owned(),
             lines: by_seq.len(),
@@ -367,6 +421,60 @@ mod tests {
         let reports = verify(&lines, &[&a_heads[4], &b_heads[4]]);
         assert_eq!(reports.len(), 2);
         assert!(reports.iter().all(|r| r.status() == Status::Complete));
+    }
+
+    /// Segments of ten lines (sources 0, 1, 2) with heads at their ends; only the middle one
+    /// is read, with every head.
+    fn middle_object(edit: impl FnOnce(&mut Vec<Vec<u8>>, &mut Vec<Head>)) -> ChainReport {
+        let (mut lines, heads) = chain_of(ID, 30);
+        let mut ends = vec![heads[9].clone(), heads[19].clone(), heads[29].clone()];
+        let mut middle = lines.drain(10..20).collect();
+        edit(&mut middle, &mut ends);
+        let mut verifier = Verifier::default();
+        for (index, line) in middle.iter().enumerate() {
+            verifier.add_line(
+                line,
+                Location {
+                    source: 1,
+                    line: index + 1,
+                },
+            );
+        }
+        for head in &ends {
+            verifier.add_checkpoint(&checkpoint(head));
+        }
+        verifier.confine_to_source(1, |_| Some(20));
+        let mut reports = verifier.reports();
+        assert_eq!(reports.len(), 1);
+        reports.remove(0)
+    }
+
+    #[test]
+    fn one_object_between_two_heads_is_checked_on_its_own() {
+        let report = middle_object(|_, _| {});
+        assert_eq!(report.status(), Status::Complete, "{report:?}");
+        assert_eq!((report.lines, report.witnessed), (10, 20));
+
+        let report = middle_object(|lines, _| {
+            lines.truncate(8);
+        });
+        assert_eq!(report.findings, [Finding::Truncated { from: 19, to: 20 }]);
+
+        // The head before the object is not the line its first line follows.
+        let report = middle_object(|_, ends| ends[0].hash = blake3::hash(b"another line"));
+        assert_eq!(
+            report.findings,
+            [Finding::Altered {
+                seq: 11,
+                at: Location { source: 1, line: 1 }
+            }]
+        );
+
+        let report = middle_object(|_, ends| {
+            ends.remove(0);
+        });
+        assert_eq!(report.findings, [Finding::Unlinked { seq: 11 }]);
+        assert_eq!(report.status(), Status::Unwitnessed);
     }
 
     #[test]

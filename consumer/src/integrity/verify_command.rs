@@ -18,9 +18,10 @@
 //!
 //! With `--archive`, a check covers a window of store time, `[--since, --until)`: see
 //! [`crate::archive::listing`] for what is read, and `docs/archive.md` for what an
-//! incremental check cannot see.
+//! incremental check cannot see. A location that is one segment's whole key checks that
+//! object on its own, between the head before its first line and the head that ends it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -98,6 +99,13 @@ pub struct VerifyArgs {
     /// whole listing. Read-only credentials (list and get) suffice.
     #[arg(long, value_name = "S3_URL", conflicts_with = "files")]
     pub archive: Option<String>,
+
+    /// A problem accepted after an investigation, exactly as a check printed it (e.g.
+    /// `run=<pod>_<start> finding=missing_segments numbers=3 after=<key>`); repeatable. It is
+    /// printed again followed by `accepted=true` and no longer counts as a problem, so that
+    /// a scheduled check passes again while everything else is still checked.
+    #[arg(long = "accept-finding", value_name = "LINE")]
+    pub accept_finding: Vec<String>,
 
     /// Exit 0, not 3, when nothing is wrong but the newest lines are not witnessed yet: what
     /// a scheduled check expects, as the next one reads them again with their heads.
@@ -179,6 +187,8 @@ struct Checked {
     problems: usize,
     rejected_heads: usize,
     missing_segments: u64,
+    /// Problems found that the command line accepted.
+    accepted: usize,
     problem_lines: Vec<String>,
 }
 
@@ -211,6 +221,7 @@ impl Checked {
             problems,
             rejected_heads,
             missing_segments: gaps.iter().map(Gap::numbers).sum(),
+            accepted: 0,
             problem_lines: Vec::new(),
         }
     }
@@ -222,6 +233,9 @@ impl Checked {
         );
         if archive {
             line.push_str(&format!(" missing_segments={}", self.missing_segments));
+        }
+        if self.accepted > 0 {
+            line.push_str(&format!(" accepted={}", self.accepted));
         }
         line
     }
@@ -238,6 +252,7 @@ impl Checked {
             problems: self.problems,
             rejected_heads: self.rejected_heads,
             missing_segments: self.missing_segments,
+            accepted: self.accepted,
             findings: self.problem_lines.clone(),
             findings_omitted: None,
         }
@@ -249,19 +264,36 @@ async fn check(args: &VerifyArgs, until: SystemTime, out: &mut impl Write) -> Re
     let mut verifier = Verifier::default();
     // Without an archive the logs' heads may still be coming: no end to the heads.
     let heads = read_heads(args, args.archive.is_some().then_some(until)).await?;
-    let (rejected, witnessed) = add_heads(&heads, &trusted, &mut verifier);
+    let opened = add_heads(&heads, &trusted, &mut verifier);
+    let rejected = &opened.rejected;
     let (sources, gaps) = match &args.archive {
         Some(location) => {
             let window = Window {
                 since: args.since,
                 until,
             };
-            read_archive(location, args, &window, &witnessed, &mut verifier).await?
+            read_archive(location, args, &window, &opened, &mut verifier).await?
         }
         None => (read_logs(&args.files, &mut verifier)?, Vec::new()),
     };
-    let reports = verifier.reports();
+    let mut reports = verifier.reports();
+    let mut accepting = Accepting::new(&args.accept_finding);
+    for report in &mut reports {
+        let chain = report.chain.clone();
+        report.findings.retain(|finding| {
+            !finding.is_problem() || !accepting.takes(finding_line(&chain, finding, &sources))
+        });
+    }
+    let rejected: Vec<_> = rejected
+        .iter()
+        .filter(|(stored, reason)| !accepting.takes(rejected_line(stored, reason)))
+        .collect();
+    let gaps: Vec<Gap> = gaps
+        .into_iter()
+        .filter(|gap| !accepting.takes(gap_line(gap)))
+        .collect();
     let mut checked = Checked::new(&reports, rejected.len(), &gaps, sources.len());
+    checked.accepted = accepting.taken.len();
     let mut printer = Printer {
         out,
         problem_lines: Vec::new(),
@@ -273,36 +305,80 @@ async fn check(args: &VerifyArgs, until: SystemTime, out: &mut impl Write) -> Re
             printer.line(line, finding.is_problem())?;
         }
     }
-    for (stored, reason) in &rejected {
+    for (stored, reason) in rejected {
         printer.line(rejected_line(stored, reason), true)?;
     }
     for gap in &gaps {
         printer.line(gap_line(gap), true)?;
+    }
+    for line in &accepting.taken {
+        printer.line(format!("{line} accepted=true"), false)?;
     }
     printer.line(checked.summary_line(args.archive.is_some()), false)?;
     checked.problem_lines = printer.problem_lines;
     Ok(checked)
 }
 
-/// Gives the verifier the heads that open with a trusted key; returns the others with why,
-/// and the chains witnessed.
+/// The findings accepted on the command line, and those of this check they matched.
+struct Accepting {
+    accepted: BTreeSet<String>,
+    taken: Vec<String>,
+}
+
+impl Accepting {
+    fn new(lines: &[String]) -> Self {
+        Self {
+            accepted: lines.iter().map(|line| line.trim().to_owned()).collect(),
+            taken: Vec::new(),
+        }
+    }
+
+    /// Whether the problem `line` was accepted; if so it is kept to be printed as such.
+    fn takes(&mut self, line: String) -> bool {
+        let accepted = self.accepted.contains(&line);
+        if accepted {
+            self.taken.push(line);
+        }
+        accepted
+    }
+}
+
+/// What the heads read say, beyond the positions the verifier takes.
+struct Opened<'a> {
+    /// The heads that do not open with a trusted key, with why.
+    rejected: Vec<(&'a StoredHead, Rejected)>,
+    /// The chains witnessed.
+    witnessed: BTreeSet<String>,
+    /// Archive object key -> the position of the head that ends it.
+    segment_ends: BTreeMap<String, u64>,
+}
+
+/// Gives the verifier the heads that open with a trusted key.
 fn add_heads<'a>(
     heads: &'a [StoredHead],
     trusted: &[KeyPair],
     verifier: &mut Verifier,
-) -> (Vec<(&'a StoredHead, Rejected)>, BTreeSet<String>) {
-    let mut rejected = Vec::new();
-    let mut witnessed = BTreeSet::new();
+) -> Opened<'a> {
+    let mut opened = Opened {
+        rejected: Vec::new(),
+        witnessed: BTreeSet::new(),
+        segment_ends: BTreeMap::new(),
+    };
     for stored in heads {
         match head::open(&stored.payload, stored.signature.as_deref(), trusted) {
             Ok(checkpoint) => {
                 verifier.add_checkpoint(&checkpoint);
-                witnessed.insert(checkpoint.chain);
+                if let Some(segment) = &checkpoint.segment {
+                    opened
+                        .segment_ends
+                        .insert(segment.key.clone(), checkpoint.seq);
+                }
+                opened.witnessed.insert(checkpoint.chain);
             }
-            Err(reason) => rejected.push((stored, reason)),
+            Err(reason) => opened.rejected.push((stored, reason)),
         }
     }
-    (rejected, witnessed)
+    opened
 }
 
 /// Writes the report's lines and keeps the problem lines for the report file.
@@ -379,11 +455,15 @@ async fn read_archive(
     location: &str,
     args: &VerifyArgs,
     window: &Window,
-    witnessed: &BTreeSet<String>,
+    opened: &Opened<'_>,
     verifier: &mut Verifier,
 ) -> Result<(Vec<String>, Vec<Gap>)> {
     let (bucket, prefix) = parse_archive_location(location)?;
     let reader = ArchiveReader::connect(&args.store, bucket).await?;
+    if listing::is_segment(prefix) {
+        let url = read_one_segment(&reader, bucket, prefix, opened, verifier).await?;
+        return Ok((vec![url], Vec::new()));
+    }
     let listing: Vec<Listed> = reader
         .list(prefix)
         .await?
@@ -393,7 +473,8 @@ async fn read_archive(
     if listing.is_empty() {
         tracing::warn!(location, "no archive segment found under this location");
     }
-    let runs: BTreeSet<Run> = witnessed
+    let runs: BTreeSet<Run> = opened
+        .witnessed
         .iter()
         .filter_map(|chain| Run::of_chain(chain))
         .collect();
@@ -413,6 +494,27 @@ async fn read_archive(
         names.push(url);
     }
     Ok((names, listing::gaps(&listing)))
+}
+
+/// Feeds the object at `key` alone to the verifier and confines the check to it: from its
+/// first line, which must follow the head before it, to the head that names it as its end
+/// (to its last line when none does, whose tail is then unwitnessed). Returns its URL.
+async fn read_one_segment(
+    reader: &ArchiveReader,
+    bucket: &str,
+    key: &str,
+    opened: &Opened<'_>,
+    verifier: &mut Verifier,
+) -> Result<String> {
+    let url = format!("s3://{bucket}/{key}");
+    let body = reader.read(key).await?;
+    add_segment(key, &body, 0, verifier).map_err(|err| Error::ReadLog {
+        path: PathBuf::from(&url),
+        source: err,
+    })?;
+    let end = opened.segment_ends.get(key).copied();
+    verifier.confine_to_source(0, |_| end);
+    Ok(url)
 }
 
 /// Feeds one segment's lines to the verifier; returns its first line's chain and position.
@@ -578,6 +680,7 @@ fn finding_line(chain: &str, finding: &Finding, sources: &[String]) -> String {
         Finding::Duplicate { seq, at: location } => {
             format!("duplicate position={seq} at={}", at(location))
         }
+        Finding::Unlinked { seq } => format!("unlinked position={seq}"),
     };
     format!("chain={chain} finding={what}")
 }

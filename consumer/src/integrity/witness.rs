@@ -1,7 +1,8 @@
 //! Witnessed checkpoints: a task that publishes the pod's chain heads, signed, to the witness
 //! stream (append-only: the stream denies delete and purge), every `--integrity-checkpoint-lines`
 //! lines or `--integrity-checkpoint-interval`, whichever comes first, when a chain ends, and at
-//! shutdown.
+//! shutdown; with the archive output, at the end of every stored segment instead, so that
+//! each object lies between two heads and can be checked on its own.
 //!
 //! The worker hands over a head only after the write of the lines it covers succeeded, so a
 //! head never vouches for a line that is not in the output. Handing over is a lock and a copy;
@@ -17,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::chain::Head;
-use super::head::{self, Checkpoint};
+use super::head::{self, Checkpoint, SegmentEnd};
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 
@@ -43,14 +44,17 @@ pub struct WitnessConfig {
 struct Written {
     head: Head,
     time_nanos: i128,
+    /// The archive object that ends at this head.
+    segment: Option<SegmentEnd>,
 }
 
 #[derive(Default)]
 struct Pending {
     /// The newest head written of the current chain.
     current: Option<Written>,
-    /// Final heads of chains that ended (after a failed write), oldest first.
-    ended: Vec<Written>,
+    /// Heads that must each be published, oldest first: the final heads of chains that ended
+    /// (after a failed write), and the heads at which archive segments end.
+    queued: Vec<Written>,
     /// `current` is `every_lines` past the head last asked for: publish it now. Decided by
     /// the worker, which counts the lines, so that a head published a few lines late does
     /// not make the next one wait for a second wake.
@@ -112,6 +116,7 @@ impl Witness {
         pending.current = Some(Written {
             head: head.clone(),
             time_nanos: now_nanos(),
+            segment: None,
         });
         drop(pending);
         if wake {
@@ -120,11 +125,24 @@ impl Witness {
         }
     }
 
+    /// An archive segment ending at `head` has been stored: the head is published, whatever
+    /// the line count and the interval, and before any later one. The current head is not
+    /// moved: with the archive, heads are published at segment ends only.
+    pub fn segment_stored(&mut self, head: Head, segment: SegmentEnd) {
+        self.woken_at = head.seq;
+        self.shared.pending().queued.push(Written {
+            head,
+            time_nanos: now_nanos(),
+            segment: Some(segment),
+        });
+        self.shared.wake.notify_one();
+    }
+
     /// The current chain ends at its last written head; the next head starts a new chain.
     pub fn chain_ended(&mut self) {
         let mut pending = self.shared.pending();
         if let Some(last) = pending.current.take() {
-            pending.ended.push(last);
+            pending.queued.push(last);
         }
         drop(pending);
         self.woken_at = 0;
@@ -171,25 +189,27 @@ impl Publisher {
         let mut last_publish = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            let (ended, current, lines_reached, finishing) = {
+            let (queued, current, lines_reached, finishing) = {
                 let mut pending = shared.pending();
                 (
-                    std::mem::take(&mut pending.ended),
+                    std::mem::take(&mut pending.queued),
                     pending.current.clone(),
                     std::mem::take(&mut pending.lines_reached),
                     pending.finishing,
                 )
             };
             let mut failed = false;
-            for (index, last) in ended.iter().enumerate() {
-                if !self.publish(last).await {
-                    // Kept, in order, before any chain that ended meanwhile.
+            for (index, head) in queued.iter().enumerate() {
+                if !self.publish(head).await {
+                    // Kept, in order, before any queued meanwhile.
                     let mut pending = shared.pending();
-                    let newer = std::mem::take(&mut pending.ended);
-                    pending.ended = ended[index..].iter().cloned().chain(newer).collect();
+                    let newer = std::mem::take(&mut pending.queued);
+                    pending.queued = queued[index..].iter().cloned().chain(newer).collect();
                     failed = true;
                     break;
                 }
+                published = Some(head.head.clone());
+                last_publish = Instant::now();
             }
             if !failed && let Some(current) = current {
                 let behind = match &published {
@@ -234,7 +254,10 @@ impl Publisher {
 
     /// Publishes one head and waits for the stream to store it.
     async fn publish(&self, written: &Written) -> bool {
-        let checkpoint = Checkpoint::new(&written.head, written.time_nanos, self.signer.clone());
+        let checkpoint = Checkpoint {
+            segment: written.segment.clone(),
+            ..Checkpoint::new(&written.head, written.time_nanos, self.signer.clone())
+        };
         let (payload, signature) = match head::sign(&checkpoint, &self.key) {
             Ok(signed) => signed,
             Err(err) => {
@@ -336,12 +359,32 @@ mod tests {
         witness.chain_ended();
         witness.written(head("b", 5));
         let pending = witness.shared.pending();
-        let ended: Vec<&Head> = pending.ended.iter().map(|written| &written.head).collect();
+        let ended: Vec<&Head> = pending.queued.iter().map(|written| &written.head).collect();
         assert_eq!(
             ended,
             [&head("a", 30)],
             "a chain without lines leaves no head"
         );
         assert_eq!(pending.current.as_ref().unwrap().head, head("b", 5));
+    }
+
+    #[test]
+    fn every_stored_segment_end_is_published_in_order() {
+        let mut witness = witness(100_000);
+        let end = |key: &str| SegmentEnd {
+            key: key.into(),
+            bytes: 1,
+        };
+        witness.segment_stored(head("a", 300), end("one"));
+        witness.segment_stored(head("a", 600), end("two"));
+        witness.chain_ended();
+        let pending = witness.shared.pending();
+        let queued: Vec<&Head> = pending.queued.iter().map(|written| &written.head).collect();
+        assert_eq!(
+            queued,
+            [&head("a", 300), &head("a", 600)],
+            "each segment's head, however close together, and none twice"
+        );
+        assert!(pending.current.is_none());
     }
 }

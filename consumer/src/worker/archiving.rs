@@ -22,6 +22,7 @@ use super::{InFlight, StreamEnd, Worker};
 use crate::archive::segment::CloseReason;
 use crate::archive::store::PutError;
 use crate::backoff::Backoff;
+use crate::integrity::head::SegmentEnd;
 
 const UPLOAD_BACKOFF_BASE: Duration = Duration::from_millis(500);
 const UPLOAD_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -303,7 +304,7 @@ impl<W: std::io::Write + Send> Worker<W> {
                 return (false, holding.end);
             };
             let upload = archive.upload(reason);
-            let key = upload.key().to_owned();
+            let (key, bytes) = (upload.key().to_owned(), upload.bytes());
             let mut attempt = tokio::spawn(upload.send());
             let outcome = match self
                 .hold_until(&mut attempt, held, hold, &mut holding)
@@ -327,7 +328,7 @@ impl<W: std::io::Write + Send> Worker<W> {
                         tracing::info!(failures, "the archive stored the segment after retries");
                     }
                     if let (Some(integrity), Some(head)) = (&mut self.integrity, segment_head) {
-                        integrity.written_up_to(head);
+                        integrity.segment_stored(head, SegmentEnd { key, bytes });
                     }
                     self.health.set_output_ok(true);
                     self.health.contact();

@@ -324,6 +324,8 @@ pub fn summarize(
             time: Timestamp::from_nanosecond(stored_at)
                 .map(|t| t.to_string())
                 .unwrap_or_default(),
+            segment_bytes: checkpoint.segment.as_ref().map(|segment| segment.bytes),
+            segment: checkpoint.segment.map(|segment| segment.key),
         })
         .collect();
     Checkpoints {
@@ -476,6 +478,7 @@ pub(crate) mod tests {
             hash: format!("{seq:02x}").repeat(32),
             time: "2026-11-28T10:00:00Z".into(),
             signer: key.public_key(),
+            segment: None,
         };
         let (payload, signature) = head::sign(&checkpoint, key).unwrap();
         StoredHead {
@@ -524,5 +527,39 @@ pub(crate) mod tests {
         assert_eq!(positions, [("pod-a", 250), ("pod-b", 40)]);
         assert_eq!(seen.status.checkpoints[0].time, "2026-11-18T11:06:50Z");
         assert_eq!(seen.status.public_key, key.public_key());
+        assert_eq!(seen.status.checkpoints[0].segment, None);
+    }
+
+    #[test]
+    fn a_segment_end_names_the_pods_newest_stored_object() {
+        let key = KeyPair::new_account();
+        let chain = "orders_reader/pod-a/2026-11-28T10:00:00.000000000Z";
+        let checkpoint = head::Checkpoint {
+            chain: chain.into(),
+            seq: 300,
+            hash: "ab".repeat(32),
+            time: "2026-11-28T10:00:00Z".into(),
+            signer: key.public_key(),
+            segment: Some(head::SegmentEnd {
+                key: "audit/S/C/2026/11/28/x_000001.jsonl.gz".into(),
+                bytes: 4096,
+            }),
+        };
+        let (payload, signature) = head::sign(&checkpoint, &key).unwrap();
+        let heads = [StoredHead {
+            stream_sequence: 1,
+            subject: "audit-integrity.orders_audit.orders_reader".into(),
+            stored_nanos: 1_795_000_000 * 1_000_000_000,
+            payload,
+            signature: Some(signature),
+        }];
+        let since = Timestamp::from_second(1_794_999_900).unwrap();
+        let seen = summarize(&valid_integrity(&key), &heads, since);
+        let newest = &seen.status.checkpoints[0];
+        assert_eq!(
+            newest.segment.as_deref(),
+            Some("audit/S/C/2026/11/28/x_000001.jsonl.gz")
+        );
+        assert_eq!(newest.segment_bytes, Some(4096));
     }
 }

@@ -365,6 +365,14 @@ pub struct PodSettings {
     /// PriorityClass of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+
+    /// Annotations on the pods' ServiceAccount (`<name>-audit-consumer`), for a workload
+    /// identity that maps it to a cloud role: `eks.amazonaws.com/role-arn` (IRSA) for an
+    /// archive on AWS S3 without `credentialsSecretRef`, for example. The account has no
+    /// Kubernetes rights and mounts no API token; identity webhooks project their own token.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub service_account_annotations: BTreeMap<String, String>,
 }
 
 impl PodSettings {
@@ -519,6 +527,38 @@ pub struct ArchiveVerificationSettings {
     /// limits by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Annotations on the verifier's ServiceAccount (`<name>-audit-verify`), for a workload
+    /// identity that maps it to a read-only role of the store (e.g. `eks.amazonaws.com/role-arn`
+    /// with IRSA) when `credentialsSecretRef` is omitted. Keep that role to s3:ListBucket and
+    /// s3:GetObject: the verifier must not be able to change what it checks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub service_account_annotations: BTreeMap<String, String>,
+
+    /// Findings accepted after an investigation (a segment deleted from a bucket without
+    /// Object Lock and its loss recorded, say): each no longer counts as a problem, so that
+    /// `ArchiveVerified` turns True again while everything else is still checked. The finding
+    /// is the line exactly as in `status.archive.verification.findings`; it stays printed,
+    /// marked `accepted=true`, in every later run's output. Keep the reason: it is the
+    /// record of why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub accepted_findings: Vec<AcceptedFinding>,
+}
+
+/// A verification finding accepted after an investigation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedFinding {
+    /// The finding, exactly as the verification reported it (e.g.
+    /// `run=pod-a_20261204T090000.000000000Z finding=missing_segments numbers=3 after=...`).
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^\S.*\S$"))]
+    pub finding: String,
+
+    /// Why it is accepted: who investigated, and what they found (a ticket, an incident).
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
 }
 
 fn default_verification_schedule() -> String {
@@ -767,6 +807,9 @@ pub struct VerificationStatus {
     /// rejected heads); 0 when the archive is intact.
     #[serde(default)]
     pub problems: u64,
+    /// Problems found that `acceptedFindings` lists, not counted in `problems`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub accepted: u64,
     /// The first findings, as `audit-consumer verify` prints them, or why the check could
     /// not be made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -811,6 +854,14 @@ pub struct PodCheckpoint {
     pub position: u64,
     /// When the witness stream stored it (RFC 3339).
     pub time: String,
+    /// With the archive output: the object this checkpoint ends, the pod's newest stored
+    /// segment (`audit-consumer verify --archive s3://<bucket>/<this key>` checks it on its
+    /// own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+    /// Its size as stored, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<u64>,
 }
 
 impl AuditConsumer {

@@ -83,9 +83,12 @@ fn scheduled(valid: &ValidConsumer) -> Option<(&ValidArchive, &ValidIntegrity)> 
 /// The verifier's ServiceAccount: no token, no RBAC; a workload identity may map it to a
 /// read-only role of the store.
 pub fn service_account(valid: &ValidConsumer) -> Option<ServiceAccount> {
-    scheduled(valid)?;
+    let (archive, _) = scheduled(valid)?;
+    let annotations = &archive.verification.as_ref()?.service_account_annotations;
+    let mut metadata = verifier_metadata(valid);
+    metadata.annotations = (!annotations.is_empty()).then(|| annotations.clone());
     Some(ServiceAccount {
-        metadata: verifier_metadata(valid),
+        metadata,
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
     })
@@ -220,6 +223,12 @@ fn args(
         "--unwitnessed-ok".to_owned(),
     ]);
     args.extend(since.map(|since| format!("--since={since}")));
+    let accepted = &archive.verification.as_ref()?.accepted_findings;
+    args.extend(
+        accepted
+            .iter()
+            .map(|accepted| format!("--accept-finding={}", accepted.finding)),
+    );
     Some(args)
 }
 
@@ -276,6 +285,31 @@ mod tests {
         let pod = job.spec.job_template.spec.as_ref().unwrap();
         let spec = pod.template.spec.as_ref().unwrap();
         spec.containers[0].args.clone().unwrap()
+    }
+
+    #[test]
+    fn a_workload_identity_annotates_the_verifiers_account_only() {
+        let key = nkeys::KeyPair::new_account();
+        let yaml = format!(
+            "{MINIMAL}{VERIFIED}    serviceAccountAnnotations:\n      eks.amazonaws.com/role-arn: arn:aws:iam::111122223333:role/audit-reader\n"
+        );
+        let valid = ValidConsumer {
+            integrity: Some(crate::consumer::integrity::tests::valid_integrity(&key)),
+            ..valid_with(&yaml, CONNECTION).unwrap()
+        };
+        let account = service_account(&valid).unwrap();
+        let annotations = account.metadata.annotations.unwrap();
+        assert_eq!(
+            annotations["eks.amazonaws.com/role-arn"],
+            "arn:aws:iam::111122223333:role/audit-reader"
+        );
+        assert_eq!(account.automount_service_account_token, Some(false));
+        let writer = crate::consumer::build::service_account::build(&valid);
+        assert_eq!(writer.metadata.annotations, None);
+        assert_eq!(
+            service_account(&verified()).unwrap().metadata.annotations,
+            None
+        );
     }
 
     #[test]
@@ -363,6 +397,32 @@ mod tests {
         let valid = verified();
         let job = cron_job(&valid, Some("2026-12-04T10:05:00Z")).unwrap();
         assert!(args_of(&job).contains(&"--since=2026-12-04T10:05:00Z".to_owned()));
+    }
+
+    #[test]
+    fn accepted_findings_are_passed_to_every_run() {
+        let key = nkeys::KeyPair::new_account();
+        let finding =
+            "run=pod-a_20261204T090000.000000000Z finding=missing_segments numbers=3 after=audit/x";
+        let yaml = format!(
+            "{MINIMAL}{VERIFIED}    acceptedFindings:\n    - finding: {finding:?}\n      reason: INC-42, deleted by a cleanup job\n"
+        );
+        let valid = ValidConsumer {
+            integrity: Some(crate::consumer::integrity::tests::valid_integrity(&key)),
+            ..valid_with(&yaml, CONNECTION).unwrap()
+        };
+        let args = args_of(&cron_job(&valid, None).unwrap());
+        assert!(
+            args.contains(&format!("--accept-finding={finding}")),
+            "{args:?}"
+        );
+        assert!(!args.iter().any(|arg| arg.contains("INC-42")));
+        let parsed =
+            <audit_consumer::integrity::verify_command::VerifyArgs as clap::Parser>::try_parse_from(
+                std::iter::once("audit-consumer verify".to_owned()).chain(args.into_iter().skip(1)),
+            )
+            .unwrap();
+        assert_eq!(parsed.accept_finding, [finding]);
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub struct RunReport {
     pub problems: u64,
     pub rejected_heads: u64,
     pub missing_segments: u64,
+    pub accepted: u64,
     pub findings: Vec<String>,
     pub findings_omitted: u64,
     pub error: Option<String>,
@@ -162,6 +163,7 @@ pub fn run_status(run: &FinishedRun, previous: Option<&VerificationStatus>) -> V
         chains: report.chains,
         chains_complete: report.complete,
         problems: problems.max(u64::from(!clean)),
+        accepted: report.accepted,
         findings,
     }
 }
@@ -188,8 +190,17 @@ pub fn verified_condition(last: Option<&VerificationStatus>, schedule: &str) -> 
             Status::True,
             "Verified",
             format!(
-                "verified through {through}: {} chain(s), {} complete, {} segment(s) read at {}",
-                last.chains, last.chains_complete, last.segments, last.last_run_time
+                "verified through {through}: {} chain(s), {} complete, {} segment(s) read at {}{}",
+                last.chains,
+                last.chains_complete,
+                last.segments,
+                last.last_run_time,
+                match last.accepted {
+                    0 => String::new(),
+                    accepted => format!(
+                        "; {accepted} finding(s) accepted in spec.archive.verification.acceptedFindings"
+                    ),
+                }
             ),
         ),
         "Problems" => Value::new(
