@@ -242,6 +242,12 @@ fn render(report: &RunReport, namespace: &str, consumer: &str, job: &str) -> Str
         "  problems {}, rejected heads {}, missing segments {}\n",
         report.problems, report.rejected_heads, report.missing_segments
     );
+    if report.accepted > 0 {
+        text += &format!(
+            "  accepted findings {} (spec.archive.verification.acceptedFindings)\n",
+            report.accepted
+        );
+    }
     // Only a clean run moves the status' verifiedThrough; this is how far this one read.
     text += &format!(
         "  checked through {}\n",
@@ -302,6 +308,23 @@ mod tests {
         );
         assert_eq!(owner.controller, Some(true));
         assert_eq!(job.spec.unwrap().backoff_limit, Some(2));
+    }
+
+    #[test]
+    fn accepted_findings_are_counted_apart_from_problems() {
+        let report = RunReport {
+            verdict: "complete".into(),
+            accepted: 1,
+            ..RunReport::default()
+        };
+        let text = render(&report, "ns", "orders", "orders-audit-verify-manual-x");
+        assert!(text.contains("problems 0, "), "{text}");
+        assert!(
+            text.contains("  accepted findings 1 (spec.archive.verification.acceptedFindings)\n"),
+            "{text}"
+        );
+        let clean = render(&RunReport::default(), "ns", "orders", "job");
+        assert!(!clean.contains("accepted"), "{clean}");
     }
 
     #[test]

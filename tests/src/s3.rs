@@ -1,7 +1,9 @@
 //! A real S3-compatible object store for the archive output's tests: versitygw (Apache-2.0,
 //! pinned in hack/testenv.versions) with its posix backend and versioning, which is what S3
 //! Object Lock needs, on 127.0.0.1. A test can stop and restart it on the same port and
-//! directory to simulate an outage.
+//! directory to simulate an outage. Besides the root credentials, its internal IAM holds one
+//! plain user, the reader, who has no rights until a bucket policy grants them
+//! ([`ObjectStore::grant_read_only`]): what an archive verifier is given.
 
 use std::process::Command;
 use std::time::Duration;
@@ -31,6 +33,8 @@ pub struct ObjectStore {
     port: u16,
     access_key: String,
     secret_key: String,
+    reader_access_key: String,
+    reader_secret_key: String,
     process: Option<ServerProcess>,
     // Last: removed after the process that writes into it has stopped.
     dir: TempDir,
@@ -53,9 +57,12 @@ impl ObjectStore {
                 port: free_port(),
                 access_key: format!("AKTEST{:010}", fastrand::u64(..10_000_000_000)),
                 secret_key: (0..32).map(|_| fastrand::alphanumeric()).collect(),
+                reader_access_key: format!("AKREAD{:010}", fastrand::u64(..10_000_000_000)),
+                reader_secret_key: (0..32).map(|_| fastrand::alphanumeric()).collect(),
                 process: None,
                 dir,
             };
+            store.write_iam()?;
             store.start_again().await?;
             Ok(store)
         })
@@ -78,6 +85,8 @@ impl ObjectStore {
             // gateway's documentation recommends.
             .env("ROOT_ACCESS_KEY_ID", &self.access_key)
             .env("ROOT_SECRET_ACCESS_KEY", &self.secret_key)
+            .arg("--iam-dir")
+            .arg(self.dir.path().join("iam"))
             .arg("posix")
             .arg("--versioning-dir")
             .arg(self.dir.path().join("versions"))
@@ -113,6 +122,67 @@ impl ObjectStore {
         }
     }
 
+    /// The internal IAM's accounts file, before the first start: the reader as a plain user
+    /// (`role: user`), who may touch only what a bucket policy grants.
+    fn write_iam(&self) -> anyhow::Result<()> {
+        let dir = self.dir.path().join("iam");
+        std::fs::create_dir_all(&dir)?;
+        let users = serde_json::json!({
+            "accessAccounts": {
+                self.reader_access_key.as_str(): {
+                    "access": self.reader_access_key,
+                    "secret": self.reader_secret_key,
+                    "role": "user",
+                    "userID": 0,
+                    "groupID": 0,
+                    "projectID": 0,
+                }
+            }
+        });
+        std::fs::write(dir.join("users.json"), serde_json::to_vec(&users)?)?;
+        Ok(())
+    }
+
+    /// The reader's key pair: a user with no rights of its own.
+    pub fn reader_keys(&self) -> (&str, &str) {
+        (&self.reader_access_key, &self.reader_secret_key)
+    }
+
+    /// A bucket policy that lets the reader list `bucket` and read its objects, and nothing
+    /// else: the rights `verify --archive` needs.
+    pub async fn grant_read_only(&self, bucket: &str) -> anyhow::Result<()> {
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": [self.reader_access_key]},
+                    "Action": ["s3:ListBucket"],
+                    "Resource": [format!("arn:aws:s3:::{bucket}")],
+                },
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": [self.reader_access_key]},
+                    "Action": ["s3:GetObject"],
+                    "Resource": [format!("arn:aws:s3:::{bucket}/*")],
+                }
+            ]
+        });
+        self.client()
+            .put_bucket_policy()
+            .bucket(bucket)
+            .policy(policy.to_string())
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("granting the reader {bucket}: {e:?}"))?;
+        Ok(())
+    }
+
+    /// A client with the reader's credentials.
+    pub fn reader_client(&self) -> Client {
+        self.client_with(&self.reader_access_key, &self.reader_secret_key)
+    }
+
     /// `http://<ip>:<port>`.
     pub fn endpoint(&self) -> String {
         format!("http://{}:{}", self.ip, self.port)
@@ -134,6 +204,10 @@ impl ObjectStore {
 
     /// A client with the root credentials.
     pub fn client(&self) -> Client {
+        self.client_with(&self.access_key, &self.secret_key)
+    }
+
+    fn client_with(&self, access_key: &str, secret_key: &str) -> Client {
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(REGION))
@@ -145,8 +219,8 @@ impl ObjectStore {
                     .build_https(),
             )
             .credentials_provider(Credentials::new(
-                &self.access_key,
-                &self.secret_key,
+                access_key,
+                secret_key,
                 None,
                 None,
                 "audit-tests",

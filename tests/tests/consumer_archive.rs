@@ -37,11 +37,21 @@ struct CredentialFiles {
 
 impl CredentialFiles {
     fn new(store: &ObjectStore) -> anyhow::Result<Self> {
+        Self::of(store.access_key(), store.secret_key())
+    }
+
+    /// The store's reader: a user with only what a bucket policy grants.
+    fn reader(store: &ObjectStore) -> anyhow::Result<Self> {
+        let (access_key, secret_key) = store.reader_keys();
+        Self::of(access_key, secret_key)
+    }
+
+    fn of(access_key: &str, secret_key: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let access_key_id = dir.path().join("access-key-id");
         let secret_access_key = dir.path().join("secret-access-key");
-        std::fs::write(&access_key_id, format!("{}\n", store.access_key()))?;
-        std::fs::write(&secret_access_key, format!("{}\n", store.secret_key()))?;
+        std::fs::write(&access_key_id, format!("{access_key}\n"))?;
+        std::fs::write(&secret_access_key, format!("{secret_key}\n"))?;
         Ok(Self {
             access_key_id,
             secret_access_key,
@@ -163,6 +173,21 @@ async fn wait_stopped(mut consumer: ConsumerProcess) -> anyhow::Result<()> {
     let status = consumer.wait_exit(Duration::from_secs(60)).await?;
     anyhow::ensure!(status.success(), "exit {status}: {}", consumer.stderr());
     Ok(())
+}
+
+/// The store refused the request for want of rights (not for any other reason).
+fn assert_access_denied<E>(outcome: Result<(), aws_sdk_s3::error::SdkError<E>>, what: &str)
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug,
+{
+    match outcome {
+        Ok(()) => panic!("{what}"),
+        Err(err) => assert_eq!(
+            err.as_service_error().and_then(|e| e.code()),
+            Some("AccessDenied"),
+            "{what}: refused, but not for want of rights: {err:?}"
+        ),
+    }
 }
 
 /// `audit-consumer verify --archive` over the whole prefix, read-only, plus `extra`.
@@ -381,8 +406,43 @@ async fn segments_hold_the_stdout_lines_under_retention_and_the_trail_verifies()
     }
 
     // The trail as the bucket holds it verifies against the witness stream, read straight
-    // from the bucket.
-    let verify = || verify_archive(&server, &store, &credentials, &key, &[]);
+    // from the bucket by a user allowed to list and read it and nothing else: the store
+    // refuses that user a write and a delete.
+    store.grant_read_only(BUCKET).await?;
+    let reader = CredentialFiles::reader(&store)?;
+    let reader_client = store.reader_client();
+    let some_key = segments.keys().next().expect("segments");
+    let overwrite = reader_client
+        .put_object()
+        .bucket(BUCKET)
+        .key(some_key)
+        .body(b"forged\n".to_vec().into())
+        .send()
+        .await;
+    assert_access_denied(
+        overwrite.map(|_| ()),
+        &format!("the reader could write {some_key}"),
+    );
+    let new_object = reader_client
+        .put_object()
+        .bucket(BUCKET)
+        .key(format!("{PREFIX}forged.jsonl"))
+        .body(b"forged\n".to_vec().into())
+        .send()
+        .await;
+    assert_access_denied(new_object.map(|_| ()), "the reader could add an object");
+    let hide = reader_client
+        .delete_object()
+        .bucket(BUCKET)
+        .key(some_key)
+        .send()
+        .await;
+    assert_access_denied(
+        hide.map(|_| ()),
+        &format!("the reader could delete {some_key}"),
+    );
+    assert_eq!(store.keys(BUCKET, PREFIX).await?.len(), segments.len());
+    let verify = || verify_archive(&server, &store, &reader, &key, &[]);
     let output = verify().output().await?;
     let report = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
@@ -396,9 +456,7 @@ async fn segments_hold_the_stdout_lines_under_retention_and_the_trail_verifies()
     // Every segment ends at a witnessed head, so each object checks on its own: from the
     // head before its first line to the head that names it.
     let objects: Vec<&String> = segments.keys().collect();
-    for (status, printed) in
-        verify_each_object(&server, &store, &credentials, &key, &objects).await?
-    {
+    for (status, printed) in verify_each_object(&server, &store, &reader, &key, &objects).await? {
         assert_eq!(status, Some(0), "{printed}");
         assert!(printed.contains("complete=1 "), "{printed}");
     }

@@ -1087,12 +1087,15 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
     // Without Object Lock, so that the test can delete a segment as an intruder would.
     store.create_bucket("trail").await?;
     env.apply_sample_stream()?;
+    // The verifier's key pair is the store's reader: allowed to list and read the bucket,
+    // nothing else (consumer_archive proves the store refuses it a write and a delete).
+    store.grant_read_only("trail").await?;
     let key = nkeys::KeyPair::new_account();
-    let key_pair = |name: &str| {
+    let key_pair = |name: &str, (access, secret): (&str, &str)| {
         json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": { "name": name },
-            "stringData": { "accessKeyId": store.access_key(), "secretAccessKey": store.secret_key() },
+            "stringData": { "accessKeyId": access, "secretAccessKey": secret },
         })
     };
     env.kubectl_apply(&serde_json::to_string(&json!({
@@ -1100,15 +1103,11 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
         "items": [
             { "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "audit-signer" },
               "stringData": { "seed": key.seed()? } },
-            key_pair("archive-writer"),
-            // The store has one user; a read-only one is the store's IAM's business, which
-            // this test does not prove. The verifier mounts this Secret, never the writer's.
-            key_pair("archive-reader"),
+            key_pair("archive-writer", (store.access_key(), store.secret_key())),
+            key_pair("archive-reader", store.reader_keys()),
         ],
     }))?)?;
-    env.apply_consumer(
-        "archiver",
-        json!({
+    let mut spec = json!({
             "replicas": 1, "batch": 50, "expires": "2s",
             "integrity": {
                 "enabled": true,
@@ -1128,8 +1127,8 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
                     "credentialsSecretRef": { "name": "archive-reader" },
                 },
             },
-        }),
-    )?;
+    });
+    env.apply_consumer("archiver", spec.clone())?;
     env.wait_ready("archiver").await?;
     let pending = wait_condition(&env, "archiver", "ArchiveVerified", "Unknown").await?;
     assert_eq!(pending["reason"], "NotVerifiedYet", "{pending}");
@@ -1264,5 +1263,53 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
     assert!(status.contains("  Verification     Problems "), "{status}");
     assert!(status.contains("missing_segments numbers=2"), "{status}");
     assert!(status.contains(" witnessed line "), "{status}");
+
+    // Each pod's newest checkpoint names the object it ends.
+    let checkpoints = env.consumer_status("archiver").await?["integrity"]["checkpoints"].clone();
+    assert!(
+        checkpoints.as_array().into_iter().flatten().all(|c| {
+            c["segment"]
+                .as_str()
+                .is_some_and(|key| keys.iter().any(|k| k == key))
+                && c["segmentBytes"].as_u64() > Some(0)
+        }),
+        "{checkpoints}"
+    );
+
+    // The loss investigated and accepted in the spec: the next run passes again.
+    let finding = last["findings"][0].as_str().unwrap_or_default().to_owned();
+    assert!(finding.contains("missing_segments numbers=2"), "{last}");
+    spec["archive"]["verification"]["acceptedFindings"] =
+        json!([{ "finding": finding, "reason": "the test deleted it" }]);
+    env.apply_consumer("archiver", spec)?;
+    wait::until("the runs accepting the finding", WAIT, POLL, || async {
+        let out = tools::run(
+            "kubectl",
+            &[
+                "get",
+                "cronjob",
+                "archiver-audit-verify",
+                "--namespace",
+                &env.namespace,
+                "-o",
+                "json",
+            ],
+            None,
+        )?;
+        Ok(out.contains("--accept-finding=").then_some(()))
+    })
+    .await?;
+    let report = kubectl_audit_exits(&env, &["verify", "archiver"], 0);
+    assert!(report.contains("accepted findings 1 "), "{report}");
+    let accepted = wait_condition(&env, "archiver", "ArchiveVerified", "True")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", verification_runs(&env)))?;
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 finding(s) accepted"),
+        "{accepted}"
+    );
     Ok(())
 }
