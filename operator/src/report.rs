@@ -103,16 +103,27 @@ impl Notice {
     }
 }
 
+/// How the cleanup after a deleted resource ended, short of an error.
+pub enum CleanupEnd {
+    /// Retained, deleted, already gone, or not this resource's: the Event's reason and note.
+    Done { reason: &'static str, note: String },
+    /// Nothing can reach the object on NATS any more, and waiting would not change that: it
+    /// is left there, as `note` says, and the resource goes. A Warning Event only with
+    /// `event`: a namespace being deleted accepts none.
+    LeftOnNats { note: String, event: bool },
+}
+
 /// The ending both cleanups share, once the deletion of `what` (`stream`, `durable consumer`)
 /// named `name` on NATS ended: a log line and a `Delete` Event about `object`, the reason and
-/// note of a deletion done (or retained), or the error and how to let the resource go without
-/// it (returned, so that the finalizer stays and the cleanup is tried again).
+/// note of a deletion done (or retained), or of what is left on NATS, or the error and how to
+/// let the resource go without it (returned, so that the finalizer stays and the cleanup is
+/// tried again).
 pub async fn cleanup_ended<K>(
     recorder: &Recorder,
     object: &K,
     what: &str,
     name: &str,
-    ended: Result<(&'static str, String)>,
+    ended: Result<CleanupEnd>,
 ) -> Result<Action>
 where
     K: Resource<DynamicType = ()>,
@@ -120,9 +131,23 @@ where
     let reference = object.object_ref(&());
     let namespace = object.meta().namespace.as_deref().unwrap_or_default();
     match ended {
-        Ok((reason, note)) => {
+        Ok(CleanupEnd::Done { reason, note }) => {
             tracing::info!(%what, %name, %namespace, reason, "{note}");
             publish(recorder, &reference, "Delete", Notice::normal(reason, note)).await;
+            Ok(Action::await_change())
+        }
+        Ok(CleanupEnd::LeftOnNats { note, event }) => {
+            tracing::warn!(%what, %name, %namespace, "{note}");
+            if event {
+                let reason = crate::ownership::Deletion::NotOurs.reason();
+                publish(
+                    recorder,
+                    &reference,
+                    "Delete",
+                    Notice::warning(reason, note),
+                )
+                .await;
+            }
             Ok(Action::await_change())
         }
         Err(error) => {

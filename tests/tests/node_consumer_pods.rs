@@ -1062,6 +1062,27 @@ fn kubectl_audit_exits(env: &Env, args: &[&str], code: i32) -> String {
     stdout
 }
 
+/// Waits until the archiver's verification CronJob holds `text` (an argument).
+async fn wait_verification_args(env: &Env, what: &str, text: &str) -> anyhow::Result<()> {
+    wait::until(what, WAIT, POLL, || async {
+        let out = tools::run(
+            "kubectl",
+            &[
+                "get",
+                "cronjob",
+                "archiver-audit-verify",
+                "--namespace",
+                &env.namespace,
+                "-o",
+                "json",
+            ],
+            None,
+        )?;
+        Ok(out.contains(text).then_some(()))
+    })
+    .await
+}
+
 /// One run of the verification CronJob now, as `kubectl create job --from` starts one.
 fn run_verification(env: &Env, consumer: &str, run: &str) -> anyhow::Result<()> {
     tools::run(
@@ -1208,26 +1229,10 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
         .key(second)
         .send()
         .await?;
-    wait::until(
+    wait_verification_args(
+        &env,
         "the next run starting where the last ended",
-        WAIT,
-        POLL,
-        || async {
-            let out = tools::run(
-                "kubectl",
-                &[
-                    "get",
-                    "cronjob",
-                    "archiver-audit-verify",
-                    "--namespace",
-                    &env.namespace,
-                    "-o",
-                    "json",
-                ],
-                None,
-            )?;
-            Ok(out.contains(&format!("--since={through}")).then_some(()))
-        },
+        &format!("--since={through}"),
     )
     .await?;
     // `kubectl audit verify` runs it now, follows it and exits with its verdict.
@@ -1282,23 +1287,7 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
     spec["archive"]["verification"]["acceptedFindings"] =
         json!([{ "finding": finding, "reason": "the test deleted it" }]);
     env.apply_consumer("archiver", spec)?;
-    wait::until("the runs accepting the finding", WAIT, POLL, || async {
-        let out = tools::run(
-            "kubectl",
-            &[
-                "get",
-                "cronjob",
-                "archiver-audit-verify",
-                "--namespace",
-                &env.namespace,
-                "-o",
-                "json",
-            ],
-            None,
-        )?;
-        Ok(out.contains("--accept-finding=").then_some(()))
-    })
-    .await?;
+    wait_verification_args(&env, "the runs accepting the finding", "--accept-finding=").await?;
     let report = kubectl_audit_exits(&env, &["verify", "archiver"], 0);
     assert!(report.contains("accepted findings 1 "), "{report}");
     let accepted = wait_condition(&env, "archiver", "ArchiveVerified", "True")

@@ -3,8 +3,8 @@
 //! the AuditStream's credentials or the ones this resource last connected with.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
-use tracing::{info, warn};
+use kube::{Api, ResourceExt, runtime::controller::Action};
+use tracing::info;
 
 use super::{Context, apply, build::workload_name, dereference, object_ref};
 use crate::{
@@ -15,33 +15,32 @@ use crate::{
     },
     error::{Error, Result},
     ownership::{self, Deletion},
-    report::{self, Notice},
+    report::{self, CleanupEnd},
 };
 
 pub(super) async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
     let durable = consumer.durable_name();
     let namespace = consumer.namespace().unwrap_or_default();
     let ended = match consumer.spec.deletion_policy {
-        ConsumerDeletionPolicy::Retain => Ok((
-            "Retained",
-            format!("deletionPolicy is Retain: durable consumer {durable} stays on NATS"),
-        )),
+        ConsumerDeletionPolicy::Retain => Ok(CleanupEnd::Done {
+            reason: "Retained",
+            note: format!("deletionPolicy is Retain: durable consumer {durable} stays on NATS"),
+        }),
         ConsumerDeletionPolicy::Delete => match delete_durable(consumer, ctx).await {
-            Ok(Removal::Done { reason, note }) => Ok((reason, note)),
+            Ok(Removal::Done { reason, note }) => Ok(CleanupEnd::Done { reason, note }),
             Ok(Removal::LeftOnNats { stream, why }) => {
-                let note = format!(
-                    "{why}: durable consumer {durable} on stream {stream} is left on NATS (deletionPolicy Delete not carried out); if the stream still exists there, delete the consumer by hand"
-                );
-                warn!(consumer = %durable, %namespace, %stream, "{note}");
                 ctx.metrics.record_consumer_left_on_nats(
                     &namespace,
                     &consumer.name_any(),
                     &stream,
                     &durable,
                 );
-                let notice = Notice::warning(Deletion::NotOurs.reason(), note);
-                report::publish(&ctx.recorder, &consumer.object_ref(&()), "Delete", notice).await;
-                return Ok(release(consumer, ctx));
+                Ok(CleanupEnd::LeftOnNats {
+                    note: format!(
+                        "{why}: durable consumer {durable} on stream {stream} is left on NATS (deletionPolicy Delete not carried out); if the stream still exists there, delete the consumer by hand"
+                    ),
+                    event: true,
+                })
             }
             Err(error) => Err(error),
         },

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt, runtime::controller::Action};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{Context, apply};
 use crate::{
@@ -11,7 +11,7 @@ use crate::{
     crd::stream::{AuditStream, DeletionPolicy},
     error::Result,
     ownership::{self, Deletion},
-    report,
+    report::{self, CleanupEnd},
 };
 
 pub(super) async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Action> {
@@ -19,10 +19,10 @@ pub(super) async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Actio
     let namespace = stream.namespace().unwrap_or_default();
     let user = PoolUser::of(stream);
     let ended = match stream.spec.deletion_policy {
-        DeletionPolicy::Retain => Ok((
-            "Retained",
-            format!("deletionPolicy is Retain: stream {name} and its data stay on NATS"),
-        )),
+        DeletionPolicy::Retain => Ok(CleanupEnd::Done {
+            reason: "Retained",
+            note: format!("deletionPolicy is Retain: stream {name} and its data stay on NATS"),
+        }),
         DeletionPolicy::Delete => match delete_from_nats(stream, ctx).await {
             Ok(Some(deletion)) => {
                 let note = match deletion {
@@ -32,22 +32,23 @@ pub(super) async fn cleanup(stream: &AuditStream, ctx: &Context) -> Result<Actio
                         "stream {name} was not created or adopted by this resource; left it on NATS"
                     ),
                 };
-                Ok((deletion.reason(), note))
+                Ok(CleanupEnd::Done {
+                    reason: deletion.reason(),
+                    note,
+                })
             }
             Ok(None) => {
                 // Holding the resource would hold its namespace forever: the credentials
-                // cannot come back into a namespace being deleted. No Event either: the
-                // namespace accepts none. The log line and the metric say what remains.
-                warn!(
-                    stream = %name,
-                    %namespace,
-                    resource = %stream.name_any(),
-                    "the namespace is being deleted and the credentials for NATS were deleted first: stream {name} is left on NATS (deletionPolicy Delete not carried out); delete it there by hand if it should go"
-                );
+                // cannot come back into a namespace being deleted. The log line and the
+                // metric say what remains.
                 ctx.metrics
                     .record_stream_left_on_nats(&namespace, &stream.name_any(), &name);
-                ctx.pool.release(&user);
-                return Ok(Action::await_change());
+                Ok(CleanupEnd::LeftOnNats {
+                    note: format!(
+                        "the namespace is being deleted and the credentials for NATS were deleted first: stream {name} is left on NATS (deletionPolicy Delete not carried out); delete it there by hand if it should go"
+                    ),
+                    event: false,
+                })
             }
             Err(error) => Err(error),
         },

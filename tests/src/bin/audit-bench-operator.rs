@@ -92,11 +92,7 @@ async fn main() -> anyhow::Result<()> {
     let bench = Bench::start(count, None).await?;
     let mut report = Report::new(&format!("N = {count}"), concurrency);
 
-    progress(&format!(
-        "baseline: bulk apply of {count} + {count} with no operator"
-    ));
-    report.set("apply, no operator (s)", secs(bench.bulk_apply()?));
-    bench.delete_all().await?;
+    baseline_apply(&bench, &mut report, count, "apply, no operator (s)").await?;
 
     progress("starting the operator and its probe AuditStream");
     let mut operator = bench.start_operator(concurrency)?;
@@ -227,6 +223,21 @@ impl Counters {
             cpu: cpu_seconds(operator)?,
         })
     }
+}
+
+/// The baseline, both modes': the same bulk apply with no operator running, timed (the
+/// objects then deleted again); `row` names its figure.
+async fn baseline_apply(
+    bench: &Bench,
+    report: &mut Report,
+    count: usize,
+    row: &str,
+) -> anyhow::Result<()> {
+    progress(&format!(
+        "baseline: bulk apply of {count} + {count} with no operator"
+    ));
+    report.set(row, secs(bench.bulk_apply()?));
+    bench.delete_all().await
 }
 
 /// The burst, both modes': the bulk apply with the operator running, timed, until every

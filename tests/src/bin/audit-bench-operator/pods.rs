@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use super::{
     Bench, BurstRun, CONVERGE_TIMEOUT, Counters, PROBE_NAMESPACE, Readiness, Report, Wording,
-    burst_apply, burst_figures, idle_phase, mib, peak_rss_kib, progress, ready_for_generation,
-    secs,
+    baseline_apply, burst_apply, burst_figures, idle_phase, mib, peak_rss_kib, progress,
+    ready_for_generation, secs,
 };
 
 /// A consumer pod's requests when its AuditConsumer sets none: the operator's default
@@ -73,11 +73,7 @@ pub(super) async fn run(
         format!("{} (bound by {})", capacity.holds, capacity.bound_by),
     );
 
-    progress(&format!(
-        "baseline: bulk apply of {count} + {count} with no operator"
-    ));
-    report.set("bulk apply, no operator (s)", secs(bench.bulk_apply()?));
-    bench.delete_all().await?;
+    baseline_apply(&bench, &mut report, count, "bulk apply, no operator (s)").await?;
 
     progress("starting the operator");
     let mut operator = bench.start_operator(concurrency)?;
