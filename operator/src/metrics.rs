@@ -40,6 +40,15 @@ struct DurableLabels {
     consumer: String,
 }
 
+/// One source (or the mirror) of an AuditStream: its name and where it lives.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    namespace: String,
+    name: String,
+    source: String,
+    origin: String,
+}
+
 /// One AuditStream or AuditConsumer and the reason of its `Ready` condition.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabels {
@@ -70,6 +79,10 @@ pub struct Metrics {
     ready: Family<ReadyLabels, Gauge>,
     archive_problems: Family<ConsumerLabels, Gauge>,
     archive_verified_through: Family<ConsumerLabels, Gauge>,
+    source_lag: Family<SourceLabels, Gauge>,
+    source_active: Family<SourceLabels, Gauge>,
+    /// The sources exported per AuditStream, to drop those that went away.
+    exported_sources: Mutex<HashMap<(String, String), Vec<SourceLabels>>>,
     /// The reason each object's `ready` series carries now, so that a new reason replaces
     /// the series instead of adding one.
     ready_reasons: Mutex<HashMap<ObjectKey, String>>,
@@ -140,7 +153,22 @@ impl Default for Metrics {
             "Unix time up to which every segment stored in an AuditConsumer's archive has been verified",
             archive_verified_through.clone(),
         );
+        let source_lag = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "stream_source_lag",
+            "Messages an AuditStream's source (or mirror) has not copied yet, as NATS last reported; origin is where the source lives (domain <name>, api <prefix>, local)",
+            source_lag.clone(),
+        );
+        let source_active = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "stream_source_active",
+            "1 while NATS heard from an AuditStream's source (or mirror) within its sourceInactiveAfter, else 0",
+            source_active.clone(),
+        );
         Self {
+            source_lag,
+            source_active,
+            exported_sources: Mutex::default(),
             archive_problems,
             archive_verified_through,
             ready,
@@ -272,8 +300,47 @@ impl Metrics {
         }
     }
 
+    /// Exports the state of `namespace/name`'s sources, `(source, origin, lag, active)`, and
+    /// drops those it no longer has.
+    pub fn set_sources(&self, namespace: &str, name: &str, sources: &[(&str, &str, u64, bool)]) {
+        let labels: Vec<SourceLabels> = sources
+            .iter()
+            .map(|(source, origin, _, _)| SourceLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                source: (*source).to_owned(),
+                origin: (*origin).to_owned(),
+            })
+            .collect();
+        for (label, (_, _, lag, active)) in labels.iter().zip(sources) {
+            self.source_lag
+                .get_or_create(label)
+                .set(i64::try_from(*lag).unwrap_or(i64::MAX));
+            self.source_active
+                .get_or_create(label)
+                .set(i64::from(*active));
+        }
+        let mut exported = self
+            .exported_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_owned(), name.to_owned());
+        for gone in exported
+            .insert(key, labels.clone())
+            .unwrap_or_default()
+            .iter()
+            .filter(|old| !labels.contains(old))
+        {
+            self.source_lag.remove(gone);
+            self.source_active.remove(gone);
+        }
+    }
+
     /// Drops the readiness of `kind` `namespace/name`, which is gone.
     pub fn forget_ready(&self, kind: Cow<'static, str>, namespace: &str, name: &str) {
+        if kind == "AuditStream" {
+            self.set_sources(namespace, name, &[]);
+        }
         if kind == "AuditConsumer" {
             let labels = ConsumerLabels {
                 namespace: namespace.to_owned(),

@@ -33,6 +33,7 @@ pub mod operator;
 pub mod pod_logs;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod s3;
 pub mod testenv;
 pub mod tools;

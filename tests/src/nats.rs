@@ -90,6 +90,15 @@ impl NatsServer {
         Self::start_standalone(std::net::Ipv4Addr::LOCALHOST, "", Some(domain)).await
     }
 
+    /// [`start_with_jetstream_domain`](Self::start_with_jetstream_domain) with a
+    /// configuration ending in `extra_config` (accounts, leaf nodes).
+    pub async fn start_with_domain_and_config(
+        domain: &str,
+        extra_config: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_standalone(std::net::Ipv4Addr::LOCALHOST, extra_config, Some(domain)).await
+    }
+
     fn prepare(
         name: &str,
         extra_config: &str,
@@ -344,5 +353,86 @@ impl NatsCluster {
             .map(|url| url.parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()?;
         Ok(async_nats::connect(servers).await?)
+    }
+}
+
+/// The password of the hub's `leaf` user, with which the leaf nodes connect.
+const LEAF_PASSWORD: &str = "leaf-link-secret";
+
+/// One account, `AUDIT`, with JetStream, that clients without credentials land in, plus the
+/// hub's `leaf` user for the leaf nodes' links: separate accounts from the server's own, as a
+/// production hub and its spokes have.
+fn audit_account(with_leaf_user: bool) -> String {
+    let leaf_user = if with_leaf_user {
+        format!(", {{user: leaf, password: {LEAF_PASSWORD}}}")
+    } else {
+        String::new()
+    };
+    format!(
+        "accounts {{\n  AUDIT {{\n    jetstream: enabled\n    users: [{{user: audit, password: audit}}{leaf_user}]\n  }}\n}}\nno_auth_user: audit\n"
+    )
+}
+
+/// A hub with a JetStream domain of its own and leaf nodes, each with its own domain, linked
+/// to the hub's leaf node port through a [`TcpProxy`](crate::proxy::TcpProxy) each, so that
+/// a test can cut one leaf's link: the hub-and-spoke shape of a multi-cluster audit trail.
+/// Clients without credentials (the test's, the operator's) are in account `AUDIT` on every
+/// server; a leaf authenticates to the hub as the hub's `leaf` user of that account.
+pub struct LeafTopology {
+    pub hub: NatsServer,
+    /// The leaf node servers, in the order of their domains.
+    pub leaves: Vec<NatsServer>,
+    pub links: Vec<crate::proxy::TcpProxy>,
+}
+
+impl LeafTopology {
+    pub async fn start(hub_domain: &str, leaf_domains: &[&str]) -> anyhow::Result<Self> {
+        let leaf_port = crate::ports::free_port();
+        // A hub tells its leaves its own leaf node address, which they add to the URLs they
+        // reconnect to: a leaf whose link is cut would go around its relay. The address it
+        // advertises instead is a free port where nothing listens.
+        let nowhere = crate::ports::free_port();
+        let hub_config = format!(
+            "{}leafnodes {{\n  listen: 127.0.0.1:{leaf_port}\n  advertise: 127.0.0.1:{nowhere}\n}}\n",
+            audit_account(true)
+        );
+        let hub = NatsServer::start_with_domain_and_config(hub_domain, &hub_config).await?;
+        let target: std::net::SocketAddr = ([127, 0, 0, 1], leaf_port).into();
+        let mut leaves = Vec::new();
+        let mut links = Vec::new();
+        for domain in leaf_domains {
+            let link = crate::proxy::TcpProxy::start(target).await?;
+            // The audit subjects stay in their cluster: only the JetStream API and the
+            // sourcing traffic cross the link. Otherwise every spoke's stream would also
+            // capture the other spokes' events.
+            let config = format!(
+                "{}leafnodes {{\n  reconnect: 1s\n  remotes: [{{url: \"nats-leaf://leaf:{LEAF_PASSWORD}@127.0.0.1:{}\", account: AUDIT, deny_imports: [\"audit.>\"], deny_exports: [\"audit.>\"]}}]\n}}\n",
+                audit_account(false),
+                link.port()
+            );
+            leaves.push(NatsServer::start_with_domain_and_config(domain, &config).await?);
+            links.push(link);
+        }
+        let topology = Self { hub, leaves, links };
+        topology.wait_linked().await?;
+        Ok(topology)
+    }
+
+    /// Waits until the hub reports every leaf node connected.
+    pub async fn wait_linked(&self) -> anyhow::Result<()> {
+        let expected = self.leaves.len();
+        crate::wait::until(
+            "every leaf node linked to the hub",
+            READY_TIMEOUT,
+            Duration::from_millis(100),
+            || async {
+                let response = crate::http::get(self.hub.monitor_port(), "/leafz").await?;
+                let leafz: serde_json::Value = serde_json::from_str(&response.body)?;
+                let linked = leafz["leafnodes"].as_u64().unwrap_or_default();
+                Ok((linked as usize >= expected).then_some(()))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; the hub's log:\n{}", self.hub.log_tail()))
     }
 }

@@ -310,6 +310,19 @@ async fn operator_metrics_after_a_real_run(nats: &NatsServer) -> anyhow::Result<
         }),
     )
     .await?;
+    // A stream that collects ORDERS: its source's lag and activity.
+    operator_support::apply(
+        &streams,
+        AUDIT_STREAM,
+        "collected",
+        json!({
+            "connection": { "servers": [nats.url()] },
+            "name": "COLLECTED",
+            "storage": "Memory",
+            "sources": [{ "name": "ORDERS" }],
+        }),
+    )
+    .await?;
     // A Secret that does not exist: a failing reconciliation.
     operator_support::apply(
         &streams,

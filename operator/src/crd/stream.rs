@@ -65,6 +65,10 @@ use super::connection::NatsConnection;
 #[x_kube(validation = Rule::new("has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)").message("name is immutable: NATS cannot rename a stream; create a new AuditStream instead"))]
 // A duration rule passes a malformed value (`matches` first): the field's pattern already
 // rejects it with a clear message, and `duration()` would add a conversion error.
+#[x_kube(validation = Rule::new("has(self.mirror) || (has(self.subjects) && size(self.subjects) > 0) || (has(self.sources) && size(self.sources) > 0)").message("set subjects (what the stream captures), sources (streams it collects from), or a mirror"))]
+#[x_kube(validation = Rule::new("!has(self.mirror) || ((!has(self.subjects) || size(self.subjects) == 0) && (!has(self.sources) || size(self.sources) == 0))").message("a mirror holds exactly its origin's messages: it takes no subjects and no sources; remove them, or use sources instead of mirror"))]
+#[x_kube(validation = Rule::new("has(self.mirror) == has(oldSelf.mirror)").message("mirror cannot be added to or removed from an existing stream: NATS does not allow it; create a new AuditStream instead"))]
+#[x_kube(validation = Rule::new("!has(self.mirror) || !has(oldSelf.mirror) || (self.mirror.name == oldSelf.mirror.name && (has(self.mirror.domain) ? self.mirror.domain : '') == (has(oldSelf.mirror.domain) ? oldSelf.mirror.domain : ''))").message("a mirror's origin (name and domain) is immutable: NATS cannot point a mirror elsewhere; create a new AuditStream instead"))]
 #[x_kube(validation = Rule::new("!has(self.maxAge) || !has(self.duplicateWindow) || !self.maxAge.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || !self.duplicateWindow.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || duration(self.maxAge) == duration('0s') || duration(self.duplicateWindow) <= duration(self.maxAge)").message("duplicateWindow must not be longer than maxAge"))]
 pub struct AuditStreamSpec {
     /// How to reach NATS.
@@ -76,12 +80,37 @@ pub struct AuditStreamSpec {
     #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
     pub name: Option<String>,
 
-    /// Subjects the stream captures, wildcards allowed (e.g. `audit.>`).
+    /// Subjects the stream captures, wildcards allowed (e.g. `audit.>`). May be empty for a
+    /// stream that only collects `sources`; must be empty for a `mirror`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
-        length(min = 1, max = 256),
+        length(max = 256),
         inner(length(min = 1, max = 255), regex(pattern = r"^[^\s]+$"))
     )]
     pub subjects: Vec<String>,
+
+    /// Streams this one collects from, e.g. one per cluster, each in the JetStream domain of
+    /// that cluster's leaf node: the hub of a hub-and-spoke trail. The sourced messages keep
+    /// their subjects (unless transformed) and carry a `Nats-Stream-Source` header naming
+    /// their origin, which the consumer writes into each line. `status.sources` says per
+    /// source whether it is active and how far behind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub sources: Vec<StreamSource>,
+
+    /// A stream this one is a read-only copy of (for disaster recovery, or reading near a
+    /// far-away origin): same messages, same sequence numbers. Can only be set when the
+    /// stream is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<StreamSource>,
+
+    /// How long a source (or the mirror) may be inactive before the condition
+    /// `SourcesActive` turns False and the alert `AuditStreamSourceInactive` may fire, a
+    /// duration such as `2m` (the default). NATS sees an active source at least every few
+    /// seconds, even without traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = crate::duration::PATTERN))]
+    pub source_inactive_after: Option<String>,
 
     /// When messages are removed: `Limits` keeps them until a limit (age, bytes, count) is
     /// reached; `Interest` until every consumer acknowledged them; `WorkQueue` until one
@@ -242,6 +271,76 @@ pub enum DeletionPolicy {
     Delete,
 }
 
+/// Another stream this one sources from or mirrors, and where it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.domain) || !has(self.external)").message("set domain or external, not both: a domain is the shorthand for external.apiPrefix $JS.<domain>.API"))]
+#[x_kube(validation = Rule::new("!has(self.startSequence) || !has(self.startTime)").message("set startSequence or startTime, not both"))]
+#[x_kube(validation = Rule::new("!has(self.filterSubject) || !has(self.subjectTransforms) || size(self.subjectTransforms) == 0").message("set filterSubject or subjectTransforms, not both (a transform's source is its filter)"))]
+pub struct StreamSource {
+    /// Name of the stream on its server.
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub name: String,
+
+    /// The JetStream domain the stream lives in (a leaf node's `jetstream.domain`): reached
+    /// through the API prefix `$JS.<domain>.API`. Same domain as this stream when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub domain: Option<String>,
+
+    /// The stream's API and delivery prefixes, for a stream in another account (exported
+    /// to this one) rather than a domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalStream>,
+
+    /// Only the messages whose subject matches (wildcards allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^\S+$"))]
+    pub filter_subject: Option<String>,
+
+    /// Subject transforms: messages matching `source` are stored under `destination`
+    /// (e.g. `audit.>` to `cluster-a.audit.>`, to keep clusters apart on the hub).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub subject_transforms: Vec<SubjectTransform>,
+
+    /// First sequence of the origin to copy; from its first message when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub start_sequence: Option<u64>,
+
+    /// First publish time to copy from (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub start_time: Option<String>,
+}
+
+/// Where a stream of another account is reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalStream {
+    /// The subject prefix of its JetStream API as imported into this account (e.g.
+    /// `$JS.spoke-a.API`).
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^\S+$"))]
+    pub api_prefix: String,
+    /// The subject prefix its messages are delivered on, as imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^\S+$"))]
+    pub deliver_prefix: Option<String>,
+}
+
+/// One subject transform of a source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectTransform {
+    /// The subjects it applies to (wildcards allowed).
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^\S+$"))]
+    pub source: String,
+    /// What they become (`{{wildcard(1)}}` etc., or `>` kept as is).
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^\S+$"))]
+    pub destination: String,
+}
+
 /// Placement of the stream's replicas in a NATS cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -292,6 +391,33 @@ pub struct AuditStreamStatus {
     /// Number of consumers of the stream, as last observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer_count: Option<u64>,
+
+    /// Each source's state (and the mirror's, marked `mirror: true`), as last observed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceStatus>,
+}
+
+/// A source's (or the mirror's) state as NATS reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// Name of the origin stream.
+    pub name: String,
+    /// Where it lives: `domain <name>`, `api <prefix>`, or `local`.
+    pub origin: String,
+    /// This is the mirror.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirror: bool,
+    /// NATS heard from it within `sourceInactiveAfter`.
+    pub active: bool,
+    /// Since when it has been inactive (RFC 3339), while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_since: Option<String>,
+    /// Messages of the origin not yet copied.
+    pub lag: u64,
+    /// The last error NATS reports for it (e.g. the origin not found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl AuditStream {

@@ -56,6 +56,8 @@ pub fn desired_config(valid: &ValidStream) -> Config {
         metadata,
         deny_delete: valid.deny_delete,
         deny_purge: valid.deny_purge,
+        sources: (!valid.sources.is_empty()).then(|| valid.sources.clone()),
+        mirror: valid.mirror.clone(),
         ..Config::default()
     }
 }

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use async_nats::jetstream::stream::{
-    Compression, Config, DiscardPolicy, Placement, RetentionPolicy, StorageType,
+    Compression, Config, DiscardPolicy, Placement, RetentionPolicy, Source, StorageType,
 };
 
 /// One owned field whose value on the server differs from the spec's, named and written as in
@@ -34,6 +34,8 @@ macro_rules! owned_fields {
         /// Owned fields that differ between `server` (as NATS reports it) and `desired`.
         pub fn differences(server: &Config, desired: &Config) -> Vec<Difference> {
             let server = normalized(server);
+            // The desired sources too: the spec's order of sources carries no meaning.
+            let desired = &normalized(desired);
             let mut differences = Vec::new();
             $(
                 if server.$field != desired.$field {
@@ -82,6 +84,8 @@ owned_fields!(
     placement => "placement",
     deny_delete => "denyDelete",
     deny_purge => "denyPurge",
+    sources => "sources",
+    mirror => "mirror",
 );
 
 /// A value as the spec writes it.
@@ -191,6 +195,89 @@ impl Shown for Option<Placement> {
     }
 }
 
+/// A source as the spec writes it: `NAME` with where it lives and what it takes.
+impl Shown for Source {
+    fn shown(&self) -> String {
+        let mut text = self.name.clone();
+        if let Some(external) = &self.external {
+            text.push_str(&format!(" api {}", external.api_prefix));
+            if let Some(deliver) = &external.delivery_prefix {
+                text.push_str(&format!(" deliver {deliver}"));
+            }
+        }
+        if let Some(filter) = &self.filter_subject {
+            text.push_str(&format!(" filter {filter}"));
+        }
+        for transform in &self.subject_transforms {
+            text.push_str(&format!(
+                " transform {}->{}",
+                transform.source, transform.destination
+            ));
+        }
+        if let Some(sequence) = self.start_sequence {
+            text.push_str(&format!(" from sequence {sequence}"));
+        }
+        if let Some(time) = self.start_time {
+            text.push_str(&format!(" from {time}"));
+        }
+        text
+    }
+}
+
+impl Shown for Option<Source> {
+    fn shown(&self) -> String {
+        self.as_ref()
+            .map_or_else(|| "none".to_owned(), Shown::shown)
+    }
+}
+
+impl Shown for Option<Vec<Source>> {
+    fn shown(&self) -> String {
+        let sources: Vec<String> = self.iter().flatten().map(Shown::shown).collect();
+        format!("[{}]", sources.join("; "))
+    }
+}
+
+/// A source in one form whatever wrote it: empty strings as unset, a filter the server
+/// keeps as a transform without destination as the filter, no domain (always an API prefix).
+fn normalized_source(source: &Source) -> Source {
+    let mut source = source.clone();
+    source.domain = None;
+    if source.filter_subject.as_deref() == Some("") {
+        source.filter_subject = None;
+    }
+    if let Some(external) = &mut source.external
+        && external.delivery_prefix.as_deref() == Some("")
+    {
+        external.delivery_prefix = None;
+    }
+    if source.filter_subject.is_none()
+        && let [only] = &source.subject_transforms[..]
+        && only.destination.is_empty()
+    {
+        source.filter_subject = Some(only.source.clone());
+        source.subject_transforms.clear();
+    }
+    source
+}
+
+/// Sources in a fixed order, none as `None`: their order carries no meaning.
+fn normalized_sources(sources: Option<&Vec<Source>>) -> Option<Vec<Source>> {
+    let mut sources: Vec<Source> = sources
+        .into_iter()
+        .flatten()
+        .map(normalized_source)
+        .collect();
+    sources.sort_by_key(|source| {
+        (
+            source.name.clone(),
+            source.external.as_ref().map(|e| e.api_prefix.clone()),
+            source.filter_subject.clone(),
+        )
+    });
+    (!sources.is_empty()).then_some(sources)
+}
+
 /// User metadata as `key=value` pairs in key order.
 fn shown_metadata(metadata: &HashMap<String, String>) -> String {
     let pairs: Vec<String> = sorted(user_metadata(metadata))
@@ -203,6 +290,8 @@ fn shown_metadata(metadata: &HashMap<String, String>) -> String {
 /// The server's way of saying "unset" mapped onto the spec's.
 fn normalized(server: &Config) -> Config {
     let mut config = server.clone();
+    config.sources = normalized_sources(config.sources.as_ref());
+    config.mirror = config.mirror.as_ref().map(normalized_source);
     if config.compression.is_none() {
         config.compression = Some(Compression::None);
     }
@@ -268,6 +357,50 @@ mod tests {
         config.placement = Some(Placement::default());
         config.description = Some(String::new());
         config
+    }
+
+    fn source(name: &str, api: &str) -> Source {
+        Source {
+            name: name.into(),
+            external: Some(async_nats::jetstream::stream::External {
+                api_prefix: api.into(),
+                delivery_prefix: None,
+            }),
+            filter_subject: Some("audit.>".into()),
+            ..Source::default()
+        }
+    }
+
+    #[test]
+    fn sources_compare_in_one_form_whatever_the_order_and_spelling() {
+        let mut wanted = desired();
+        wanted.subjects.clear();
+        wanted.sources = Some(vec![
+            source("EVENTS", "$JS.spoke-a.API"),
+            source("EVENTS", "$JS.spoke-b.API"),
+        ]);
+        // The server's answer: the other order, a delivery prefix as "", the filter as a
+        // transform without destination.
+        let mut server = wanted.clone();
+        let mut b = source("EVENTS", "$JS.spoke-b.API");
+        b.external.as_mut().unwrap().delivery_prefix = Some(String::new());
+        b.filter_subject = None;
+        b.subject_transforms = vec![async_nats::jetstream::stream::SubjectTransform {
+            source: "audit.>".into(),
+            destination: String::new(),
+        }];
+        server.sources = Some(vec![b, source("EVENTS", "$JS.spoke-a.API")]);
+        assert_eq!(differences(&server, &wanted), []);
+
+        server.sources = Some(vec![source("EVENTS", "$JS.spoke-a.API")]);
+        let found = differences(&server, &wanted);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].field, "sources");
+        assert_eq!(
+            found[0].to_string(),
+            "sources (server: [EVENTS api $JS.spoke-a.API filter audit.>], spec: [EVENTS api $JS.spoke-a.API filter audit.>; EVENTS api $JS.spoke-b.API filter audit.>])"
+        );
+        assert_eq!(differences(&wanted, &desired())[0].field, "subjects");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod build;
 mod cleanup;
 pub mod drift;
 mod reconcile;
+pub mod sources;
 pub mod status;
 pub mod validate;
 

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::{
     Context,
     apply::{self, Applied, Change},
-    build, drift, status, validate,
+    build, drift, sources, status, validate,
 };
 use crate::{
     conditions::{READY, held_at_generation},
@@ -25,12 +25,36 @@ use crate::{
 
 /// Applies `stream` and reports the outcome: status, an Event, a log line.
 pub(super) async fn apply(stream: &AuditStream, ctx: &Context) -> Result<Action> {
-    let result = pipeline(stream, ctx).await;
-    let status = status::desired_status(
+    let now = Timestamp::now();
+    let result = pipeline(stream, ctx, now).await;
+    let mut status = status::desired_status(
         stream,
-        result.as_ref().map(|applied| &applied.info.state),
-        &Time(Timestamp::now()),
+        result.as_ref().map(|(applied, _)| &applied.info.state),
+        &Time(now),
     );
+    if let Ok((_, seen)) = &result {
+        let previous = stream.status.clone().unwrap_or_default();
+        let observed = seen.as_ref().map(|seen| seen.statuses.clone());
+        let inactive_after = seen.as_ref().map(|seen| seen.inactive_after);
+        sources::set_sources(
+            &previous,
+            &mut status,
+            observed,
+            inactive_after.unwrap_or_default(),
+            &Time(now),
+        );
+        let exported: Vec<(&str, &str, u64, bool)> = status
+            .sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.origin.as_str(), s.lag, s.active))
+            .collect();
+        ctx.metrics.set_sources(
+            &stream.namespace().unwrap_or_default(),
+            &stream.name_any(),
+            &exported,
+        );
+    }
+    let result = result.map(|(applied, _)| applied);
     ctx.metrics.set_ready(
         AuditStream::kind(&()),
         &stream.namespace().unwrap_or_default(),
@@ -61,8 +85,20 @@ pub(super) async fn apply(stream: &AuditStream, ctx: &Context) -> Result<Action>
     Ok(Action::requeue(ctx.options.requeue_interval))
 }
 
-/// The pipeline up to NATS: Secrets, validation, desired config, and the stream on the server.
-async fn pipeline(stream: &AuditStream, ctx: &Context) -> Result<Applied> {
+/// What was seen of a stream's sources and mirror.
+struct SourcesSeen {
+    /// Their states, or why they could not be read.
+    statuses: std::result::Result<Vec<crate::crd::stream::SourceStatus>, String>,
+    inactive_after: std::time::Duration,
+}
+
+/// The pipeline up to NATS: Secrets, validation, desired config, and the stream on the server;
+/// then, for a stream with sources or a mirror, their state.
+async fn pipeline(
+    stream: &AuditStream,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<(Applied, Option<SourcesSeen>)> {
     let namespace = stream.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let connection = match connection::dereference(&secrets, &stream.spec.connection).await {
@@ -89,7 +125,26 @@ async fn pipeline(stream: &AuditStream, ctx: &Context) -> Result<Applied> {
                 .is_some()
         })
     };
-    apply::apply(&js, &desired, &valid.mark, stream.spec.adopt, owner_exists).await
+    let applied = apply::apply(&js, &desired, &valid.mark, stream.spec.adopt, owner_exists).await?;
+    if valid.sources.is_empty() && valid.mirror.is_none() {
+        return Ok((applied, None));
+    }
+    let previous = stream
+        .status
+        .as_ref()
+        .map(|s| s.sources.clone())
+        .unwrap_or_default();
+    let statuses = sources::observe(&js, &valid.name).await.map(|observed| {
+        sources::source_statuses(&observed, &previous, valid.source_inactive_after, now)
+    });
+    if let Err(error) = &statuses {
+        warn!(stream = %valid.name, %error, "cannot read the state of the stream's sources; their status stays as it was");
+    }
+    let seen = SourcesSeen {
+        statuses,
+        inactive_after: valid.source_inactive_after,
+    };
+    Ok((applied, Some(seen)))
 }
 
 /// The Event for a change, if it deserves one. An update is drift when the current generation
