@@ -7,7 +7,8 @@
 //! written by the hub's consumer, each line naming its origin; a re-apply and the server's
 //! own spelling of the sources are no drift; one leaf's link is cut for 30 s while its
 //! publisher goes on: the source shows inactive in status, condition and metrics, and after
-//! the link is back everything arrives, nothing lost and nothing twice.
+//! the link is back everything arrives, nothing lost and nothing twice; a leaf and then the
+//! hub restarted lose nothing either; a mirror of the hub in a third leaf's domain holds it all.
 
 mod consumer_support;
 mod operator_support;
@@ -27,6 +28,8 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(250);
 const LEAVES: [&str; 2] = ["spoke-a", "spoke-b"];
+/// A third leaf node, in the disaster-recovery cluster, whose AuditStream mirrors the hub.
+const DR: &str = "dr";
 /// The stream each leaf keeps its cluster's events in (the same name in every cluster, as
 /// one set of manifests gives).
 const LEAF_STREAM: &str = "EVENTS";
@@ -87,9 +90,9 @@ fn sources_active(status: &Value) -> Option<String> {
 
 #[tokio::test]
 async fn a_hub_sources_every_leaf_domain_and_catches_up_after_a_cut_link() -> anyhow::Result<()> {
-    let topology = LeafTopology::start("hub", &LEAVES).await?;
+    let mut topology = LeafTopology::start("hub", &[LEAVES[0], LEAVES[1], DR]).await?;
     let mut leaf_js = Vec::new();
-    for leaf in &topology.leaves {
+    for leaf in &topology.leaves[..LEAVES.len()] {
         let js = jetstream::new(leaf.client().await?);
         js.create_stream(stream::Config {
             name: LEAF_STREAM.into(),
@@ -190,6 +193,54 @@ async fn a_hub_sources_every_leaf_domain_and_catches_up_after_a_cut_link() -> an
             && sources_active(status).as_deref() == Some("True SourcesActive")
     })
     .await?;
+
+    // A leaf restarted, then the hub: the sources resume where they were, and what a leaf
+    // stored while the hub was down arrives.
+    topology.leaves[1].stop().await;
+    topology.leaves[1].start_again().await?;
+    topology.wait_linked().await?;
+    published.extend(publish_events(&leaf_js[1], "spoke-b-after-restart", 50).await?);
+    lines.extend(writer.read_lines(50, WAIT).await?);
+    topology.hub.stop().await;
+    published.extend(publish_events(&leaf_js[0], "spoke-a-hub-down", 50).await?);
+    topology.hub.start_again().await?;
+    topology.wait_linked().await?;
+    lines.extend(writer.read_lines(50, WAIT).await?);
+    wait_status(
+        &streams,
+        &operator,
+        "both sources active after the restarts",
+        |status| {
+            source_states(status).iter().all(|(_, active)| *active)
+                && sources_active(status).as_deref() == Some("True SourcesActive")
+        },
+    )
+    .await?;
+
+    // A mirror of the hub in the disaster-recovery cluster follows it.
+    let copies = operator_support::api(&client, &namespace, AUDIT_STREAM);
+    operator_support::apply(
+        &copies,
+        AUDIT_STREAM,
+        "copy",
+        json!({
+            "connection": { "servers": [topology.leaves[2].url()] },
+            "name": "AUDIT_COPY",
+            "mirror": { "name": STREAM, "domain": "hub" },
+        }),
+    )
+    .await?;
+    let total = published.len() as u64;
+    let copy = wait::until("the mirror to hold every event", WAIT, POLL, || async {
+        let status = copies.get("copy").await?.data["status"].clone();
+        let mirrored = status["sources"][0]["mirror"] == true
+            && status["sources"][0]["active"] == true
+            && status["messages"].as_u64() == Some(total);
+        Ok(mirrored.then_some(status))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", operator.log_tail()))?;
+    assert_eq!(copy["sources"][0]["origin"], "domain hub", "{copy}");
 
     // Every event once on the hub (nothing hidden by the duplicate window either), each line
     // naming the source it came through.
