@@ -135,6 +135,20 @@ async fn a_hub_sources_every_leaf_domain_and_catches_up_after_a_cut_link() -> an
         1.0
     );
 
+    // A mirror of the hub in the disaster-recovery cluster, from the start: it follows the
+    // hub through every fault below.
+    let copies = operator_support::api(&client, &namespace, AUDIT_STREAM);
+    operator_support::apply(
+        &copies,
+        AUDIT_STREAM,
+        "copy",
+        json!({
+            "connection": { "servers": [topology.leaves[2].url()] },
+            "name": "AUDIT_COPY",
+            "mirror": { "name": STREAM, "domain": "hub" },
+        }),
+    )
+    .await?;
     // The hub's consumer, draining what every leaf sends.
     let hub_js = jetstream::new(topology.hub.client().await?);
     hub_js
@@ -217,20 +231,8 @@ async fn a_hub_sources_every_leaf_domain_and_catches_up_after_a_cut_link() -> an
     )
     .await?;
 
-    // A mirror of the hub in the disaster-recovery cluster follows it.
-    let copies = operator_support::api(&client, &namespace, AUDIT_STREAM);
-    operator_support::apply(
-        &copies,
-        AUDIT_STREAM,
-        "copy",
-        json!({
-            "connection": { "servers": [topology.leaves[2].url()] },
-            "name": "AUDIT_COPY",
-            "mirror": { "name": STREAM, "domain": "hub" },
-        }),
-    )
-    .await?;
     let total = published.len() as u64;
+    // The mirror, through the cut, the restarts of a leaf and of the hub, holds every event.
     let copy = wait::until("the mirror to hold every event", WAIT, POLL, || async {
         let status = copies.get("copy").await?.data["status"].clone();
         let mirrored = status["sources"][0]["mirror"] == true
