@@ -79,6 +79,7 @@ pub struct Metrics {
     ready: Family<ReadyLabels, Gauge>,
     archive_problems: Family<ConsumerLabels, Gauge>,
     archive_verified_through: Family<ConsumerLabels, Gauge>,
+    events_discarded: Family<ConsumerLabels, Gauge>,
     source_lag: Family<SourceLabels, Gauge>,
     source_active: Family<SourceLabels, Gauge>,
     /// The sources exported per AuditStream, to drop those that went away.
@@ -153,6 +154,12 @@ impl Default for Metrics {
             "Unix time up to which every segment stored in an AuditConsumer's archive has been verified",
             archive_verified_through.clone(),
         );
+        let events_discarded = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "events_discarded",
+            "Events an AuditConsumer's stream removed by its limits before the consumer acknowledged them (status.eventsDiscarded): lost to its output",
+            events_discarded.clone(),
+        );
         let source_lag = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "stream_source_lag",
@@ -166,6 +173,7 @@ impl Default for Metrics {
             source_active.clone(),
         );
         Self {
+            events_discarded,
             source_lag,
             source_active,
             exported_sources: Mutex::default(),
@@ -300,6 +308,16 @@ impl Metrics {
         }
     }
 
+    /// Exports how many events AuditConsumer `namespace/name` lost to its stream's limits.
+    pub fn set_events_discarded(&self, namespace: &str, name: &str, events: u64) {
+        self.events_discarded
+            .get_or_create(&ConsumerLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .set(i64::try_from(events).unwrap_or(i64::MAX));
+    }
+
     /// Exports the state of `namespace/name`'s sources, `(source, origin, lag, active)`, and
     /// drops those it no longer has.
     pub fn set_sources(&self, namespace: &str, name: &str, sources: &[(&str, &str, u64, bool)]) {
@@ -347,6 +365,7 @@ impl Metrics {
                 name: name.to_owned(),
             };
             self.archive_problems.remove(&labels);
+            self.events_discarded.remove(&labels);
             self.archive_verified_through.remove(&labels);
         }
         let key = (kind, namespace.to_owned(), name.to_owned());

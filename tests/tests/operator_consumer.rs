@@ -1293,3 +1293,89 @@ async fn an_archive_verification_runs_read_only_on_a_schedule_and_its_findings_t
     .await?;
     Ok(())
 }
+
+/// Publishes `count` events to `subject` prefix on `js`, each acknowledged by the stream.
+async fn publish_acked(js: &jetstream::Context, prefix: &str, count: usize) -> anyhow::Result<()> {
+    for n in 0..count {
+        js.publish(format!("audit.{prefix}.{n}"), "{}".into())
+            .await?
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_a_full_stream_discards_before_they_are_written_are_counted_and_reported()
+-> anyhow::Result<()> {
+    let env = Env::start("ac-discard").await?;
+    // A stream that keeps 100 events: its oldest go at the limit, written or not.
+    operator_support::apply(
+        &env.streams,
+        AUDIT_STREAM,
+        "limited",
+        json!({
+            "connection": {
+                "servers": [env.nats.url()],
+                "auth": { "tokenSecretRef": { "name": "nats-token", "key": "token" } },
+            },
+            "name": "LIMITED",
+            "subjects": ["audit.>"],
+            "storage": "Memory",
+            "maxMessages": 100,
+            "discard": "Old",
+        }),
+    )
+    .await?;
+    operator_support::wait_ready(&env.streams, "limited", WAIT).await?;
+    let js = env.jetstream().await?;
+    // 150 events before the consumer exists: the first 50 are gone, but not from it (it
+    // starts at the stream's first event), so nothing is counted.
+    publish_acked(&js, "before", 150).await?;
+    let spec = |name: &str| json!({ "streamRef": { "name": "limited" }, "durableName": name, "replicas": 0 });
+    operator_support::apply(&env.consumers, AUDIT_CONSUMER, "stopped", spec("stopped")).await?;
+    env.wait_condition("stopped", "ConsumerReady", "True")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = env.consumers.get("stopped").await?.data["status"].clone();
+    assert!(status["eventsDiscarded"].is_null(), "{status}");
+
+    // No pod reads (replicas 0): 100 more events push the 100 the consumer had not written
+    // out of the stream.
+    publish_acked(&js, "while-stopped", 100).await?;
+    let status = wait::until("the discarded events counted", WAIT, POLL, || async {
+        let status = env.consumers.get("stopped").await?.data["status"].clone();
+        Ok((status["eventsDiscarded"] == 100).then_some(status))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", env.operator_log()))?;
+    assert_eq!(status["discardedThrough"], 150, "{status}");
+    let events = events_about(&env.client, &env.namespace, "stopped").await?;
+    let warning = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("EventsDiscarded"))
+        .ok_or_else(|| anyhow::anyhow!("no EventsDiscarded Warning: {events:?}"))?;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let note = warning.note.as_deref().unwrap_or_default();
+    assert!(
+        note.starts_with("100 event(s) at stream sequences 51-150 were removed from LIMITED"),
+        "{note}"
+    );
+    let sample = format!(
+        r#"audit_operator_events_discarded{{namespace="{}",name="stopped"}}"#,
+        env.namespace
+    );
+    assert_eq!(env.operator_metric(&sample).await?, 100.0);
+
+    // Counted once: later reconciliations add nothing while nothing more goes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = env.consumers.get("stopped").await?.data["status"].clone();
+    assert_eq!(status["eventsDiscarded"], 100, "{status}");
+    assert_eq!(
+        occurrences(
+            &events_about(&env.client, &env.namespace, "stopped").await?,
+            "EventsDiscarded"
+        ),
+        1
+    );
+    Ok(())
+}

@@ -761,6 +761,18 @@ pub struct AuditConsumerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_max_delivered_sequence: Option<u64>,
 
+    /// Events the stream's limits (`maxAge`, `maxBytes`, `maxMessages`, ... with `discard:
+    /// Old`) removed before this consumer acknowledged them: they are in no output of it.
+    /// Found by comparing the consumer's ack floor with the stream's first sequence at every
+    /// reconciliation; counted for consumers without `filterSubjects` only (a filtered
+    /// consumer cannot tell the stream's other subjects from its own in that gap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_discarded: Option<u64>,
+
+    /// Stream sequence up to which discarded events have been counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded_through: Option<u64>,
+
     /// When a pod last acknowledged an event, as last observed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ack_time: Option<String>,

@@ -11,6 +11,7 @@
 //! `WorkloadAvailable`, which is part of `Ready`, so it stays in the workload stage.)
 
 pub mod checkpoints;
+pub mod discards;
 pub mod max_deliveries;
 pub mod verification;
 
@@ -82,6 +83,7 @@ pub async fn observe(consumer: &AuditConsumer, seen: &Seen, ctx: &Context) -> Fe
         Box::new(max_deliveries::observe(consumer, seen, ctx).await),
         Box::new(checkpoints::observe(consumer, seen).await),
         Box::new(verification::observe(consumer, ctx).await),
+        Box::new(discards::observe(seen).await),
     ])
 }
 
