@@ -23,7 +23,7 @@ lint: ## cargo fmt --check, clippy with warnings as errors, shellcheck and hadol
 
 .PHONY: demo
 demo: ## A local Kubernetes node and control plane, NATS, the operator and its consumer pods, until Ctrl-C.
-	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	bin_dir=$$(bash hack/testenv.sh demo | tail -n 1); \
 	images_dir=""; \
 	if [[ $$EUID -eq 0 ]]; then images_dir=$$(bash hack/images.sh | tail -n 1); fi; \
 	$(CARGO) build --workspace --bins --locked; \

@@ -19,7 +19,21 @@
 #
 # The last line of standard output is the absolute path of the directory holding the
 # binaries (progress goes to standard error).
+#
+#   hack/testenv.sh        everything the tests need (`make test`)
+#   hack/testenv.sh demo   only what `make demo` runs: the checkers and the object store are
+#                          the tests' alone (on 2 cores they are about 5 of the 16 cold minutes,
+#                          promtool most of it), so a first demo does not wait for them
 set -euo pipefail
+
+target=${1:-test}
+case $target in
+  test | demo) ;;
+  *)
+    echo "usage: hack/testenv.sh [test|demo]" >&2
+    exit 2
+    ;;
+esac
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=hack/testenv.versions
@@ -214,11 +228,15 @@ for command in "${kubernetes_commands[@]}"; do
   install_binary "$command" "build_kubernetes_command $command"
 done
 install_binary helm build_helm
-install_binary promtool build_promtool "$PROMTOOL"
-install_binary kube-score build_kube_score "$KUBE_SCORE"
-install_binary versitygw build_versitygw "$VERSITYGW"
-# The program's source is part of its version: an edit rebuilds it.
-install_binary kstatus build_kstatus "${FLUX_CLI_UTILS}-$(cksum <"$here/kstatus/main.go" | cut -d' ' -f1)"
+if [[ $target == test ]]; then
+  install_binary promtool build_promtool "$PROMTOOL"
+  install_binary kube-score build_kube_score "$KUBE_SCORE"
+  install_binary versitygw build_versitygw "$VERSITYGW"
+  # The program's source is part of its version: an edit rebuilds it.
+  install_binary kstatus build_kstatus "${FLUX_CLI_UTILS}-$(cksum <"$here/kstatus/main.go" | cut -d' ' -f1)"
+else
+  log "demo: skipping the tests' checkers (promtool, kube-score, kstatus) and object store (versitygw)"
+fi
 install_debian_packages
 
 echo "$bin_dir"
