@@ -23,6 +23,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start: the size of a variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the controllers (the default).
     Run(RunArgs),
@@ -42,6 +44,12 @@ pub struct RunArgs {
     /// How often a healthy resource is checked for drift and its live state refreshed.
     #[arg(long, env = "AUDIT_OPERATOR_REQUEUE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub requeue_interval: Duration,
+
+    /// How often an autoscaled AuditConsumer's lag is read and acted on: at zero pods, the
+    /// longest wait before the first pending event brings a pod back (plus its start). Each
+    /// look is one consumer info request to NATS.
+    #[arg(long, env = "AUDIT_OPERATOR_AUTOSCALING_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub autoscaling_interval: Duration,
 
     /// First delay before retrying a failing resource; it doubles per failure.
     #[arg(long, env = "AUDIT_OPERATOR_RETRY_BASE_DELAY", default_value = "1s", value_parser = parse_duration)]
@@ -120,6 +128,7 @@ impl RunArgs {
     pub fn options(&self) -> Options {
         Options {
             requeue_interval: self.requeue_interval,
+            autoscaling_interval: self.autoscaling_interval,
             retry: BackoffPolicy {
                 base: self.retry_base_delay,
                 cap: self.retry_max_delay,

@@ -23,6 +23,14 @@ struct ConsumerLabels {
     name: String,
 }
 
+/// An AuditConsumer and a direction its pods were scaled in (`up`, `down`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScaleLabels {
+    namespace: String,
+    name: String,
+    direction: String,
+}
+
 /// An AuditStream and the stream it names on NATS.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamLabels {
@@ -80,6 +88,9 @@ pub struct Metrics {
     archive_problems: Family<ConsumerLabels, Gauge>,
     archive_verified_through: Family<ConsumerLabels, Gauge>,
     events_discarded: Family<ConsumerLabels, Gauge>,
+    desired_replicas: Family<ConsumerLabels, Gauge>,
+    consumer_lag: Family<ConsumerLabels, Gauge>,
+    scaled: Family<ScaleLabels, Counter>,
     source_lag: Family<SourceLabels, Gauge>,
     source_active: Family<SourceLabels, Gauge>,
     /// The sources exported per AuditStream, to drop those that went away.
@@ -160,6 +171,24 @@ impl Default for Metrics {
             "Events an AuditConsumer's stream removed by its limits before the consumer acknowledged them (status.eventsDiscarded): lost to its output",
             events_discarded.clone(),
         );
+        let desired_replicas = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "consumer_desired_replicas",
+            "Consumer pods an AuditConsumer wants (status.desiredReplicas): spec.replicas, or the autoscaler's decision",
+            desired_replicas.clone(),
+        );
+        let consumer_lag = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "consumer_lag",
+            "Events pending plus acknowledgements pending of an AuditConsumer's durable consumer, as NATS last reported them: what the autoscaler acts on",
+            consumer_lag.clone(),
+        );
+        let scaled = Family::<ScaleLabels, Counter>::default();
+        registry.register(
+            "consumer_scaled",
+            "Times the autoscaler changed an AuditConsumer's number of pods, by direction (up, down)",
+            scaled.clone(),
+        );
         let source_lag = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "stream_source_lag",
@@ -174,6 +203,9 @@ impl Default for Metrics {
         );
         Self {
             events_discarded,
+            desired_replicas,
+            consumer_lag,
+            scaled,
             source_lag,
             source_active,
             exported_sources: Mutex::default(),
@@ -318,6 +350,35 @@ impl Metrics {
             .set(i64::try_from(events).unwrap_or(i64::MAX));
     }
 
+    /// Exports AuditConsumer `namespace/name`'s wanted pods and lag, where known.
+    pub fn set_scaling(&self, namespace: &str, name: &str, desired: Option<i32>, lag: Option<u64>) {
+        let labels = ConsumerLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        if let Some(desired) = desired {
+            self.desired_replicas
+                .get_or_create(&labels)
+                .set(i64::from(desired));
+        }
+        if let Some(lag) = lag {
+            self.consumer_lag
+                .get_or_create(&labels)
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Counts one change of AuditConsumer `namespace/name`'s number of pods by the autoscaler.
+    pub fn record_scaled(&self, namespace: &str, name: &str, up: bool) {
+        self.scaled
+            .get_or_create(&ScaleLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                direction: if up { "up" } else { "down" }.to_owned(),
+            })
+            .inc();
+    }
+
     /// Exports the state of `namespace/name`'s sources, `(source, origin, lag, active)`, and
     /// drops those it no longer has.
     pub fn set_sources(&self, namespace: &str, name: &str, sources: &[(&str, &str, u64, bool)]) {
@@ -366,6 +427,15 @@ impl Metrics {
             };
             self.archive_problems.remove(&labels);
             self.events_discarded.remove(&labels);
+            self.desired_replicas.remove(&labels);
+            self.consumer_lag.remove(&labels);
+            for direction in ["up", "down"] {
+                self.scaled.remove(&ScaleLabels {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    direction: direction.to_owned(),
+                });
+            }
             self.archive_verified_through.remove(&labels);
         }
         let key = (kind, namespace.to_owned(), name.to_owned());

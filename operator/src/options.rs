@@ -9,6 +9,8 @@ use crate::leader::LeaseSettings;
 pub struct Options {
     /// How often a healthy resource is checked again for drift and live state.
     pub requeue_interval: Duration,
+    /// How often an autoscaled AuditConsumer's lag is read and acted on.
+    pub autoscaling_interval: Duration,
     /// Delays between retries of a failing resource.
     pub retry: BackoffPolicy,
     /// Timeout of a NATS connection attempt and of each JetStream request.
@@ -43,6 +45,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             requeue_interval: Duration::from_secs(60),
+            autoscaling_interval: Duration::from_secs(5),
             retry: BackoffPolicy {
                 base: Duration::from_secs(1),
                 cap: Duration::from_secs(300),

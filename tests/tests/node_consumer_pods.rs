@@ -30,7 +30,7 @@ const TOKEN: &str = "real-node-token-52c1";
 
 /// The operator of this test binary: one replica from the chart.
 fn operator() -> &'static ChartRelease {
-    operator_support::chart_operator(1, &["requeueInterval=5s"])
+    operator_support::chart_operator(1, &["requeueInterval=5s", "autoscalingInterval=2s"])
 }
 
 /// One test's world: a namespace enforcing the `restricted` Pod Security level, a
@@ -1300,5 +1300,250 @@ async fn archiving_pods_store_their_lines_and_the_scheduled_verification_finds_a
             .contains("1 finding(s) accepted"),
         "{accepted}"
     );
+    Ok(())
+}
+
+/// The Deployment's `spec.replicas`, sampled while an autoscaled consumer works: what the
+/// autoscaler asked for, over time.
+struct ReplicaSamples {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<i32>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReplicaSamples {
+    fn start(env: &Env, consumer: &str) -> Self {
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(env.client.clone(), &env.namespace);
+        let name = format!("{consumer}-audit-consumer");
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = samples.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(Some(d)) = deployments.get_opt(&name).await
+                    && let Some(replicas) = d.spec.and_then(|s| s.replicas)
+                {
+                    let mut samples = recorded.lock().unwrap();
+                    if samples.last() != Some(&replicas) {
+                        samples.push(replicas);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { samples, task }
+    }
+
+    /// The distinct values in order.
+    fn changes(&self) -> Vec<i32> {
+        self.samples.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ReplicaSamples {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `status.desiredReplicas` once it is `wanted`.
+async fn wait_desired(env: &Env, name: &str, wanted: i64) -> anyhow::Result<Value> {
+    wait::until(
+        &format!("AuditConsumer {name} desiredReplicas {wanted}"),
+        WAIT,
+        POLL,
+        || async {
+            let status = env.consumer_status(name).await?;
+            Ok((status["desiredReplicas"] == wanted).then_some(status))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", env.operator.logs()))
+}
+
+/// Publishes `count` events numbered from `from`, each acknowledged by the stream; returns
+/// their ids.
+async fn publish_events(
+    js: &jetstream::Context,
+    prefix: &str,
+    from: usize,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut acks = Vec::with_capacity(count);
+    let mut ids = Vec::with_capacity(count);
+    for n in from..from + count {
+        let id = format!("{prefix}-{n}");
+        acks.push(
+            js.publish(format!("audit.{prefix}.{n}"), event(n, &id).into())
+                .await?,
+        );
+        ids.push(id);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn autoscaled_pods_follow_a_burst_down_to_zero_and_back_and_lose_nothing()
+-> anyhow::Result<()> {
+    let env = Env::start("elastic").await?;
+    env.apply_sample_stream()?;
+    let key = nkeys::KeyPair::new_account();
+    env.kubectl_apply(&serde_json::to_string(&json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "audit-signer" },
+        "stringData": { "seed": key.seed()? },
+    }))?)?;
+    let logs = PodLogs::follow(
+        &env.client,
+        &env.namespace,
+        "app.kubernetes.io/instance=elastic",
+    );
+    env.apply_consumer(
+        "elastic",
+        json!({
+            "batch": 20, "expires": "2s",
+            "autoscaling": {
+                "minReplicas": 0, "maxReplicas": 3, "targetLagPerReplica": 200,
+                "scaleDown": { "stabilizationWindow": "15s" },
+            },
+            "integrity": {
+                "enabled": true,
+                "signingKeySecretRef": { "name": "audit-signer", "key": "seed" },
+                "checkpointInterval": "1s",
+            },
+        }),
+    )?;
+    let replicas = ReplicaSamples::start(&env, "elastic");
+    // Nothing pending: no pod, and Ready (nothing is missing).
+    wait_desired(&env, "elastic", 0).await?;
+    env.wait_ready("elastic").await?;
+    assert!(env.pods("elastic").await?.is_empty());
+
+    // From zero: one event brings a pod, which writes it.
+    let js = env.jetstream().await?;
+    let published = std::time::Instant::now();
+    let mut ids = publish_events(&js, "first", 0, 1).await?;
+    wait::until("the first event written", WAIT, POLL, || async {
+        let lines = logs.lines();
+        Ok(audit_events(&lines)?
+            .iter()
+            .any(|(_, id, _)| id == "first-0")
+            .then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", env.operator.logs()))?;
+    eprintln!(
+        "from zero: the first event written {:.1} s after its publish",
+        published.elapsed().as_secs_f64()
+    );
+
+    // Back to zero once nothing was pending for the 15 s window.
+    wait_desired(&env, "elastic", 0).await?;
+    wait::until("the first pod gone", WAIT, POLL, || async {
+        Ok(env.pods("elastic").await?.is_empty().then_some(()))
+    })
+    .await?;
+
+    // A burst while the operator is down: the new one starts from the decision in the
+    // status (0), reads 3,000 pending (15 pods' worth at 200 each) and scales to the
+    // maximum of 3 in one step.
+    let scale_operator = |replicas: &str| {
+        tools::run(
+            "kubectl",
+            &[
+                "scale",
+                "deployment",
+                &env.operator.name,
+                "--namespace",
+                &env.operator.namespace,
+                &format!("--replicas={replicas}"),
+            ],
+            None,
+        )
+    };
+    scale_operator("0")?;
+    let operator_pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.operator.namespace);
+    let selector = ListParams::default().labels(&env.operator.selector());
+    wait::until("no operator pod left", WAIT, POLL, || async {
+        Ok(operator_pods
+            .list(&selector)
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    ids.extend(publish_events(&js, "burst", 1, 3000).await?);
+    scale_operator("1")?;
+    env.operator.wait_ready(1).await?;
+    let restarted = std::time::Instant::now();
+    let status = wait_desired(&env, "elastic", 3).await?;
+    assert_eq!(
+        status["autoscaling"]["lastScaleDirection"], "ScaledUp",
+        "{status}"
+    );
+    ids.extend(publish_events(&js, "more", 3001, 600).await?);
+    env.wait_all_acknowledged("elastic", ids.len() as u64)
+        .await?;
+
+    // Drained: after the 15 s window of an empty lag, back to zero, each pod draining
+    // under SIGTERM and exiting 0.
+    wait_desired(&env, "elastic", 0).await?;
+    wait::until("every consumer pod gone", WAIT, POLL, || async {
+        Ok(env.pods("elastic").await?.is_empty().then_some(()))
+    })
+    .await?;
+    let down = restarted.elapsed();
+    assert!(
+        down >= Duration::from_secs(15),
+        "scaled to zero {down:?} after the operator started, inside the window it must watch first"
+    );
+    let changes = replicas.changes();
+    // 0 -> 1 for the first event, back to 0, up to 3 for the burst and down from there: no
+    // flapping, also across the restart.
+    let peak = changes.iter().position(|&r| r == 3).expect("reached 3");
+    assert!(
+        changes[peak..].windows(2).all(|w| w[1] < w[0]),
+        "after the peak only down: {changes:?}"
+    );
+    assert!(
+        changes[..=peak].windows(2).filter(|w| w[1] < w[0]).count() <= 1,
+        "before the peak only the first pod's scale-down: {changes:?}"
+    );
+    let exits = logs.exit_codes();
+    assert!(
+        exits.values().flatten().all(|&code| code == 0),
+        "every stopped consumer exits 0: {exits:?}"
+    );
+    eprintln!("replicas over time: {changes:?}, pods' exit codes {exits:?}");
+
+    // Every event written, and the pods' logs verify complete: each chain ends with a
+    // witnessed head, also those of the pods the scale-downs stopped.
+    let lines = logs.lines();
+    let written: HashSet<String> = audit_events(&lines)?
+        .into_iter()
+        .map(|(_, id, _)| id)
+        .collect();
+    let missing: Vec<&String> = ids.iter().filter(|id| !written.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} never written: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let status = env.consumer_status("elastic").await?;
+    let dir = tempfile::tempdir()?;
+    let mut files = Vec::new();
+    for (pod, lines) in logs.lines_by_pod() {
+        let path = dir.path().join(format!("{pod}.log"));
+        std::fs::write(&path, lines.join("\n") + "\n")?;
+        files.push(path);
+    }
+    assert!(files.len() >= 3, "{} pods' logs", files.len());
+    let (code, report) = verify(&env, &status, &files)?;
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("problems=0 rejected_heads=0"), "{report}");
     Ok(())
 }

@@ -1379,3 +1379,201 @@ async fn events_a_full_stream_discards_before_they_are_written_are_counted_and_r
     );
     Ok(())
 }
+
+/// The Deployment's `spec.replicas` once it is `wanted`.
+async fn wait_deployment_replicas(env: &Env, name: &str, wanted: i32) -> anyhow::Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    let deployment = format!("{name}-audit-consumer");
+    wait::until(
+        &format!("Deployment {deployment} at {wanted} replica(s)"),
+        WAIT,
+        POLL,
+        || async {
+            let d = deployments.get_opt(&deployment).await?;
+            Ok(d.filter(|d| d.spec.as_ref().and_then(|s| s.replicas) == Some(wanted)))
+        },
+    )
+    .await
+    .map(drop)
+    .map_err(|e| anyhow::anyhow!("{e:#}\noperator log:\n{}", env.operator_log()))
+}
+
+/// The Deployment's `spec.replicas` now.
+async fn deployment_replicas(env: &Env, name: &str) -> anyhow::Result<Option<i32>> {
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    let d = deployments.get(&format!("{name}-audit-consumer")).await?;
+    Ok(d.spec.and_then(|s| s.replicas))
+}
+
+/// Without pods (no kubelet here) the lag stays as the test makes it: published events are
+/// pending until the test itself acknowledges them through the durable consumer.
+#[tokio::test]
+async fn autoscaling_follows_the_lag_and_holds_when_the_lag_cannot_be_trusted() -> anyhow::Result<()>
+{
+    let mut env =
+        Env::start_with_operator_args("ac-autoscale", &["--autoscaling-interval", "1s"]).await?;
+    env.apply_stream().await?;
+    operator_support::wait_ready(&env.streams, "orders", WAIT).await?;
+    let autoscaling = json!({
+        "minReplicas": 0, "maxReplicas": 5, "targetLagPerReplica": 100,
+        "scaleDown": { "stabilizationWindow": "20s", "period": "1s" },
+    });
+
+    // Both a fixed number and autoscaling: the schema says which to remove.
+    let both = env
+        .apply_consumer(
+            "reader",
+            json!({ "replicas": 2, "autoscaling": autoscaling.clone() }),
+        )
+        .await
+        .expect_err("replicas and autoscaling together are rejected");
+    assert!(
+        both.to_string()
+            .contains("set replicas or autoscaling, not both"),
+        "{both}"
+    );
+
+    env.apply_consumer(
+        "reader",
+        json!({ "durableName": "reader", "autoscaling": autoscaling }),
+    )
+    .await?;
+    // Nothing pending: no pod at all.
+    wait_deployment_replicas(&env, "reader", 0).await?;
+    let scaling = env
+        .wait_condition("reader", "ScalingActive", "True")
+        .await?;
+    assert_eq!(scaling["reason"], "FollowingLag", "{scaling}");
+
+    // A burst of 350: ceil(350 / 100) = 4 pods, in one step (at most 4 per period).
+    let js = env.jetstream().await?;
+    publish_acked(&js, "burst", 350).await?;
+    wait_deployment_replicas(&env, "reader", 4).await?;
+    let object = env.consumers.get("reader").await?;
+    let status = &object.data["status"];
+    assert_eq!(status["desiredReplicas"], 4, "{status}");
+    assert_eq!(status["autoscaling"]["lag"], 350, "{status}");
+    assert_eq!(
+        status["autoscaling"]["lastScaleDirection"], "ScaledUp",
+        "{status}"
+    );
+    // The spec is the user's: not a field of it was written.
+    assert_eq!(object.metadata.generation, Some(1));
+    assert!(
+        object.data["spec"].get("replicas").is_none(),
+        "{}",
+        object.data["spec"]
+    );
+    assert_eq!(env.event_occurrences("reader", "ScaledUp").await?, 1);
+    let desired = format!(
+        r#"audit_operator_consumer_desired_replicas{{namespace="{}",name="reader"}}"#,
+        env.namespace
+    );
+    let lag = format!(
+        r#"audit_operator_consumer_lag{{namespace="{}",name="reader"}}"#,
+        env.namespace
+    );
+    assert_eq!(env.operator_metric(&desired).await?, 4.0);
+    assert_eq!(env.operator_metric(&lag).await?, 350.0);
+
+    // An HPA or KEDA cannot fight the autoscaler through the scale subresource.
+    let scaled = env
+        .consumers
+        .patch_scale(
+            "reader",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 1 } })),
+        )
+        .await
+        .expect_err("a scale write is rejected while autoscaling is on");
+    assert!(scaled.to_string().contains("not both"), "{scaled}");
+
+    // 300 written and acknowledged (by the test, as pods would): lag 50 wants 1 pod, but
+    // only after 20 s of lower recommendations.
+    let stream = js.get_stream("ORDERS").await?;
+    let durable: jetstream::consumer::PullConsumer = stream
+        .get_consumer("reader")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut messages = durable.fetch().max_messages(300).messages().await?;
+    let mut acked = 0;
+    while let Some(message) = futures::StreamExt::next(&mut messages).await {
+        message
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .double_ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        acked += 1;
+    }
+    assert_eq!(acked, 300);
+    let lowered = std::time::Instant::now();
+    wait_deployment_replicas(&env, "reader", 1).await?;
+    assert!(
+        lowered.elapsed() >= Duration::from_secs(15),
+        "scaled down {:?} after the lag fell, inside the 20 s window",
+        lowered.elapsed()
+    );
+    assert_eq!(env.event_occurrences("reader", "ScaledDown").await?, 1);
+
+    // The durable consumer deleted on NATS: the operator recreates it, and its lag (the
+    // whole stream again: 350) is no backlog to scale for.
+    stream.delete_consumer("reader").await?;
+    let held = env
+        .wait_condition("reader", "ScalingActive", "False")
+        .await?;
+    assert_eq!(held["reason"], "ConsumerRecreated", "{held}");
+    assert!(
+        held["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("holding 1 pod(s)"),
+        "{held}"
+    );
+    for _ in 0..8 {
+        assert_eq!(deployment_replicas(&env, "reader").await?, Some(1), "held");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        env.event_occurrences("reader", "ConsumerRecreated").await?,
+        1
+    );
+
+    // NATS unreachable: nothing to go by, nothing changes, and the condition says why.
+    env.nats.stop().await;
+    let unknown = wait::until("ScalingActive LagUnknown", WAIT, POLL, || async {
+        Ok(env
+            .condition("reader", "ScalingActive")
+            .await?
+            .filter(|c| c["reason"] == "LagUnknown"))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", env.operator_log()))?;
+    assert!(
+        unknown["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("holding 1 pod(s)"),
+        "{unknown}"
+    );
+    assert_eq!(deployment_replicas(&env, "reader").await?, Some(1));
+    env.nats.start_again().await?;
+
+    // Turned off: the fixed number again, and the autoscaler's state leaves the status.
+    env.apply_consumer("reader", json!({ "durableName": "reader", "replicas": 2 }))
+        .await?;
+    wait_deployment_replicas(&env, "reader", 2).await?;
+    wait::until("the autoscaling status gone", WAIT, POLL, || async {
+        let object = env.consumers.get("reader").await?;
+        let status = &object.data["status"];
+        Ok((status["autoscaling"].is_null()
+            && status["desiredReplicas"] == 2
+            && !status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "ScalingActive"))
+        .then_some(()))
+    })
+    .await?;
+    Ok(())
+}

@@ -268,7 +268,13 @@ pub fn consumer_report(
         stream_name: status.stream_name,
         consumer_name: status.consumer_name,
         replicas: Replicas {
-            desired: consumer.spec.replicas,
+            // The autoscaler's decision when autoscaled; the spec's number otherwise.
+            desired: status.desired_replicas.unwrap_or_else(|| {
+                consumer
+                    .spec
+                    .replicas
+                    .unwrap_or(audit_operator::crd::consumer::DEFAULT_REPLICAS)
+            }),
             current: status.replicas,
             ready: status.ready_replicas,
         },

@@ -21,6 +21,9 @@ use crate::{
 pub(super) async fn cleanup(consumer: &AuditConsumer, ctx: &Context) -> Result<Action> {
     let durable = consumer.durable_name();
     let namespace = consumer.namespace().unwrap_or_default();
+    ctx.state
+        .scaling
+        .forget(&consumer.uid().unwrap_or_default());
     let ended = match consumer.spec.deletion_policy {
         ConsumerDeletionPolicy::Retain => Ok(CleanupEnd::Done {
             reason: "Retained",

@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod archive;
+pub mod autoscale;
 pub mod build;
 mod cleanup;
 pub mod dereference;
@@ -60,6 +61,8 @@ pub struct Consumers {
     workloads: WorkloadCaches,
     /// The AuditStreams as the watch last saw them.
     streams: Store<GuardedStream>,
+    /// The autoscaled consumers' recent recommendations, for the stabilization windows.
+    scaling: autoscale::Histories,
 }
 
 type Context = controller::Context<Consumers>;
@@ -94,6 +97,7 @@ pub async fn run(
             max_deliveries,
             workloads: watches.workloads.clone(),
             streams: watches.streams.clone(),
+            scaling: autoscale::Histories::default(),
         },
     ));
     let controller =

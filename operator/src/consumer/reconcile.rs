@@ -20,9 +20,10 @@ use super::{
     Context, apply,
     apply::Change,
     archive,
+    autoscale::{self, Direction, Histories, LastScale, Policy},
     build::{self, nats_consumer, workload_name},
     dereference,
-    features::{self, Seen},
+    features::{self, Seen, autoscaling::Scaled},
     integrity,
     pods::{self, PodTrouble},
     status::{self, Failure, Report, Stage},
@@ -60,8 +61,7 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
     for notice in features.notices(&previous, &status) {
         warning(consumer, ctx, notice).await;
     }
-    let rolling_out =
-        matches!(&result, Ok(done) if !status::workload_available(consumer, &done.deployment));
+    let rolling_out = matches!(&result, Ok(done) if !status::workload_available(&done.deployment));
     conclude(consumer, result, ctx).await?;
     status_written?;
     // A pod's trouble (unschedulable, crash loop) changes nothing the watches see: the
@@ -232,11 +232,18 @@ async fn pipeline(
     seen.client = Some(nats.client.clone());
     seen.jetstream = Some(nats.context.clone());
 
+    let mut valid = valid;
+    if let Some(policy) = &valid.autoscaling {
+        let scaled = decide_replicas(consumer, policy, &info, &ctx.state.scaling);
+        valid.replicas = scaled.decision.replicas;
+        seen.scaling = Some(scaled);
+    }
+
     let deployment = apply_workload(consumer, &valid, ctx)
         .await
         .map_err(at(Stage::Workload))?;
     seen.deployment = Some(deployment.clone());
-    let pod_trouble = if status::workload_available(consumer, &deployment) {
+    let pod_trouble = if status::workload_available(&deployment) {
         None
     } else {
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -249,6 +256,44 @@ async fn pipeline(
         deployment,
         pod_trouble,
     })
+}
+
+/// Step 4b, with autoscaling: how many pods, from the lag just read (see `autoscale`). It
+/// starts from the last decision in the status, so a restarted operator changes nothing by
+/// itself.
+fn decide_replicas(
+    consumer: &AuditConsumer,
+    policy: &Policy,
+    info: &async_nats::jetstream::consumer::Info,
+    histories: &Histories,
+) -> Scaled {
+    let now = Timestamp::now();
+    let status = consumer.status.as_ref();
+    let last = status.and_then(|s| s.autoscaling.as_ref());
+    let current = status
+        .and_then(|s| s.desired_replicas)
+        .unwrap_or(policy.min);
+    let lag = info.num_pending + info.num_ack_pending as u64;
+    let consumer_created =
+        Timestamp::from_nanosecond(info.created.unix_timestamp_nanos()).unwrap_or(now);
+    let trusted = last
+        .and_then(|s| s.consumer_created.as_deref())
+        .and_then(|time| time.parse().ok());
+    let hold = autoscale::recreated(policy, consumer_created, trusted, now);
+    let last_scale = last.and_then(|s| {
+        Some(LastScale {
+            direction: Direction::from_reason(s.last_scale_direction.as_deref()?)?,
+            at: s.last_scale_time.as_deref()?.parse().ok()?,
+        })
+    });
+    let uid = consumer.uid().unwrap_or_default();
+    let decision = histories.with(&uid, now, |history| {
+        autoscale::decide(policy, current, lag, hold, history, last_scale, now)
+    });
+    Scaled {
+        decision,
+        consumer_created,
+    }
 }
 
 /// Step 1: the AuditStream and the Secrets it names; a failure is the stream stage's.

@@ -153,7 +153,7 @@ fn outcome(consumer: &AuditConsumer, report: &Report<'_>, workload: &Value) -> O
                     .as_deref()
                     .unwrap_or(&consumer.spec.stream_ref.name),
                 consumer.durable_name(),
-                consumer.spec.replicas
+                report.workload.map_or(0, desired_pods)
             ),
         },
         None => Outcome {
@@ -204,7 +204,7 @@ fn workload_condition(
 ) -> Value {
     let default_status = DeploymentStatus::default();
     let status = deployment.status.as_ref().unwrap_or(&default_status);
-    let desired = consumer.spec.replicas;
+    let desired = desired_pods(deployment);
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
     let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
@@ -212,7 +212,7 @@ fn workload_condition(
             && c.status == "False"
             && c.reason.as_deref() == Some(PROGRESS_DEADLINE_EXCEEDED)
     });
-    if workload_available(consumer, deployment) {
+    if workload_available(deployment) {
         Value::new(
             Status::True,
             WORKLOAD_AVAILABLE,
@@ -246,13 +246,22 @@ fn workload_condition(
     }
 }
 
+/// The pods the Deployment was applied with: `spec.replicas`, or the autoscaler's decision.
+fn desired_pods(deployment: &Deployment) -> i32 {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.replicas)
+        .unwrap_or(1)
+}
+
 /// Whether the Deployment has every desired pod updated and ready, no old pod left, and a
 /// status that describes its current generation.
-pub fn workload_available(consumer: &AuditConsumer, deployment: &Deployment) -> bool {
+pub fn workload_available(deployment: &Deployment) -> bool {
     let Some(status) = deployment.status.as_ref() else {
         return false;
     };
-    let desired = consumer.spec.replicas;
+    let desired = desired_pods(deployment);
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);

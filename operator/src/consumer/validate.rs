@@ -12,6 +12,7 @@ use kube::{Resource, ResourceExt};
 
 use super::{
     archive::ValidArchive,
+    autoscale::Policy,
     dereference::Referenced,
     integrity::{self, ValidIntegrity},
 };
@@ -19,8 +20,8 @@ use crate::{
     crd::{
         connection::NatsConnection,
         consumer::{
-            AuditConsumer, AuditConsumerSpec, DeliverPolicy, LogFormat, NetworkPolicySettings,
-            PodSettings,
+            AuditConsumer, AuditConsumerSpec, DEFAULT_REPLICAS, DeliverPolicy, LogFormat,
+            NetworkPolicySettings, PodSettings,
         },
     },
     duration,
@@ -54,8 +55,11 @@ pub struct ValidConsumer {
     pub max_deliver: i64,
     pub max_ack_pending: i64,
 
-    /// The pods: how many, what they run, and how they pull and write.
+    /// The pods: how many, what they run, and how they pull and write. With `autoscaling`,
+    /// the pipeline replaces `replicas` by the autoscaler's decision before the workload is
+    /// built.
     pub replicas: i32,
+    pub autoscaling: Option<Policy>,
     pub image: String,
     pub batch: u32,
     pub max_bytes: Option<usize>,
@@ -102,6 +106,7 @@ pub fn validate(
     let start = start(spec)?;
     let delivery = delivery(spec)?;
     let archive = spec.archive.as_ref().map(ValidArchive::new).transpose()?;
+    let autoscaling = spec.autoscaling.as_ref().map(Policy::new).transpose()?;
     let max_ack_pending = spec
         .max_ack_pending
         .unwrap_or_else(|| default_max_ack_pending(spec, archive.as_ref()));
@@ -126,7 +131,8 @@ pub fn validate(
         backoff: delivery.backoff,
         max_deliver: delivery.max_deliver,
         max_ack_pending,
-        replicas: spec.replicas,
+        replicas: spec.replicas.unwrap_or(DEFAULT_REPLICAS),
+        autoscaling,
         image: spec
             .image
             .clone()
@@ -280,9 +286,12 @@ fn default_max_ack_pending(spec: &AuditConsumerSpec, archive: Option<&ValidArchi
             .saturating_add(2 * i64::from(spec.batch.max(1))),
         None => 2 * i64::from(spec.batch.max(1)),
     };
-    i64::from(spec.replicas.max(1))
-        .saturating_mul(per_pod)
-        .max(1)
+    // Autoscaled: room for the most pods, so that scaling never changes the durable consumer.
+    let most_pods = spec.autoscaling.as_ref().map_or_else(
+        || spec.replicas.unwrap_or(DEFAULT_REPLICAS),
+        |a| a.max_replicas,
+    );
+    i64::from(most_pods.max(1)).saturating_mul(per_pod).max(1)
 }
 
 /// The integrity settings, when on, with the signing key read.
@@ -407,6 +416,12 @@ pub(crate) mod tests {
         assert_eq!(valid.max_ack_pending, 300);
         let valid = validated(&format!("{MINIMAL}maxAckPending: 7\n"));
         assert_eq!(valid.max_ack_pending, 7);
+        // Autoscaled: room for the most pods, whatever the autoscaler decides.
+        let valid = validated(&format!(
+            "{MINIMAL}batch: 50\nautoscaling: {{minReplicas: 0, maxReplicas: 4}}\n"
+        ));
+        assert_eq!(valid.max_ack_pending, 400);
+        assert_eq!(valid.autoscaling.unwrap().min, 0);
     }
 
     #[test]

@@ -48,10 +48,10 @@ use super::connection::SecretKeyRef;
         description = "Why the consumer is or is not ready"
     ),
     printcolumn(
-        name = "Replicas",
+        name = "Desired",
         type_ = "integer",
-        json_path = ".spec.replicas",
-        description = "Desired consumer pods"
+        json_path = ".status.desiredReplicas",
+        description = "Consumer pods wanted: spec.replicas, or the autoscaler's decision"
     ),
     printcolumn(
         name = "Available",
@@ -104,6 +104,7 @@ use super::connection::SecretKeyRef;
 #[x_kube(validation = Rule::new("(self.deliverPolicy == 'ByStartTime') == has(self.startTime)").message("set startTime exactly when deliverPolicy is ByStartTime"))]
 #[x_kube(validation = Rule::new("has(self.startSequence) == has(oldSelf.startSequence) && (!has(self.startSequence) || self.startSequence == oldSelf.startSequence) && has(self.startTime) == has(oldSelf.startTime) && (!has(self.startTime) || self.startTime == oldSelf.startTime)").message("startSequence and startTime are immutable: NATS cannot move a durable consumer's start; create a new AuditConsumer instead"))]
 #[x_kube(validation = Rule::new("!has(self.maxDeliver) || !has(self.backoff) || self.maxDeliver >= size(self.backoff)").message("maxDeliver must be at least the number of backoff delays"))]
+#[x_kube(validation = Rule::new("!has(self.replicas) || !has(self.autoscaling)").message("set replicas or autoscaling, not both: while autoscaling is on, the operator sets the number of pods (remove spec.replicas, e.g. kubectl patch --type=json -p '[{\"op\":\"remove\",\"path\":\"/spec/replicas\"}]')"))]
 #[x_kube(validation = Rule::new("!has(self.archive) || !has(self.archive.verification) || (has(self.integrity) && self.integrity.enabled)").message("archive.verification checks the archive against the witnessed chain heads: turn integrity on (integrity.enabled with a signingKeySecretRef)"))]
 pub struct AuditConsumerSpec {
     /// The AuditStream to consume, in the same namespace. Its connection (servers,
@@ -194,10 +195,23 @@ pub struct AuditConsumerSpec {
     #[serde(default)]
     pub deletion_policy: ConsumerDeletionPolicy,
 
-    /// Number of consumer pods. They share the durable consumer: each event goes to one pod.
-    #[serde(default = "default_replicas")]
+    /// Number of consumer pods, 1 when omitted. They share the durable consumer: each event
+    /// goes to one pod. Also set through the scale subresource (`kubectl scale`, an HPA, a
+    /// KEDA ScaledObject). Not with `autoscaling`, which sets the number itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
-    pub replicas: i32,
+    pub replicas: Option<i32>,
+
+    /// Let the operator follow the load: it sets the number of pods from the durable
+    /// consumer's lag (events pending plus acknowledgements pending) as NATS's JetStream API
+    /// reports it, between `minReplicas` (0 allowed: no pod while nothing is pending) and
+    /// `maxReplicas`, with HPA's algorithm: `ceil(lag / targetLagPerReplica)` pods, within a
+    /// tolerance, stabilized and rate-limited per direction. It never writes the spec, and
+    /// holds the last number whenever the lag cannot be trusted (the consumer unreadable, NATS
+    /// unreachable, the durable consumer recreated); condition `ScalingActive` says why. Not
+    /// with `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSettings>,
 
     /// Container image of `audit-consumer`. Defaults to the image the operator was configured
     /// with (`--consumer-image`), so upgrading the operator rolls the consumers to the matching
@@ -272,9 +286,8 @@ fn default_expires() -> String {
     "30s".to_owned()
 }
 
-fn default_replicas() -> i32 {
-    1
-}
+/// The number of consumer pods when neither `replicas` nor `autoscaling` says otherwise.
+pub const DEFAULT_REPLICAS: i32 = 1;
 
 fn default_batch() -> i32 {
     100
@@ -379,6 +392,79 @@ impl PodSettings {
     pub fn is_empty(&self) -> bool {
         self == &PodSettings::default()
     }
+}
+
+/// Lag-driven autoscaling of the consumer pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not be greater than maxReplicas"))]
+pub struct AutoscalingSettings {
+    /// Fewest pods, 1 when omitted. 0 lets the pods go away once nothing has been pending
+    /// for `scaleDown.stabilizationWindow`; the first pending event brings one back within
+    /// about the operator's `--autoscaling-interval` (5 s by default) plus a pod's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub min_replicas: Option<i32>,
+
+    /// Most pods.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+
+    /// Lag (events pending plus acknowledgements pending) one pod is meant to carry: the
+    /// autoscaler wants `ceil(lag / targetLagPerReplica)` pods. 1000 when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_lag_per_replica: Option<i64>,
+
+    /// How far, in percent, the lag per pod may stray from the target before the number of
+    /// pods changes (HPA's tolerance). 10 when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub tolerance_percent: Option<i32>,
+
+    /// How fast pods are added. When omitted: no stabilization window, at most 4 pods or
+    /// 100% more (whichever is more) per 15 s, as an HPA does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<ScalingRules>,
+
+    /// How fast pods are removed. When omitted: a stabilization window of 5 m (the highest
+    /// recommendation of the last 5 minutes is followed, so a short lull removes no pod), at
+    /// most 100% of the pods per 15 s, as an HPA does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScalingRules>,
+}
+
+/// How fast one direction of autoscaling moves. Each field has its direction's default when
+/// omitted (see `scaleUp` and `scaleDown`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// The recommendations of this long (a duration such as `5m`) are considered: scaling
+    /// up follows the lowest of them, scaling down the highest, so that a short spike or
+    /// lull does not move the pods. At most `1h`. An operator that has observed a consumer
+    /// for less than the window (it just started, or just became the leader) does not move
+    /// in this direction yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || duration(self) <= duration('1h')").message("stabilizationWindow must be at most 1h"))]
+    pub stabilization_window: Option<String>,
+
+    /// At most this many pods per step...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub pods: Option<i32>,
+
+    /// ...or this percentage of the current pods, whichever allows more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub percent: Option<i32>,
+
+    /// At most one step in this direction per period (a duration such as `15s`, between
+    /// `1s` and `30m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') || (duration(self) >= duration('1s') && duration(self) <= duration('30m'))").message("period must be between 1s and 30m"))]
+    pub period: Option<String>,
 }
 
 /// The consumer pods' NetworkPolicy.
@@ -718,6 +804,14 @@ pub struct AuditConsumerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer_name: Option<String>,
 
+    /// Consumer pods wanted: `spec.replicas`, or the autoscaler's last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+
+    /// With `autoscaling`, its last decision and what it was based on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+
     /// Consumer pods that exist (the scale subresource's current replicas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
@@ -784,6 +878,30 @@ pub struct AuditConsumerStatus {
     /// With `archive`, what its scheduled verification found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveStatus>,
+}
+
+/// The autoscaler's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// The lag (events pending plus acknowledgements pending) of the last trusted
+    /// observation, which the current number of pods answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+    /// When the number of pods last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// `ScaledUp` or `ScaledDown`: the direction of the last change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_direction: Option<String>,
+    /// Why the number of pods last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+    /// When the durable consumer whose lag is trusted was created on NATS (RFC 3339). A
+    /// durable consumer created at another time was recreated: its lag counts the stream
+    /// again from its deliver policy, and scaling holds for `scaleDown.stabilizationWindow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_created: Option<String>,
 }
 
 /// The archive's state.

@@ -12,7 +12,10 @@ use crate::consumer::validate::ValidConsumer;
 
 /// The budget, or `None` when the consumer should have none.
 pub fn build(valid: &ValidConsumer) -> Option<PodDisruptionBudget> {
-    (valid.replicas > 1).then(|| PodDisruptionBudget {
+    // Autoscaled: by the most pods, so the budget does not come and go with the load (with
+    // one pod or none, `maxUnavailable: 1` blocks no drain).
+    let pods = valid.autoscaling.as_ref().map_or(valid.replicas, |a| a.max);
+    (pods > 1).then(|| PodDisruptionBudget {
         metadata: metadata(valid),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),

@@ -10,6 +10,7 @@
 //! keeps working without. (The pods' trouble is not a feature: it explains
 //! `WorkloadAvailable`, which is part of `Ready`, so it stays in the workload stage.)
 
+pub mod autoscaling;
 pub mod checkpoints;
 pub mod discards;
 pub mod max_deliveries;
@@ -44,6 +45,8 @@ pub struct Seen {
     pub jetstream: Option<jetstream::Context>,
     /// The Deployment as applied, once the whole workload was.
     pub deployment: Option<Deployment>,
+    /// The autoscaler's decision, when autoscaled and the lag was read.
+    pub scaling: Option<autoscaling::Scaled>,
 }
 
 /// One feature's contribution to a reconciliation's outcome.
@@ -84,6 +87,7 @@ pub async fn observe(consumer: &AuditConsumer, seen: &Seen, ctx: &Context) -> Fe
         Box::new(checkpoints::observe(consumer, seen).await),
         Box::new(verification::observe(consumer, ctx).await),
         Box::new(discards::observe(seen).await),
+        Box::new(autoscaling::observe(consumer, seen, ctx)),
     ])
 }
 
