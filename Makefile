@@ -98,6 +98,16 @@ bench-operator-pods: ## The operator with real pods on the node: as many 1-repli
 	  --pods $${AUDIT_BENCH_PODS:-max} $${AUDIT_BENCH_CONCURRENCY:-8} $${AUDIT_BENCH_IDLE:-60} | tee "$$report"; \
 	echo "bench-operator-pods: figures in $$report"
 
+.PHONY: bench-autoscaling
+bench-autoscaling: ## Autoscaling on the real node: a burst drained by 1 pod vs 1-4, the first event from zero, the cost at zero (root; docs/benchmarks.md).
+	bin_dir=$$(bash hack/testenv.sh | tail -n 1); \
+	images_dir=$${AUDIT_IMAGES_DIR:-$$(bash hack/images.sh | tail -n 1)}; \
+	$(CARGO) build --release --locked -p audit-operator -p audit-tests --bin audit-operator --bin audit-bench-operator; \
+	report=$(CURDIR)/target/bench-autoscaling.md; \
+	AUDIT_TESTENV_BIN="$$bin_dir" AUDIT_IMAGES_DIR="$$images_dir" target/release/audit-bench-operator \
+	  --autoscaling $${AUDIT_BENCH_BURST:-200000} | tee "$$report"; \
+	echo "bench-autoscaling: figures in $$report"
+
 .PHONY: bench-consumer
 bench-consumer: ## Consumer benchmarks (criterion + throughput against a real nats-server).
 	bash hack/bench-consumer.sh

@@ -1476,9 +1476,10 @@ async fn autoscaled_pods_follow_a_burst_down_to_zero_and_back_and_lose_nothing()
     })
     .await?;
     ids.extend(publish_events(&js, "burst", 1, 3000).await?);
+    // Before the new process starts: it must not scale down within 15 s of this.
+    let restarted = std::time::Instant::now();
     scale_operator("1")?;
     env.operator.wait_ready(1).await?;
-    let restarted = std::time::Instant::now();
     let status = wait_desired(&env, "elastic", 3).await?;
     assert_eq!(
         status["autoscaling"]["lastScaleDirection"], "ScaledUp",

@@ -58,6 +58,8 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::{Value, json};
 
+#[path = "audit-bench-operator/autoscaling.rs"]
+mod autoscaling;
 #[path = "audit-bench-operator/pods.rs"]
 mod pods;
 
@@ -72,7 +74,12 @@ const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deleteco
 async fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: audit-bench-operator N CONCURRENCY [IDLE_SECONDS]\n       \
-                 audit-bench-operator --pods M|max CONCURRENCY [IDLE_SECONDS]";
+                 audit-bench-operator --pods M|max CONCURRENCY [IDLE_SECONDS]\n       \
+                 audit-bench-operator --autoscaling [BURST]";
+    if args.first().is_some_and(|arg| arg == "--autoscaling") {
+        let burst = args.get(1).map_or(Ok(200_000), |s| s.parse())?;
+        return autoscaling::run(burst).await;
+    }
     let with_pods = args.first().is_some_and(|arg| arg == "--pods");
     if with_pods {
         args.remove(0);
@@ -569,41 +576,7 @@ impl Bench {
     /// log. A list
     /// made and found in the log first makes sure the log is written up to now.
     async fn operator_requests(&self) -> anyhow::Result<BTreeMap<String, u64>> {
-        let marker = format!("bench-marker-{}", fastrand::u64(..));
-        Api::<ConfigMap>::namespaced(self.client.clone(), "default")
-            .list_metadata(&ListParams::default().labels(&format!("marker={marker}")))
-            .await?;
-        let control_plane = ControlPlane::shared();
-        let events = wait::until(
-            "the audit log to be written up to now",
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            || async {
-                let events = control_plane.audit_events()?;
-                let written = events.iter().rev().any(|event| {
-                    event["requestURI"]
-                        .as_str()
-                        .is_some_and(|uri| uri.contains(&marker))
-                });
-                Ok(written.then_some(events))
-            },
-        )
-        .await?;
-        let mut requests = BTreeMap::new();
-        for event in &events {
-            if event["user"]["username"] == OPERATOR_SERVICE_ACCOUNT
-                && event["stage"] == "ResponseComplete"
-                && let Some(verb) = event["verb"].as_str()
-            {
-                let object = &event["objectRef"];
-                let resource = match object["subresource"].as_str() {
-                    Some(sub) => format!("{}/{sub}", object["resource"].as_str().unwrap_or("?")),
-                    None => object["resource"].as_str().unwrap_or("?").to_owned(),
-                };
-                *requests.entry(format!("{verb} {resource}")).or_default() += 1;
-            }
-        }
-        Ok(requests)
+        operator_requests(&self.client).await
     }
 
     async fn nats_counters(&self) -> anyhow::Result<NatsCounters> {
@@ -617,6 +590,46 @@ impl Bench {
             api_requests: jsz["api"]["total"].as_u64().unwrap_or_default(),
         })
     }
+}
+
+/// The operator's API requests so far, by verb and resource, from the API server's audit
+/// log. A list made and found in the log first makes sure the log is written up to now.
+async fn operator_requests(client: &kube::Client) -> anyhow::Result<BTreeMap<String, u64>> {
+    let marker = format!("bench-marker-{}", fastrand::u64(..));
+    Api::<ConfigMap>::namespaced(client.clone(), "default")
+        .list_metadata(&ListParams::default().labels(&format!("marker={marker}")))
+        .await?;
+    let control_plane = ControlPlane::shared();
+    let events = wait::until(
+        "the audit log to be written up to now",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let events = control_plane.audit_events()?;
+            let written = events.iter().rev().any(|event| {
+                event["requestURI"]
+                    .as_str()
+                    .is_some_and(|uri| uri.contains(&marker))
+            });
+            Ok(written.then_some(events))
+        },
+    )
+    .await?;
+    let mut requests = BTreeMap::new();
+    for event in &events {
+        if event["user"]["username"] == OPERATOR_SERVICE_ACCOUNT
+            && event["stage"] == "ResponseComplete"
+            && let Some(verb) = event["verb"].as_str()
+        {
+            let object = &event["objectRef"];
+            let resource = match object["subresource"].as_str() {
+                Some(sub) => format!("{}/{sub}", object["resource"].as_str().unwrap_or("?")),
+                None => object["resource"].as_str().unwrap_or("?").to_owned(),
+            };
+            *requests.entry(format!("{verb} {resource}")).or_default() += 1;
+        }
+    }
+    Ok(requests)
 }
 
 struct NatsCounters {
