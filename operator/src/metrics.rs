@@ -1,7 +1,12 @@
 //! Prometheus metrics of the operator: reconciliations by kind and outcome, their duration,
 //! failures by reason, whether this replica leads, and what a deletion had to leave on NATS.
 
-use std::{borrow::Cow, collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::{Mutex, atomic::AtomicU64},
+    time::Duration,
+};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
@@ -29,6 +34,14 @@ struct ScaleLabels {
     namespace: String,
     name: String,
     direction: String,
+}
+
+/// An AuditConsumer and one limit of its stream (`messages`, `bytes`, `age`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    namespace: String,
+    name: String,
+    limit: String,
 }
 
 /// An AuditStream and the stream it names on NATS.
@@ -90,6 +103,7 @@ pub struct Metrics {
     events_discarded: Family<ConsumerLabels, Gauge>,
     desired_replicas: Family<ConsumerLabels, Gauge>,
     consumer_lag: Family<ConsumerLabels, Gauge>,
+    limit_use: Family<LimitLabels, Gauge<f64, AtomicU64>>,
     scaled: Family<ScaleLabels, Counter>,
     source_lag: Family<SourceLabels, Gauge>,
     source_active: Family<SourceLabels, Gauge>,
@@ -183,6 +197,12 @@ impl Default for Metrics {
             "Events pending plus acknowledgements pending of an AuditConsumer's durable consumer, as NATS last reported them: what the autoscaler acts on",
             consumer_lag.clone(),
         );
+        let limit_use = Family::<LimitLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "consumer_limit_use_ratio",
+            "Share of a limit of an AuditConsumer's stream (limit: messages, bytes, age) that the events the consumer has not written take (status.limitsUse): at 1 the stream removes them (discard Old) or refuses new ones (discard New)",
+            limit_use.clone(),
+        );
         let scaled = Family::<ScaleLabels, Counter>::default();
         registry.register(
             "consumer_scaled",
@@ -205,6 +225,7 @@ impl Default for Metrics {
             events_discarded,
             desired_replicas,
             consumer_lag,
+            limit_use,
             scaled,
             source_lag,
             source_active,
@@ -350,6 +371,24 @@ impl Metrics {
             .set(i64::try_from(events).unwrap_or(i64::MAX));
     }
 
+    /// Exports the share of its stream's `limit` AuditConsumer `namespace/name` takes; `None`
+    /// drops the series (the stream does not set that limit).
+    pub fn set_limit_use(&self, namespace: &str, name: &str, limit: &str, share: Option<f64>) {
+        let labels = LimitLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            limit: limit.to_owned(),
+        };
+        match share {
+            Some(share) => {
+                self.limit_use.get_or_create(&labels).set(share);
+            }
+            None => {
+                self.limit_use.remove(&labels);
+            }
+        }
+    }
+
     /// Exports AuditConsumer `namespace/name`'s wanted pods and lag, where known.
     pub fn set_scaling(&self, namespace: &str, name: &str, desired: Option<i32>, lag: Option<u64>) {
         let labels = ConsumerLabels {
@@ -429,6 +468,9 @@ impl Metrics {
             self.events_discarded.remove(&labels);
             self.desired_replicas.remove(&labels);
             self.consumer_lag.remove(&labels);
+            for limit in ["messages", "bytes", "age"] {
+                self.set_limit_use(namespace, name, limit, None);
+            }
             for direction in ["up", "down"] {
                 self.scaled.remove(&ScaleLabels {
                     namespace: namespace.to_owned(),

@@ -307,6 +307,8 @@ async fn operator_metrics_after_a_real_run(nats: &NatsServer) -> anyhow::Result<
             "name": "ORDERS",
             "subjects": ["orders.>"],
             "storage": "Memory",
+            // A limit: its use by the consumers' unwritten events.
+            "maxMessages": 1000,
         }),
     )
     .await?;

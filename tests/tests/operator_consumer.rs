@@ -1322,6 +1322,7 @@ async fn events_a_full_stream_discards_before_they_are_written_are_counted_and_r
             "subjects": ["audit.>"],
             "storage": "Memory",
             "maxMessages": 100,
+            "maxAge": "1h",
             "discard": "Old",
         }),
     )
@@ -1338,6 +1339,21 @@ async fn events_a_full_stream_discards_before_they_are_written_are_counted_and_r
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = env.consumers.get("stopped").await?.data["status"].clone();
     assert!(status["eventsDiscarded"].is_null(), "{status}");
+    // The warning before a loss: the 100 events in the stream are all unwritten, so they take
+    // the whole of maxMessages; none is old against maxAge; no maxBytes, no share of it.
+    assert_eq!(
+        status["limitsUse"],
+        json!({ "messages": 100, "age": 0 }),
+        "{status}"
+    );
+    let share = |limit: &str| {
+        format!(
+            r#"audit_operator_consumer_limit_use_ratio{{namespace="{}",name="stopped",limit="{limit}"}}"#,
+            env.namespace
+        )
+    };
+    assert_eq!(env.operator_metric(&share("messages")).await?, 1.0);
+    assert!(env.operator_metric(&share("age")).await? < 0.01);
 
     // No pod reads (replicas 0): 100 more events push the 100 the consumer had not written
     // out of the stream.
@@ -1377,6 +1393,34 @@ async fn events_a_full_stream_discards_before_they_are_written_are_counted_and_r
         ),
         1
     );
+
+    // A reader writes and acknowledges 20 of the 100 the stream holds: 80 remain at risk.
+    let durable: jetstream::consumer::PullConsumer = js
+        .get_stream("LIMITED")
+        .await?
+        .get_consumer("stopped")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut acked = 0;
+    while acked < 20 {
+        let mut batch = durable.fetch().max_messages(20 - acked).messages().await?;
+        while let Some(message) = futures::StreamExt::next(&mut batch).await {
+            message
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .double_ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            acked += 1;
+        }
+    }
+    let status = wait::until("80% of maxMessages in use", WAIT, POLL, || async {
+        let status = env.consumers.get("stopped").await?.data["status"].clone();
+        Ok((status["limitsUse"]["messages"] == 80).then_some(status))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", env.operator_log()))?;
+    assert!(status["limitsUse"]["bytes"].is_null(), "{status}");
+    assert_eq!(env.operator_metric(&share("messages")).await?, 0.8);
     Ok(())
 }
 

@@ -108,10 +108,12 @@ async fn conclude(
     let namespace = consumer.namespace().unwrap_or_default();
     match result {
         Ok(done) => {
-            if let Some(notice) = change_event(consumer, &durable, &done.stream_name, &done.change)
-            {
+            if let Some(notice) = change_event(consumer, &durable, &done.change) {
                 info!(consumer = %durable, %namespace, reason = notice.reason, "{}", notice.note);
                 report::publish(&ctx.recorder, &reference, "Apply", notice).await;
+            } else if done.change == Change::Created {
+                let stream = &done.stream_name;
+                info!(consumer = %durable, %namespace, "created durable consumer {durable} on stream {stream}");
             }
             Ok(())
         }
@@ -131,15 +133,11 @@ async fn conclude(
     }
 }
 
-/// The Event for a change of the durable consumer, if it deserves one. An update is drift
+/// The Event for a change of the durable consumer, if it deserves one: none for a first
+/// creation. An update is drift
 /// when this generation's durable consumer had been in place (ConsumerReady at it), and then
 /// a Warning; otherwise it is the user's spec change being applied.
-fn change_event(
-    consumer: &AuditConsumer,
-    durable: &str,
-    stream_name: &str,
-    change: &Change,
-) -> Option<Notice> {
+fn change_event(consumer: &AuditConsumer, durable: &str, change: &Change) -> Option<Notice> {
     let drift = consumer.status.as_ref().is_some_and(|s| {
         held_at_generation(
             &s.conditions,
@@ -150,10 +148,9 @@ fn change_event(
     });
     Some(match change {
         Change::Unchanged => return None,
-        Change::Created => Notice::normal(
-            "Created",
-            format!("created durable consumer {durable} on stream {stream_name}"),
-        ),
+        // As for an AuditStream: the status says a first creation is done, the log line
+        // records it, and a bulk apply writes no Event per object.
+        Change::Created => return None,
         Change::Updated(fields) if drift => Notice::warning(
             "DriftCorrected",
             format!(

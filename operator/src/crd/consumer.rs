@@ -867,6 +867,14 @@ pub struct AuditConsumerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discarded_through: Option<u64>,
 
+    /// How much of the stream's limits the events this consumer has not written yet take, in
+    /// percent, for each limit the stream sets: at 100 the stream starts removing them
+    /// (`discard: Old`, counted in `eventsDiscarded`) or refuses new events (`discard: New`).
+    /// A caught-up consumer uses 0 however full the stream is. For consumers without
+    /// `filterSubjects`, refreshed at every reconciliation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits_use: Option<LimitsUse>,
+
     /// When a pod last acknowledged an event, as last observed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ack_time: Option<String>,
@@ -878,6 +886,22 @@ pub struct AuditConsumerStatus {
     /// With `archive`, what its scheduled verification found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveStatus>,
+}
+
+/// Shares of an AuditStream's limits, in percent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsUse {
+    /// The events from the oldest unwritten one to the stream's newest, against
+    /// `maxMessages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u32>,
+    /// Their size, estimated from the stream's mean event size, against `maxBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u32>,
+    /// The age of the oldest unwritten event against `maxAge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age: Option<u32>,
 }
 
 /// The autoscaler's state.

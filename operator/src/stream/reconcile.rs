@@ -72,6 +72,8 @@ pub(super) async fn apply(stream: &AuditStream, ctx: &Context) -> Result<Action>
             if let Some(notice) = change_event(stream, &name, &applied.change) {
                 info!(stream = %name, %namespace, reason = notice.reason, "{}", notice.note);
                 report::publish(&ctx.recorder, &reference, "Apply", notice).await;
+            } else if applied.change == Change::Created {
+                info!(stream = %name, %namespace, "created stream {name} on NATS");
             }
         }
         Err(error) => {
@@ -147,7 +149,7 @@ async fn pipeline(
     Ok((applied, Some(seen)))
 }
 
-/// The Event for a change, if it deserves one. An update is drift when the current generation
+/// The Event for a change, if it deserves one: none for a first creation. An update is drift when the current generation
 /// had already been applied (Ready at it); otherwise it is the user's spec change. A stream
 /// created after one had been observed was lost. Both of those are Warnings: something other
 /// than the operator touched an audit trail.
@@ -176,7 +178,10 @@ fn change_event(stream: &AuditStream, name: &str, change: &Change) -> Option<Not
                 "stream {name} was missing on NATS (deleted out of band, or a memory stream lost in a restart); recreated it"
             ),
         ),
-        Change::Created => Notice::normal("Created", format!("created stream {name} on NATS")),
+        // A first creation is what the user asked for, and the status says it is done (Ready,
+        // with its transition time); an Event for each object would double the writes of a
+        // bulk apply. The log line stays.
+        Change::Created => return None,
         Change::Adopted(differences) if differences.is_empty() => {
             Notice::normal("Adopted", format!("adopted existing stream {name}"))
         }

@@ -13,6 +13,7 @@
 //! before it (events older than a new consumer's start among them; NATS keeps a new
 //! consumer's ack floor at 0) or what was already delivered then is not counted.
 
+use async_nats::jetstream;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use tracing::debug;
@@ -41,45 +42,53 @@ pub struct Positions {
     pub delivered: u64,
 }
 
-/// Reads the stream's first sequence and the consumer's ack floor (I/O).
-pub async fn observe(seen: &Seen) -> Discards {
+/// The stream (with its info as read) and the durable consumer's info, read once per
+/// reconciliation for the features that compare them: this one and [`super::limits`].
+pub struct Observed {
+    pub stream: jetstream::stream::Stream,
+    pub consumer: jetstream::consumer::Info,
+}
+
+/// Reads the stream's info and the consumer's (I/O), for a consumer without filter subjects;
+/// `None` when they cannot be read or are no evidence.
+pub async fn read(seen: &Seen) -> Option<Observed> {
     let (Some(valid), Some(js), Some(stream_name)) =
         (&seen.valid, &seen.jetstream, &seen.stream_name)
     else {
-        return Discards(None);
+        return None;
     };
     if !valid.filter_subjects.is_empty() {
-        return Discards(None);
+        return None;
     }
-    let positions = async {
-        let mut stream = js
+    let observed = async {
+        // get_stream reads the stream's info (config and state) once.
+        let stream = js
             .get_stream(stream_name)
             .await
             .map_err(|e| e.to_string())?;
-        let first_sequence = stream
-            .info()
-            .await
-            .map_err(|e| e.to_string())?
-            .state
-            .first_sequence;
         let consumer = stream
             .consumer_info(&valid.durable_name)
             .await
             .map_err(|e| e.to_string())?;
-        Ok::<_, String>(Positions {
-            first_sequence,
-            ack_floor: consumer.ack_floor.stream_sequence,
-            delivered: consumer.delivered.stream_sequence,
-        })
+        Ok::<_, String>(Observed { stream, consumer })
     }
     .await;
-    match positions {
-        Ok(positions) => Discards(Some(positions)),
+    match observed {
+        Ok(observed) => Some(observed),
         Err(error) => {
-            debug!(%error, "cannot compare the consumer's position with the stream's start");
-            Discards(None)
+            debug!(%error, "cannot compare the consumer's position with the stream's");
+            None
         }
     }
+}
+
+/// The positions to compare, from what was read.
+pub fn observe(observed: Option<&Observed>) -> Discards {
+    Discards(observed.map(|observed| Positions {
+        first_sequence: observed.stream.cached_info().state.first_sequence,
+        ack_floor: observed.consumer.ack_floor.stream_sequence,
+        delivered: observed.consumer.delivered.stream_sequence,
+    }))
 }
 
 /// The events newly found discarded, and the sequence range they span (pure): the

@@ -13,6 +13,7 @@
 pub mod autoscaling;
 pub mod checkpoints;
 pub mod discards;
+pub mod limits;
 pub mod max_deliveries;
 pub mod verification;
 
@@ -82,11 +83,13 @@ pub struct Features(Vec<Box<dyn Feature>>);
 
 /// What each feature observed; every feature is here, in the order of its conditions.
 pub async fn observe(consumer: &AuditConsumer, seen: &Seen, ctx: &Context) -> Features {
+    let observed = discards::read(seen).await;
     Features(vec![
         Box::new(max_deliveries::observe(consumer, seen, ctx).await),
         Box::new(checkpoints::observe(consumer, seen).await),
         Box::new(verification::observe(consumer, ctx).await),
-        Box::new(discards::observe(seen).await),
+        Box::new(discards::observe(observed.as_ref())),
+        Box::new(limits::observe(observed.as_ref()).await),
         Box::new(autoscaling::observe(consumer, seen, ctx)),
     ])
 }
