@@ -115,3 +115,7 @@ bench-consumer: ## Consumer benchmarks (criterion + throughput against a real na
 .PHONY: bench-latency
 bench-latency: ## The consumer's publish-to-line latency at fixed rates, beside a bare async-nats loop.
 	bash hack/bench-latency.sh
+
+.PHONY: fuzz
+fuzz: ## The consumer's property tests of untrusted input (consumer/tests/properties_*.rs) with PROPTEST_CASES (default 100000) cases each.
+	PROPTEST_CASES=$${PROPTEST_CASES:-100000} $(CARGO) test --locked --no-fail-fast -p audit-consumer --test properties_format --test properties_verify

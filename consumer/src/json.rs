@@ -21,9 +21,9 @@ use std::ops::Range;
 use crate::escape;
 use crate::redact::{REDACTED, RedactKeys};
 
-/// Deeper payloads are logged as raw text rather than risking the stack on hostile input;
-/// serde_json uses the same limit.
-pub const MAX_DEPTH: usize = 128;
+/// Deeper payloads are logged as raw text rather than risking the stack on hostile input.
+/// serde_json reads at most 127 levels, and a JSON line holds the event one level down.
+pub const MAX_DEPTH: usize = 126;
 
 /// One top-level member of the scanned object, as ranges into [`JsonScanner::compact`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -297,6 +297,7 @@ impl Cursor<'_> {
     }
 
     fn number(&mut self) -> Result<(), Invalid> {
+        let start = self.pos;
         if self.peek() == Some(b'-') {
             self.pos += 1;
         }
@@ -315,8 +316,23 @@ impl Cursor<'_> {
                 self.pos += 1;
             }
             self.required_digits()?;
+            return self.finite(start);
+        }
+        // Beyond f64's range (`1e400`) is valid grammar, but serde_json refuses it and the line
+        // would become unparseable. Only an exponent or some 309 digits get there.
+        if self.pos - start > 300 {
+            return self.finite(start);
         }
         Ok(())
+    }
+
+    /// Whether the number from `start` to `pos` is within f64's range.
+    fn finite(&self, start: usize) -> Result<(), Invalid> {
+        let text = std::str::from_utf8(&self.input[start..self.pos]).map_err(|_| Invalid)?;
+        match text.parse::<f64>() {
+            Ok(number) if number.is_finite() => Ok(()),
+            _ => Err(Invalid),
+        }
     }
 
     #[inline]

@@ -268,7 +268,9 @@ impl ChainInput {
             if (seq == 1) != entry.prev.is_none() {
                 altered.insert(seq, entry.at);
             }
-            if let (Some(prev), Some(before)) = (entry.prev, by_seq.get(&(seq - 1)))
+            // Positions come from the lines: 0 and u64::MAX are read too, and must not overflow.
+            let before = seq.checked_sub(1).and_then(|before| by_seq.get(&before));
+            if let (Some(prev), Some(before)) = (entry.prev, before)
                 && before.hash != prev
             {
                 altered.insert(seq - 1, before.at);
@@ -289,7 +291,7 @@ impl ChainInput {
                 altered.insert(*seq, entry.at);
             }
             // A line whose predecessor is not at hand still links to a head at its place.
-            if let Some(next) = by_seq.get(&(seq + 1))
+            if let Some(next) = seq.checked_add(1).and_then(|next| by_seq.get(&next))
                 && !by_seq.contains_key(seq)
                 && next.prev.is_some_and(|prev| prev != *hash)
             {
@@ -319,7 +321,7 @@ impl ChainInput {
                     to: seq - 1,
                 });
             }
-            expected = seq + 1;
+            expected = seq.saturating_add(1);
         }
         let witnessed = heads.keys().next_back().copied().unwrap_or(0);
         if by_seq.is_empty() {
