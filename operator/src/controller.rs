@@ -76,6 +76,8 @@ pub struct Context<R: Reconciler> {
     pub metrics: Arc<Metrics>,
     /// What this controller keeps beyond the shared context.
     pub state: R,
+    /// The statuses just written, until the watch delivers them.
+    pub statuses: report::RecentStatuses,
     retries: Retries<ObjectRef<DeserializeGuard<R::Resource>>>,
 }
 
@@ -96,6 +98,7 @@ impl<R: Reconciler> Context<R> {
             options,
             metrics,
             state,
+            statuses: report::RecentStatuses::default(),
         }
     }
 }

@@ -80,6 +80,23 @@ impl Env {
         Ok(occurrences(&events, reason))
     }
 
+    /// Waits until `count` Events `reason` were reported about `name` (published after the
+    /// pass's status write, so a moment after what the status shows).
+    async fn wait_event_occurrences(
+        &self,
+        name: &str,
+        reason: &str,
+        count: i32,
+    ) -> anyhow::Result<()> {
+        let what = format!("{count} Event(s) {reason} about {name}");
+        wait::until(&what, WAIT, POLL, || async {
+            let seen = self.event_occurrences(name, reason).await?;
+            anyhow::ensure!(seen <= count, "{seen} Events {reason}, more than {count}");
+            Ok((seen == count).then_some(()))
+        })
+        .await
+    }
+
     /// Stops the operator and starts a new one: nothing it held in memory survives.
     fn restart_operator(&mut self) -> anyhow::Result<()> {
         self.operator.stop();
@@ -1493,7 +1510,13 @@ async fn autoscaling_follows_the_lag_and_holds_when_the_lag_cannot_be_trusted() 
     let js = env.jetstream().await?;
     publish_acked(&js, "burst", 350).await?;
     wait_deployment_replicas(&env, "reader", 4).await?;
-    let object = env.consumers.get("reader").await?;
+    // The status is written right after the Deployment, in the same pass.
+    let object = wait::until("status.desiredReplicas 4", WAIT, POLL, || async {
+        let object = env.consumers.get("reader").await?;
+        Ok((object.data["status"]["desiredReplicas"] == 4).then_some(object))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", env.operator_log()))?;
     let status = &object.data["status"];
     assert_eq!(status["desiredReplicas"], 4, "{status}");
     assert_eq!(status["autoscaling"]["lag"], 350, "{status}");
@@ -1508,7 +1531,7 @@ async fn autoscaling_follows_the_lag_and_holds_when_the_lag_cannot_be_trusted() 
         "{}",
         object.data["spec"]
     );
-    assert_eq!(env.event_occurrences("reader", "ScaledUp").await?, 1);
+    env.wait_event_occurrences("reader", "ScaledUp", 1).await?;
     let desired = format!(
         r#"audit_operator_consumer_desired_replicas{{namespace="{}",name="reader"}}"#,
         env.namespace
@@ -1557,7 +1580,8 @@ async fn autoscaling_follows_the_lag_and_holds_when_the_lag_cannot_be_trusted() 
         "scaled down {:?} after the lag fell, inside the 20 s window",
         lowered.elapsed()
     );
-    assert_eq!(env.event_occurrences("reader", "ScaledDown").await?, 1);
+    env.wait_event_occurrences("reader", "ScaledDown", 1)
+        .await?;
 
     // The durable consumer deleted on NATS: the operator recreates it, and its lag (the
     // whole stream again: 350) is no backlog to scale for.

@@ -54,9 +54,19 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
         &status.conditions,
     );
     // The Events go out even when the status write fails, so that failure cannot hide them.
-    let status_written =
-        report::apply_status_if_changed(&ctx.client, consumer, consumer.status.as_ref(), &status)
-            .await;
+    let unwritten = waits_for_a_new_stream(consumer, &result, ctx);
+    let status_written = if unwritten {
+        Ok(())
+    } else {
+        report::apply_status_if_changed(
+            &ctx.client,
+            &ctx.statuses,
+            consumer,
+            consumer.status.as_ref(),
+            &status,
+        )
+        .await
+    };
     features.written(ctx, &status);
     for notice in features.notices(&previous, &status) {
         warning(consumer, ctx, notice).await;
@@ -72,7 +82,47 @@ pub(super) async fn apply(consumer: &AuditConsumer, ctx: &Context) -> Result<Act
         ctx.options.requeue_interval
     };
     let recheck = features.requeue().map_or(recheck, |wish| wish.min(recheck));
+    let recheck = if unwritten {
+        recheck.min(NEW_STREAM_RECHECK)
+    } else {
+        recheck
+    };
     Ok(Action::requeue(recheck))
+}
+
+/// How soon a consumer that wrote no status while its new AuditStream was not reconciled yet
+/// is looked at again, should that stream's first status not be Ready (its turning Ready
+/// wakes the consumer at once).
+const NEW_STREAM_RECHECK: Duration = Duration::from_secs(5);
+
+/// Whether this pass leaves a new consumer's status unwritten: it has none yet, and it
+/// waits for an AuditStream that has none either (both applied together, the stream's first
+/// reconciliation still to come). The stream turning Ready wakes it a moment later, and its
+/// first status is then the outcome instead of a `StreamNotReady` it would replace at once:
+/// one write fewer per consumer of a bulk apply. What a health check reads meanwhile is what
+/// it reads of the stream: no status.
+fn waits_for_a_new_stream(
+    consumer: &AuditConsumer,
+    result: &Result<Reconciled, Failure>,
+    ctx: &Context,
+) -> bool {
+    let waiting = matches!(
+        result,
+        Err(Failure {
+            error: Error::StreamNotReady { .. },
+            ..
+        })
+    );
+    if consumer.status.is_some() || !waiting {
+        return false;
+    }
+    let name = &consumer.spec.stream_ref.name;
+    let namespace = consumer.namespace().unwrap_or_default();
+    let cached = ctx
+        .state
+        .streams
+        .get(&kube::runtime::reflector::ObjectRef::new(name).within(&namespace));
+    matches!(cached.as_deref(), Some(kube::core::DeserializeGuard(Ok(stream))) if stream.status.is_none())
 }
 
 /// What the pipeline observed, for the status.

@@ -256,12 +256,15 @@ fn desired_pods(deployment: &Deployment) -> i32 {
 }
 
 /// Whether the Deployment has every desired pod updated and ready, no old pod left, and a
-/// status that describes its current generation.
+/// status that describes its current generation. One the Deployment controller has not
+/// observed yet (a new Deployment) has started no pod: asking for none, it has nothing to wait
+/// for, and the consumer is Ready without a status write that says it waits for nothing.
 pub fn workload_available(deployment: &Deployment) -> bool {
-    let Some(status) = deployment.status.as_ref() else {
-        return false;
-    };
     let desired = desired_pods(deployment);
+    let status = deployment.status.as_ref();
+    let Some(status) = status.filter(|s| s.observed_generation.is_some()) else {
+        return desired == 0;
+    };
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);
@@ -328,6 +331,35 @@ mod tests {
         };
         let status = desired_status(&consumer(MINIMAL), &report, &at(1));
         assert_eq!(find(&status, READY).reason, "WorkloadProgressing");
+    }
+
+    #[test]
+    fn a_new_deployment_is_available_only_when_it_asks_for_no_pod() {
+        let new = |replicas: i32| Deployment {
+            metadata: kube::api::ObjectMeta {
+                generation: Some(1),
+                ..kube::api::ObjectMeta::default()
+            },
+            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            }),
+            // What the API server answers an apply that created it with.
+            status: Some(DeploymentStatus::default()),
+        };
+        assert!(workload_available(&new(0)));
+        assert!(!workload_available(&new(1)));
+        let mut unanswered = new(0);
+        unanswered.status = None;
+        assert!(workload_available(&unanswered));
+        // Observed and scaled to zero while an old pod still stops: not yet.
+        let mut draining = new(0);
+        draining.status = Some(DeploymentStatus {
+            observed_generation: Some(1),
+            replicas: Some(1),
+            ..DeploymentStatus::default()
+        });
+        assert!(!workload_available(&draining));
     }
 
     #[test]

@@ -62,8 +62,14 @@ pub(super) async fn apply(stream: &AuditStream, ctx: &Context) -> Result<Action>
         &status.conditions,
     );
     // The Events go out even when the status write fails, so that failure cannot hide them.
-    let status_written =
-        report::apply_status_if_changed(&ctx.client, stream, stream.status.as_ref(), &status).await;
+    let status_written = report::apply_status_if_changed(
+        &ctx.client,
+        &ctx.statuses,
+        stream,
+        stream.status.as_ref(),
+        &status,
+    )
+    .await;
     let reference = stream.object_ref(&());
     let name = stream.stream_name();
     let namespace = stream.namespace().unwrap_or_default();

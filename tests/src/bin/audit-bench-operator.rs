@@ -322,6 +322,10 @@ async fn burst_figures(
         by_verb(&diff(&requests, &before.requests)),
     );
     report.set(
+        &operator_figure("API writes per object, burst"),
+        per_object(&diff(&requests, &before.requests), run.count),
+    );
+    report.set(
         &format!("NATS connections opened, burst{}", wording.nats),
         (nats.total_connections - before.nats.total_connections).to_string(),
     );
@@ -916,6 +920,43 @@ fn writes(requests: &BTreeMap<String, u64>) -> u64 {
         })
         .map(|(_, count)| count)
         .sum()
+}
+
+/// The writes of `requests` per AuditStream, per AuditConsumer (its own and those of the
+/// workload objects it owns) and in Events, over `count` of each, by request.
+fn per_object(requests: &BTreeMap<String, u64>, count: usize) -> String {
+    const CONSUMER_RESOURCES: [&str; 5] = [
+        "auditconsumers",
+        "serviceaccounts",
+        "deployments",
+        "poddisruptionbudgets",
+        "networkpolicies",
+    ];
+    let of = |owner: &dyn Fn(&str) -> bool| {
+        let requests: Vec<(&String, u64)> = requests
+            .iter()
+            .filter(|(request, _)| {
+                request.split_once(' ').is_some_and(|(verb, resource)| {
+                    WRITE_VERBS.contains(&verb)
+                        && owner(resource.split('/').next().unwrap_or(resource))
+                })
+            })
+            .map(|(request, n)| (request, *n))
+            .collect();
+        let total: u64 = requests.iter().map(|(_, n)| n).sum();
+        let each = |n: u64| n as f64 / count.max(1) as f64;
+        let parts: Vec<String> = requests
+            .iter()
+            .map(|(request, n)| format!("{request} {:.2}", each(*n)))
+            .collect();
+        format!("{:.2} ({})", each(total), parts.join(", "))
+    };
+    format!(
+        "AuditStream {}; AuditConsumer {}; Events {}",
+        of(&|resource| resource == "auditstreams"),
+        of(&|resource| CONSUMER_RESOURCES.contains(&resource)),
+        of(&|resource| resource == "events"),
+    )
 }
 
 fn by_verb(requests: &BTreeMap<String, u64>) -> String {
