@@ -78,6 +78,8 @@ pub struct Context<R: Reconciler> {
     pub state: R,
     /// The statuses just written, until the watch delivers them.
     pub statuses: report::RecentStatuses,
+    /// The finalizers just added, until the watch delivers them.
+    finalizers: crate::finalizer::RecentlyAdded,
     retries: Retries<ObjectRef<DeserializeGuard<R::Resource>>>,
 }
 
@@ -99,6 +101,7 @@ impl<R: Reconciler> Context<R> {
             metrics,
             state,
             statuses: report::RecentStatuses::default(),
+            finalizers: crate::finalizer::RecentlyAdded::default(),
         }
     }
 }
@@ -144,7 +147,7 @@ async fn reconcile_readable<R: Reconciler>(
     };
     let api: Api<R::Resource> =
         Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
-    let result = finalizer(&api, R::FINALIZER, object, |event| async {
+    let result = finalizer(&api, R::FINALIZER, &ctx.finalizers, object, |event| async {
         match event {
             Event::Apply(object) => R::apply(ctx, &object).await,
             Event::Cleanup(object) => {
