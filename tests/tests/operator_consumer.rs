@@ -997,22 +997,7 @@ async fn integrity_witness_is_append_only_and_bad_keys_forgeries_stalls_and_loos
             .await?
             .await?;
     }
-    let durable: jetstream::consumer::PullConsumer = js
-        .get_stream("ORDERS")
-        .await?
-        .get_consumer("silent")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut batch = durable.fetch().max_messages(5).messages().await?;
-    let mut acked = 0;
-    while let Some(message) = futures::StreamExt::next(&mut batch).await {
-        message
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .double_ack()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        acked += 1;
-    }
+    let acked = acknowledge(&js, "ORDERS", "silent", 5).await?;
     assert!(acked > 0, "the reader got events");
     let stalled = env
         .wait_condition("silent", "CheckpointsWitnessed", "False")
@@ -1311,6 +1296,44 @@ async fn an_archive_verification_runs_read_only_on_a_schedule_and_its_findings_t
     Ok(())
 }
 
+/// Pulls up to `count` events from durable consumer `durable` of `stream` and acknowledges
+/// each, as a pod that wrote them would: batch after batch until `count`, or until a batch
+/// brings none. Returns how many.
+async fn acknowledge(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    count: usize,
+) -> anyhow::Result<usize> {
+    let durable: jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await?
+        .get_consumer(durable)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut acked = 0;
+    while acked < count {
+        let before = acked;
+        let mut batch = durable
+            .fetch()
+            .max_messages(count - acked)
+            .messages()
+            .await?;
+        while let Some(message) = futures::StreamExt::next(&mut batch).await {
+            message
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .double_ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            acked += 1;
+        }
+        if acked == before {
+            break;
+        }
+    }
+    Ok(acked)
+}
+
 /// Publishes `count` events to `subject` prefix on `js`, each acknowledged by the stream.
 async fn publish_acked(js: &jetstream::Context, prefix: &str, count: usize) -> anyhow::Result<()> {
     for n in 0..count {
@@ -1412,24 +1435,7 @@ async fn events_a_full_stream_discards_before_they_are_written_are_counted_and_r
     );
 
     // A reader writes and acknowledges 20 of the 100 the stream holds: 80 remain at risk.
-    let durable: jetstream::consumer::PullConsumer = js
-        .get_stream("LIMITED")
-        .await?
-        .get_consumer("stopped")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut acked = 0;
-    while acked < 20 {
-        let mut batch = durable.fetch().max_messages(20 - acked).messages().await?;
-        while let Some(message) = futures::StreamExt::next(&mut batch).await {
-            message
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .double_ack()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            acked += 1;
-        }
-    }
+    assert_eq!(acknowledge(&js, "LIMITED", "stopped", 20).await?, 20);
     let status = wait::until("80% of maxMessages in use", WAIT, POLL, || async {
         let status = env.consumers.get("stopped").await?.data["status"].clone();
         Ok((status["limitsUse"]["messages"] == 80).then_some(status))
@@ -1558,21 +1564,7 @@ async fn autoscaling_follows_the_lag_and_holds_when_the_lag_cannot_be_trusted() 
     // 300 written and acknowledged (by the test, as pods would): lag 50 wants 1 pod, but
     // only after 20 s of lower recommendations.
     let stream = js.get_stream("ORDERS").await?;
-    let durable: jetstream::consumer::PullConsumer = stream
-        .get_consumer("reader")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut messages = durable.fetch().max_messages(300).messages().await?;
-    let mut acked = 0;
-    while let Some(message) = futures::StreamExt::next(&mut messages).await {
-        message
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .double_ack()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        acked += 1;
-    }
-    assert_eq!(acked, 300);
+    assert_eq!(acknowledge(&js, "ORDERS", "reader", 300).await?, 300);
     let lowered = std::time::Instant::now();
     wait_deployment_replicas(&env, "reader", 1).await?;
     assert!(
